@@ -1,0 +1,133 @@
+"""``fitsnap-uq fit``: FitSNAP's whole flow (scrape, descriptors, fit, outputs) with the plugin loaded.
+
+The input file is checked before FitSNAP starts, so a user's mistake gets one clear message naming the
+file, the section and the key, instead of a traceback from deep inside FitSNAP (which would, under
+``mpirun``, leave the other ranks waiting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fitsnap_uq.errors import InputError
+from fitsnap_uq.options import parse_uq
+
+# [GROUPS] keys that are settings rather than group names (FitSNAP 3.1.0.4, io/sections/groups.py).
+GROUP_SETTINGS = {"group_sections", "group_types", "smartweights", "random_sampling", "random_seed",
+                  "vasp_use_TOTEN", "vasp_json_pathname", "vasp_ignore_incomplete",
+                  "vasp_ignore_jsons", "vasp_unconverged_label", "BOLTZ"}
+# Scrapers that read one folder per group below [PATH] dataPath.
+FOLDER_SCRAPERS = {"JSON", "XYZ"}
+# Flags we accept on top of FitSNAP 3.1.0.4's parser (which has --printlammps commented out).
+EXTRA_FLAGS = {"--printlammps", "-pl"}
+
+
+def read_input(infile: str, keyword_replacements: Sequence[Sequence[str]] = ()) -> configparser.ConfigParser:
+    """Parse a FitSNAP input file the way FitSNAP does; errors name the file."""
+    path = Path(infile)
+    if not path.is_file():
+        raise InputError("input file not found" if not path.exists() else "input path is not a file",
+                         file=infile)
+    cfg = configparser.ConfigParser(inline_comment_prefixes="#")
+    cfg.optionxform = str  # type: ignore[assignment, method-assign]
+    try:
+        cfg.read(infile)
+    except configparser.Error as exc:
+        raise InputError(f"cannot parse input: {exc}", file=infile) from None
+    for section, key, value in keyword_replacements:
+        if section not in cfg:
+            raise InputError("section given with --keyword is not in the input file", file=infile,
+                             section=section, key=key)
+        cfg[section][key] = value
+    return cfg
+
+
+def validate_input(infile: str, keyword_replacements: Sequence[Sequence[str]] = ()
+                   ) -> configparser.ConfigParser:
+    """Check what FitSNAP would otherwise fail on late or obscurely; return the parsed input.
+
+    Checked: the file exists and parses; every section is known; the solver exists (the message lists
+    the available solvers, ours included); ``[UQ]`` keys and values; the data folder and, for folder
+    scrapers, each group's folder exist.
+    """
+    import fitsnap3lib.io.sections.section_factory  # noqa: F401  (defines FitSNAP's sections)
+    from fitsnap3lib.io.sections.sections import Section
+
+    from fitsnap_uq.solvers import available_solvers
+
+    cfg = read_input(infile, keyword_replacements)
+    known = {cls.__name__.upper() for cls in Section.__subclasses__()} | {"TEMPLATE", "BASIC_CALCULATOR"}
+    for section in cfg.sections():
+        if section.upper() not in known:
+            raise InputError(f"unknown section; known sections: {', '.join(sorted(known))}",
+                             file=infile, section=section)
+    if "SOLVER" in cfg:
+        name = cfg["SOLVER"].get("solver", "SVD")
+        solvers = available_solvers()
+        if name.upper() not in {s.upper() for s in solvers}:
+            raise InputError(f"unknown solver {name!r}; available solvers: {', '.join(solvers)}",
+                             file=infile, section="SOLVER", key="solver")
+    if "UQ" in cfg:
+        parse_uq(dict(cfg["UQ"]), file=infile)
+    scraper = cfg["SCRAPER"].get("scraper", "JSON").upper() if "SCRAPER" in cfg else None
+    if scraper in FOLDER_SCRAPERS:
+        base = Path(infile).parent
+        data = base / (cfg["PATH"].get("dataPath", "JSON") if "PATH" in cfg else "JSON")
+        if not data.is_dir():
+            raise InputError(f"data directory {data} not found (relative paths are taken from the "
+                             f"input file's folder)", file=infile, section="PATH", key="dataPath")
+        group_file = cfg["PATH"].get("groupFile", "None") if "PATH" in cfg else "None"
+        groups = cfg["GROUPS"] if "GROUPS" in cfg and group_file == "None" else {}
+        for group in groups:
+            if group not in GROUP_SETTINGS and not (data / group).is_dir():
+                raise InputError(f"no folder {data / group} for this group under the data "
+                                 f"directory", file=infile, section="GROUPS", key=group)
+    return cfg
+
+
+def split_arguments(argv: Sequence[str]) -> tuple[list[str], bool]:
+    """Our extra flags out of FitSNAP's arguments: (FitSNAP arguments, printlammps)."""
+    args = [a for a in argv if a not in EXTRA_FLAGS]
+    return args, len(args) != len(argv)
+
+
+def fitsnap_arguments(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse FitSNAP's command line (infile and flags) with FitSNAP's own parser."""
+    from fitsnap3lib.io.input import Config
+
+    probe = Config.__new__(Config)
+    probe.input = None
+    probe.parse_cmdline(arguments_lst=list(argv))
+    return probe.args
+
+
+def run_fit(argv: Sequence[str], comm: Any = None) -> Any:
+    """Run FitSNAP's flow on ``argv`` (input file + FitSNAP's flags) with the plugin; return FitSnap.
+
+    Raises:
+        InputError: a mistake in the input, found before or during the run.
+    """
+    from fitsnap3lib.fitsnap import FitSnap
+
+    import fitsnap_uq  # noqa: F401  (adapters and plugin registration)
+
+    fs_argv, printlammps = split_arguments(argv)
+    if not fs_argv or fs_argv[0].startswith("-"):
+        raise InputError("no input file given: fitsnap-uq fit INPUT.in [FitSNAP flags]")
+    args = fitsnap_arguments(fs_argv)
+    validate_input(args.infile, args.keyword_replacements or ())
+    snap = FitSnap(comm=comm, arglist=fs_argv)
+    if printlammps and snap.calculator is not None:
+        calc = snap.calculator
+        calc._initialize_lammps = functools.partial(type(calc)._initialize_lammps, calc, 1)
+    snap.scrape_configs(delete_scraper=True)
+    snap.process_configs(delete_data=True)
+    snap.pt.all_barrier()
+    snap.perform_fit()
+    snap.write_output()
+    return snap

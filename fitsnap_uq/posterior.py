@@ -1,0 +1,370 @@
+"""The Posterior: the contract between our solvers, the LAMMPS hook and active learning.
+
+A Posterior holds a distribution over the coefficients of a linear SNAP potential in the exact
+layout of the ``.snapcoeff`` file: one block per element, in the element order of the potential,
+each block ``[constant, B_1 ... B_ncoeff]``. With ``bzeroflag = 1`` FitSNAP fits no constant term;
+the constants are then 0 with zero variance, as FitSNAP writes them.
+
+File format (one ``.npz``, written atomically: temp file + rename):
+
+=================  ==========  =============================================================
+key                shape       meaning
+=================  ==========  =============================================================
+``header``         () str      JSON: format version, solver, elements, SNAP parameters, noise
+                               classes with their std, log evidence, solver report
+``mean``           (p,)        posterior mean (snapcoeff layout; eV per unit descriptor)
+``cov``            (p, p)      posterior covariance of the coefficients
+``samples``        (ns, p)     optional coefficient samples (MCMC, ensembles)
+``recal_levels``   (L,)        optional: coverage levels of the recalibration map
+``recal_<Q>``      (L,)        optional: multiplier of the raw sigma at each level, quantity Q
+=================  ==========  =============================================================
+
+Noise classes are named ``Energy``, ``Force``, ``Stress`` (pooled per quantity, always present for
+prediction on new data) and, where the solver learned them per FitSNAP group, ``GROUP/Energy`` etc.
+Noise std are in physical units: eV/atom for energies, eV/A for forces, bar for stresses (LAMMPS
+``metal`` units, as FitSNAP's stress rows).
+
+Prediction takes unweighted descriptor rows in FitSNAP's layout (energy rows per atom), either
+with the constant columns (width p) or without them as FitSNAP builds A when ``bzeroflag = 1``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import norm
+
+from fitsnap_uq.errors import InputError, NumericalError
+
+FORMAT_VERSION = 1
+QUANTITIES = ("Energy", "Force", "Stress")
+ONE_SIGMA = float(2 * norm.cdf(1.0) - 1)  # 0.6827
+SNAP_KEYS = ("twojmax", "rcutfac", "rfac0", "rmin0", "radelem", "wj", "bzeroflag", "switchflag",
+             "wselfallflag", "chemflag", "quadraticflag", "bnormflag")
+
+
+def quantity_of(noise_class: str) -> str:
+    """The quantity (``Energy``, ``Force`` or ``Stress``) of a noise class name."""
+    return noise_class.rsplit("/", 1)[-1]
+
+
+def check_covariance(cov: np.ndarray, what: str = "covariance") -> None:
+    """Raise :class:`NumericalError` unless ``cov`` is symmetric positive semi-definite.
+
+    Rows/columns that are exactly zero (coefficients held at 0) are allowed; the rest must have a
+    Cholesky factor.
+    """
+    cov = np.asarray(cov)
+    if cov.ndim != 2 or cov.shape[0] != cov.shape[1]:
+        raise NumericalError(f"{what} must be square, got shape {cov.shape}")
+    if not np.all(np.isfinite(cov)):
+        raise NumericalError(f"{what} has NaN or infinite entries")
+    scale = max(float(np.max(np.abs(cov))), 1e-300)
+    if np.max(np.abs(cov - cov.T)) > 1e-10 * scale:
+        raise NumericalError(f"{what} is not symmetric")
+    live = np.any(cov != 0, axis=0)
+    if live.any():
+        try:
+            np.linalg.cholesky(cov[np.ix_(live, live)])
+        except np.linalg.LinAlgError:
+            raise NumericalError(f"{what} is not positive definite; refusing to use or write it") from None
+
+
+class Posterior:
+    """Distribution over SNAP coefficients, with noise model and recalibration.
+
+    Args:
+        mean: (p,) coefficient mean, snapcoeff layout.
+        cov: (p, p) coefficient covariance.
+        elements: element names, in the order of the potential's blocks.
+        snap: SNAP parameters (see :data:`SNAP_KEYS`), needed to recompute descriptors.
+        noise_var: {noise class: variance in physical units squared}.
+        log_evidence: log marginal likelihood of the fit, if the solver has one.
+        samples: (ns, p) coefficient samples, if the solver draws them.
+        recalibration: {"levels": (L,), quantity: (L,) multipliers}, if learned.
+        info: solver name, settings and report (JSON-serializable).
+    """
+
+    def __init__(self, mean: np.ndarray, cov: np.ndarray, elements: Sequence[str],
+                 snap: dict[str, Any], noise_var: dict[str, float] | None = None,
+                 log_evidence: float | None = None, samples: np.ndarray | None = None,
+                 recalibration: dict[str, np.ndarray] | None = None,
+                 info: dict[str, Any] | None = None) -> None:
+        self.mean = np.asarray(mean, dtype=float).copy()
+        self.cov = np.asarray(cov, dtype=float).copy()
+        p = self.mean.shape[0]
+        if self.cov.shape != (p, p):
+            raise ValueError(f"cov must have shape ({p}, {p}), got {self.cov.shape}")
+        self.elements = list(elements)
+        if p % max(len(self.elements), 1):
+            raise ValueError(f"{p} coefficients do not split into {len(self.elements)} element blocks")
+        self.snap = dict(snap)
+        self.noise_var = {k: float(v) for k, v in (noise_var or {}).items()}
+        self.log_evidence = None if log_evidence is None else float(log_evidence)
+        self.samples = None if samples is None else np.asarray(samples, dtype=float)
+        if self.samples is not None and (self.samples.ndim != 2 or self.samples.shape[1] != p):
+            raise ValueError(f"samples must have shape (ns, {p}), got {self.samples.shape}")
+        self.recalibration = None
+        if recalibration is not None:
+            self.recalibration = {k: np.asarray(v, dtype=float) for k, v in recalibration.items()}
+        self.info = dict(info or {})
+        check_covariance(self.cov, "posterior covariance")
+        self._factor: np.ndarray | None = None
+
+    # ----------------------------------------------------------------- layout
+    @property
+    def n_coefficients(self) -> int:
+        """Number of coefficients p (all element blocks, constants included)."""
+        return int(self.mean.shape[0])
+
+    @property
+    def block_size(self) -> int:
+        """Coefficients per element block (``ncoeff + 1`` of the ``.snapcoeff`` header)."""
+        return self.n_coefficients // len(self.elements)
+
+    @property
+    def fit_columns(self) -> np.ndarray:
+        """Positions in the snapcoeff layout of the columns of FitSNAP's A (constants dropped
+        when ``bzeroflag = 1``)."""
+        idx = np.arange(self.n_coefficients)
+        if int(self.snap.get("bzeroflag", 0)):
+            return idx[idx % self.block_size != 0]
+        return idx
+
+    def to_layout(self, a: np.ndarray) -> np.ndarray:
+        """Rows of descriptors (n, p) or (n, len(fit_columns)) -> (n, p) in the snapcoeff layout."""
+        a = np.atleast_2d(np.asarray(a, dtype=float))
+        if a.shape[1] == self.n_coefficients:
+            return a
+        cols = self.fit_columns
+        if a.shape[1] == cols.size:
+            full = np.zeros((a.shape[0], self.n_coefficients))
+            full[:, cols] = a
+            return full
+        raise ValueError(f"descriptor rows have {a.shape[1]} columns; this posterior takes "
+                         f"{self.n_coefficients} (snapcoeff layout) or {cols.size} (FitSNAP's A)")
+
+    # ------------------------------------------------------------------ noise
+    @property
+    def noise_std(self) -> dict[str, float]:
+        """{noise class: std in physical units} (eV/atom, eV/A, bar)."""
+        return {k: float(np.sqrt(v)) for k, v in self.noise_var.items()}
+
+    def _noise_variance(self, noise: str | Sequence[str] | np.ndarray | None, n: int) -> np.ndarray:
+        if noise is None:
+            return np.zeros(n)
+        names = [noise] * n if isinstance(noise, str) else list(noise)
+        if len(names) != n:
+            raise ValueError(f"noise names: {len(names)} given for {n} rows")
+        table = self.noise_var
+        out = np.empty(n)
+        for i, name in enumerate(names):
+            if name in table:
+                out[i] = table[name]
+            elif quantity_of(name) in table:
+                out[i] = table[quantity_of(name)]
+            else:
+                raise KeyError(f"unknown noise class {name!r}; known: {sorted(table)}")
+        return out
+
+    # ------------------------------------------------------------- prediction
+    def predict_raw(self, a: np.ndarray, noise: str | Sequence[str] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Mean (n,) and uncalibrated Gaussian std (n,) for descriptor rows ``a``."""
+        full = self.to_layout(a)
+        mean = full @ self.mean
+        var = np.einsum("ij,jk,ik->i", full, self.cov, full, optimize=True)
+        var = np.maximum(var, 0.0) + self._noise_variance(noise, full.shape[0])
+        return mean, np.sqrt(var)
+
+    def multiplier(self, level: float, quantity: str | None) -> float:
+        """Half-width of the central interval at ``level`` coverage, in units of the raw sigma.
+
+        Gaussian (``Phi^-1((1 + level) / 2)``) unless a recalibration for ``quantity`` is stored.
+        """
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"level must be in (0, 1), got {level}")
+        rec = self.recalibration
+        if rec is not None and quantity is not None and quantity in rec:
+            return float(np.interp(level, rec["levels"], rec[quantity]))
+        return float(norm.ppf(0.5 + 0.5 * level))
+
+    def _quantities(self, noise: str | Sequence[str] | None, n: int) -> list[str | None]:
+        if noise is None:
+            return [None] * n
+        if isinstance(noise, str):
+            return [quantity_of(noise)] * n
+        return [quantity_of(x) for x in noise]
+
+    def interval(self, a: np.ndarray, level: float = 0.95,
+                 noise: str | Sequence[str] | None = None) -> np.ndarray:
+        """Half-widths (n,) of the calibrated central interval at coverage ``level``.
+
+        With ``noise=None`` the interval is the coefficient part only and is not recalibrated (the
+        recalibration is learned on total predictive errors of a quantity).
+        """
+        _, std = self.predict_raw(a, noise)
+        quants = self._quantities(noise, std.shape[0])
+        mult = {q: self.multiplier(level, q) for q in set(quants)}
+        return std * np.array([mult[q] for q in quants])
+
+    def predict(self, a: np.ndarray, noise: str | Sequence[str] | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Mean (n,) and calibrated 1-sigma (68.3%) half-width (n,) for unweighted rows ``a``.
+
+        Args:
+            a: (n, p) or (n, len(fit_columns)) unweighted descriptor rows, energy rows per atom.
+            noise: None (coefficient uncertainty only), a noise class name for all rows, or one
+                name per row; adds that class's noise variance.
+        """
+        mean, _ = self.predict_raw(a, noise)
+        return mean, self.interval(a, ONE_SIGMA, noise)
+
+    # --------------------------------------------------------------- sampling
+    def sample(self, n: int, seed: int | None = 0) -> np.ndarray:
+        """Draw ``n`` coefficient vectors (n, p); the same seed gives the same draws.
+
+        From the stored samples when there are any (with replacement if n exceeds them),
+        otherwise from the Gaussian N(mean, cov).
+        """
+        rng = np.random.default_rng(seed)
+        if self.samples is not None and self.samples.shape[0] > 0:
+            ns = self.samples.shape[0]
+            idx = rng.choice(ns, size=n, replace=n > ns)
+            return self.samples[idx].copy()
+        live = np.any(self.cov != 0, axis=0)
+        if self._factor is None:
+            # Cholesky of the live block: coefficients held fixed (zero variance) stay exact.
+            self._factor = np.linalg.cholesky(self.cov[np.ix_(live, live)])
+        out = np.tile(self.mean, (n, 1))
+        out[:, live] += rng.standard_normal((n, int(live.sum()))) @ self._factor.T
+        return out
+
+    # -------------------------------------------------------------------- I/O
+    def header(self) -> dict[str, Any]:
+        """The JSON header (everything except the arrays)."""
+        return {
+            "format": "fitsnap-uq posterior",
+            "version": FORMAT_VERSION,
+            "elements": self.elements,
+            "snap": self.snap,
+            "noise_std": self.noise_std,
+            "log_evidence": self.log_evidence,
+            "quantity_units": {"Energy": "eV/atom", "Force": "eV/Angstrom", "Stress": "bar"},
+            "info": self.info,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the posterior to ``path`` (.npz) atomically; returns the path."""
+        path = Path(path)
+        check_covariance(self.cov, "posterior covariance")
+        arrays: dict[str, np.ndarray] = {
+            "header": np.array(json.dumps(self.header(), default=_json_default)),
+            "mean": self.mean, "cov": self.cov,
+        }
+        if self.samples is not None:
+            arrays["samples"] = self.samples
+        if self.recalibration is not None:
+            arrays["recal_levels"] = self.recalibration["levels"]
+            for q, v in self.recalibration.items():
+                if q != "levels":
+                    arrays[f"recal_{q}"] = v
+        _atomic_write(path, lambda fh: np.savez(fh, **arrays))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Posterior:
+        """Read a posterior written by :meth:`save`; errors name the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise InputError("posterior file not found", file=str(path))
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                header = json.loads(str(data["header"]))
+                arrays = {k: data[k] for k in data.files}
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(f"not a fitsnap-uq posterior file ({exc})", file=str(path)) from None
+        if header.get("format") != "fitsnap-uq posterior":
+            raise InputError("not a fitsnap-uq posterior file (no header)", file=str(path))
+        if int(header.get("version", 0)) > FORMAT_VERSION:
+            raise InputError(f"posterior format version {header['version']} is newer than this "
+                             f"fitsnap-uq reads ({FORMAT_VERSION}); upgrade fitsnap-uq", file=str(path))
+        recal = None
+        if "recal_levels" in arrays:
+            recal = {"levels": arrays["recal_levels"]}
+            recal.update({k[len("recal_"):]: v for k, v in arrays.items()
+                          if k.startswith("recal_") and k != "recal_levels"})
+        try:
+            return cls(arrays["mean"], arrays["cov"], header["elements"], header["snap"],
+                       noise_var={k: v**2 for k, v in header.get("noise_std", {}).items()},
+                       log_evidence=header.get("log_evidence"), samples=arrays.get("samples"),
+                       recalibration=recal, info=header.get("info"))
+        except (ValueError, NumericalError) as exc:
+            raise InputError(f"posterior file is inconsistent: {exc}", file=str(path)) from None
+
+    def snapcoeff_text(self, coefficients: np.ndarray | None = None, comment: str = "") -> str:
+        """A LAMMPS ``.snapcoeff`` file's text for ``coefficients`` (default: the mean)."""
+        coeffs = self.mean if coefficients is None else np.asarray(coefficients, dtype=float)
+        if coeffs.shape != (self.n_coefficients,):
+            raise ValueError(f"coefficients must have shape ({self.n_coefficients},), got {coeffs.shape}")
+        radelem = _per_element(self.snap.get("radelem", 0.5), len(self.elements))
+        wj = _per_element(self.snap.get("wj", 1.0), len(self.elements))
+        lines = [f"# fitsnap-uq {comment}".rstrip(), "", f"{len(self.elements)} {self.block_size}"]
+        blocks = coeffs.reshape(len(self.elements), self.block_size)
+        for name, rad, w, block in zip(self.elements, radelem, wj, blocks):
+            lines.append(f"{name} {rad} {w}")
+            lines.extend(f" {c:<30.18g}" for c in block)
+        return "\n".join(lines) + "\n"
+
+    def write_snapcoeff(self, path: str | os.PathLike, coefficients: np.ndarray | None = None,
+                        comment: str = "") -> Path:
+        """Write ``coefficients`` (default: the mean) as a LAMMPS ``.snapcoeff`` file, atomically."""
+        text = self.snapcoeff_text(coefficients, comment)
+        path = Path(path)
+        _atomic_write(path, lambda fh: fh.write(text.encode()))
+        return path
+
+    def snapparam_text(self) -> str:
+        """A LAMMPS ``.snapparam`` file's text for this posterior's SNAP parameters."""
+        s = self.snap
+        lines = [f"rcutfac {s['rcutfac']}", f"twojmax {s['twojmax']}", f"rfac0 {s['rfac0']}",
+                 f"rmin0 {s['rmin0']}"]
+        for key in ("bzeroflag", "quadraticflag", "wselfallflag", "chemflag", "bnormflag", "switchflag"):
+            if key in s:
+                lines.append(f"{key} {int(s[key])}")
+        return "\n".join(lines) + "\n"
+
+
+def _per_element(value: Any, n: int) -> list:
+    vals = value if isinstance(value, (list, tuple)) else [value]
+    return list(vals) * n if len(vals) == 1 else list(vals)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write through a temp file in the same folder and rename, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

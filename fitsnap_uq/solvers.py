@@ -1,0 +1,206 @@
+"""FitSNAP solver classes of fitsnap-uq (thin adapters: gather rows from FitSNAP, no math here).
+
+FitSNAP 3.1.0.4 chooses a solver by searching ``Solver.__subclasses__()`` for the name given in
+``[SOLVER] solver = ...`` (case-insensitive), so these classes are registered by being imported.
+Each solver reads its options from ``[UQ]``, hands numpy arrays to :mod:`fitsnap_uq.linear`, sets
+``self.fit`` (FitSNAP's coefficient layout, for FitSNAP's own metrics and ``.snapcoeff`` output) and
+writes a :class:`~fitsnap_uq.posterior.Posterior`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fitsnap3lib.solvers.solver import Solver
+
+from fitsnap_uq.errors import InputError
+from fitsnap_uq.linear import noise as noise_model
+from fitsnap_uq.linear.bayes import fit_bayes
+from fitsnap_uq.posterior import Posterior
+from fitsnap_uq.sections import uq_options
+
+
+@dataclass
+class FitRows:
+    """The linear system FitSNAP built, unweighted, one entry per row.
+
+    Attributes:
+        a: (n, m) descriptors in FitSNAP's column layout (energy rows per atom).
+        b: (n,) truths minus the reference potential (eV/atom, eV/A, bar).
+        w: (n,) FitSNAP weights.
+        testing: (n,) bool, row of a testing configuration.
+        groups, row_types, configs: (n,) group name, ``Energy``/``Force``/``Stress``, config file.
+    """
+
+    a: np.ndarray
+    b: np.ndarray
+    w: np.ndarray
+    testing: np.ndarray
+    groups: np.ndarray
+    row_types: np.ndarray
+    configs: np.ndarray
+
+    def training(self) -> FitRows:
+        """The rows of training configurations."""
+        keep = ~self.testing
+        return FitRows(*(getattr(self, f)[keep] for f in
+                         ("a", "b", "w", "testing", "groups", "row_types", "configs")))
+
+
+def gather_rows(pt: Any, infile: str | None = None) -> FitRows:
+    """Read FitSNAP's shared arrays into a :class:`FitRows`; refuse NaN/inf, naming the config.
+
+    Raises:
+        InputError: a descriptor, truth or weight is NaN or infinite (names the configuration).
+    """
+    d = pt.fitsnap_dict
+    rows = FitRows(a=pt.shared_arrays["a"].array, b=pt.shared_arrays["b"].array,
+                   w=pt.shared_arrays["w"].array, testing=np.asarray(d["Testing"], dtype=bool),
+                   groups=np.asarray(d["Groups"]), row_types=np.asarray(d["Row_Type"]),
+                   configs=np.asarray(d["Configs"]))
+    bad = ~np.isfinite(rows.b) | ~np.isfinite(rows.w) | ~np.all(np.isfinite(rows.a), axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        files = sorted(set(rows.configs[bad].tolist()))
+        what = "truth" if not np.isfinite(rows.b[i]) else (
+            "weight" if not np.isfinite(rows.w[i]) else "descriptor")
+        raise InputError(f"NaN or infinite {what} in {rows.row_types[i]} row(s) of configuration "
+                         f"file(s) {', '.join(files[:5])}{' ...' if len(files) > 5 else ''} "
+                         f"(group {rows.groups[i]}); fix or remove the data", file=infile,
+                         section="PATH", key="dataPath")
+    return rows
+
+
+def snap_parameters(config: Any) -> tuple[list[str], dict[str, Any]]:
+    """Element order and SNAP parameters of a FitSNAP config (for the Posterior header)."""
+    bs = config.sections["BISPECTRUM"]
+    snap = {
+        "twojmax": max(int(t) for t in bs.twojmax),
+        "twojmax_per_element": [int(t) for t in bs.twojmax],
+        "rcutfac": float(bs.rcutfac), "rfac0": float(bs.rfac0), "rmin0": float(bs.rmin0),
+        "radelem": [float(x) for x in bs.radelem], "wj": [float(x) for x in bs.wj],
+        "bzeroflag": int(bs.bzeroflag), "switchflag": int(bs.switchflag),
+        "wselfallflag": int(bs.wselfallflag), "chemflag": int(bs.chemflag != 0),
+        "quadraticflag": int(bs.quadraticflag), "bnormflag": int(bs.bnormflag),
+        "ncoeff": int(bs.ncoeff),
+    }
+    if "REFERENCE" in config.sections:
+        ref = config.sections["REFERENCE"]
+        snap["reference"] = {"units": ref.units, "atom_style": ref.atom_style,
+                             "pair_commands": list(ref.lmp_pairdecl)}
+    return list(bs.types), snap
+
+
+class UQSolverMixin:
+    """Shared plumbing of our solvers: options, posterior path and writing.
+
+    A mixin, not a base class: FitSNAP's factory finds only direct subclasses of its ``Solver``, so
+    each solver is declared ``class NAME(UQSolverMixin, Solver)``.
+    """
+
+    config: Any
+    pt: Any
+
+    def __init__(self, name: str, pt: Any, config: Any) -> None:
+        super().__init__(name, pt, config)  # type: ignore[call-arg]
+        self.options = uq_options(config)
+        self.posterior: Posterior | None = None
+
+    @property
+    def infile(self) -> str | None:
+        return getattr(self.config, "infile", None)
+
+    def posterior_path(self) -> Path:
+        """Where the Posterior goes: ``[UQ] posterior`` or ``<potential>.posterior.npz``."""
+        if self.options["posterior"]:
+            path = Path(self.options["posterior"])
+            if not path.is_absolute() and self.infile and getattr(self.config.args, "relative", False):
+                path = Path(self.infile).parent / path
+            return path
+        potential = "fitsnap_potential"
+        if "OUTFILE" in self.config.sections:
+            potential = self.config.sections["OUTFILE"].potential_name or potential
+        return Path(f"{potential}.posterior.npz")
+
+    def _check_output_free(self) -> None:
+        path = self.posterior_path()
+        if path.exists() and not getattr(self.config.args, "overwrite", False):
+            raise InputError(f"posterior file {path} exists; pass --overwrite to replace it",
+                             file=self.infile, section="UQ", key="posterior")
+
+    def write_posterior(self, posterior: Posterior) -> Path:
+        """Save the posterior and the optional sampled ``.snapcoeff`` files (rank 0)."""
+        path = posterior.save(self.posterior_path())
+        nsamples = self.options["nsamples"]
+        if nsamples:
+            stem = str(path)[: -len(".posterior.npz")] if str(path).endswith(".posterior.npz") \
+                else os.path.splitext(str(path))[0]
+            for i, coeffs in enumerate(posterior.sample(nsamples, seed=self.options["seed"])):
+                posterior.write_snapcoeff(f"{stem}.sample{i}.snapcoeff", coeffs,
+                                          comment=f"sample {i} of {path.name}")
+        self.pt.single_print(f"fitsnap-uq: wrote posterior {path}")
+        return path
+
+
+class BAYES(UQSolverMixin, Solver):
+    """Bayesian linear regression with learned noise per class and evidence-optimized prior.
+
+    ``[SOLVER] solver = BAYES``; options in ``[UQ]``: ``noise_classes``, ``prior``, ``weights``,
+    ``max_iter``, ``tol``, ``posterior``, ``nsamples``, ``seed``.
+    """
+
+    def perform_fit(self, a: Any = None, b: Any = None, w: Any = None, trainall: bool = False) -> None:
+        @self.pt.sub_rank_zero
+        def fit_on_rank_zero() -> None:
+            self._check_output_free()
+            rows = gather_rows(self.pt, self.infile)
+            train = rows if trainall else rows.training()
+            opts = self.options
+            w_fit = train.w if opts["weights"] == "ratios" else (train.w != 0).astype(float)
+            labels = noise_model.class_labels(train.groups, train.row_types, opts["noise_classes"])
+            stats = noise_model.stats_by_class(train.a, train.b, w_fit, labels)
+            if not stats:
+                raise InputError("no training rows with nonzero weight", file=self.infile,
+                                 section="GROUPS")
+            result = fit_bayes(stats, prior=opts["prior"], max_iter=opts["max_iter"], tol=opts["tol"])
+            names = list(stats)
+            noise_var = dict(result.noise_var) if opts["noise_classes"] != "one" else {}
+            noise_var.update(noise_model.pooled_noise_var(result, names, labels, train.row_types, w_fit))
+            elements, snap = snap_parameters(self.config)
+            info = {
+                "solver": "BAYES", "options": {k: v for k, v in opts.items() if k != "posterior"},
+                "converged": result.converged, "iterations": result.iterations,
+                "message": result.message, "n_train_rows": int(train.b.shape[0]),
+                "active_columns": int(result.active.sum()),
+                "alpha": result.alpha.tolist(),
+            }
+            layout = Posterior(np.zeros(len(elements) * (snap["ncoeff"] + 1)),
+                               np.zeros((len(elements) * (snap["ncoeff"] + 1),) * 2), elements, snap)
+            cols = layout.fit_columns
+            mean = np.zeros(layout.n_coefficients)
+            cov = np.zeros((layout.n_coefficients,) * 2)
+            mean[cols] = result.mean
+            cov[np.ix_(cols, cols)] = result.cov
+            self.posterior = Posterior(mean, cov, elements, snap, noise_var=noise_var,
+                                       log_evidence=result.log_evidence, info=info)
+            self.fit = result.mean.copy()
+            self.cov = result.cov
+            if result.log_evidence is not None:
+                self.pt.single_print(f"fitsnap-uq BAYES: log evidence {result.log_evidence:.6g}")
+            if not result.converged:
+                self.pt.single_print(f"fitsnap-uq BAYES: WARNING not converged after "
+                                     f"{result.iterations} iterations ({result.message})")
+            self.write_posterior(self.posterior)
+
+        fit_on_rank_zero()
+
+
+def available_solvers() -> list[str]:
+    """Names of every solver FitSNAP's factory can find now (its own and ours), sorted."""
+    import fitsnap3lib.solvers.solver_factory  # noqa: F401  (imports FitSNAP's solvers)
+
+    return sorted({cls.__name__ for cls in Solver.__subclasses__()}, key=str.upper)

