@@ -24,6 +24,11 @@ Adapters (name: what changed upstream):
     FitSNAP 3.1.0.4 fills in the default ``[EXTRAS]``, ``[MEMORY]``, ``[ESHIFT]`` and ``[GROUPS]``
     sections for dictionary input only; an input *file* without ``[EXTRAS]`` crashes in its error
     analysis (``KeyError: 'EXTRAS'``). We add the same empty sections to file input.
+``input_paths``
+    FitSNAP 3.1.0.4 derives the input file's folder with a loop that raises ``IndexError`` for an
+    absolute path inside the working directory, and caches that folder (and the output folder) at
+    class level, so a second ``FitSnap`` in the same process reads data relative to the first one's
+    input. We compute the folder with ``os.path`` and reset both caches for every new ``Config``.
 ``scalar_energy_accumulator``
     FitSNAP's neural-network ``forward`` builds the per-configuration energy accumulator with
     ``torch.zeros(atoms_per_structure.size())``; for a batch of one configuration that is a 0-d tensor
@@ -219,6 +224,30 @@ def adapt_default_sections() -> bool:
     return True
 
 
+@_once("input_paths")
+def adapt_input_paths() -> bool:
+    """Correct input-folder handling (absolute paths; one FitSnap after another in a process)."""
+    import os
+
+    from fitsnap3lib.io.input import Config
+    from fitsnap3lib.io.sections.sections import Section
+
+    def _set_infile_directory(cls: Any, self: Any) -> None:
+        cls._infile_directory = os.path.dirname(self.infile) if self.infile else ""
+
+    Section._set_infile_directory = classmethod(_set_infile_directory)
+    original = Config.parse_config
+
+    @functools.wraps(original)
+    def parse_config(self: Any) -> Any:
+        Section._infile_directory = None
+        Section._outfile_directory = None
+        return original(self)
+
+    Config.parse_config = parse_config
+    return True
+
+
 ADAPTERS: tuple[Callable[[], None], ...] = (
     load_mpi_library,
     adapt_create_atoms,
@@ -227,6 +256,7 @@ ADAPTERS: tuple[Callable[[], None], ...] = (
     adapt_shuffle,
     adapt_lr_scheduler,
     adapt_default_sections,
+    adapt_input_paths,
     adapt_nn_forward,
 )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import configparser
 import functools
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -84,10 +85,39 @@ def validate_input(infile: str, keyword_replacements: Sequence[Sequence[str]] = 
         group_file = cfg["PATH"].get("groupFile", "None") if "PATH" in cfg else "None"
         groups = cfg["GROUPS"] if "GROUPS" in cfg and group_file == "None" else {}
         for group in groups:
-            if group not in GROUP_SETTINGS and not (data / group).is_dir():
+            if group in GROUP_SETTINGS:
+                continue
+            if not (data / group).is_dir():
                 raise InputError(f"no folder {data / group} for this group under the data "
                                  f"directory", file=infile, section="GROUPS", key=group)
+            if scraper == "JSON":
+                for path in sorted((data / group).glob("*.json")):
+                    check_json_file(path, infile)
     return cfg
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"non-finite number {name}")
+
+
+def check_json_file(path: Path, infile: str | None = None) -> None:
+    """Parse a FitSNAP JSON file as FitSNAP's scraper will, but strictly.
+
+    FitSNAP 3.1.0.4 prints a warning for a file it cannot parse (a ``NaN`` literal, a truncated file)
+    and goes on with the previous configuration's data in its place; we stop with the file named.
+    """
+    text = path.read_text()
+    if not text.lstrip().startswith("{"):
+        text = text.split("\n", 1)[1] if "\n" in text else ""  # FitSNAP skips a first comment line
+    try:
+        record = json.loads(text, parse_constant=_reject_constant)
+        data = record["Dataset"]["Data"][0]
+        for key in ("Positions", "Energy"):
+            if key not in data:
+                raise ValueError(f"no {key!r}")
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise InputError(f"bad training configuration {path}: {exc}", file=infile, section="PATH",
+                         key="dataPath") from None
 
 
 def split_arguments(argv: Sequence[str]) -> tuple[list[str], bool]:
@@ -131,3 +161,24 @@ def run_fit(argv: Sequence[str], comm: Any = None) -> Any:
     snap.perform_fit()
     snap.write_output()
     return snap
+
+
+def descriptor_rows(infile: str, extra_args: Sequence[str] = (), comm: Any = None) -> Any:
+    """Run FitSNAP's scrape and descriptor stages on ``infile``; return the system as
+    :class:`~fitsnap_uq.linear.rows.Rows` (on the head rank; None elsewhere) and the FitSnap object.
+
+    Used by benchmarks and tools that need FitSNAP's rows without fitting them.
+    """
+    from fitsnap3lib.fitsnap import FitSnap
+
+    import fitsnap_uq  # noqa: F401
+    from fitsnap_uq.solvers import gather_rows
+
+    args = [infile, "--nofit", "--overwrite", *extra_args]
+    validate_input(infile)
+    snap = FitSnap(comm=comm, arglist=args)
+    snap.scrape_configs(delete_scraper=True)
+    snap.process_configs(delete_data=True)
+    snap.pt.all_barrier()
+    rows = gather_rows(snap.pt, infile) if snap.pt.get_subrank() == 0 else None
+    return rows, snap

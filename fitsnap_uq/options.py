@@ -70,6 +70,11 @@ UQ_KEYS: dict[str, Key] = {
     "max_iter": Key("500", _positive_int, "Most evidence-maximization iterations."),
     "tol": Key("1e-8", _positive_float, "Convergence tolerance on the relative change of the "
                "hyperparameters."),
+    "recalibration": Key("quantile", str,
+                         "Recalibration of the predictive intervals, learned by K-fold "
+                         "cross-validation over training configurations: quantile (per quantity) or "
+                         "none (Gaussian intervals from the posterior alone).", ("quantile", "none")),
+    "cv_folds": Key("5", _positive_int, "Folds of the recalibration's cross-validation (>= 2)."),
     "nsamples": Key("0", _positive_int, "Also write this many sampled coefficient sets as "
                     "<potential>.sample<i>.snapcoeff files."),
     "seed": Key("0", int, "Seed of every random choice (samples, folds)."),
@@ -96,4 +101,6 @@ def parse_uq(values: dict[str, str], file: str | None = None) -> dict[str, Any]:
             out[name] = key.parse(text.strip() if isinstance(text, str) else text)
         except ValueError as exc:
             raise InputError(f"bad value {text!r}: {exc}", file=file, section="UQ", key=name) from None
+    if out["cv_folds"] < 2:
+        raise InputError("need at least 2 folds", file=file, section="UQ", key="cv_folds")
     return out

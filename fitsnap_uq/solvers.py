@@ -10,55 +10,27 @@ writes a :class:`~fitsnap_uq.posterior.Posterior`.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from fitsnap3lib.solvers.solver import Solver
 
+from fitsnap_uq import calibration
 from fitsnap_uq.errors import InputError
-from fitsnap_uq.linear import noise as noise_model
-from fitsnap_uq.linear.bayes import fit_bayes
+from fitsnap_uq.linear.rows import Rows, RowsFit, fit_and_recalibrate, fit_rows, recalibration_map
 from fitsnap_uq.posterior import Posterior
 from fitsnap_uq.sections import uq_options
 
 
-@dataclass
-class FitRows:
-    """The linear system FitSNAP built, unweighted, one entry per row.
-
-    Attributes:
-        a: (n, m) descriptors in FitSNAP's column layout (energy rows per atom).
-        b: (n,) truths minus the reference potential (eV/atom, eV/A, bar).
-        w: (n,) FitSNAP weights.
-        testing: (n,) bool, row of a testing configuration.
-        groups, row_types, configs: (n,) group name, ``Energy``/``Force``/``Stress``, config file.
-    """
-
-    a: np.ndarray
-    b: np.ndarray
-    w: np.ndarray
-    testing: np.ndarray
-    groups: np.ndarray
-    row_types: np.ndarray
-    configs: np.ndarray
-
-    def training(self) -> FitRows:
-        """The rows of training configurations."""
-        keep = ~self.testing
-        return FitRows(*(getattr(self, f)[keep] for f in
-                         ("a", "b", "w", "testing", "groups", "row_types", "configs")))
-
-
-def gather_rows(pt: Any, infile: str | None = None) -> FitRows:
-    """Read FitSNAP's shared arrays into a :class:`FitRows`; refuse NaN/inf, naming the config.
+def gather_rows(pt: Any, infile: str | None = None) -> Rows:
+    """Read FitSNAP's shared arrays into :class:`~fitsnap_uq.linear.rows.Rows`; refuse NaN/inf.
 
     Raises:
         InputError: a descriptor, truth or weight is NaN or infinite (names the configuration).
     """
     d = pt.fitsnap_dict
-    rows = FitRows(a=pt.shared_arrays["a"].array, b=pt.shared_arrays["b"].array,
+    rows = Rows(a=pt.shared_arrays["a"].array, b=pt.shared_arrays["b"].array,
                    w=pt.shared_arrays["w"].array, testing=np.asarray(d["Testing"], dtype=bool),
                    groups=np.asarray(d["Groups"]), row_types=np.asarray(d["Row_Type"]),
                    configs=np.asarray(d["Configs"]))
@@ -145,12 +117,50 @@ class UQSolverMixin:
         self.pt.single_print(f"fitsnap-uq: wrote posterior {path}")
         return path
 
+    def calibration_paths(self) -> tuple[Path, Path]:
+        """Markdown table and PNG curve of the calibration report, next to FitSNAP's metrics file."""
+        metrics = "fitsnap_metrics.md"
+        if "OUTFILE" in self.config.sections and self.config.sections["OUTFILE"].metric_file:
+            metrics = self.config.sections["OUTFILE"].metric_file
+        stem = metrics[:-3] if metrics.endswith(".md") else metrics
+        return Path(f"{stem}.uq.md"), Path(f"{stem}.calibration.png")
+
+    def write_calibration(self, posterior: Posterior, rows: Rows, model: RowsFit) -> None:
+        """Raw and recalibrated calibration tables of training and testing rows, and the curve."""
+        keep = rows.w != 0
+        names = model.noise_names(rows)
+        mean, sigma = posterior.predict_raw(rows.a, noise=list(names))
+        args = (rows.b, mean, sigma, rows.groups, rows.row_types, rows.testing)
+        raw = calibration.metrics_table(*args, keep=keep)
+        recal = None
+        if posterior.recalibration is not None:
+            recal = calibration.metrics_table(*args, multiplier=posterior.multiplier, keep=keep)
+        table_path, png_path = self.calibration_paths()
+        text = calibration.markdown(raw, recal, title=f"Calibration of {self.name} predictions")
+        _write_text(table_path, text)
+        curves = {}
+        abs_err = np.abs(rows.b - mean)
+        for q in sorted(set(rows.row_types[keep].astype(str).tolist())):
+            for is_test in (False, True):
+                sel = keep & (rows.row_types.astype(str) == q) & (rows.testing == is_test)
+                if not sel.any():
+                    continue
+                label = f"{q} {'test' if is_test else 'train'}"
+                curves[f"{label} raw"] = (calibration.CURVE_LEVELS, calibration.observed_coverage(
+                    abs_err[sel], sigma[sel], q, calibration.gaussian_multiplier))
+                if recal is not None:
+                    curves[f"{label} recal"] = (calibration.CURVE_LEVELS, calibration.observed_coverage(
+                        abs_err[sel], sigma[sel], q, posterior.multiplier))
+        calibration.calibration_plot(png_path, curves, title=f"{self.name}: calibration")
+        self.pt.single_print(f"fitsnap-uq: wrote calibration report {table_path} and {png_path}")
+
 
 class BAYES(UQSolverMixin, Solver):
     """Bayesian linear regression with learned noise per class and evidence-optimized prior.
 
-    ``[SOLVER] solver = BAYES``; options in ``[UQ]``: ``noise_classes``, ``prior``, ``weights``,
-    ``max_iter``, ``tol``, ``posterior``, ``nsamples``, ``seed``.
+    ``[SOLVER] solver = BAYES``; options in ``[UQ]`` (see :data:`fitsnap_uq.options.UQ_KEYS`).
+    Writes the Posterior (with its cross-validated recalibration), and the calibration report of
+    training and testing rows next to FitSNAP's metrics file.
     """
 
     def perform_fit(self, a: Any = None, b: Any = None, w: Any = None, trainall: bool = False) -> None:
@@ -159,34 +169,30 @@ class BAYES(UQSolverMixin, Solver):
             self._check_output_free()
             rows = gather_rows(self.pt, self.infile)
             train = rows if trainall else rows.training()
-            opts = self.options
-            w_fit = train.w if opts["weights"] == "ratios" else (train.w != 0).astype(float)
-            labels = noise_model.class_labels(train.groups, train.row_types, opts["noise_classes"])
-            stats = noise_model.stats_by_class(train.a, train.b, w_fit, labels)
-            if not stats:
+            if not np.any(train.w != 0):
                 raise InputError("no training rows with nonzero weight", file=self.infile,
                                  section="GROUPS")
-            result = fit_bayes(stats, prior=opts["prior"], max_iter=opts["max_iter"], tol=opts["tol"])
-            names = list(stats)
-            noise_var = dict(result.noise_var) if opts["noise_classes"] != "one" else {}
-            noise_var.update(noise_model.pooled_noise_var(result, names, labels, train.row_types, w_fit))
+            opts = self.options
+            fit_opts = {k: opts[k] for k in ("noise_classes", "prior", "weights", "max_iter", "tol")}
+            recal = None
+            if opts["recalibration"] == "quantile":
+                model, ratios = fit_and_recalibrate(train, folds=opts["cv_folds"], seed=opts["seed"],
+                                                    **fit_opts)
+                recal = recalibration_map(ratios)
+            else:
+                model = fit_rows(train, **fit_opts)
+            result = model.result
             elements, snap = snap_parameters(self.config)
             info = {
                 "solver": "BAYES", "options": {k: v for k, v in opts.items() if k != "posterior"},
                 "converged": result.converged, "iterations": result.iterations,
                 "message": result.message, "n_train_rows": int(train.b.shape[0]),
-                "active_columns": int(result.active.sum()),
-                "alpha": result.alpha.tolist(),
+                "active_columns": int(result.active.sum()), "alpha": result.alpha.tolist(),
             }
-            layout = Posterior(np.zeros(len(elements) * (snap["ncoeff"] + 1)),
-                               np.zeros((len(elements) * (snap["ncoeff"] + 1),) * 2), elements, snap)
-            cols = layout.fit_columns
-            mean = np.zeros(layout.n_coefficients)
-            cov = np.zeros((layout.n_coefficients,) * 2)
-            mean[cols] = result.mean
-            cov[np.ix_(cols, cols)] = result.cov
-            self.posterior = Posterior(mean, cov, elements, snap, noise_var=noise_var,
-                                       log_evidence=result.log_evidence, info=info)
+            self.posterior = posterior_from_fit(result.mean, result.cov, elements, snap,
+                                                noise_var=model.noise_var,
+                                                log_evidence=result.log_evidence,
+                                                recalibration=recal, info=info)
             self.fit = result.mean.copy()
             self.cov = result.cov
             if result.log_evidence is not None:
@@ -195,8 +201,28 @@ class BAYES(UQSolverMixin, Solver):
                 self.pt.single_print(f"fitsnap-uq BAYES: WARNING not converged after "
                                      f"{result.iterations} iterations ({result.message})")
             self.write_posterior(self.posterior)
+            self.write_calibration(self.posterior, rows, model)
 
         fit_on_rank_zero()
+
+
+def posterior_from_fit(mean: np.ndarray, cov: np.ndarray, elements: list[str], snap: dict[str, Any],
+                       **kwargs: Any) -> Posterior:
+    """A Posterior from a fit in FitSNAP's column layout (constants added when bzeroflag = 1)."""
+    p = len(elements) * (snap["ncoeff"] + 1)
+    layout = Posterior(np.zeros(p), np.zeros((p, p)), elements, snap)
+    cols = layout.fit_columns
+    full_mean = np.zeros(p)
+    full_cov = np.zeros((p, p))
+    full_mean[cols] = mean
+    full_cov[np.ix_(cols, cols)] = cov
+    return Posterior(full_mean, full_cov, elements, snap, **kwargs)
+
+
+def _write_text(path: Path, text: str) -> None:
+    from fitsnap_uq.posterior import _atomic_write
+
+    _atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
 def available_solvers() -> list[str]:

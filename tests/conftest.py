@@ -92,6 +92,25 @@ def make_cu_dataset(folder: Path, n_per_group: int = 4, seed: int = 0) -> Path:
     return folder
 
 
+def make_cuag_dataset(folder: Path, n: int = 4, seed: int = 1) -> Path:
+    """Rattled fcc Cu-Ag cells (EMT) in one group ``Alloy``, for two-element fits."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    from fitsnap_uq.fitsnap_json import atoms_record, write_record
+
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        atoms = bulk("Cu", "fcc", a=3.75, cubic=True).repeat((2, 2, 2))
+        symbols = np.array(atoms.get_chemical_symbols())
+        symbols[rng.permutation(len(atoms))[: len(atoms) // 2]] = "Ag"
+        atoms.set_chemical_symbols(symbols.tolist())
+        atoms.rattle(stdev=0.05, seed=int(rng.integers(1 << 30)))
+        atoms.calc = EMT()
+        write_record(atoms_record(atoms), folder / "JSON" / "Alloy" / f"Alloy_{i}.json")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def cu_data(tmp_path_factory) -> Path:
     """A folder with JSON/Bulk and JSON/Strained (4 EMT Cu configurations of 32 atoms each)."""

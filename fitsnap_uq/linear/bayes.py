@@ -63,7 +63,7 @@ def _qr_r(block: np.ndarray) -> np.ndarray:
 
 
 def class_stats(a: np.ndarray, y: np.ndarray, w: np.ndarray | None = None,
-                block_rows: int = 16384) -> ClassStats:
+                block_rows: int = 16384, index: np.ndarray | None = None) -> ClassStats:
     """One pass over the rows of one noise class (a tall-skinny QR, block by block).
 
     Args:
@@ -72,29 +72,31 @@ def class_stats(a: np.ndarray, y: np.ndarray, w: np.ndarray | None = None,
         w: (n,) relative weights (1 if None); rows with w == 0 do not count.
         block_rows: rows per QR block; blocks of ~16k rows keep the factorization in cache, which
             makes this pass faster than one LAPACK QR (or ``numpy.linalg.lstsq``) of all rows.
+        index: optional row indices into ``a``/``y``/``w``: only these rows, gathered block by block
+            (no copy of the selected rows as a whole).
 
     Returns:
         The class's :class:`ClassStats`.
     """
     a = np.asarray(a, dtype=float)
     y = np.asarray(y, dtype=float)
-    n, p = a.shape
-    w = np.ones(n) if w is None else np.asarray(w, dtype=float)
-    keep = w != 0
-    if not keep.all():
-        a, y, w = a[keep], y[keep], w[keep]
-        n = a.shape[0]
+    p = a.shape[1]
+    w = np.ones(a.shape[0]) if w is None else np.asarray(w, dtype=float)
+    idx = np.arange(a.shape[0]) if index is None else np.asarray(index)
+    idx = idx[w[idx] != 0]
+    n = idx.size
     r_aug = np.zeros((0, p + 1))
     for start in range(0, n, block_rows):
-        stop = min(n, start + block_rows)
+        rows = idx[start:start + block_rows]
         top = r_aug.shape[0]
-        block = np.empty((top + stop - start, p + 1))
+        block = np.empty((top + rows.size, p + 1))
         block[:top] = r_aug
-        np.multiply(a[start:stop], w[start:stop, None], out=block[top:, :p])
-        np.multiply(y[start:stop], w[start:stop], out=block[top:, p])
+        wb = w[rows]
+        np.multiply(a[rows], wb[:, None], out=block[top:, :p])
+        np.multiply(y[rows], wb, out=block[top:, p])
         r_aug = np.linalg.qr(block, mode="r")
     r_aug = _qr_r(r_aug)
-    wref2 = 1.0 / float(np.median(np.abs(w))) ** 2 if n else 1.0
+    wref2 = 1.0 / float(np.median(np.abs(w[idx]))) ** 2 if n else 1.0
     return ClassStats(r=np.triu(r_aug[:p, :p]), z=r_aug[:p, p].copy(), rho2=float(r_aug[p, p] ** 2),
                       n=int(n), wref2=wref2)
 
@@ -228,13 +230,17 @@ def fit_bayes(stats: dict[str, ClassStats], prior: str = "isotropic", max_iter: 
         res2 = float(np.sum((s.z - s.r @ m0) ** 2) + s.rho2)
         beta[i] = max(s.n, 1) / max(res2, 1e-12 * max(float(np.sum(s.z**2) + s.rho2), 1e-300))
 
-    # Noise floor: a class's residual is never taken below 1e-12 of its mean square target (noise std
-    # >= 1e-6 of the data scale), so classes the model fits exactly (zero forces of perfect lattices,
-    # fewer rows than coefficients) keep a finite precision and the covariance stays well posed.
+    # Noise floor: a class's residual is never taken below 1e-12 of its own mean square target (noise
+    # std >= 1e-6 of the data scale), so classes the model fits exactly (fewer rows than coefficients)
+    # keep a finite precision. A class whose targets are all zero (forces of perfect lattices) gets the
+    # smallest physical scale of the other classes. Weighted units: yy_k ~ w_k^2 sum y^2, so the
+    # physical mean square is yy_k wref2_k / n_k.
     yy = np.array([float(np.sum(s.z**2) + s.rho2) for s in st])
     n_k = np.array([max(s.n, 1) for s in st], dtype=float)
-    mean_sq = float(yy.sum() / n_k.sum()) or 1.0
-    res_floor = 1e-12 * np.maximum(yy, mean_sq * n_k)
+    wref2 = np.array([s.wref2 for s in st])
+    phys = yy * wref2 / n_k
+    smallest = float(phys[phys > 0].min()) if np.any(phys > 0) else 1.0
+    res_floor = 1e-12 * np.where(yy > 0, yy, n_k * smallest / wref2)
 
     history: list[float] = []
     converged, message, iterations = False, "maximum number of iterations reached", 0

@@ -35,14 +35,19 @@ def class_labels(groups: np.ndarray, row_types: np.ndarray, mode: str) -> np.nda
     raise ValueError(f"noise class mode must be one of {MODES}, not {mode!r}")
 
 
-def stats_by_class(a: np.ndarray, y: np.ndarray, w: np.ndarray, labels: np.ndarray
-                   ) -> dict[str, ClassStats]:
-    """Per-class sufficient statistics (one pass over each class's rows)."""
+def stats_by_class(a: np.ndarray, y: np.ndarray, w: np.ndarray, labels: np.ndarray,
+                   select: np.ndarray | None = None) -> dict[str, ClassStats]:
+    """Per-class sufficient statistics (one pass over each class's rows).
+
+    Args:
+        a, y, w, labels: (n, p), (n,), (n,), (n,) rows, targets, weights and class names.
+        select: optional (n,) bool, only these rows (gathered block by block, not copied whole).
+    """
     out: dict[str, ClassStats] = {}
-    for name in sorted(set(labels.tolist())):
-        rows = labels == name
-        if np.any(w[rows] != 0):
-            out[name] = class_stats(a[rows], y[rows], w[rows])
+    for name in sorted(set(labels.tolist() if select is None else labels[select].tolist())):
+        mask = labels == name if select is None else (labels == name) & select
+        if np.any(w[mask] != 0):
+            out[name] = class_stats(a, y, w, index=np.flatnonzero(mask))
     return out
 
 
