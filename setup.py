@@ -24,6 +24,8 @@ setup(
         "numpy",
         "scipy",
         "pandas",
+        "matplotlib",  # calibration curves and report plots
+        "tabulate",  # pandas.DataFrame.to_markdown for the calibration tables
         "ase",
         "tblite",
         "torch",

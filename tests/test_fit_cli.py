@@ -29,6 +29,14 @@ def test_ta_anl_runs(ta_run):
     cov = np.load(ta_run / "covariance.npy")
     assert cov.shape == (31, 31)
     assert np.allclose(read_snapcoeff(ta_run / "Ta_pot.snapcoeff"), read_snapcoeff(REFERENCE), atol=1e-6)
+    # The calibration metrics score FitSNAP ANL's own covariance file.
+    from fitsnap_uq import calibration
+
+    d = SHARED_TA / "reference_svd_fit"
+    a, b = np.load(d / "Descriptors.npy"), np.load(d / "Truth-Ref.npy")
+    mean = a @ np.load(ta_run / "mean.npy")
+    m = calibration.block_metrics(b - mean, calibration.anl_sigma(a, cov), None)
+    assert m["n"] == b.size and 0 <= m["cov68"] < 0.3  # ANL's sigma is far too small
 
 
 @pytest.mark.parametrize("solver", ["SVD", "ANL", "BAYES"])
