@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from fitsnap_uq.errors import InputError, NumericalError
 
@@ -38,6 +39,67 @@ def _cmd_fit(rest: Sequence[str]) -> int:
     return 0
 
 
+def _cmd_md(args: argparse.Namespace) -> int:
+    from lammps_hooks.md import run_md
+
+    comm = _mpi_comm()
+    try:
+        result = run_md(args.script, args.posterior, every=args.every, forces=not args.energy_only,
+                        flag_dir=args.flag_dir, flag_above=args.flag_above, halt_above=args.halt_above,
+                        measure=args.measure, max_flags=args.max_flags, min_distance=args.min_distance,
+                        source=args.source, comm=comm, log=args.log)
+    except (InputError, NumericalError) as exc:
+        return _fail(str(exc), comm)
+    if comm is None or comm.Get_rank() == 0:
+        last = result.hook.last if result.hook else {}
+        summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k not in ("halt",))
+        print(f"fitsnap-uq md: last uncertainty: {summary}")
+        if args.flag_dir:
+            store = result.store
+            print(f"fitsnap-uq md: {result.nflagged} frame(s) flagged this run into {args.flag_dir}"
+                  + (f" ({store.skipped_duplicates} near-duplicates skipped)" if store else ""))
+        if result.halted:
+            print(result.halted)
+        if args.summary:
+            write_summary(args.summary, result)
+    return 0
+
+
+def write_summary(path: str, result) -> None:
+    """JSON summary of an MD run with the hook: last values, history, halt reason, flags."""
+    import json
+
+    from fitsnap_uq.posterior import _atomic_write
+
+    hook = result.hook
+    data = {"last": hook.last if hook else {}, "history": hook.history if hook else [],
+            "halted": result.halted, "nflagged": result.nflagged,
+            "every": hook.every if hook else None, "forces": hook.forces if hook else None,
+            "source": hook.spread.source if hook else None}
+    text = json.dumps(data, indent=1)
+    _atomic_write(Path(path), lambda fh: fh.write(text.encode()))
+
+
+def _cmd_ensemble(args: argparse.Namespace) -> int:
+    from lammps_hooks.ensemble import run_ensemble
+
+    comm = _mpi_comm()
+    try:
+        result = run_ensemble(args.script, args.posterior, samples=args.samples,
+                              observables=args.observables, every=args.every, outdir=args.outdir,
+                              seed=args.seed, ranks_per_replica=args.ranks_per_replica, comm=comm)
+    except (InputError, NumericalError) as exc:
+        return _fail(str(exc), comm)
+    if result is not None:
+        print(f"fitsnap-uq ensemble: {len(result.timings)} replicas; results in {args.outdir}/")
+        for obs in result.observables:
+            f, a = result.final[obs], result.average[obs]
+            print(f"  {obs}: final {f['mean']:.6g} +- {f['std']:.3g} (95% [{f['lo']:.6g}, {f['hi']:.6g}]); "
+                  f"second-half average {a['mean']:.6g} +- {a['std']:.3g} "
+                  f"(95% [{a['lo']:.6g}, {a['hi']:.6g}])")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fitsnap-uq`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -57,6 +119,49 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False)
     fit.add_argument("fitsnap_args", nargs=argparse.REMAINDER,
                      help="input file and FitSNAP flags")
+
+    md = sub.add_parser(
+        "md", help="run a LAMMPS input script with the SNAP uncertainty hook",
+        description="Run an unmodified LAMMPS input script (pair_style snap, alone or in "
+                    "hybrid/overlay) with per-atom and global uncertainties from a Posterior: "
+                    "per-atom columns d_uq_estd (eV) and d_uq_fstd (eV/A) for dump, variables "
+                    "v_uq_pe_std, v_uq_pe_atom_std, v_uq_estd_max, v_uq_estd_mean, v_uq_fstd_max, "
+                    "v_uq_fstd_mean, v_uq_nflagged for thermo and fix halt. Works under mpirun.")
+    md.add_argument("script", help="LAMMPS input script")
+    md.add_argument("--posterior", required=True, help="posterior file (.posterior.npz)")
+    md.add_argument("--every", type=int, default=10, help="compute every N steps (default 10)")
+    md.add_argument("--energy-only", action="store_true",
+                    help="per-atom energy std only (no snad/atom: cheaper)")
+    md.add_argument("--flag-dir", help="folder of flagged frames (extxyz + FitSNAP JSON)")
+    md.add_argument("--flag-above", type=float, help="store frames whose measure exceeds this")
+    md.add_argument("--halt-above", type=float, help="stop the run when the measure exceeds this")
+    md.add_argument("--measure", choices=["fstd_max", "fstd_mean", "estd_max", "estd_mean",
+                                          "pe_atom_std", "pe_std"],
+                    help="what the thresholds apply to (default fstd_max; estd_max with --energy-only)")
+    md.add_argument("--max-flags", type=int, default=100, help="most frames flagged per run")
+    md.add_argument("--min-distance", type=float, default=1e-3,
+                    help="relative descriptor distance under which a frame is a near-duplicate")
+    md.add_argument("--source", default="auto", choices=["auto", "analytic", "samples"],
+                    help="Gaussian covariance or posterior samples (default: samples if stored)")
+    md.add_argument("--log", default="log.lammps", help="LAMMPS log file (default log.lammps)")
+    md.add_argument("--summary", help="write the hook's values (last, history) to this JSON file")
+
+    ens = sub.add_parser(
+        "ensemble", help="posterior ensemble of MD: error bars on MD observables",
+        description="Run K replicas of an unmodified LAMMPS input script, each with coefficients "
+                    "drawn from the posterior, as MPI partitions under mpirun (in sequence on one "
+                    "rank); report mean, std and 95%% interval of the observables over time and at "
+                    "the end (table, summary, plot).")
+    ens.add_argument("script", help="LAMMPS input script with pair_style snap")
+    ens.add_argument("--posterior", required=True, help="posterior file (.posterior.npz)")
+    ens.add_argument("--samples", type=int, default=4, help="number of replicas K (default 4)")
+    ens.add_argument("--observables", nargs="+", default=["vol/atoms", "press", "pe/atoms", "temp"],
+                     help="LAMMPS equal-style expressions (default: vol/atoms press pe/atoms temp)")
+    ens.add_argument("--every", type=int, default=10, help="record every N steps (default 10)")
+    ens.add_argument("--outdir", default="ensemble", help="output folder (default ./ensemble)")
+    ens.add_argument("--seed", type=int, default=0, help="seed of the coefficient draws")
+    ens.add_argument("--ranks-per-replica", type=int, default=1,
+                     help="MPI ranks per partition (default 1)")
     return parser
 
 
@@ -81,4 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "md":
+        return _cmd_md(args)
+    if args.command == "ensemble":
+        return _cmd_ensemble(args)
     return 0

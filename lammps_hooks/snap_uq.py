@@ -1,0 +1,326 @@
+"""The MD hook: per-atom and global SNAP uncertainty from a Posterior, inside a plain LAMMPS ``run``.
+
+Attach it to a ``lammps`` object whose pair style is ``snap`` (alone or inside ``hybrid/overlay``)::
+
+    hook = SnapUQHook(lmp, Posterior.load("Ta_pot.posterior.npz"), every=10,
+                      store=QueryStore("flagged"), flag_above=0.15, halt_above=0.5)
+    hook.attach()
+    lmp.command("run 10000")
+
+Every ``every`` steps (``fix external pf/callback``; the hook adds no force) it computes, from
+``compute sna/atom`` and ``compute snad/atom`` with the Posterior's SNAP parameters:
+
+* per atom, as ``fix property/atom`` columns (dumpable, ``dump_modify thresh`` works):
+  ``d_uq_estd`` energy std (eV) and ``d_uq_fstd`` force std (eV/A, ``sqrt(trace(D Cov D^T))``);
+* global, as LAMMPS internal variables (``thermo_style custom ... v_uq_fstd_max``, ``fix halt``):
+  ``uq_pe_std`` (eV), ``uq_pe_atom_std`` (eV/atom), ``uq_estd_max``, ``uq_estd_mean``,
+  ``uq_fstd_max``, ``uq_fstd_mean``, ``uq_nflagged``, ``uq_halt``.
+
+Gaussian posteriors are propagated analytically, sampled ones (MCMC, model error) from their samples.
+These are *epistemic* (coefficient) uncertainties; the data-noise part of a Posterior does not enter.
+On attach, the hook checks that the Posterior's mean coefficients and SNAP parameters reproduce the
+energy of the running ``snap`` pair style (to 1e-8 relative) and refuses otherwise.
+
+Flagging: above ``flag_above`` (of ``measure``, default ``uq_fstd_max``, or ``uq_estd_max`` without
+forces) the configuration goes to a :class:`~lammps_hooks.flagging.QueryStore`; above ``halt_above``
+the run stops cleanly (``fix halt ... error soft``) and :attr:`SnapUQHook.halted` gives the reason.
+Under MPI every rank must attach the hook (it is collective), as with any LAMMPS command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from fitsnap_uq.errors import InputError
+from fitsnap_uq.posterior import Posterior
+from lammps_hooks.flagging import Frame, QueryStore
+from lammps_hooks.uq_math import CoefficientSpread, energy_rows, force_rows
+
+GLOBALS = ("pe_std", "pe_atom_std", "estd_max", "estd_mean", "fstd_max", "fstd_mean", "nflagged", "halt")
+MEASURES = ("fstd_max", "fstd_mean", "estd_max", "estd_mean", "pe_atom_std", "pe_std")
+
+
+def spread_of(posterior: Posterior, source: str = "auto", nsamples: int = 1000,
+              seed: int = 0) -> CoefficientSpread:
+    """The coefficient spread of a posterior: ``analytic`` (its covariance), ``samples`` (its stored
+    samples, or ``nsamples`` Gaussian draws), or ``auto`` (samples if it has any, else analytic)."""
+    if source == "auto":
+        source = "samples" if posterior.samples is not None else "analytic"
+    if source == "analytic":
+        return CoefficientSpread.from_covariance(posterior.mean, posterior.cov)
+    if source == "samples":
+        draws = posterior.samples if posterior.samples is not None else posterior.sample(nsamples, seed)
+        return CoefficientSpread.from_samples(draws, mean=posterior.mean)
+    raise ValueError(f"source must be auto, analytic or samples, not {source!r}")
+
+
+class SnapUQHook:
+    """Per-atom and global uncertainty during LAMMPS MD (see the module docstring).
+
+    Args:
+        lmp: a ``lammps.lammps`` instance with the box, atoms and a ``snap`` pair style defined.
+        posterior: the coefficients' posterior (its mean must be the pair style's coefficients).
+        every: compute every this many steps (also at the first step of each run).
+        forces: also the per-atom force std (needs ``compute snad/atom``, the costlier part).
+        source: ``auto``, ``analytic`` or ``samples`` (see :func:`spread_of`).
+        nsamples, seed: Gaussian draws when ``source = samples`` and the posterior has none.
+        type_elements: element of each LAMMPS atom type (default: the posterior's element order).
+        prefix: prefix of every LAMMPS name the hook defines (computes, fixes, variables).
+        store, flag_above, halt_above, measure: flagging (see the module docstring); the store is
+            needed on rank 0 only (frames are gathered there).
+        comm: the mpi4py communicator of ``lmp`` (default ``MPI.COMM_WORLD``).
+    """
+
+    def __init__(self, lmp: Any, posterior: Posterior, every: int = 10, forces: bool = True,
+                 source: str = "auto", nsamples: int = 1000, seed: int = 0,
+                 type_elements: Sequence[str] | None = None, prefix: str = "uq",
+                 store: QueryStore | None = None, flag_above: float | None = None,
+                 halt_above: float | None = None, measure: str | None = None, comm: Any = None) -> None:
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.lmp = lmp
+        self.posterior = posterior
+        self.every = int(every)
+        self.forces = bool(forces)
+        self.spread = spread_of(posterior, source, nsamples, seed)
+        self.prefix = prefix
+        self.store = store
+        self.flag_above = flag_above
+        self.halt_above = halt_above
+        self.measure = measure or ("fstd_max" if self.forces else "estd_max")
+        if self.measure not in MEASURES:
+            raise ValueError(f"measure must be one of {MEASURES}, not {self.measure!r}")
+        if self.measure.startswith("fstd") and not self.forces:
+            raise ValueError(f"measure {self.measure} needs forces=True")
+        if comm is None:
+            from mpi4py import MPI
+
+            comm = MPI.COMM_WORLD
+        self.comm = comm
+        if flag_above is not None and store is None and comm.Get_rank() == 0:
+            raise ValueError("flag_above needs a QueryStore (on rank 0) for the flagged frames")
+        self._type_elements = list(type_elements) if type_elements is not None else None
+        self.type_to_element: np.ndarray | None = None
+        self.last: dict[str, float] = {}
+        self.history: list[dict[str, float]] = []
+        self.halted: str | None = None
+        self.attached = False
+        self._active = True
+
+    # ------------------------------------------------------------------ names
+    def name(self, what: str) -> str:
+        """The LAMMPS name of one of the hook's computes/fixes/variables."""
+        return f"{self.prefix}_{what}"
+
+    # ------------------------------------------------------------------ setup
+    def _check_pair_style(self) -> None:
+        style = str(self.lmp.extract_global("pair_style") or "")
+        if style != "snap" and not style.startswith("hybrid"):
+            raise InputError(f"the pair style is {style!r}; the SNAP uncertainty hook needs "
+                             "pair_style snap (alone or in hybrid/overlay)")
+        try:
+            self.lmp.command(f"compute {self.name('pair')} all pair snap")
+        except Exception as exc:
+            raise InputError(f"pair style {style} has no snap sub-style ({exc})") from None
+
+    def _map_types(self) -> None:
+        ntypes = int(self.lmp.extract_global("ntypes"))
+        elements = self._type_elements or list(self.posterior.elements)
+        if len(elements) != ntypes:
+            raise InputError(f"LAMMPS has {ntypes} atom types but {len(elements)} elements were given "
+                             f"({elements}); pass the element of each type (as in pair_coeff)")
+        unknown = [e for e in elements if e not in self.posterior.elements]
+        if unknown:
+            raise InputError(f"elements {unknown} are not in the posterior ({self.posterior.elements})")
+        self.type_elements = elements
+        self.type_to_element = np.array([self.posterior.elements.index(e) for e in elements])
+
+    def _descriptor_args(self) -> str:
+        s = self.posterior.snap
+        if int(s.get("chemflag", 0)):
+            raise InputError("explicit multi-element SNAP (chemflag 1) is not supported by the hook yet")
+        nel = len(self.posterior.elements)
+        radelem = s["radelem"] if isinstance(s["radelem"], list) else [s["radelem"]] * nel
+        wj = s["wj"] if isinstance(s["wj"], list) else [s["wj"]] * nel
+        rad = " ".join(str(radelem[i]) for i in self.type_to_element)
+        wjs = " ".join(str(wj[i]) for i in self.type_to_element)
+        opts = (f"rmin0 {s['rmin0']} bzeroflag {int(s['bzeroflag'])} quadraticflag "
+                f"{int(s['quadraticflag'])} switchflag {int(s.get('switchflag', 1))} "
+                f"bnormflag {int(s.get('bnormflag', 0))} wselfallflag {int(s.get('wselfallflag', 0))}")
+        return f"{s['rcutfac']} {s['rfac0']} {s['twojmax']} {rad} {wjs} {opts}"
+
+    def define_variables(self) -> None:
+        """Define the global internal variables (possible before the box exists, so an input script's
+        ``thermo_style``/``fix halt`` lines can name them early); idempotent."""
+        if getattr(self, "_variables_defined", False):
+            return
+        for g in GLOBALS:
+            self.lmp.command(f"variable {self.name(g)} internal 0.0")
+        self._variables_defined = True
+
+    def attach(self, verify: bool = True) -> SnapUQHook:
+        """Define the computes, per-atom columns, variables and the callback; verify the match."""
+        self._check_pair_style()
+        self._map_types()
+        args = self._descriptor_args()
+        lmp = self.lmp
+        lmp.command(f"compute {self.name('sna')} all sna/atom {args}")
+        if self.forces:
+            lmp.command(f"compute {self.name('snad')} all snad/atom {args}")
+        lmp.command(f"fix {self.name('props')} all property/atom d_{self.name('estd')} "
+                    f"d_{self.name('fstd')}")
+        self.define_variables()
+        lmp.command(f"fix {self.name('ext')} all external pf/callback {self.every} 1")
+        lmp.set_fix_external_callback(self.name("ext"), self._callback, None)
+        if self.halt_above is not None:
+            lmp.command(f"fix {self.name('stop')} all halt {self.every} v_{self.name('halt')} > 0.5 "
+                        "error soft message yes")
+        self.attached = True
+        if verify:
+            self.verify()
+        return self
+
+    def verify(self, rtol: float = 1e-8) -> float:
+        """Run 0 steps and check the posterior mean reproduces the snap pair energy; returns the
+        relative difference. Raises InputError when it does not match."""
+        self._active = False
+        try:
+            self.lmp.command("run 0 post no")
+        finally:
+            self._active = True
+        nlocal = int(self.lmp.extract_global("nlocal"))
+        b = np.asarray(self.lmp.numpy.extract_compute(self.name("sna"), 1, 2))[:nlocal]
+        rows = energy_rows(b, self._elements_of_local(nlocal), len(self.posterior.elements),
+                           self.posterior.block_size)
+        ours = self.comm.allreduce(float(np.sum(rows @ self.posterior.mean)))
+        theirs = float(self.lmp.extract_compute(self.name("pair"), 0, 0))
+        rel = abs(ours - theirs) / max(abs(theirs), 1e-300)
+        if rel > rtol:
+            raise InputError(f"the posterior does not match the running snap pair style: its mean "
+                             f"coefficients give a SNAP energy of {ours:.10g} eV, the pair style "
+                             f"{theirs:.10g} eV (relative difference {rel:.2e}); use the .snapcoeff/"
+                             ".snapparam written with this posterior")
+        return rel
+
+    def _elements_of_local(self, nlocal: int) -> np.ndarray:
+        types = np.asarray(self.lmp.numpy.extract_atom("type"))[:nlocal]
+        return self.type_to_element[types - 1]
+
+    # --------------------------------------------------------------- callback
+    def evaluate(self, nlocal: int) -> tuple[np.ndarray, np.ndarray, dict[str, float], np.ndarray]:
+        """Per-atom energy std (nlocal,), force std (nlocal,) and the globals, now (collective).
+
+        Also returns the local energy rows' sum (p,) for fingerprints.
+        """
+        lmp = self.lmp
+        nel, block = len(self.posterior.elements), self.posterior.block_size
+        b = np.asarray(lmp.numpy.extract_compute(self.name("sna"), 1, 2))[:nlocal]
+        elems = self._elements_of_local(nlocal)
+        rows = energy_rows(b, elems, nel, block)
+        estd = self.spread.std(rows)
+        total_rows = np.empty_like(rows[0]) if nlocal else np.zeros(nel * block)
+        local_sum = rows.sum(axis=0) if nlocal else np.zeros(nel * block)
+        self.comm.Allreduce(local_sum, total_rows)
+        natoms = self.comm.allreduce(nlocal)
+        pe_std = float(self.spread.std(total_rows))
+        fstd = np.zeros(nlocal)
+        if self.forces:
+            d = np.asarray(lmp.numpy.extract_compute(self.name("snad"), 1, 2))[:nlocal]
+            frows = force_rows(d, nel, block)
+            if not np.array_equal(self.type_to_element, np.arange(nel)):
+                frows = _reorder_type_blocks(frows, self.type_to_element, nel, block)
+            per_component = self.spread.std(frows)
+            fstd = np.sqrt(np.sum(per_component**2, axis=1))
+        g = {
+            "pe_std": pe_std,
+            "pe_atom_std": pe_std / max(natoms, 1),
+            "estd_max": self.comm.allreduce(float(estd.max()) if nlocal else 0.0, op=_max()),
+            "estd_mean": self.comm.allreduce(float(estd.sum())) / max(natoms, 1),
+            "fstd_max": self.comm.allreduce(float(fstd.max()) if nlocal else 0.0, op=_max()),
+            "fstd_mean": self.comm.allreduce(float(fstd.sum())) / max(natoms, 1),
+        }
+        return estd, fstd, g, total_rows / max(natoms, 1)
+
+    def _callback(self, caller: Any, step: int, nlocal: int, tag: Any, x: Any, fext: Any) -> None:
+        if not self._active:
+            return
+        lmp = self.lmp
+        estd, fstd, g, fingerprint = self.evaluate(nlocal)
+        lmp.numpy.extract_atom(f"d_{self.name('estd')}")[:nlocal] = estd
+        lmp.numpy.extract_atom(f"d_{self.name('fstd')}")[:nlocal] = fstd
+        value = g[self.measure]
+        if self.flag_above is not None and value > self.flag_above:
+            added = self._flag(step, nlocal, estd, fstd, fingerprint, value)
+            g["nflagged"] = float(self.last.get("nflagged", 0.0) + (1 if added else 0))
+        else:
+            g["nflagged"] = float(self.last.get("nflagged", 0.0))
+        g["halt"] = 0.0
+        if self.halt_above is not None and value > self.halt_above:
+            g["halt"] = 1.0
+            self.halted = (f"fitsnap-uq: stopped at step {step}: {self.name(self.measure)} = {value:.4g} "
+                           f"> halt threshold {self.halt_above:g}")
+        for k, v in g.items():
+            lmp.set_internal_variable(self.name(k), float(v))
+        self.last = dict(g, step=float(step))
+        self.history.append(self.last)
+
+    # --------------------------------------------------------------- flagging
+    def _flag(self, step: int, nlocal: int, estd: np.ndarray, fstd: np.ndarray,
+              fingerprint: np.ndarray, value: float) -> bool:
+        """Gather the configuration on rank 0 and offer it to the store (collective)."""
+        lmp = self.lmp
+        ids = np.asarray(lmp.numpy.extract_atom("id"))[:nlocal].copy()
+        x = np.asarray(lmp.numpy.extract_atom("x"))[:nlocal].copy()
+        f = np.asarray(lmp.numpy.extract_atom("f"))[:nlocal].copy()
+        elems = self._elements_of_local(nlocal)
+        b = np.asarray(lmp.numpy.extract_compute(self.name("sna"), 1, 2))[:nlocal]
+        rows = energy_rows(b, elems, len(self.posterior.elements), self.posterior.block_size)
+        e_local = float(np.sum(rows @ self.posterior.mean))
+        parts = self.comm.gather((ids, x, f, elems, estd.copy(), fstd.copy()), root=0)
+        energy = self.comm.allreduce(e_local)
+        added = False
+        if self.comm.Get_rank() == 0:
+            ids, x, f, elems, es, fs = (np.concatenate(z) for z in zip(*parts))
+            order = np.argsort(ids)
+            boxlo, boxhi, xy, yz, xz, periodicity, _ = lmp.extract_box()
+            lo = np.asarray(boxlo)
+            cell = np.array([[boxhi[0] - boxlo[0], 0, 0], [xy, boxhi[1] - boxlo[1], 0],
+                             [xz, yz, boxhi[2] - boxlo[2]]])
+            names = [self.posterior.elements[i] for i in elems[order]]
+            frame = Frame(symbols=names, positions=x[order] - lo, cell=cell,
+                          pbc=np.asarray(periodicity, dtype=bool), energy=energy, forces=f[order],
+                          estd=es[order], fstd=fs[order], fingerprint=fingerprint,
+                          info={"step": int(step), "measure": self.measure, "value": float(value)})
+            added = self.store.add(frame) is not None
+        return bool(self.comm.bcast(added, root=0))
+
+    def detach(self) -> None:
+        """Remove the hook's fixes and computes from LAMMPS."""
+        if not self.attached:
+            return
+        for fix in ("ext", "props", "stop"):
+            if fix != "stop" or self.halt_above is not None:
+                self.lmp.command(f"unfix {self.name(fix)}")
+        for compute in ("sna", "snad", "pair"):
+            if compute != "snad" or self.forces:
+                self.lmp.command(f"uncompute {self.name(compute)}")
+        self.attached = False
+
+
+def _reorder_type_blocks(frows: np.ndarray, type_to_element: np.ndarray, nel: int, block: int
+                         ) -> np.ndarray:
+    """``snad/atom`` blocks come in LAMMPS type order; put them in the posterior's element order."""
+    n = frows.shape[0]
+    blocks = frows.reshape(n, 3, nel, block)
+    out = np.zeros_like(blocks)
+    out[:, :, type_to_element] = blocks
+    return out.reshape(n, 3, nel * block)
+
+
+def _max() -> Any:
+    from mpi4py import MPI
+
+    return MPI.MAX

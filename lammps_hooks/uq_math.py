@@ -1,0 +1,105 @@
+"""Uncertainty of SNAP energies and forces from per-atom descriptors (numpy only, no LAMMPS).
+
+Layout: coefficients in the ``.snapcoeff`` layout of a :class:`fitsnap_uq.Posterior`, one block of
+``block = ncoeff + 1`` per element, ``[constant, B_1 .. B_ncoeff]``.
+
+* Atom i of element t has energy ``E_i = theta_t0 + B_i . theta_t``: its row ``x_i`` (p,) is
+  ``[1, B_i]`` in block t and 0 elsewhere; ``B_i`` is LAMMPS' ``compute sna/atom`` (N, ncoeff).
+* The force on atom j is ``F_j = D_j theta`` (LAMMPS ``compute snad/atom``, (N, 3 * ntypes * ncoeff),
+  laid out [x | y | z], each ntypes blocks of ncoeff; checked against ``pair_style snap``: F = +D theta).
+* A coefficient spread is a factor ``L`` (p, r) with ``Cov(theta) = L L^T``: the Cholesky factor of a
+  Gaussian posterior's covariance, or the centred samples divided by sqrt(K - 1), so analytic and
+  sample-based uncertainties are the same computation: ``var(x . theta) = ||x L||^2``.
+
+Units: energies eV, forces eV/A (LAMMPS ``metal``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class CoefficientSpread:
+    """Spread of the coefficients around their mean.
+
+    Attributes:
+        mean: (p,) coefficient mean (snapcoeff layout).
+        factor: (p, r) with Cov = factor @ factor.T.
+        source: ``analytic`` (Gaussian covariance) or ``samples`` (r samples).
+    """
+
+    mean: np.ndarray
+    factor: np.ndarray
+    source: str
+
+    @classmethod
+    def from_covariance(cls, mean: np.ndarray, cov: np.ndarray) -> CoefficientSpread:
+        """Cholesky factor of the live block (coefficients held fixed have zero rows)."""
+        p = mean.shape[0]
+        live = np.any(cov != 0, axis=0)
+        factor = np.zeros((p, int(live.sum())))
+        if live.any():
+            factor[live] = np.linalg.cholesky(cov[np.ix_(live, live)])
+        return cls(mean=np.asarray(mean, float), factor=factor, source="analytic")
+
+    @classmethod
+    def from_samples(cls, samples: np.ndarray, mean: np.ndarray | None = None) -> CoefficientSpread:
+        """Centred samples / sqrt(K - 1): ``||x L||^2`` is then the sample variance of x . theta."""
+        samples = np.asarray(samples, dtype=float)
+        k = samples.shape[0]
+        if k < 2:
+            raise ValueError("need at least 2 samples")
+        centre = samples.mean(axis=0)
+        return cls(mean=centre if mean is None else np.asarray(mean, float),
+                   factor=((samples - centre) / np.sqrt(k - 1)).T, source="samples")
+
+    def std(self, rows: np.ndarray) -> np.ndarray:
+        """Std of ``rows @ theta`` for rows (..., p) -> (...)."""
+        return np.sqrt(np.sum((rows @ self.factor) ** 2, axis=-1))
+
+
+def energy_rows(b: np.ndarray, types: np.ndarray, nelem: int, block: int) -> np.ndarray:
+    """Per-atom energy rows (N, p) from ``sna/atom`` descriptors ``b`` (N, ncoeff).
+
+    Args:
+        b: (N, block - 1) per-atom bispectrum components.
+        types: (N,) element index of each atom, 0-based in the posterior's element order.
+        nelem: number of element blocks; block: coefficients per block.
+    """
+    n = b.shape[0]
+    rows = np.zeros((n, nelem * block))
+    for t in range(nelem):
+        sel = types == t
+        if sel.any():
+            rows[sel, t * block] = 1.0
+            rows[sel, t * block + 1:(t + 1) * block] = b[sel]
+    return rows
+
+
+def force_rows(d: np.ndarray, nelem: int, block: int) -> np.ndarray:
+    """Per-atom force rows (N, 3, p) from ``snad/atom`` output ``d`` (N, 3 * nelem * (block - 1))."""
+    n = d.shape[0]
+    ncoeff = block - 1
+    d = d.reshape(n, 3, nelem, ncoeff)
+    rows = np.zeros((n, 3, nelem, block))
+    rows[..., 1:] = d
+    return rows.reshape(n, 3, nelem * block)
+
+
+def force_covariance(frows: np.ndarray, spread: CoefficientSpread) -> np.ndarray:
+    """(N, 3, 3) covariance of each atom's force vector, ``D_j Cov D_j^T``."""
+    g = frows @ spread.factor  # (N, 3, r)
+    return np.einsum("nir,njr->nij", g, g)
+
+
+def force_std(frows: np.ndarray, spread: CoefficientSpread) -> np.ndarray:
+    """(N,) std of each atom's force vector, ``sqrt(trace(D_j Cov D_j^T))`` (eV/A).
+
+    This is the root-mean-square length of the force deviation, the per-atom quantity that
+    committee methods (e.g. DP-GEN's model deviation) threshold.
+    """
+    per_component = spread.std(frows)  # (N, 3)
+    return np.sqrt(np.sum(per_component**2, axis=1))

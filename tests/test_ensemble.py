@@ -1,0 +1,89 @@
+"""Posterior ensembles of MD: replicas with sampled coefficients, partitions under mpirun."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import NEEDS_TA, read_snapcoeff, run_cli, write_cu_input
+
+from fitsnap_uq.posterior import Posterior
+
+CU_NVT = """
+units metal
+lattice fcc 3.61
+region b block 0 3 0 3 0 3
+create_box 1 b
+create_atoms 1 box
+mass 1 63.5
+pair_style snap
+pair_coeff * * Cu_pot.snapcoeff Cu_pot.snapparam Cu
+velocity all create 600 4928459 loop geom
+fix nvt all nvt temp 300 300 0.1
+dump d all atom 10 dump.cu
+run 60
+"""
+
+TA_NPT = """
+units metal
+lattice bcc 3.316
+region b block 0 4 0 4 0 4
+create_box 1 b
+create_atoms 1 box
+mass 1 180.88
+pair_style hybrid/overlay zbl 4.0 4.8 snap
+pair_coeff * * zbl 73 73
+pair_coeff * * snap Ta_pot.snapcoeff Ta_pot.snapparam Ta
+velocity all create 600 4928459 loop geom
+fix npt all npt temp 300 300 0.1 iso 0 0 1.0
+timestep 0.002
+thermo 100
+run 600
+"""
+
+
+def test_serial_ensemble_of_sampled_replicas(cu_run):
+    write_cu_input(cu_run, solver="BAYES")
+    assert run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run).returncode == 0
+    (cu_run / "in.nvt").write_text(CU_NVT)
+    proc = run_cli(["ensemble", "in.nvt", "--posterior", "Cu_pot.posterior.npz", "--samples", "3",
+                    "--observables", "pe/atoms", "temp", "--every", "20", "--outdir", "ens"], cwd=cu_run)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "pe/atoms: final" in proc.stdout
+    out = cu_run / "ens"
+    data = json.loads((out / "ensemble.json").read_text())
+    values = np.array(data["values"])  # (K, T, M)
+    assert values.shape == (3, 4, 2) and data["steps"] == [0, 20, 40, 60]
+    assert not np.allclose(values[0, -1], values[1, -1])  # different coefficients, different MD
+    post = Posterior.load(cu_run / "Cu_pot.posterior.npz")
+    np.testing.assert_allclose([read_snapcoeff(out / f"replica{k}.snapcoeff") for k in range(3)],
+                               post.sample(3, seed=0), rtol=1e-12)
+    final = data["final"]["pe/atoms"]
+    np.testing.assert_allclose(final["mean"], values[:, -1, 0].mean())
+    assert final["lo"] <= final["mean"] <= final["hi"]
+    assert not (cu_run / "dump.cu").exists()  # replicas' own outputs are left out
+    csv = (out / "ensemble_timeseries.csv").read_text().splitlines()
+    assert csv[0].startswith("step,pe_atoms_mean,pe_atoms_std,pe_atoms_lo95") and len(csv) == 5
+    assert (out / "ensemble.png").stat().st_size > 5000
+    assert "95% interval" in (out / "ensemble_summary.md").read_text()
+
+
+@NEEDS_TA
+@pytest.mark.mpi
+def test_ta_ensemble_under_mpirun(ta_run):
+    (ta_run / "Ta-bayes.in").write_text((ta_run / "Ta-example.in").read_text()
+                                        .replace("solver = SVD", "solver = BAYES"))
+    assert run_cli(["fit", "Ta-bayes.in", "--overwrite"], cwd=ta_run).returncode == 0
+    (ta_run / "in.npt").write_text(TA_NPT)
+    proc = run_cli(["ensemble", "in.npt", "--posterior", "Ta_pot.posterior.npz", "--samples", "4",
+                    "--observables", "vol/atoms", "press", "--every", "20"], cwd=ta_run, mpi=2)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((ta_run / "ensemble" / "ensemble.json").read_text())
+    timings = {t["replica"]: t for t in data["timings"]}
+    assert sorted(timings) == [0, 1, 2, 3] and {t["partition"] for t in timings.values()} == {0, 1}
+    # Partitions ran concurrently: replicas 0 and 1 (different partitions) overlap in time.
+    assert timings[0]["start"] < timings[1]["end"] and timings[1]["start"] < timings[0]["end"]
+    vol = data["second_half_average"]["vol/atoms"]
+    assert 17.0 < vol["mean"] < 19.5 and vol["std"] > 0 and vol["lo"] < vol["mean"] < vol["hi"]
+    assert "vol/atoms: final" in proc.stdout and "95% [" in proc.stdout

@@ -1,0 +1,238 @@
+"""The LAMMPS uncertainty hook: correctness against LAMMPS and numpy, MPI, flagging, halting."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_cuag_dataset, run_cli, write_cu_input
+
+from fitsnap_uq.errors import InputError
+from fitsnap_uq.posterior import Posterior
+from lammps_hooks.flagging import QueryStore
+from lammps_hooks.snap_uq import SnapUQHook
+from lammps_hooks.uq_math import CoefficientSpread, energy_rows, force_rows
+
+CU_MD = """
+units metal
+lattice fcc 3.61
+region b block 0 3 0 3 0 3
+create_box {ntypes} b
+create_atoms 1 box
+{set_types}
+mass * 63.5
+pair_style snap
+pair_coeff * * {coeff} {param} {elements}
+velocity all create {temp} 87287 loop geom
+fix nve all nve
+"""
+
+
+def fit_posterior(folder: Path, solver_extra: str = "") -> Path:
+    write_cu_input(folder, solver="BAYES", extra=solver_extra)
+    proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=folder)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return folder / "Cu_pot.posterior.npz"
+
+
+@pytest.fixture(scope="module")
+def cu_posterior(tmp_path_factory, cu_data) -> Path:
+    folder = tmp_path_factory.mktemp("cu_post")
+    shutil.copytree(cu_data / "JSON", folder / "JSON")
+    return fit_posterior(folder)
+
+
+def new_md(posterior_path: Path, temp: float = 800.0, ntypes: int = 1, set_types: str = "",
+           elements: str = "Cu"):
+    from fitsnap_uq.compat import import_lammps
+
+    stem = str(posterior_path)[: -len(".posterior.npz")]
+    lmp = import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none"])
+    lmp.commands_string(CU_MD.format(coeff=f"{stem}.snapcoeff", param=f"{stem}.snapparam", temp=temp,
+                                     ntypes=ntypes, set_types=set_types, elements=elements))
+    return lmp
+
+
+def direct(lmp, hook: SnapUQHook, cov: np.ndarray):
+    """Per-atom energy/force std and total-energy std computed here from LAMMPS' descriptors."""
+    n = lmp.get_natoms()
+    post = hook.posterior
+    b = np.array(lmp.numpy.extract_compute(hook.name("sna"), 1, 2))[:n]
+    d = np.array(lmp.numpy.extract_compute(hook.name("snad"), 1, 2))[:n]
+    types = np.array(lmp.numpy.extract_atom("type"))[:n]
+    elems = hook.type_to_element[types - 1]
+    x = energy_rows(b, elems, len(post.elements), post.block_size)
+    fr = force_rows(d, len(post.elements), post.block_size)
+    if not np.array_equal(hook.type_to_element, np.arange(len(post.elements))):
+        blocks = fr.reshape(n, 3, len(post.elements), post.block_size)
+        out = np.zeros_like(blocks)
+        out[:, :, hook.type_to_element] = blocks
+        fr = out.reshape(n, 3, -1)
+    estd = np.sqrt(np.einsum("ij,jk,ik->i", x, cov, x))
+    fcov = np.einsum("nip,pq,njq->nij", fr, cov, fr)
+    fstd = np.sqrt(np.trace(fcov, axis1=1, axis2=2))
+    xs = x.sum(0)
+    return x, estd, fstd, float(np.sqrt(xs @ cov @ xs))
+
+
+def test_peratom_energies_equal_pe_atom(cu_posterior):
+    lmp = new_md(cu_posterior)
+    lmp.command("compute pe all pe/atom")
+    hook = SnapUQHook(lmp, Posterior.load(cu_posterior), every=5).attach()
+    lmp.command("run 10")
+    n = lmp.get_natoms()
+    pe = np.array(lmp.numpy.extract_compute("pe", 1, 1))[:n]
+    x, *_ = direct(lmp, hook, hook.posterior.cov)
+    np.testing.assert_allclose(x @ hook.posterior.mean, pe, rtol=1e-10, atol=0)
+    lmp.close()
+
+
+def test_hook_stds_equal_direct_numpy(cu_posterior):
+    lmp = new_md(cu_posterior)
+    post = Posterior.load(cu_posterior)
+    hook = SnapUQHook(lmp, post, every=5, source="analytic").attach()
+    lmp.command("run 10")
+    n = lmp.get_natoms()
+    _, estd, fstd, pe_std = direct(lmp, hook, post.cov)
+    np.testing.assert_allclose(np.array(lmp.numpy.extract_atom("d_uq_estd"))[:n], estd, rtol=1e-10)
+    np.testing.assert_allclose(np.array(lmp.numpy.extract_atom("d_uq_fstd"))[:n], fstd, rtol=1e-10)
+    assert hook.last["pe_std"] == pytest.approx(pe_std, rel=1e-10)
+    assert hook.last["fstd_max"] == pytest.approx(fstd.max(), rel=1e-10)
+    assert lmp.extract_variable("uq_pe_std") == pytest.approx(pe_std, rel=1e-10)
+    assert [h["step"] for h in hook.history] == [0.0, 5.0, 10.0]
+    lmp.close()
+
+
+def test_sampled_stds_match_analytic(cu_posterior):
+    post = Posterior.load(cu_posterior)
+    sampled = Posterior(post.mean, post.cov, post.elements, post.snap, samples=post.sample(2000, seed=3))
+    out = {}
+    for name, p in (("analytic", post), ("samples", sampled)):
+        lmp = new_md(cu_posterior)
+        hook = SnapUQHook(lmp, p, every=10).attach()
+        assert hook.spread.source == name
+        lmp.command("run 10")
+        n = lmp.get_natoms()
+        out[name] = (np.array(lmp.numpy.extract_atom("d_uq_estd"))[:n].copy(),
+                     np.array(lmp.numpy.extract_atom("d_uq_fstd"))[:n].copy(), hook.last["pe_std"])
+        lmp.close()
+    for a, s in zip(out["analytic"], out["samples"]):
+        np.testing.assert_allclose(s, a, rtol=0.05)
+
+
+def test_refuses_a_posterior_that_is_not_the_pair_style(cu_posterior):
+    post = Posterior.load(cu_posterior)
+    other = Posterior(post.mean * 1.01, post.cov, post.elements, post.snap)
+    lmp = new_md(cu_posterior)
+    with pytest.raises(InputError, match="does not match the running snap pair style"):
+        SnapUQHook(lmp, other).attach()
+    lmp.close()
+    lmp = new_md(cu_posterior)
+    lmp.command("pair_style zero 4.0")
+    lmp.command("pair_coeff * *")
+    with pytest.raises(InputError, match="pair_style snap"):
+        SnapUQHook(lmp, post).attach()
+    lmp.close()
+
+
+def test_two_elements_with_types_in_another_order(tmp_path):
+    make_cuag_dataset(tmp_path)
+    text = write_cu_input(tmp_path, solver="BAYES").read_text()
+    text = (text.replace("numTypes = 1", "numTypes = 2").replace("twojmax = 4", "twojmax = 4 4")
+            .replace("radelem = 0.5", "radelem = 0.5 0.45")
+            .replace("wj = 1.0", "wj = 1.0 0.9").replace("type = Cu", "type = Cu Ag")
+            .replace("Cu = 0.0", "Cu = 0.0\nAg = 0.0")
+            .replace("Bulk     = 1.0 0.0 100 1 1e-6\nStrained = 1.0 0.0 100 1 1e-6",
+                     "Alloy = 1.0 0.0 100 1 1e-6"))
+    (tmp_path / "Cu.in").write_text(text)
+    assert run_cli(["fit", "Cu.in", "--overwrite"], cwd=tmp_path).returncode == 0
+    path = tmp_path / "Cu_pot.posterior.npz"
+    post = Posterior.load(path)
+    # LAMMPS type 1 = Ag, type 2 = Cu: the reverse of the posterior's element order.
+    lmp = new_md(path, ntypes=2, set_types="set type 1 type/fraction 2 0.5 1234", elements="Ag Cu")
+    lmp.command("compute pe all pe/atom")
+    hook = SnapUQHook(lmp, post, every=5, type_elements=["Ag", "Cu"]).attach()
+    lmp.command("run 5")
+    n = lmp.get_natoms()
+    x, estd, fstd, _ = direct(lmp, hook, post.cov)
+    pe = np.array(lmp.numpy.extract_compute("pe", 1, 1))[:n]
+    np.testing.assert_allclose(x @ post.mean, pe, rtol=1e-10)
+    np.testing.assert_allclose(np.array(lmp.numpy.extract_atom("d_uq_fstd"))[:n], fstd, rtol=1e-10)
+    np.testing.assert_allclose(np.array(lmp.numpy.extract_atom("d_uq_estd"))[:n], estd, rtol=1e-10)
+    lmp.close()
+
+
+def test_flagging_dedup_cap_and_files(cu_posterior, tmp_path):
+    import ase.io
+
+    store = QueryStore(tmp_path / "flags", max_frames=3)
+    lmp = new_md(cu_posterior, temp=1500)
+    hook = SnapUQHook(lmp, Posterior.load(cu_posterior), every=5, store=store, flag_above=0.0).attach()
+    lmp.command("run 40")
+    assert store.added == 3 and hook.last["nflagged"] == 3  # capped
+    frames = ase.io.read(tmp_path / "flags" / "flagged.extxyz", ":")
+    assert len(frames) == 3 and frames[0].arrays["uq_fstd"].shape == (108,)
+    assert [f.info["step"] for f in frames] == [0, 5, 10]
+    # extxyz stores ~8 significant digits
+    np.testing.assert_allclose(frames[2].arrays["uq_fstd"].max(), hook.history[2]["fstd_max"], rtol=1e-6)
+    files = store.json_files()
+    assert len(files) == 3
+    rec = json.loads(files[0].read_text())
+    assert rec["Dataset"]["fitsnap_uq"]["labelled"] is False
+    # The same configuration again is a near-duplicate; the index survives a new store object.
+    again = QueryStore(tmp_path / "flags")
+    from lammps_hooks.flagging import Frame
+
+    f0 = frames[0]
+    fp = np.asarray(again.index["frames"][0]["fingerprint"])
+    dup = Frame(f0.get_chemical_symbols(), f0.positions, np.asarray(f0.cell), f0.pbc, 0.0,
+                np.zeros((108, 3)), np.zeros(108), np.zeros(108), fp * (1 + 1e-6), {"step": 99})
+    assert again.add(dup) is None and again.skipped_duplicates == 1
+    lmp.close()
+
+
+def test_md_command_halts_cleanly_and_skips_the_rest(cu_posterior, tmp_path):
+    folder = cu_posterior.parent
+    (folder / "in.md").write_text(CU_MD.format(coeff="Cu_pot.snapcoeff", param="Cu_pot.snapparam",
+                                               temp=2000, ntypes=1, set_types="", elements="Cu")
+                                  + "thermo_style custom step temp v_uq_fstd_max\nthermo 5\n"
+                                  "dump d all custom 5 dump.uq id d_uq_estd d_uq_fstd\n"
+                                  "run 50\nprint AFTER_FIRST_RUN\nrun 50\n")
+    proc = run_cli(["md", "in.md", "--posterior", "Cu_pot.posterior.npz", "--every", "5",
+                    "--halt-above", "0.0", "--summary", str(tmp_path / "s.json")], cwd=folder)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "fitsnap-uq: stopped at step 5: uq_fstd_max" in proc.stdout  # step 0: perfect lattice
+    assert "AFTER_FIRST_RUN" not in proc.stdout
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["halted"] and summary["last"]["step"] <= 5
+    assert "d_uq_fstd" in (folder / "dump.uq").read_text()
+
+
+@pytest.mark.mpi
+def test_global_std_under_mpirun_equals_serial(cu_posterior, tmp_path):
+    folder = cu_posterior.parent
+    (folder / "in.mpi").write_text(CU_MD.format(coeff="Cu_pot.snapcoeff", param="Cu_pot.snapparam",
+                                                temp=900, ntypes=1, set_types="", elements="Cu")
+                                   + "run 20\n")
+    out = {}
+    for ranks in (0, 2):
+        proc = run_cli(["md", "in.mpi", "--posterior", "Cu_pot.posterior.npz", "--every", "10",
+                        "--summary", str(tmp_path / f"s{ranks}.json"), "--log", "none"],
+                       cwd=folder, mpi=ranks)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out[ranks] = json.loads((tmp_path / f"s{ranks}.json").read_text())["history"]
+    assert len(out[0]) == len(out[2]) == 3
+    for serial, parallel in zip(out[0], out[2]):
+        for key in ("pe_std", "pe_atom_std", "estd_max", "fstd_max", "estd_mean", "fstd_mean"):
+            assert parallel[key] == pytest.approx(serial[key], rel=1e-12), key
+
+
+def test_coefficient_spread_from_samples_is_the_sample_variance():
+    rng = np.random.default_rng(0)
+    samples = rng.normal(size=(50, 4))
+    spread = CoefficientSpread.from_samples(samples)
+    x = rng.normal(size=(7, 4))
+    np.testing.assert_allclose(spread.std(x), np.std(samples @ x.T, axis=0, ddof=1), rtol=1e-12)
