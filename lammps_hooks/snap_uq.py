@@ -109,6 +109,7 @@ class SnapUQHook:
         self.halted: str | None = None
         self.attached = False
         self._active = True
+        self._last_key: tuple[int, int, int] | None = None
 
     # ------------------------------------------------------------------ names
     def name(self, what: str) -> str:
@@ -247,6 +248,12 @@ class SnapUQHook:
     def _callback(self, caller: Any, step: int, nlocal: int, tag: Any, x: Any, fext: Any) -> None:
         if not self._active:
             return
+        # A new run starts with a callback at its first step: when the previous run ended on this
+        # step with the same positions, the per-atom columns and variables already hold its values.
+        key = self._configuration_key(step, nlocal)
+        if self.comm.allreduce(int(key == self._last_key), op=_min()) == 1:
+            return
+        self._last_key = key
         lmp = self.lmp
         estd, fstd, g, fingerprint = self.evaluate(nlocal)
         lmp.numpy.extract_atom(f"d_{self.name('estd')}")[:nlocal] = estd
@@ -266,6 +273,20 @@ class SnapUQHook:
             lmp.set_internal_variable(self.name(k), float(v))
         self.last = dict(g, step=float(step))
         self.history.append(self.last)
+
+    def _configuration_key(self, step: int, nlocal: int) -> tuple[int, int, int]:
+        """(step, nlocal, hash of the tag-sorted fractional coordinates mod 1): unchanged by the
+        wrapping and sorting LAMMPS does between runs, changed by any real displacement."""
+        lmp = self.lmp
+        ids = np.asarray(lmp.numpy.extract_atom("id"))[:nlocal]
+        x = np.asarray(lmp.numpy.extract_atom("x"))[:nlocal]
+        boxlo, boxhi, xy, yz, xz, _, _ = lmp.extract_box()
+        cell = np.array([[boxhi[0] - boxlo[0], 0, 0], [xy, boxhi[1] - boxlo[1], 0],
+                         [xz, yz, boxhi[2] - boxlo[2]]])
+        frac = np.linalg.solve(cell.T, (x - np.asarray(boxlo)).T).T
+        frac = np.round(np.mod(frac, 1.0), 9) % 1.0
+        order = np.argsort(ids)
+        return int(step), int(nlocal), hash((ids[order].tobytes(), frac[order].tobytes(), cell.tobytes()))
 
     # --------------------------------------------------------------- flagging
     def _flag(self, step: int, nlocal: int, estd: np.ndarray, fstd: np.ndarray,
@@ -324,3 +345,9 @@ def _max() -> Any:
     from mpi4py import MPI
 
     return MPI.MAX
+
+
+def _min() -> Any:
+    from mpi4py import MPI
+
+    return MPI.MIN

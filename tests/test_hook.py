@@ -103,6 +103,12 @@ def test_hook_stds_equal_direct_numpy(cu_posterior):
     assert hook.last["fstd_max"] == pytest.approx(fstd.max(), rel=1e-10)
     assert lmp.extract_variable("uq_pe_std") == pytest.approx(pe_std, rel=1e-10)
     assert [h["step"] for h in hook.history] == [0.0, 5.0, 10.0]
+    lmp.command("run 5")  # starts where the last run ended: step 10 is not evaluated twice
+    assert [h["step"] for h in hook.history] == [0.0, 5.0, 10.0, 15.0]
+    lmp.command("displace_atoms all random 0.01 0.01 0.01 77")
+    lmp.command("run 0")  # same step, moved atoms: evaluated again
+    assert [h["step"] for h in hook.history] == [0.0, 5.0, 10.0, 15.0, 15.0]
+    assert hook.history[-1]["fstd_max"] != hook.history[-2]["fstd_max"]
     lmp.close()
 
 
