@@ -26,6 +26,7 @@ setup(
         "pandas",
         "matplotlib",  # calibration curves and report plots
         "tabulate",  # pandas.DataFrame.to_markdown for the calibration tables
+        "emcee",  # ensemble MCMC sampler of BAYESMCMC (small, pure Python, well kept)
         "ase",
         "tblite",
         "torch",

@@ -1,7 +1,8 @@
 """fitsnap-uq: uncertainty quantification and active learning for SNAP potentials (FitSNAP/LAMMPS).
 
 ``import fitsnap_uq`` applies the FitSNAP 3.1.0.4 adapters (:mod:`fitsnap_uq.compat`) and registers
-the ``[UQ]`` input section and our solvers (``[SOLVER] solver = BAYES``) with FitSNAP's factories.
+the ``[UQ]`` input section and our solvers (``[SOLVER] solver = BAYES``, ``MODELERROR``,
+``BAYESMCMC``) with FitSNAP's factories.
 The numerical cores (:mod:`fitsnap_uq.linear`, :mod:`fitsnap_uq.posterior`) do not need FitSNAP.
 """
 
@@ -12,7 +13,7 @@ from fitsnap_uq.posterior import Posterior
 __version__ = "0.1.0"
 __all__ = ["Posterior", "__version__", "SOLVERS", "FITSNAP_AVAILABLE"]
 
-SOLVERS: tuple[str, ...] = ("BAYES",)
+SOLVERS: tuple[str, ...] = ("BAYES", "MODELERROR", "BAYESMCMC")
 """Names of the solvers this package adds to FitSNAP."""
 
 try:

@@ -81,6 +81,51 @@ UQ_KEYS: dict[str, Key] = {
 }
 
 
+def _embed(text: str) -> str | list[int]:
+    text = text.strip()
+    if text in ("all", ""):
+        return "all"
+    return [int(x) for x in text.replace(",", " ").split()]
+
+
+def _data_var(text: str) -> str | float:
+    text = text.strip()
+    if text == "anl":
+        return "anl"
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"must be 'anl' or a variance > 0, got {value}")
+    return value
+
+
+MERR_KEYS: dict[str, Key] = {
+    "merr_embed": Key("all", _embed, "MODELERROR: coefficients carrying model error: all, or indices "
+                      "(0-based, in FitSNAP's column layout: per element, constant first unless "
+                      "bzeroflag = 1)."),
+    "merr_multiplicative": Key("0", _bool, "MODELERROR: report the model error relative to |c_k| "
+                               "(the same maximum-likelihood fit)."),
+    "merr_likelihood": Key("iid", str, "MODELERROR and BAYESMCMC model_error: iid, abc or full "
+                           "(see fitsnap_uq/linear/merr.py).", ("iid", "abc", "full")),
+    "merr_data_var": Key("anl", _data_var, "MODELERROR: data-noise variance of the weighted rows: anl "
+                         "(FitSNAP ANL's sigmahat, as FitSNAP's MERR) or a number."),
+}
+
+MCMC_KEYS: dict[str, Key] = {
+    "mcmc_likelihood": Key("gaussian", str, "BAYESMCMC: gaussian (BAYES noise classes, sampled scale), "
+                           "student_t (heavy tails) or model_error (embedded model error, iid).",
+                           ("gaussian", "student_t", "model_error")),
+    "mcmc_walkers": Key("64", _positive_int, "BAYESMCMC: walkers per chain (at least 2 d + 2)."),
+    "mcmc_steps": Key("2000", _positive_int, "BAYESMCMC: steps per chain."),
+    "mcmc_burn": Key("500", _positive_int, "BAYESMCMC: burn-in steps discarded."),
+    "mcmc_thin": Key("1", _positive_int, "BAYESMCMC: keep every n-th step."),
+    "mcmc_chains": Key("4", _positive_int, "BAYESMCMC: independent chains (>= 2, for R-hat)."),
+    "student_nu": Key("4", _positive_float, "BAYESMCMC student_t: degrees of freedom."),
+    "max_samples": Key("2000", _positive_int, "Most coefficient samples stored in the Posterior."),
+}
+UQ_KEYS.update(MERR_KEYS)
+UQ_KEYS.update(MCMC_KEYS)
+
+
 def parse_uq(values: dict[str, str], file: str | None = None) -> dict[str, Any]:
     """Validate and parse ``[UQ]`` values (strings, as read from an input file) over the defaults.
 
@@ -103,4 +148,9 @@ def parse_uq(values: dict[str, str], file: str | None = None) -> dict[str, Any]:
             raise InputError(f"bad value {text!r}: {exc}", file=file, section="UQ", key=name) from None
     if out["cv_folds"] < 2:
         raise InputError("need at least 2 folds", file=file, section="UQ", key="cv_folds")
+    if out["mcmc_chains"] < 2:
+        raise InputError("need at least 2 chains (for R-hat)", file=file, section="UQ", key="mcmc_chains")
+    if out["mcmc_burn"] >= out["mcmc_steps"]:
+        raise InputError(f"burn-in {out['mcmc_burn']} must be shorter than mcmc_steps "
+                         f"{out['mcmc_steps']}", file=file, section="UQ", key="mcmc_burn")
     return out

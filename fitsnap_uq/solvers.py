@@ -18,7 +18,10 @@ from fitsnap3lib.solvers.solver import Solver
 
 from fitsnap_uq import calibration
 from fitsnap_uq.errors import InputError
-from fitsnap_uq.linear.rows import Rows, RowsFit, fit_and_recalibrate, fit_rows, recalibration_map
+from fitsnap_uq.linear import mcmc
+from fitsnap_uq.linear import noise as noise_model
+from fitsnap_uq.linear.merr import fit_model_error
+from fitsnap_uq.linear.rows import Rows, fit_and_recalibrate, fit_rows, fit_weights, recalibration_map
 from fitsnap_uq.posterior import Posterior
 from fitsnap_uq.sections import uq_options
 
@@ -125,10 +128,13 @@ class UQSolverMixin:
         stem = metrics[:-3] if metrics.endswith(".md") else metrics
         return Path(f"{stem}.uq.md"), Path(f"{stem}.calibration.png")
 
-    def write_calibration(self, posterior: Posterior, rows: Rows, model: RowsFit) -> None:
-        """Raw and recalibrated calibration tables of training and testing rows, and the curve."""
+    def write_calibration(self, posterior: Posterior, rows: Rows, names: np.ndarray) -> None:
+        """Raw and recalibrated calibration tables of training and testing rows, and the curve.
+
+        Args:
+            names: (n,) the noise class each row is predicted with.
+        """
         keep = rows.w != 0
-        names = model.noise_names(rows)
         mean, sigma = posterior.predict_raw(rows.a, noise=list(names))
         args = (rows.b, mean, sigma, rows.groups, rows.row_types, rows.testing)
         raw = calibration.metrics_table(*args, keep=keep)
@@ -201,7 +207,165 @@ class BAYES(UQSolverMixin, Solver):
                 self.pt.single_print(f"fitsnap-uq BAYES: WARNING not converged after "
                                      f"{result.iterations} iterations ({result.message})")
             self.write_posterior(self.posterior)
-            self.write_calibration(self.posterior, rows, model)
+            self.write_calibration(self.posterior, rows, model.noise_names(rows))
+
+        fit_on_rank_zero()
+
+
+def quantity_noise_var(data_var: float, rows: Rows) -> dict[str, float]:
+    """Physical noise variance per quantity of weighted-row data variance ``data_var``: the variance
+    of a row of the quantity's median weight (rows of weight 0 left out)."""
+    out = {}
+    for q in sorted(set(rows.row_types.astype(str).tolist())):
+        w = np.abs(rows.w[(rows.row_types == q) & (rows.w != 0)])
+        if w.size:
+            out[q] = data_var / float(np.median(w)) ** 2
+    return out
+
+
+class MODELERROR(UQSolverMixin, Solver):
+    """Embedded model error (Sargsyan et al. 2019) on all or chosen coefficients.
+
+    ``[SOLVER] solver = MODELERROR``; options ``merr_*`` in ``[UQ]``. The Posterior's covariance is
+    the model-error part ``diag(s^2)`` plus the Laplace covariance of the mean; the data-noise part
+    is its noise classes (``Energy``/``Force``/``Stress``). The optimizer's report (iterations,
+    gradient norm, reason) is printed and stored in the header; non-convergence is a warning.
+    """
+
+    def perform_fit(self, a: Any = None, b: Any = None, w: Any = None, trainall: bool = False) -> None:
+        @self.pt.sub_rank_zero
+        def fit_on_rank_zero() -> None:
+            self._check_output_free()
+            rows = gather_rows(self.pt, self.infile)
+            train = rows if trainall else rows.training()
+            train = train.subset(train.w != 0)
+            opts = self.options
+            aw, bw = train.w[:, None] * train.a, train.w * train.b
+            embed = None if opts["merr_embed"] == "all" else opts["merr_embed"]
+            data_var = None if opts["merr_data_var"] == "anl" else opts["merr_data_var"]
+            try:
+                res = fit_model_error(aw, bw, embed=embed, multiplicative=opts["merr_multiplicative"],
+                                      likelihood=opts["merr_likelihood"], data_var=data_var,
+                                      max_iter=opts["max_iter"])
+            except InputError as exc:
+                raise InputError(exc.detail, file=self.infile, section="UQ", key="merr_embed") from None
+            report = {"iterations": res.iterations, "converged": res.converged, "message": res.message,
+                      "grad_norm": res.grad_norm, "nll": res.nll}
+            self.pt.single_print(f"fitsnap-uq MODELERROR ({opts['merr_likelihood']}): NLL {res.nll:.8g}, "
+                                 f"{res.iterations} iterations, projected gradient "
+                                 f"{res.grad_norm:.2e}: {res.message}")
+            if not res.converged:
+                self.pt.single_print("fitsnap-uq MODELERROR: WARNING not converged; see the report "
+                                     "in the posterior header")
+            elements, snap = snap_parameters(self.config)
+            info = {"solver": "MODELERROR", "report": report, "data_var_weighted": res.data_var,
+                    "model_error_std": res.sigma.tolist(), "embed": res.embed.tolist(),
+                    "options": {k: v for k, v in opts.items() if k.startswith("merr") or k == "seed"}}
+            cov = np.diag(res.sigma**2) + res.coef_cov
+            self.posterior = posterior_from_fit(res.coef, 0.5 * (cov + cov.T), elements, snap,
+                                                noise_var=quantity_noise_var(res.data_var, train),
+                                                info=info)
+            self.fit = res.coef.copy()
+            self.cov = cov
+            self.write_posterior(self.posterior)
+            self.write_calibration(self.posterior, rows, rows.row_types.astype(object))
+
+        fit_on_rank_zero()
+
+
+class BAYESMCMC(UQSolverMixin, Solver):
+    """MCMC samples of the coefficient posterior (emcee), for Gaussian, Student-t or model-error
+    likelihoods. ``[SOLVER] solver = BAYESMCMC``; options ``mcmc_*`` in ``[UQ]``.
+
+    The noise model comes from a BAYES fit (its noise classes fix the rows' relative noise, a common
+    scale is sampled); that fit also whitens the sampler's coordinates. ``model_error`` samples the
+    embedded coefficients' mean and log model-error std (those with a non-zero model error in the
+    MODELERROR fit) and stores coefficient draws ``c + s xi``. R-hat, effective sample size and
+    acceptance are printed and stored in the header.
+    """
+
+    def perform_fit(self, a: Any = None, b: Any = None, w: Any = None, trainall: bool = False) -> None:
+        @self.pt.sub_rank_zero
+        def fit_on_rank_zero() -> None:
+            self._check_output_free()
+            rows = gather_rows(self.pt, self.infile)
+            train = rows if trainall else rows.training()
+            train = train.subset(train.w != 0)
+            opts = self.options
+            fit_opts = {k: opts[k] for k in ("noise_classes", "prior", "weights", "max_iter", "tol")}
+            base = fit_rows(train, **fit_opts)
+            live = base.result.active
+            rng = np.random.default_rng(opts["seed"])
+            kw = {"nwalkers": opts["mcmc_walkers"], "nsteps": opts["mcmc_steps"],
+                  "burn": opts["mcmc_burn"], "thin": opts["mcmc_thin"], "nchains": opts["mcmc_chains"],
+                  "seed": opts["seed"]}
+            like = opts["mcmc_likelihood"]
+            p = train.a.shape[1]
+            if like in ("gaussian", "student_t"):
+                labels = noise_model.class_labels(train.groups, train.row_types, opts["noise_classes"])
+                sigma0 = np.sqrt(noise_model.row_noise_var(base.result, base.classes, labels,
+                                                           fit_weights(train, opts["weights"])))
+                sa = train.a[:, live] / sigma0[:, None]
+                sy = train.b / sigma0
+                alpha = base.result.alpha[live] if opts["prior"] != "none" else None
+                if like == "gaussian":
+                    target = mcmc.gaussian_target(sa.T @ sa, sa.T @ sy, float(sy @ sy), sy.size, alpha)
+                else:
+                    target = mcmc.student_t_target(sa, sy, opts["student_nu"], alpha)
+                x0 = np.append(base.result.mean[live], 0.0)
+                cov0 = base.result.cov[np.ix_(live, live)]
+                chol = np.zeros((x0.size, x0.size))
+                chol[:-1, :-1] = np.linalg.cholesky(cov0)
+                chol[-1, -1] = 1.0 / np.sqrt(2.0 * sy.size)
+                res = mcmc.sample(target, x0, chol, **kw)
+                theta = np.zeros((res.samples.shape[0], p))
+                theta[:, live] = res.samples[:, :-1]
+                kappa = float(np.exp(np.median(res.samples[:, -1])))
+                noise_var = {k: v * kappa**2 for k, v in base.noise_var.items()}
+            else:
+                aw, bw = train.w[:, None] * train.a, train.w * train.b
+                me = fit_model_error(aw, bw, likelihood="iid")
+                emb = np.flatnonzero(me.sigma > 0)
+                if emb.size == 0:
+                    raise InputError("the model-error fit found no model error to sample (every "
+                                     "embedded std is 0); use mcmc_likelihood = gaussian",
+                                     file=self.infile, section="UQ", key="mcmc_likelihood")
+                target = mcmc.model_error_target(aw, bw, emb, me.data_var)
+                x0 = np.concatenate([me.coef, np.log(me.sigma[emb])])
+                chol = np.zeros((x0.size, x0.size))
+                cc = me.coef_cov + 1e-30 * np.eye(p)
+                live_idx = np.flatnonzero(live)
+                chol[np.ix_(live_idx, live_idx)] = np.linalg.cholesky(cc[np.ix_(live, live)])
+                chol[p:, p:] = 0.1 * np.eye(emb.size)
+                res = mcmc.sample(target, x0, chol, **kw)
+                c = res.samples[:, :p]
+                s = np.exp(res.samples[:, p:])
+                theta = c.copy()
+                theta[:, emb] += s * rng.standard_normal(s.shape)
+                noise_var = quantity_noise_var(me.data_var, train)
+            keep = rng.choice(theta.shape[0], size=min(opts["max_samples"], theta.shape[0]), replace=False)
+            diag = res.report()
+            self.pt.single_print(f"fitsnap-uq BAYESMCMC ({like}): {diag['n_samples']} samples, R-hat max "
+                                 f"{diag['rhat_max']:.4f}, ESS min {diag['ess_min']:.0f}, acceptance "
+                                 f"{diag['acceptance']:.2f}")
+            if diag["rhat_max"] > 1.05:
+                self.pt.single_print("fitsnap-uq BAYESMCMC: WARNING R-hat > 1.05: run longer chains")
+            elements, snap = snap_parameters(self.config)
+            mean = theta.mean(axis=0)
+            cov = np.cov(theta.T)
+            info = {"solver": "BAYESMCMC", "likelihood": like, "diagnostics": diag,
+                    "options": {k: v for k, v in opts.items() if k.startswith("mcmc") or k in
+                                ("seed", "student_nu", "noise_classes", "prior")}}
+            lay = posterior_from_fit(mean, 0.5 * (cov + cov.T), elements, snap, noise_var=noise_var,
+                                     info=info)
+            samples = np.tile(lay.mean, (keep.size, 1))
+            samples[:, lay.fit_columns] = theta[keep]
+            self.posterior = Posterior(lay.mean, lay.cov, elements, snap, noise_var=noise_var,
+                                       samples=samples, info=info)
+            self.fit = mean
+            self.cov = cov
+            self.write_posterior(self.posterior)
+            self.write_calibration(self.posterior, rows, base.noise_names(rows))
 
         fit_on_rank_zero()
 
