@@ -27,6 +27,7 @@ setup(
         "matplotlib",  # calibration curves and report plots
         "tabulate",  # pandas.DataFrame.to_markdown for the calibration tables
         "emcee",  # ensemble MCMC sampler of BAYESMCMC (small, pure Python, well kept)
+        "threadpoolctl",  # one BLAS thread for the small factorizations of the model-error fit
         "ase",
         "tblite",
         "torch",

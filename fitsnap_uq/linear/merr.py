@@ -224,9 +224,10 @@ def _profile_newton_iid(a: np.ndarray, y: np.ndarray, embed: np.ndarray, d: floa
                 new = profile(t_new)
                 break
         change = float(np.max(np.abs(t_new - t))) / max(float(np.max(t_new)), 1e-300)
+        decrement = val - new[0]
         t = t_new
         val, c_live, r, v, q = new
-        if change < tol:
+        if change < tol or 0 <= decrement <= 1e-13 * max(abs(val), 1.0):
             break
     c = np.zeros(a.shape[1])
     c[live] = c_live
@@ -234,6 +235,22 @@ def _profile_newton_iid(a: np.ndarray, y: np.ndarray, embed: np.ndarray, d: floa
 
 
 def fit_model_error(a: np.ndarray, y: np.ndarray, embed: np.ndarray | list[int] | None = None,
+                    multiplicative: bool = False, likelihood: str = "iid", data_var: float | None = None,
+                    max_iter: int = 500, gtol: float = 1e-6) -> MerrResult:
+    """Fit the embedded model error to (weighted) rows ``a`` (n, p), ``y`` (n,).
+
+    Arguments and method: see :func:`_fit_model_error`. Runs with one BLAS thread: the tall-skinny
+    factorizations of a few dozen columns are faster so than with several (0.14 s vs 0.19 s measured
+    on the Ta rows).
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _fit_model_error(a, y, embed=embed, multiplicative=multiplicative, likelihood=likelihood,
+                                data_var=data_var, max_iter=max_iter, gtol=gtol)
+
+
+def _fit_model_error(a: np.ndarray, y: np.ndarray, embed: np.ndarray | list[int] | None = None,
                     multiplicative: bool = False, likelihood: str = "iid", data_var: float | None = None,
                     max_iter: int = 500, gtol: float = 1e-6) -> MerrResult:
     """Fit the embedded model error to (weighted) rows ``a`` (n, p), ``y`` (n,).
@@ -276,10 +293,11 @@ def fit_model_error(a: np.ndarray, y: np.ndarray, embed: np.ndarray | list[int] 
     embed = np.unique(embed[np.isin(embed, live)])
     q = embed.size
     a_live = a[:, live]
-    d = anl_data_var(a_live, y) if data_var is None else float(data_var)
     c0 = np.zeros(p)
     c0[live] = sla.lstsq(a_live, y, 1e-13)[0]
     r0 = a @ c0 - y
+    # FitSNAP ANL's sigmahat from the same least-squares residual (see anl_data_var).
+    d = float((r0 @ r0 / 2.0) / ((n - live.size) / 2.0 - 1.0)) if data_var is None else float(data_var)
     ae2 = a[:, embed] ** 2
     excess = max(float(np.mean(r0**2)) - d, 1e-3 * float(np.mean(r0**2)), 1e-300)
     t0 = np.full(q, excess / max(float(np.mean(ae2.sum(axis=1))), 1e-300))
@@ -287,7 +305,7 @@ def fit_model_error(a: np.ndarray, y: np.ndarray, embed: np.ndarray | list[int] 
     iterations = 0
     if likelihood == "iid":
         # A few Fisher-scoring sweeps, then Newton on the profile likelihood.
-        c0, t0, iterations = _irls_iid(a, y, embed, d, c0, t0, 3, 1e-3)
+        c0, t0, iterations = _irls_iid(a, y, embed, d, c0, t0, 8, 1e-3)
         c0, t0, more = _profile_newton_iid(a, y, embed, d, t0, max_iter, 1e-12)
         iterations += more
     # Scaled coordinates x = x0 + u / scale: columns' norms for c, curvature of v for t.
