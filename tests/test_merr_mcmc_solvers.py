@@ -43,6 +43,14 @@ def test_bayesmcmc_solver(cu_run, likelihood):
     np.testing.assert_allclose(post.samples.mean(axis=0), post.mean, atol=5 * spread)
 
 
+@pytest.mark.mpi
+def test_bayesmcmc_under_mpirun(cu_run):
+    write_cu_input(cu_run, solver="BAYESMCMC", extra=f"[UQ]\n{SHORT_MCMC}max_samples = 100\n")
+    proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run, mpi=2)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert Posterior.load(cu_run / "Cu_pot.posterior.npz").samples.shape == (100, 15)
+
+
 def test_bayesmcmc_same_seed_same_samples(cu_run):
     write_cu_input(cu_run, solver="BAYESMCMC", extra=f"[UQ]\n{SHORT_MCMC}max_samples = 100\nseed = 3\n")
     out = []
