@@ -131,14 +131,9 @@ def calibration_plot(path: str | Path, curves: dict[str, tuple[np.ndarray, np.nd
     Args:
         curves: {label: (levels (L,), observed coverage (L,))}.
     """
-    import logging
+    from fitsnap_uq.plotting import pyplot, save
 
-    import matplotlib
-
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # FitSNAP sets the root logger to DEBUG
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], color="0.5", lw=1, ls="--", label="ideal")
     for label, (levels, observed) in curves.items():
@@ -150,12 +145,7 @@ def calibration_plot(path: str | Path, curves: dict[str, tuple[np.ndarray, np.nd
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save(fig, path, dpi=120)
 
 
 def anl_sigma(a: np.ndarray, cov: np.ndarray, noise_var: np.ndarray | float = 0.0) -> np.ndarray:

@@ -204,14 +204,9 @@ def summarize(outdir: Path, samples: int, observables: list[str], names: list[st
 
 
 def _plot(path: Path, steps: np.ndarray, ts: dict[str, np.ndarray], observables: list[str]) -> None:
-    import logging
+    from fitsnap_uq.plotting import pyplot, save
 
-    import matplotlib
-
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     m = len(observables)
     fig, axes = plt.subplots(m, 1, figsize=(6, 2.2 * m), sharex=True, squeeze=False)
     for j, (ax, o) in enumerate(zip(axes[:, 0], observables)):
@@ -222,7 +217,4 @@ def _plot(path: Path, steps: np.ndarray, ts: dict[str, np.ndarray], observables:
     axes[-1, 0].set_xlabel("step")
     fig.suptitle("Posterior ensemble of MD")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save(fig, path)

@@ -1,0 +1,102 @@
+"""Choosing the next configurations to label from a pool, with the strategies of
+:mod:`fitsnap_uq.active.strategies` and the Bayesian linear fit of :mod:`fitsnap_uq.linear.rows`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fitsnap_uq.active import strategies as S
+from fitsnap_uq.linear.rows import Rows, RowsFit, fit_rows
+
+
+@dataclass
+class QuerySettings:
+    """Settings of a query strategy.
+
+    Attributes:
+        strategy: one of :data:`fitsnap_uq.active.strategies.STRATEGIES`.
+        cost_gamma: divide scores by (atoms^3)^gamma (0: no cost weighting).
+        committee: QBC learners K; fraction: bootstrap fraction f of each learner's training set.
+        power: exponent of ``std_sampling``; shortlist: QBC's K-means shortlist factor.
+        fit: keyword arguments of :func:`fitsnap_uq.linear.rows.fit_rows`.
+    """
+
+    strategy: str = "max_std"
+    cost_gamma: float = 0.0
+    committee: int = 5
+    fraction: float = 0.8
+    power: float = 2.0
+    shortlist: int = 3
+    fit: dict[str, Any] | None = None
+
+
+def candidates_of(rows: Rows) -> tuple[S.Candidates, np.ndarray]:
+    """The rows' configurations as :class:`Candidates` (rows of weight 0 left out), and their keys."""
+    keep = rows.w != 0
+    keys_all = rows.config_keys()
+    keys = np.unique(keys_all)
+    owner = np.searchsorted(keys, keys_all[keep])
+    types = rows.row_types[keep].astype(str)
+    force_rows = np.bincount(owner[types == "Force"], minlength=keys.size)
+    natoms = np.maximum(force_rows // 3, 1)
+    return S.Candidates(a=rows.a[keep], owner=owner, row_types=types, natoms=natoms), keys
+
+
+def committee_scores(train: Rows, cands: S.Candidates, noise_var: dict[str, float],
+                     settings: QuerySettings, rng: np.random.Generator) -> np.ndarray:
+    """QBC disagreement: RMS over each candidate's rows of the committee's prediction std (in noise
+    units); each learner is fitted on a bootstrap sample (fraction f) of the training configurations."""
+    keys = train.config_keys()
+    unique = np.unique(keys)
+    size = max(2, int(round(settings.fraction * unique.size)))
+    preds = []
+    for _ in range(settings.committee):
+        picked = rng.choice(unique, size=size, replace=True)
+        counts = {k: c for k, c in zip(*np.unique(picked, return_counts=True))}
+        idx = np.concatenate([np.repeat(np.flatnonzero(keys == k), c) for k, c in counts.items()])
+        member = fit_rows(train.subset(idx), **(settings.fit or {}))
+        preds.append(cands.a @ member.result.mean)
+    spread = np.std(np.stack(preds), axis=0, ddof=1)
+    return S.rms_by_owner(spread / S.row_scale(cands.row_types, noise_var), cands.owner, cands.size)
+
+
+def select(train: Rows, pool: Rows, n: int, settings: QuerySettings, model: RowsFit | None = None,
+           seed: int = 0) -> np.ndarray:
+    """Configuration keys (of ``pool.config_keys()``) to label next, best first.
+
+    Args:
+        train: the labelled rows the model is fitted on.
+        pool: the candidates' rows (their truths are not used).
+        n: batch size.
+        settings: the strategy and its settings.
+        model: the current fit of ``train`` (fitted here when None).
+        seed: seed of every random choice.
+    """
+    rng = np.random.default_rng(seed)
+    cands, keys = candidates_of(pool)
+    n = min(n, cands.size)
+    name = settings.strategy
+    if name == "random":
+        return keys[S.pick_random(cands.size, n, rng)]
+    model = model or fit_rows(train, **(settings.fit or {}))
+    cov, noise = model.result.cov, model.noise_var
+    if name in ("max_std", "std_sampling"):
+        scores = S.cost_weighted(S.coefficient_std_scores(cands, cov, noise), cands.natoms,
+                                 settings.cost_gamma)
+        if name == "max_std":
+            return keys[S.pick_top(scores, n)]
+        return keys[S.pick_std_sampling(scores, n, rng, settings.power)]
+    if name == "qbc":
+        scores = S.cost_weighted(committee_scores(train, cands, noise, settings, rng), cands.natoms,
+                                 settings.cost_gamma)
+        return keys[S.spread_by_kmeans(scores, cands.fingerprints(), n, seed, settings.shortlist)]
+    grams = S.candidate_grams(cands, noise)
+    if name == "d_optimal":
+        return keys[S.greedy_d_optimal(grams, cov, n, cands.natoms, settings.cost_gamma)]
+    if name == "variance_reduction":
+        return keys[S.greedy_variance_reduction(grams, cov, grams.sum(axis=0), n, cands.natoms,
+                                                settings.cost_gamma)]
+    raise ValueError(f"unknown strategy {name!r}; known: {', '.join(S.STRATEGIES)}")
