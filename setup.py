@@ -31,6 +31,8 @@ setup(
         "ase",
         "tblite",
         "torch",
+        "pyro-ppl",  # NUTS for the MCMC learner of fitsnap_uq.nn (the suggested library)
+        "scikit-learn",  # KMeans of the query-by-committee strategy (FitSNAP requires it too)
     ],
     extras_require={
         "test": ["pytest>=7", "ruff"],

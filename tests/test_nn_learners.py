@@ -1,0 +1,104 @@
+"""Ensemble, MCMC and variational learners over torch modules on 1-D toys."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from fitsnap_uq.nn import MCMC, Ensemble, Variational  # noqa: E402
+
+
+def mlp():
+    return torch.nn.Sequential(torch.nn.Linear(1, 32), torch.nn.Tanh(), torch.nn.Linear(32, 32),
+                               torch.nn.Tanh(), torch.nn.Linear(32, 1))
+
+
+class Poly(torch.nn.Module):
+    """Linear in its parameters: y = sum_k w_k x^k (k = 0..order)."""
+
+    def __init__(self, order: int = 3) -> None:
+        super().__init__()
+        self.order = order
+        self.linear = torch.nn.Linear(order + 1, 1, bias=False)
+
+    def forward(self, x):
+        return self.linear(torch.cat([x**k for k in range(self.order + 1)], dim=1))
+
+
+def toy(seed=0, n=80):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, size=n)
+    return x, np.sin(3 * x) + 0.1 * rng.normal(size=n)
+
+
+def coverage(learner, seed=1):
+    rng = np.random.default_rng(seed)
+    xt = rng.uniform(-0.95, 0.95, size=300)
+    yt = np.sin(3 * xt) + 0.1 * rng.normal(size=xt.size)
+    mean, std = learner.predict(xt[:, None])
+    return float(np.mean(np.abs(yt - mean) <= 1.96 * std))
+
+
+def test_ensemble_covers_interpolation(tmp_path):
+    x, y = toy()
+    ens = Ensemble(mlp, members=8, epochs=800, lr=1e-2, seed=0).fit(x[:, None], y)
+    cov = coverage(ens)
+    assert cov >= 0.85
+    mean, std = ens.predict(np.array([[0.0], [3.0]]), noise=False)
+    assert std[1] > 3 * std[0]  # extrapolation is less certain
+    ens.save(tmp_path / "ens.pt")
+    back = Ensemble.load(tmp_path / "ens.pt", mlp)
+    np.testing.assert_allclose(back.predict(x[:5, None])[0], ens.predict(x[:5, None])[0])
+    again = Ensemble(mlp, members=8, epochs=800, lr=1e-2, seed=0).fit(x[:, None], y)
+    np.testing.assert_array_equal(again.predict(x[:5, None])[0], ens.predict(x[:5, None])[0])
+
+
+def test_variational_coverage_is_measured():
+    x, y = toy()
+    vi = Variational(mlp, epochs=1500, lr=1e-2, seed=0).fit(x[:, None], y)
+    cov = coverage(vi)
+    print(f"variational 95% coverage on the 1-D toy: {cov:.3f}")
+    assert 0.0 <= cov <= 1.0 and vi.noise_std_ > 0
+    _, std_model = vi.predict(x[:, None], noise=False)
+    assert np.all(std_model >= 0)
+
+
+def test_mcmc_mean_matches_the_exact_posterior():
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1, 1, size=200)
+    y = 0.5 - x + 2 * x**3 + 0.1 * rng.normal(size=x.size)
+    learner = MCMC(Poly(3), prior_std=10.0, samples=600, warmup=400, seed=0).fit(x[:, None], y)
+    a = np.stack([x**k for k in range(4)], axis=1)
+    s2 = learner.noise_std_**2
+    prec = a.T @ a / s2 + np.eye(4) / 100.0
+    exact = np.linalg.solve(prec, a.T @ y / s2)
+    w = learner.w_.numpy()
+    post_sd = np.sqrt(np.diag(np.linalg.inv(prec)))
+    assert np.all(np.abs(w.mean(axis=0) - exact) <= 0.25 * post_sd)  # MC error of ~600 draws
+    np.testing.assert_allclose(w.std(axis=0), post_sd, rtol=0.2)
+    assert learner.noise_std_ == pytest.approx(0.1, rel=0.2)
+    xt = np.linspace(-1, 1, 7)
+    mean, _ = learner.predict(xt[:, None])
+    np.testing.assert_allclose(mean, np.stack([xt**k for k in range(4)], 1) @ exact, atol=0.03)
+
+
+@pytest.mark.slow
+def test_polynomial_study_command(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "polynomial_uq" / "run.py"
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--outdir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = (tmp_path / "table.md").read_text()
+    assert table.count("| 10 | interpolation |") == 1 and table.count("extrapolation") == 4
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["3-extrapolation"]) == {"exact Bayes", "variational", "MCMC", "ensemble",
+                                                "model error"}
+    for name in ("interpolation.png", "extrapolation.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
