@@ -28,28 +28,32 @@ def _fail(message: str, comm, code: int = 2) -> int:
     return code
 
 
+def _collective(run, comm):
+    """``run()`` on every rank; a user's mistake ends the run with its message (exit 2)."""
+    try:
+        return run(), 0
+    except (InputError, NumericalError) as exc:
+        return None, _fail(str(exc), comm)
+
+
 def _cmd_fit(rest: Sequence[str]) -> int:
     from fitsnap_uq.fitting import run_fit
 
     comm = _mpi_comm()
-    try:
-        run_fit(rest, comm=comm)
-    except (InputError, NumericalError) as exc:
-        return _fail(str(exc), comm)
-    return 0
+    return _collective(lambda: run_fit(rest, comm=comm), comm)[1]
 
 
 def _cmd_md(args: argparse.Namespace) -> int:
     from lammps_hooks.md import run_md
 
     comm = _mpi_comm()
-    try:
-        result = run_md(args.script, args.posterior, every=args.every, forces=not args.energy_only,
-                        flag_dir=args.flag_dir, flag_above=args.flag_above, halt_above=args.halt_above,
-                        measure=args.measure, max_flags=args.max_flags, min_distance=args.min_distance,
-                        source=args.source, comm=comm, log=args.log)
-    except (InputError, NumericalError) as exc:
-        return _fail(str(exc), comm)
+    result, code = _collective(lambda: run_md(
+        args.script, args.posterior, every=args.every, forces=not args.energy_only,
+        flag_dir=args.flag_dir, flag_above=args.flag_above, halt_above=args.halt_above,
+        measure=args.measure, max_flags=args.max_flags, min_distance=args.min_distance,
+        source=args.source, comm=comm, log=args.log), comm)
+    if code:
+        return code
     if comm is None or comm.Get_rank() == 0:
         last = result.hook.last if result.hook else {}
         summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k not in ("halt",))
@@ -84,12 +88,12 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     from lammps_hooks.ensemble import run_ensemble
 
     comm = _mpi_comm()
-    try:
-        result = run_ensemble(args.script, args.posterior, samples=args.samples,
-                              observables=args.observables, every=args.every, outdir=args.outdir,
-                              seed=args.seed, ranks_per_replica=args.ranks_per_replica, comm=comm)
-    except (InputError, NumericalError) as exc:
-        return _fail(str(exc), comm)
+    result, code = _collective(lambda: run_ensemble(
+        args.script, args.posterior, samples=args.samples, observables=args.observables,
+        every=args.every, outdir=args.outdir, seed=args.seed,
+        ranks_per_replica=args.ranks_per_replica, comm=comm), comm)
+    if code:
+        return code
     if result is not None:
         print(f"fitsnap-uq ensemble: {len(result.timings)} replicas; results in {args.outdir}/")
         for obs in result.observables:

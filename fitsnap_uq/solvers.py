@@ -89,6 +89,13 @@ class UQSolverMixin:
     def infile(self) -> str | None:
         return getattr(self.config, "infile", None)
 
+    def training_rows(self, trainall: bool = False) -> tuple[Rows, Rows]:
+        """FitSNAP's rows (all) and the rows to fit: training configurations (all with
+        ``trainall``), without rows of weight 0."""
+        rows = gather_rows(self.pt, self.infile)
+        train = rows if trainall else rows.training()
+        return rows, train.subset(train.w != 0)
+
     def posterior_path(self) -> Path:
         """Where the Posterior goes: ``[UQ] posterior`` or ``<potential>.posterior.npz``."""
         if self.options["posterior"]:
@@ -236,9 +243,7 @@ class MODELERROR(UQSolverMixin, Solver):
         @self.pt.sub_rank_zero
         def fit_on_rank_zero() -> None:
             self._check_output_free()
-            rows = gather_rows(self.pt, self.infile)
-            train = rows if trainall else rows.training()
-            train = train.subset(train.w != 0)
+            rows, train = self.training_rows(trainall)
             opts = self.options
             aw, bw = train.w[:, None] * train.a, train.w * train.b
             embed = None if opts["merr_embed"] == "all" else opts["merr_embed"]
@@ -288,9 +293,7 @@ class BAYESMCMC(UQSolverMixin, Solver):
         @self.pt.sub_rank_zero
         def fit_on_rank_zero() -> None:
             self._check_output_free()
-            rows = gather_rows(self.pt, self.infile)
-            train = rows if trainall else rows.training()
-            train = train.subset(train.w != 0)
+            rows, train = self.training_rows(trainall)
             opts = self.options
             fit_opts = {k: opts[k] for k in ("noise_classes", "prior", "weights", "max_iter", "tol")}
             base = fit_rows(train, **fit_opts)

@@ -37,7 +37,7 @@ import numpy as np
 
 from fitsnap_uq.errors import InputError
 from fitsnap_uq.posterior import Posterior, _atomic_write
-from lammps_hooks.script import RUN_COMMANDS, find_snap_pair_coeff, read_script, replace_coeff_file
+from lammps_hooks.script import RUN_COMMANDS, execute, replace_coeff_file, snap_script
 
 OUTPUT_COMMANDS = ("dump", "dump_modify", "undump", "write_restart", "write_data", "write_dump",
                    "write_coeff", "restart", "log")
@@ -91,12 +91,7 @@ def run_ensemble(script: str | Path, posterior: Posterior | str | Path, samples:
     if size % ranks_per_replica:
         raise InputError(f"{size} MPI ranks do not split into partitions of {ranks_per_replica}")
     post = posterior if isinstance(posterior, Posterior) else Posterior.load(posterior)
-    script = Path(script).resolve()
-    commands = read_script(script)
-    snap = find_snap_pair_coeff(commands)
-    if snap is None:
-        raise InputError("the script has no snap pair_coeff line whose coefficient file the ensemble "
-                         "can replace", file=str(script))
+    script, commands, snap = snap_script(script, "a posterior ensemble (it swaps the coefficient file)")
     if not any(c.word in RUN_COMMANDS for c in commands):
         raise InputError("the script has no run command", file=str(script))
     outdir = Path(outdir).resolve()
@@ -131,11 +126,7 @@ def run_ensemble(script: str | Path, posterior: Posterior | str | Path, samples:
                     lmp.command(f'fix ens_print all print {every} "$(step) {fields}" file {obs_file} '
                                 "screen no")
                     defined = True
-                try:
-                    lmp.commands_string(cmd.text) if "\n" in cmd.text else lmp.command(cmd.text)
-                except Exception as exc:
-                    raise InputError(f"replica {k}: LAMMPS stopped at line {cmd.line}: {str(exc).strip()}",
-                                     file=cmd.file) from None
+                execute(lmp, cmd, what=f"replica {k}: ")
             lmp.close()
             timings.append({"replica": k, "partition": color, "start": start, "end": time.time()})
     finally:

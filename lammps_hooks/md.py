@@ -18,7 +18,7 @@ from typing import Any
 from fitsnap_uq.errors import InputError
 from fitsnap_uq.posterior import Posterior
 from lammps_hooks.flagging import QueryStore
-from lammps_hooks.script import find_snap_pair_coeff, needs_hook, read_script
+from lammps_hooks.script import execute, needs_hook, snap_script
 from lammps_hooks.snap_uq import SnapUQHook
 
 
@@ -47,8 +47,7 @@ def run_md(script: str | Path, posterior: Posterior | str | Path, every: int = 1
            flag_dir: str | Path | None = None, flag_above: float | None = None,
            halt_above: float | None = None, measure: str | None = None, max_flags: int | None = 100,
            min_distance: float = 1e-3, source: str = "auto", comm: Any = None,
-           lmp: Any = None, log: str | None = "log.lammps", screen: bool = True,
-           command_filter: Any = None) -> MDResult:
+           lmp: Any = None, log: str | None = "log.lammps", screen: bool = True) -> MDResult:
     """Run ``script`` with a :class:`SnapUQHook` attached (see the module docstring).
 
     Args:
@@ -59,18 +58,12 @@ def run_md(script: str | Path, posterior: Posterior | str | Path, every: int = 1
         halt_above: stop the run above this value of the measure.
         comm: mpi4py communicator for LAMMPS (default: COMM_WORLD).
         lmp: an existing LAMMPS instance to use instead of a new one.
-        command_filter: optional ``f(index, Command) -> Command`` applied to each command.
     """
     from mpi4py import MPI
 
     comm = comm or MPI.COMM_WORLD
     post = posterior if isinstance(posterior, Posterior) else Posterior.load(posterior)
-    script = Path(script).resolve()
-    commands = read_script(script)
-    snap = find_snap_pair_coeff(commands)
-    if snap is None:
-        raise InputError("the script has no 'pair_coeff * * [snap] FILE.snapcoeff FILE.snapparam "
-                         "ELEMENTS' command; the uncertainty hook needs pair_style snap", file=str(script))
+    script, commands, snap = snap_script(script, "the uncertainty hook")
     if flag_above is not None and flag_dir is None:
         raise InputError("--flag-above needs --flag-dir (where flagged frames go)")
     store = None
@@ -84,16 +77,10 @@ def run_md(script: str | Path, posterior: Posterior | str | Path, every: int = 1
                           type_elements=snap.elements, store=store, flag_above=flag_above,
                           halt_above=halt_above, measure=measure, comm=comm)
         hook.define_variables()
-        for i, cmd in enumerate(commands):
-            if command_filter is not None:
-                cmd = command_filter(i, cmd)
+        for cmd in commands:
             if not hook.attached and needs_hook(cmd, hook.prefix):
                 hook.attach()
-            try:
-                lmp.commands_string(cmd.text) if "\n" in cmd.text else lmp.command(cmd.text)
-            except Exception as exc:
-                raise InputError(f"LAMMPS stopped at line {cmd.line} ({cmd.text.splitlines()[0][:80]}): "
-                                 f"{str(exc).strip()}", file=cmd.file) from None
+            execute(lmp, cmd)
             if hook.halted:
                 break
         nflagged = int(hook.last.get("nflagged", 0))

@@ -136,3 +136,28 @@ def replace_coeff_file(command: Command, snap: SnapCoeff, new_file: str) -> Comm
 def needs_hook(command: Command, prefix: str = "uq") -> bool:
     """Whether the hook must be attached before this command (a run, or per-atom ``d_uq_`` names)."""
     return command.word in RUN_COMMANDS or f"d_{prefix}_" in command.text
+
+
+def snap_script(script: str | Path, purpose: str) -> tuple[Path, list[Command], SnapCoeff]:
+    """An input script's path, commands and snap ``pair_coeff``; InputError when it has none.
+
+    Args:
+        purpose: what needs the snap pair style, for the message.
+    """
+    path = Path(script).resolve()
+    commands = read_script(path)
+    snap = find_snap_pair_coeff(commands)
+    if snap is None:
+        raise InputError("the script has no 'pair_coeff * * [snap] FILE.snapcoeff FILE.snapparam "
+                         f"ELEMENTS' command; {purpose} needs pair_style snap", file=str(path))
+    return path, commands, snap
+
+
+def execute(lmp: object, cmd: Command, what: str = "") -> None:
+    """Run one command; a LAMMPS error becomes an InputError naming the script file and line."""
+    try:
+        lmp.commands_string(cmd.text) if "\n" in cmd.text else lmp.command(cmd.text)  # type: ignore[attr-defined]
+    except Exception as exc:
+        first = cmd.text.splitlines()[0][:80]
+        raise InputError(f"{what}LAMMPS stopped at line {cmd.line} ({first}): {str(exc).strip()}",
+                         file=cmd.file) from None

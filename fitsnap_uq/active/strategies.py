@@ -24,6 +24,7 @@ Optional cost weighting divides a score by ``cost^gamma`` (QM cost ~ atoms^3).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -138,15 +139,13 @@ def _absorb(s: np.ndarray, g_c: np.ndarray) -> np.ndarray:
     return s - s @ np.linalg.solve(np.eye(p) + g_c @ s, g_c @ s)
 
 
-def greedy_d_optimal(grams: np.ndarray, cov: np.ndarray, n: int, natoms: np.ndarray | None = None,
-                     cost_gamma: float = 0.0) -> np.ndarray:
-    """Greedy maximum information gain ``log det(I + A_c S A_c^T) = log det(I + G_c S)``; S is
-    updated after each pick. p x p work per candidate (``grams`` from :func:`candidate_grams`)."""
+def _greedy(grams: np.ndarray, cov: np.ndarray, n: int, gain: Any, natoms: np.ndarray | None,
+            cost_gamma: float) -> np.ndarray:
+    """Pick n candidates one by one by ``gain(G_c, S)``, absorbing each pick into S."""
     s = cov.copy()
-    p = s.shape[0]
     chosen: list[int] = []
     for _ in range(min(n, grams.shape[0])):
-        gains = np.array([np.linalg.slogdet(np.eye(p) + g @ s)[1] for g in grams])
+        gains = np.array([gain(g, s) for g in grams])
         gains[chosen] = -np.inf
         if natoms is not None:
             gains = np.where(np.isfinite(gains), cost_weighted(gains, natoms, cost_gamma), gains)
@@ -154,22 +153,23 @@ def greedy_d_optimal(grams: np.ndarray, cov: np.ndarray, n: int, natoms: np.ndar
         chosen.append(best)
         s = _absorb(s, grams[best])
     return np.array(chosen)
+
+
+def greedy_d_optimal(grams: np.ndarray, cov: np.ndarray, n: int, natoms: np.ndarray | None = None,
+                     cost_gamma: float = 0.0) -> np.ndarray:
+    """Greedy maximum information gain ``log det(I + A_c S A_c^T) = log det(I + G_c S)``; S is
+    updated after each pick. p x p work per candidate (``grams`` from :func:`candidate_grams`)."""
+    eye = np.eye(cov.shape[0])
+    return _greedy(grams, cov, n, lambda g, s: np.linalg.slogdet(eye + g @ s)[1], natoms, cost_gamma)
 
 
 def greedy_variance_reduction(grams: np.ndarray, cov: np.ndarray, pool_gram: np.ndarray, n: int,
                               natoms: np.ndarray | None = None, cost_gamma: float = 0.0) -> np.ndarray:
     """Greedy largest expected reduction of the predictive variance summed over the pool's rows,
     ``tr((I + G_c S)^-1 G_c S G S)`` with ``G`` the pool's Gram matrix; S updated after each pick."""
-    s = cov.copy()
-    p = s.shape[0]
-    chosen: list[int] = []
-    for _ in range(min(n, grams.shape[0])):
-        sgs = s @ pool_gram @ s
-        gains = np.array([float(np.trace(np.linalg.solve(np.eye(p) + g @ s, g @ sgs))) for g in grams])
-        gains[chosen] = -np.inf
-        if natoms is not None:
-            gains = np.where(np.isfinite(gains), cost_weighted(gains, natoms, cost_gamma), gains)
-        best = int(np.argmax(gains))
-        chosen.append(best)
-        s = _absorb(s, grams[best])
-    return np.array(chosen)
+    eye = np.eye(cov.shape[0])
+
+    def gain(g: np.ndarray, s: np.ndarray) -> float:
+        return float(np.trace(np.linalg.solve(eye + g @ s, g @ (s @ pool_gram @ s))))
+
+    return _greedy(grams, cov, n, gain, natoms, cost_gamma)
