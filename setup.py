@@ -32,6 +32,8 @@ setup(
         "tblite",
         "torch",
         "pyro-ppl",  # NUTS for the MCMC learner of fitsnap_uq.nn (the suggested library)
+        "tqdm",  # progress bars of the active-learning loop
+        "tomli; python_version < '3.11'",  # TOML configs (tomllib is in the standard library from 3.11)
         "scikit-learn",  # KMeans of the query-by-committee strategy (FitSNAP requires it too)
     ],
     extras_require={

@@ -104,6 +104,22 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_al(args: argparse.Namespace) -> int:
+    from fitsnap_uq.active.loop import ALConfig, Loop
+
+    try:
+        cfg = ALConfig.read(args.config)
+    except InputError as exc:
+        return _fail(str(exc), None)
+    workdir = args.workdir or str(Path(args.config).with_suffix("")) + "_al"
+    summary = Loop(cfg, workdir, progress=not args.no_progress).run()
+    last = summary["curve"][-1] if summary["curve"] else {}
+    print(f"fitsnap-uq al: stopped ({summary['stopped']}) after {summary['qm_calls']} QM calls; final "
+          f"test force RMSE {last.get('force_rmse', float('nan')):.4f} eV/A, energy RMSE "
+          f"{last.get('energy_rmse', float('nan')):.4f} eV/atom; report in {workdir}/report.md")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fitsnap-uq`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -166,6 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
     ens.add_argument("--seed", type=int, default=0, help="seed of the coefficient draws")
     ens.add_argument("--ranks-per-replica", type=int, default=1,
                      help="MPI ranks per partition (default 1)")
+
+    al = sub.add_parser(
+        "al", help="on-the-fly active learning: QM labels -> fit -> MD -> flagged -> QM -> refit",
+        description="Run (or resume after a crash) the active-learning loop of a TOML config (see "
+                    "examples/active_learning/). Every QM call is journalled; rerunning the same "
+                    "command continues where it stopped without repeating a completed QM call.")
+    al.add_argument("config", help="TOML config")
+    al.add_argument("--workdir", help="work folder (default: <config without .toml>_al)")
+    al.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -194,4 +219,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_md(args)
     if args.command == "ensemble":
         return _cmd_ensemble(args)
+    if args.command == "al":
+        return _cmd_al(args)
     return 0

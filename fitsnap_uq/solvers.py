@@ -70,6 +70,17 @@ def snap_parameters(config: Any) -> tuple[list[str], dict[str, Any]]:
     return list(bs.types), snap
 
 
+def constant_columns(config: Any) -> np.ndarray:
+    """(m,) bool over FitSNAP's A columns: the per-element constant (energy offset) columns, which
+    exist when ``bzeroflag = 0``; they get a flat prior (an intercept is not shrunk)."""
+    bs = config.sections["BISPECTRUM"]
+    block = int(bs.ncoeff) + (0 if int(bs.bzeroflag) else 1)
+    cols = np.zeros(block * int(bs.numtypes), dtype=bool)
+    if not int(bs.bzeroflag):
+        cols[::block] = True
+    return cols
+
+
 class UQSolverMixin:
     """Shared plumbing of our solvers: options, posterior path and writing.
 
@@ -187,6 +198,7 @@ class BAYES(UQSolverMixin, Solver):
                                  section="GROUPS")
             opts = self.options
             fit_opts = {k: opts[k] for k in ("noise_classes", "prior", "weights", "max_iter", "tol")}
+            fit_opts["unpenalized"] = constant_columns(self.config)
             recal = None
             if opts["recalibration"] == "quantile":
                 model, ratios = fit_and_recalibrate(train, folds=opts["cv_folds"], seed=opts["seed"],
@@ -296,7 +308,7 @@ class BAYESMCMC(UQSolverMixin, Solver):
             rows, train = self.training_rows(trainall)
             opts = self.options
             fit_opts = {k: opts[k] for k in ("noise_classes", "prior", "weights", "max_iter", "tol")}
-            base = fit_rows(train, **fit_opts)
+            base = fit_rows(train, unpenalized=constant_columns(self.config), **fit_opts)
             live = base.result.active
             rng = np.random.default_rng(opts["seed"])
             kw = {"nwalkers": opts["mcmc_walkers"], "nsteps": opts["mcmc_steps"],

@@ -170,14 +170,16 @@ def log_evidence(stats: list[ClassStats], alpha: np.ndarray, beta: np.ndarray,
     e_data = sum(b * (np.sum((s.z - s.r @ mean) ** 2) + s.rho2) for s, b in zip(stats, beta))
     e_prior = float(np.sum(alpha * mean**2))
     logdet_prec = 2.0 * np.sum(np.log(np.abs(np.diag(r_post))))
+    # Columns with alpha = 0 have a flat (improper) prior: they add no log alpha term.
     return float(0.5 * sum(s.n * np.log(b) for s, b in zip(stats, beta))
-                 + 0.5 * np.sum(np.log(alpha)) - 0.5 * (e_data + e_prior)
+                 + 0.5 * np.sum(np.log(alpha[alpha > 0])) - 0.5 * (e_data + e_prior)
                  - 0.5 * logdet_prec - 0.5 * n_tot * np.log(2 * np.pi))
 
 
 def fit_bayes(stats: dict[str, ClassStats], prior: str = "isotropic", max_iter: int = 500,
               tol: float = 1e-8, alpha0: float | None = None,
-              beta0: dict[str, float] | None = None) -> BayesResult:
+              beta0: dict[str, float] | None = None, unpenalized: np.ndarray | None = None
+              ) -> BayesResult:
     """Maximize the evidence over prior and per-class noise precisions; return the posterior.
 
     Args:
@@ -188,6 +190,9 @@ def fit_bayes(stats: dict[str, ClassStats], prior: str = "isotropic", max_iter: 
         tol: stop when the largest relative change of alpha and beta is below ``tol``.
         alpha0: starting prior precision (default: from the data scale).
         beta0: starting noise precision per class (default: from the least-squares residuals).
+        unpenalized: (p,) bool, columns with a flat prior (alpha = 0), e.g. the per-element constant
+            (energy offset) columns of SNAP, which only energies determine and which a shrinking
+            prior would bias.
 
     Returns:
         A :class:`BayesResult`; ``converged`` False with ``message`` if ``max_iter`` was reached.
@@ -203,6 +208,8 @@ def fit_bayes(stats: dict[str, ClassStats], prior: str = "isotropic", max_iter: 
     q = int(active.sum())
     if q == 0:
         raise NumericalError("every descriptor column is zero: nothing to fit")
+    flat = np.zeros(q, dtype=bool) if unpenalized is None else np.asarray(unpenalized, bool)[active]
+    pen = ~flat
     st = st_all
     if q < p:
         # Re-factor with the active columns: [R[:, act] | z] keeps the same Gram and projections.
@@ -219,7 +226,7 @@ def fit_bayes(stats: dict[str, ClassStats], prior: str = "isotropic", max_iter: 
         alpha = np.zeros(q)
     else:
         a0 = alpha0 if alpha0 is not None else 1e-6 * float(np.mean(scale**2))
-        alpha = np.full(q, a0)
+        alpha = np.where(pen, a0, 0.0)
     tiny = np.full(q, 1e-12 * float(np.mean(scale**2))) if prior == "none" else alpha
     _, m0 = _posterior([pooled], tiny, np.ones(1))
     beta = np.empty(len(st))
@@ -257,15 +264,16 @@ def fit_bayes(stats: dict[str, ClassStats], prior: str = "isotropic", max_iter: 
             gamma_k = max(s.n - beta[i] * tr_sg, 1e-6 * s.n)
             new_beta[i] = gamma_k / max(res2, res_floor[i])
         new_alpha = alpha.copy()
-        if prior == "isotropic":
-            gamma = max(float(np.sum(1.0 - alpha * s_diag)), 1e-6)
-            new_alpha[:] = gamma / max(float(np.sum(mean**2)), 1e-300)
+        if prior == "isotropic" and pen.any():
+            gamma = max(float(np.sum(1.0 - alpha[pen] * s_diag[pen])), 1e-6)
+            new_alpha[pen] = gamma / max(float(np.sum(mean[pen] ** 2)), 1e-300)
         elif prior == "ard":
             gamma = np.clip(1.0 - alpha * s_diag, 1e-10, 1.0)
-            new_alpha = np.minimum(gamma / np.maximum(mean**2, 1e-300), 1e12 * np.max(scale**2))
+            new_alpha = np.where(pen, np.minimum(gamma / np.maximum(mean**2, 1e-300),
+                                                 1e12 * np.max(scale**2)), 0.0)
         change = float(np.max(np.abs(np.log(new_beta / beta))))
-        if prior != "none":
-            change = max(change, float(np.max(np.abs(np.log(new_alpha / alpha)))))
+        if prior != "none" and pen.any():
+            change = max(change, float(np.max(np.abs(np.log(new_alpha[pen] / alpha[pen])))))
         alpha, beta = new_alpha, new_beta
         r_post, mean = _posterior(st, alpha, beta)
         if prior != "none":

@@ -99,10 +99,11 @@ def fit_weights(rows: Rows, weights: str) -> np.ndarray:
 
 
 def fit_stats(stats: dict[str, ClassStats], labels: np.ndarray, row_types: np.ndarray, w: np.ndarray,
-              mode: str, prior: str = "isotropic", max_iter: int = 500, tol: float = 1e-8) -> RowsFit:
+              mode: str, prior: str = "isotropic", max_iter: int = 500, tol: float = 1e-8,
+              unpenalized: np.ndarray | None = None) -> RowsFit:
     """Fit from per-class statistics of some rows, given those rows' class labels, row types and
     weights as used for the statistics (for the pooled noise of new data)."""
-    result = fit_bayes(stats, prior=prior, max_iter=max_iter, tol=tol)
+    result = fit_bayes(stats, prior=prior, max_iter=max_iter, tol=tol, unpenalized=unpenalized)
     classes = list(stats)
     noise_var = dict(result.noise_var) if mode != "one" else {}
     noise_var.update(noise_model.pooled_noise_var(result, classes, labels, row_types, w))
@@ -110,14 +111,14 @@ def fit_stats(stats: dict[str, ClassStats], labels: np.ndarray, row_types: np.nd
 
 
 def fit_rows(rows: Rows, noise_classes: str = "group", prior: str = "isotropic", weights: str = "ratios",
-             max_iter: int = 500, tol: float = 1e-8) -> RowsFit:
+             max_iter: int = 500, tol: float = 1e-8, unpenalized: np.ndarray | None = None) -> RowsFit:
     """Bayesian fit of all of ``rows`` (pass ``rows.training()`` to leave testing rows out)."""
     w = fit_weights(rows, weights)
     labels = noise_model.class_labels(rows.groups, rows.row_types, noise_classes)
     stats = noise_model.stats_by_class(rows.a, rows.b, w, labels)
     if not stats:
         raise ValueError("no rows with nonzero weight")
-    return fit_stats(stats, labels, rows.row_types, w, noise_classes, prior, max_iter, tol)
+    return fit_stats(stats, labels, rows.row_types, w, noise_classes, prior, max_iter, tol, unpenalized)
 
 
 def config_folds(rows: Rows, folds: int, seed: int) -> np.ndarray:
@@ -141,8 +142,8 @@ def _merged(per_fold: list[dict[str, ClassStats]], folds: list[int]) -> dict[str
 
 def fit_and_recalibrate(rows: Rows, folds: int = 5, seed: int = 0, noise_classes: str = "group",
                         prior: str = "isotropic", weights: str = "ratios", max_iter: int = 500,
-                        tol: float = 1e-8, max_scored_rows: int = 20000
-                        ) -> tuple[RowsFit, dict[str, np.ndarray]]:
+                        tol: float = 1e-8, max_scored_rows: int = 20000,
+                        unpenalized: np.ndarray | None = None) -> tuple[RowsFit, dict[str, np.ndarray]]:
     """Fit all of ``rows`` and learn the recalibration by K-fold CV over configurations.
 
     The rows enter once: statistics are computed per (fold, class); the full fit merges all folds
@@ -163,14 +164,15 @@ def fit_and_recalibrate(rows: Rows, folds: int = 5, seed: int = 0, noise_classes
     full_stats = _merged(per_fold, list(range(folds)))
     if not full_stats:
         raise ValueError("no rows with nonzero weight")
-    full = fit_stats(full_stats, labels, rows.row_types, w, noise_classes, prior, max_iter, tol)
+    full = fit_stats(full_stats, labels, rows.row_types, w, noise_classes, prior, max_iter, tol,
+                     unpenalized)
     rng = np.random.default_rng(seed)
     ratios: dict[str, list[np.ndarray]] = {}
     for f in range(folds):
         others = [g for g in range(folds) if g != f]
         keep = fold != f
         model = fit_stats(_merged(per_fold, others), labels[keep], rows.row_types[keep], w[keep],
-                          noise_classes, prior, max_iter, tol)
+                          noise_classes, prior, max_iter, tol, unpenalized)
         held_idx = np.flatnonzero((fold == f) & (w != 0))
         if held_idx.size > max_scored_rows:
             held_idx = np.sort(rng.choice(held_idx, size=max_scored_rows, replace=False))

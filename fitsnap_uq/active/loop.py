@@ -1,0 +1,349 @@
+"""The on-the-fly active-learning loop: structures -> QM labels -> fit -> MD with the hook -> flagged
+frames -> QM labels -> refit, until no frame is flagged, the iterations are done or the QM budget is
+spent. ``fitsnap-uq al CONFIG.toml`` (see ``examples/active_learning/``).
+
+Everything lives in the work folder (default: next to the config, ``<config stem>_al``):
+
+* ``data/JSON/<group>/<name>.json``: labelled configurations (FitSNAP JSON), written atomically;
+* ``journal.jsonl``: one line per completed QM call (appended and fsynced after its file is written);
+* ``testset/``: an independent QM-labelled test set (its own budget), for the learning curve;
+* ``iter<k>/fit``: the FitSNAP input and outputs of fit k; ``iter<k>/md_<T>K``: MD script and flags;
+* ``report.md`` and ``learning_curve.png``.
+
+Resuming: rerunning the same command after a crash (even ``kill -9``) redoes only what is missing. A
+QM call whose file exists is never repeated; one interrupted before its file was written is redone
+(its result was not stored). Fits and MD are deterministic (seeded) and cheap to redo.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fitsnap_uq.active.oracles import (
+    ASEOracle,
+    is_labelled,
+    oracle_from_name,
+    read_fitsnap_json,
+)
+from fitsnap_uq.errors import InputError
+from fitsnap_uq.fitsnap_json import atoms_record, write_record
+
+
+@dataclass
+class ALConfig:
+    """Settings of the loop (the TOML file's tables, with defaults)."""
+
+    element: str = "Ta"
+    lattice: str = "bcc"
+    a: float = 3.31
+    supercell: tuple[int, int, int] = (2, 2, 2)
+    initial: int = 6
+    rattle: float = 0.05
+    strain: float = 0.02
+    seed: int = 0
+    oracle: str = "xtb"
+    electronic_temperature: float = 3000.0
+    twojmax: int = 6
+    rcutfac: float = 4.67637
+    rfac0: float = 0.99363
+    radelem: float = 0.5
+    wj: float = 1.0
+    zbl: tuple[float, float] = (1.5, 2.0)  # close contacts only: it must not shape normal bonds
+    noise_classes: str = "quantity"
+    temperatures: list[float] = field(default_factory=lambda: [800.0, 2000.0])
+    md_cells: tuple[int, int, int] = (3, 3, 3)
+    md_steps: int = 300
+    timestep: float = 0.002
+    every: int = 10
+    flag_above: float = 0.15
+    halt_above: float = 2.0
+    max_flags: int = 4
+    iterations: int = 4
+    qm_budget: int = 40
+    test_structures: int = 4
+
+    @classmethod
+    def read(cls, path: str | Path) -> ALConfig:
+        """Read a TOML config; unknown tables or keys are errors naming them."""
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            import tomli as tomllib  # type: ignore[no-redef]
+        path = Path(path)
+        if not path.is_file():
+            raise InputError("active-learning config not found", file=str(path))
+        try:
+            data = tomllib.loads(path.read_text())
+        except Exception as exc:
+            raise InputError(f"cannot parse TOML: {exc}", file=str(path)) from None
+        tables = {"system": ("element", "lattice", "a", "supercell", "initial", "rattle", "strain",
+                             "seed"),
+                  "oracle": ("oracle", "electronic_temperature"),
+                  "snap": ("twojmax", "rcutfac", "rfac0", "radelem", "wj", "zbl"),
+                  "fit": ("noise_classes",),
+                  "md": ("temperatures", "md_cells", "md_steps", "timestep", "every", "flag_above",
+                         "halt_above", "max_flags"),
+                  "loop": ("iterations", "qm_budget", "test_structures")}
+        values: dict[str, Any] = {}
+        for table, content in data.items():
+            if table not in tables:
+                raise InputError(f"unknown table; known: {', '.join(tables)}", file=str(path),
+                                 section=table)
+            for key, value in content.items():
+                name = "oracle" if (table, key) == ("oracle", "name") else key
+                if name not in tables[table]:
+                    raise InputError(f"unknown key; [{table}] accepts: {', '.join(tables[table])}",
+                                     file=str(path), section=table, key=key)
+                values[name] = tuple(value) if isinstance(value, list) and name in (
+                    "supercell", "zbl", "md_cells") else value
+        return cls(**values)
+
+
+class Loop:
+    """One active-learning run in ``workdir`` (see the module docstring)."""
+
+    def __init__(self, config: ALConfig, workdir: str | Path, oracle: ASEOracle | None = None,
+                 progress: bool = True) -> None:
+        self.cfg = config
+        self.work = Path(workdir).resolve()
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.oracle = oracle or oracle_from_name(config.oracle,
+                                                 electronic_temperature=config.electronic_temperature)
+        self.progress = progress
+        self.journal = self.work / "journal.jsonl"
+
+    # ---------------------------------------------------------------- journal
+    def qm_calls(self) -> list[dict[str, Any]]:
+        """The completed QM calls, from the journal (a torn last line is ignored)."""
+        if not self.journal.exists():
+            return []
+        out = []
+        for line in self.journal.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+    def _log_call(self, record: dict[str, Any]) -> None:
+        with open(self.journal, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def _budget_left(self) -> int:
+        return self.cfg.qm_budget - sum(1 for c in self.qm_calls() if c.get("set") == "train")
+
+    def label(self, atoms: Any, path: Path, set_name: str = "train") -> bool:
+        """Label ``atoms`` into ``path`` unless that file already holds a label; journal the call."""
+        if path.exists():
+            record, _ = read_fitsnap_json(path)
+            if is_labelled(record):
+                return True
+        result = self.oracle.label(atoms)
+        if result.atoms is None:
+            self._log_call({"file": str(path.relative_to(self.work)), "set": set_name, "ok": False,
+                            "error": result.error})
+            return False
+        write_record(atoms_record(result.atoms, label=f"labelled by {self.oracle.name}"), path)
+        self._log_call({"file": str(path.relative_to(self.work)), "set": set_name, "ok": True,
+                        "energy": float(result.atoms.get_potential_energy())})
+        return True
+
+    # ------------------------------------------------------------- structures
+    def structures(self, n: int, seed: int, scale_rattle: float = 1.0) -> list[Any]:
+        """Rattled and strained supercells of the lattice (deterministic in ``seed``)."""
+        from ase.build import bulk
+
+        rng = np.random.default_rng(seed)
+        out = []
+        for _ in range(n):
+            atoms = bulk(self.cfg.element, self.cfg.lattice, a=self.cfg.a, cubic=True).repeat(
+                self.cfg.supercell)
+            strain = np.eye(3) + rng.normal(scale=self.cfg.strain, size=(3, 3))
+            atoms.set_cell(np.asarray(atoms.cell) @ (0.5 * (strain + strain.T)), scale_atoms=True)
+            atoms.rattle(stdev=self.cfg.rattle * scale_rattle, seed=int(rng.integers(1 << 30)))
+            out.append(atoms)
+        return out
+
+    # -------------------------------------------------------------------- fit
+    def fitsnap_input(self, groups: list[str]) -> str:
+        from ase.data import atomic_numbers
+
+        z = atomic_numbers[self.cfg.element]
+        c = self.cfg
+        lines = [
+            "[BISPECTRUM]", "numTypes = 1", f"twojmax = {c.twojmax}", f"rcutfac = {c.rcutfac}",
+            f"rfac0 = {c.rfac0}", "rmin0 = 0.0", f"wj = {c.wj}", f"radelem = {c.radelem}",
+            f"type = {c.element}", "wselfallflag = 0", "chemflag = 0", "bzeroflag = 0",
+            "quadraticflag = 0", "", "[CALCULATOR]", "calculator = LAMMPSSNAP", "energy = 1",
+            "force = 1", "stress = 1", "", "[ESHIFT]", f"{c.element} = 0.0", "", "[SOLVER]",
+            "solver = BAYES", "", "[UQ]", f"noise_classes = {c.noise_classes}", "recalibration = none",
+            "", "[SCRAPER]", "scraper = JSON", "", "[PATH]",
+            f"dataPath = {self.work / 'data' / 'JSON'}", "", "[OUTFILE]", "metrics = metrics.md",
+            "potential = pot", "", "[REFERENCE]", "units = metal", "atom_style = atomic",
+            f"pair_style = hybrid/overlay zero 10.0 zbl {c.zbl[0]} {c.zbl[1]}",
+            "pair_coeff1 = * * zero", f"pair_coeff2 = * * zbl {z} {z}", "", "[GROUPS]",
+            "group_sections = name training_size testing_size eweight fweight vweight",
+            "group_types = str float float float float float", "smartweights = 0", "random_sampling = 0",
+        ]
+        lines += [f"{g} = 1.0 0.0 1.0 1.0 1e-6" for g in groups]
+        return "\n".join(lines) + "\n"
+
+    def fit(self, k: int) -> Path:
+        """Fit k on every labelled group; returns the posterior file."""
+        folder = self.work / f"iter{k}" / "fit"
+        folder.mkdir(parents=True, exist_ok=True)
+        groups = sorted(p.name for p in (self.work / "data" / "JSON").iterdir()
+                        if p.is_dir() and any(p.glob("*.json")))
+        (folder / "al.in").write_text(self.fitsnap_input(groups))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]),
+                                                           os.environ.get("PYTHONPATH", "")]))
+        proc = subprocess.run([sys.executable, "-m", "fitsnap_uq", "fit", "al.in", "--overwrite"],
+                              cwd=folder, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"fit {k} failed:\n{proc.stderr[-3000:]}")
+        return folder / "pot.posterior.npz"
+
+    def md_script(self, temperature: float, k: int) -> str:
+        from ase.data import atomic_masses, atomic_numbers
+
+        z = atomic_numbers[self.cfg.element]
+        nx, ny, nz = self.cfg.md_cells
+        fit = self.work / f"iter{k}" / "fit"
+        return "\n".join([
+            "units metal", f"lattice {self.cfg.lattice} {self.cfg.a}",
+            f"region box block 0 {nx} 0 {ny} 0 {nz}",
+            "create_box 1 box", "create_atoms 1 box", f"mass 1 {atomic_masses[z]:.4f}",
+            f"pair_style hybrid/overlay zbl {self.cfg.zbl[0]} {self.cfg.zbl[1]} snap",
+            f"pair_coeff * * zbl {z} {z}",
+            f"pair_coeff * * snap {fit / 'pot.snapcoeff'} {fit / 'pot.snapparam'} {self.cfg.element}",
+            f"velocity all create {2 * temperature} {self.cfg.seed + k + 1} loop geom",
+            f"fix nvt all nvt temp {temperature} {temperature} {100 * self.cfg.timestep}",
+            f"timestep {self.cfg.timestep}", "thermo 100", f"run {self.cfg.md_steps}", ""])
+
+    def md(self, k: int, posterior: Path) -> list[Path]:
+        """MD at each temperature with the hook; returns the flagged (unlabelled) JSON files."""
+        from lammps_hooks.md import run_md
+
+        flagged: list[Path] = []
+        for temperature in self.cfg.temperatures:
+            folder = self.work / f"iter{k}" / f"md_{temperature:g}K"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "in.md").write_text(self.md_script(temperature, k))
+            done = folder / "done.json"
+            if not done.exists():
+                import shutil
+
+                shutil.rmtree(folder / "flagged", ignore_errors=True)  # a run cut short starts over
+                res = run_md(folder / "in.md", posterior, every=self.cfg.every,
+                             flag_dir=folder / "flagged", flag_above=self.cfg.flag_above,
+                             halt_above=self.cfg.halt_above, max_flags=self.cfg.max_flags,
+                             log=str(folder / "log.lammps"), screen=False)
+                text = json.dumps({"nflagged": res.nflagged, "halted": res.halted,
+                                   "last": res.hook.last if res.hook else {}})
+                tmp = done.with_suffix(".tmp")
+                tmp.write_text(text)
+                tmp.replace(done)
+            flagged += sorted((folder / "flagged" / "json").rglob("*.json"))
+        return flagged
+
+    def test_errors(self, posterior: Path) -> dict[str, float]:
+        """Energy (eV/atom) and force (eV/A) RMSE of the posterior mean on the QM test set."""
+        from ase.calculators.lammpslib import LAMMPSlib
+        from ase.data import atomic_numbers
+
+        from fitsnap_uq.compat import import_lammps
+
+        import_lammps()
+        z = atomic_numbers[self.cfg.element]
+        stem = str(posterior)[: -len(".posterior.npz")]
+        cmds = [f"pair_style hybrid/overlay zbl {self.cfg.zbl[0]} {self.cfg.zbl[1]} snap",
+                f"pair_coeff * * zbl {z} {z}",
+                f"pair_coeff * * snap {stem}.snapcoeff {stem}.snapparam {self.cfg.element}"]
+        de, df = [], []
+        for path in sorted((self.work / "testset").glob("*.json")):
+            _, atoms = read_fitsnap_json(path)
+            record = json.loads(path.read_text())["Dataset"]["Data"][0]
+            atoms.calc = LAMMPSlib(lmpcmds=cmds, atom_types={self.cfg.element: 1}, log_file=None,
+                                   keep_alive=False)
+            de.append((atoms.get_potential_energy() - record["Energy"]) / len(atoms))
+            df.append((atoms.get_forces() - np.asarray(record["Forces"])).ravel())
+        return {"energy_rmse": float(np.sqrt(np.mean(np.square(de)))),
+                "force_rmse": float(np.sqrt(np.mean(np.concatenate(df) ** 2)))}
+
+    # ------------------------------------------------------------------- run
+    def run(self) -> dict[str, Any]:
+        """Run (or resume) the loop; returns the learning curve and why it stopped."""
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        initial = self.structures(cfg.initial, cfg.seed)
+        bar = {"disable": not self.progress}
+        for i, atoms in enumerate(tqdm(initial, desc="QM: initial structures", **bar)):
+            if self._budget_left() <= 0:
+                break
+            self.label(atoms, self.work / "data" / "JSON" / "Initial" / f"initial{i:03d}.json")
+        test = self.structures(cfg.test_structures, cfg.seed + 10_000, scale_rattle=2.0)
+        for i, atoms in enumerate(tqdm(test, desc="QM: test set", **bar)):
+            self.label(atoms, self.work / "testset" / f"test{i:03d}.json", set_name="test")
+        curve, reason = [], "iterations done"
+        for k in range(cfg.iterations):
+            posterior = self.fit(k)
+            errors = self.test_errors(posterior)
+            n_train = sum(1 for c in self.qm_calls() if c.get("set") == "train" and c.get("ok"))
+            curve.append({"iteration": k, "qm_calls": n_train, **errors})
+            if self._budget_left() <= 0:
+                reason = "QM budget spent"
+                break
+            flagged = self.md(k, posterior)
+            if not flagged:
+                reason = "no frame flagged"
+                break
+            group = self.work / "data" / "JSON" / f"Flagged{k}"
+            for path in tqdm(flagged, desc=f"QM: flagged frames, iteration {k}", **bar):
+                if self._budget_left() <= 0:
+                    break
+                _, atoms = read_fitsnap_json(path)
+                md_folder = path.parents[3].name  # iter<k>/md_<T>K/flagged/json/Flagged/<frame>.json
+                self.label(atoms, group / f"{md_folder}_{path.stem}.json")
+        else:
+            posterior = self.fit(cfg.iterations)
+            errors = self.test_errors(posterior)
+            n_train = sum(1 for c in self.qm_calls() if c.get("set") == "train" and c.get("ok"))
+            curve.append({"iteration": cfg.iterations, "qm_calls": n_train, **errors})
+        summary = {"curve": curve, "stopped": reason, "qm_calls": len(self.qm_calls()),
+                   "failed_qm_calls": sum(1 for c in self.qm_calls() if not c.get("ok"))}
+        self.report(summary)
+        return summary
+
+    def report(self, summary: dict[str, Any]) -> None:
+        """``report.md``, ``summary.json`` and ``learning_curve.png`` in the work folder."""
+        from fitsnap_uq.plotting import pyplot, save
+
+        lines = ["# Active-learning run", "",
+                 f"Oracle: {self.oracle.name}. Stopped: {summary['stopped']}. QM calls: "
+                 f"{summary['qm_calls']} ({summary['failed_qm_calls']} failed).", "",
+                 "| iteration | labelled configurations | test energy RMSE (eV/atom) | "
+                 "test force RMSE (eV/A) |", "|---|---|---|---|"]
+        lines += [f"| {c['iteration']} | {c['qm_calls']} | {c['energy_rmse']:.4f} | "
+                  f"{c['force_rmse']:.4f} |" for c in summary["curve"]]
+        (self.work / "report.md").write_text("\n".join(lines) + "\n")
+        (self.work / "summary.json").write_text(json.dumps(summary, indent=1))
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot([c["qm_calls"] for c in summary["curve"]], [c["force_rmse"] for c in summary["curve"]],
+                "o-")
+        ax.set_xlabel("labelled configurations (QM calls)")
+        ax.set_ylabel("test force RMSE (eV/A)")
+        ax.set_title("Active-learning curve")
+        fig.tight_layout()
+        save(fig, self.work / "learning_curve.png")
