@@ -64,3 +64,10 @@ def split_by_configuration(rows, test_fraction: float = 0.2, seed: int = 0):
     test = rng.choice(unique, size=int(round(test_fraction * unique.size)), replace=False)
     rows.testing = np.isin(keys, test)
     return rows
+
+
+def constant_columns(rows) -> np.ndarray:
+    """(p,) bool: the per-element constant columns of FitSNAP's A (bzeroflag = 0): zero on every
+    force and stress row. The BAYES solver gives them a flat prior; the benchmarks do the same."""
+    other = rows.row_types != "Energy"
+    return np.all(rows.a[other] == 0, axis=0) & np.any(rows.a[~other] != 0, axis=0)

@@ -16,10 +16,10 @@ import argparse
 import time
 
 import numpy as np
-from _ta import split_by_configuration, ta_rows
+from _ta import constant_columns, split_by_configuration, ta_rows
 
 from fitsnap_uq import calibration as C
-from fitsnap_uq.linear.rows import cross_validated_ratios, fit_rows, recalibration_map
+from fitsnap_uq.linear.rows import fit_and_recalibrate, recalibration_map
 
 COLS = ["n", "cov68", "cov95", "miscal_area", "nll", "zms", "spearman", "rmse", "rms_sigma"]
 
@@ -58,9 +58,10 @@ def main() -> int:
           f"(seed {args.seed}), {test.b.size} rows")
 
     t0 = time.perf_counter()
-    opts = {"noise_classes": args.noise_classes, "prior": "isotropic", "weights": "ratios"}
-    model = fit_rows(train, **opts)
-    rec = recalibration_map(cross_validated_ratios(train, folds=5, seed=args.seed, **opts))
+    opts = {"noise_classes": args.noise_classes, "prior": "isotropic", "weights": "ratios",
+            "unpenalized": constant_columns(rows)}
+    model, ratios = fit_and_recalibrate(train, folds=5, seed=args.seed, **opts)
+    rec = recalibration_map(ratios)
     elapsed = time.perf_counter() - t0
     print(f"BAYES fit + 5-fold recalibration: {elapsed:.2f} s, {model.result.iterations} iterations, "
           f"log evidence {model.result.log_evidence:.6g}")
@@ -104,8 +105,8 @@ def main() -> int:
         for seed in args.seeds:
             r = split_by_configuration(rows, 0.2, seed)
             tr, te = r.training(), r.subset(r.testing & (r.w != 0))
-            m = fit_rows(tr, **opts)
-            rc = recalibration_map(cross_validated_ratios(tr, folds=5, seed=seed, **opts))
+            m, ratios_s = fit_and_recalibrate(tr, folds=5, seed=seed, **opts)
+            rc = recalibration_map(ratios_s)
 
             def mult(level, q, rc=rc):
                 return float(np.interp(level, rc["levels"], rc[q]))

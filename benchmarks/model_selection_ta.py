@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from _ta import split_by_configuration, ta_rows
+from _ta import constant_columns, split_by_configuration, ta_rows
 
 from fitsnap_uq.linear.rows import fit_rows
 
@@ -31,6 +31,7 @@ def main() -> int:
     results = []
     for tj in args.twojmax:
         rows = ta_rows(tj)
+        opts["unpenalized"] = constant_columns(rows)
         whole = fit_rows(rows, **opts)
         split = split_by_configuration(rows, 0.2, args.seed)
         part = fit_rows(split.training(), **opts)
