@@ -8,7 +8,7 @@ from conftest import read_snapcoeff, run_cli, write_cu_input
 
 from fitsnap_uq.posterior import Posterior
 
-SHORT_MCMC = "mcmc_steps = 300\nmcmc_burn = 100\nmcmc_walkers = 40\nmcmc_chains = 2\n"
+SHORT_MCMC = "mcmc_steps = 800\nmcmc_burn = 300\nmcmc_walkers = 40\nmcmc_chains = 2\n"
 
 
 @pytest.mark.parametrize("ranks", [0, 2], ids=["serial", "mpirun-np2"])

@@ -10,6 +10,11 @@ Everything lives in the work folder (default: next to the config, ``<config stem
 * ``iter<k>/fit``: the FitSNAP input and outputs of fit k; ``iter<k>/md_<T>K``: MD script and flags;
 * ``report.md`` and ``learning_curve.png``.
 
+Cell sizes: flagged MD frames are labelled in the MD cell (``md_cells``), the initial structures in
+``supercell``. With a QM code that samples the Brillouin zone at the Gamma point only (tblite's
+periodic xTB), a metal's energy per atom depends on the cell size: use the same size for both, or
+the data mix energy scales.
+
 Resuming: rerunning the same command after a crash (even ``kill -9``) redoes only what is missing. A
 QM call whose file exists is never repeated; one interrupted before its file was written is redone
 (its result was not stored). Fits and MD are deterministic (seeded) and cheap to redo.

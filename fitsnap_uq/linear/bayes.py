@@ -170,9 +170,8 @@ def log_evidence(stats: list[ClassStats], alpha: np.ndarray, beta: np.ndarray,
     e_data = sum(b * (np.sum((s.z - s.r @ mean) ** 2) + s.rho2) for s, b in zip(stats, beta))
     e_prior = float(np.sum(alpha * mean**2))
     logdet_prec = 2.0 * np.sum(np.log(np.abs(np.diag(r_post))))
-    # Columns with alpha = 0 have a flat (improper) prior: they add no log alpha term.
     return float(0.5 * sum(s.n * np.log(b) for s, b in zip(stats, beta))
-                 + 0.5 * np.sum(np.log(alpha[alpha > 0])) - 0.5 * (e_data + e_prior)
+                 + 0.5 * np.sum(np.log(alpha)) - 0.5 * (e_data + e_prior)
                  - 0.5 * logdet_prec - 0.5 * n_tot * np.log(2 * np.pi))
 
 
@@ -190,9 +189,11 @@ def fit_bayes(stats: dict[str, ClassStats], prior: str = "isotropic", max_iter: 
         tol: stop when the largest relative change of alpha and beta is below ``tol``.
         alpha0: starting prior precision (default: from the data scale).
         beta0: starting noise precision per class (default: from the least-squares residuals).
-        unpenalized: (p,) bool, columns with a flat prior (alpha = 0), e.g. the per-element constant
-            (energy offset) columns of SNAP, which only energies determine and which a shrinking
-            prior would bias.
+        unpenalized: (p,) bool, columns left out of the prior's optimization, e.g. the per-element
+            constant (energy offset) columns of SNAP, which only energies determine and which a
+            shrinking prior would bias. They get a fixed, very weak prior (precision 1e-12 of the
+            data scale): it does not bias an offset the data determine and keeps one they do not
+            (two elements always in the same ratio) regular.
 
     Returns:
         A :class:`BayesResult`; ``converged`` False with ``message`` if ``max_iter`` was reached.
@@ -226,7 +227,8 @@ def fit_bayes(stats: dict[str, ClassStats], prior: str = "isotropic", max_iter: 
         alpha = np.zeros(q)
     else:
         a0 = alpha0 if alpha0 is not None else 1e-6 * float(np.mean(scale**2))
-        alpha = np.where(pen, a0, 0.0)
+        weak = 1e-12 * float(np.mean(scale**2))
+        alpha = np.where(pen, a0, weak)
     tiny = np.full(q, 1e-12 * float(np.mean(scale**2))) if prior == "none" else alpha
     _, m0 = _posterior([pooled], tiny, np.ones(1))
     beta = np.empty(len(st))
@@ -270,7 +272,7 @@ def fit_bayes(stats: dict[str, ClassStats], prior: str = "isotropic", max_iter: 
         elif prior == "ard":
             gamma = np.clip(1.0 - alpha * s_diag, 1e-10, 1.0)
             new_alpha = np.where(pen, np.minimum(gamma / np.maximum(mean**2, 1e-300),
-                                                 1e12 * np.max(scale**2)), 0.0)
+                                                 1e12 * np.max(scale**2)), alpha)
         change = float(np.max(np.abs(np.log(new_beta / beta))))
         if prior != "none" and pen.any():
             change = max(change, float(np.max(np.abs(np.log(new_alpha[pen] / alpha[pen])))))
