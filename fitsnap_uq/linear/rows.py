@@ -142,7 +142,7 @@ def _merged(per_fold: list[dict[str, ClassStats]], folds: list[int]) -> dict[str
 
 def fit_and_recalibrate(rows: Rows, folds: int = 5, seed: int = 0, noise_classes: str = "group",
                         prior: str = "isotropic", weights: str = "ratios", max_iter: int = 500,
-                        tol: float = 1e-8, max_scored_rows: int = 20000,
+                        tol: float = 1e-8, max_scored_rows: int = 5000,
                         unpenalized: np.ndarray | None = None) -> tuple[RowsFit, dict[str, np.ndarray]]:
     """Fit all of ``rows`` and learn the recalibration by K-fold CV over configurations.
 
