@@ -330,16 +330,6 @@ class Posterior:
         _atomic_write(path, lambda fh: fh.write(text.encode()))
         return path
 
-    def snapparam_text(self) -> str:
-        """A LAMMPS ``.snapparam`` file's text for this posterior's SNAP parameters."""
-        s = self.snap
-        lines = [f"rcutfac {s['rcutfac']}", f"twojmax {s['twojmax']}", f"rfac0 {s['rfac0']}",
-                 f"rmin0 {s['rmin0']}"]
-        for key in ("bzeroflag", "quadraticflag", "wselfallflag", "chemflag", "bnormflag", "switchflag"):
-            if key in s:
-                lines.append(f"{key} {int(s[key])}")
-        return "\n".join(lines) + "\n"
-
 
 def _per_element(value: Any, n: int) -> list:
     vals = value if isinstance(value, (list, tuple)) else [value]

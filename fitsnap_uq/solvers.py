@@ -107,6 +107,13 @@ class UQSolverMixin:
         train = rows if trainall else rows.training()
         return rows, train.subset(train.w != 0)
 
+    def bayes_fit_options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`~fitsnap_uq.linear.rows.fit_rows` from ``[UQ]`` (constant
+        columns unpenalized)."""
+        opts = {k: self.options[k] for k in ("noise_classes", "prior", "weights", "max_iter", "tol")}
+        opts["unpenalized"] = constant_columns(self.config)
+        return opts
+
     def posterior_path(self) -> Path:
         """Where the Posterior goes: ``[UQ] posterior`` or ``<potential>.posterior.npz``."""
         if self.options["posterior"]:
@@ -197,8 +204,7 @@ class BAYES(UQSolverMixin, Solver):
                 raise InputError("no training rows with nonzero weight", file=self.infile,
                                  section="GROUPS")
             opts = self.options
-            fit_opts = {k: opts[k] for k in ("noise_classes", "prior", "weights", "max_iter", "tol")}
-            fit_opts["unpenalized"] = constant_columns(self.config)
+            fit_opts = self.bayes_fit_options()
             recal = None
             if opts["recalibration"] == "quantile":
                 model, ratios = fit_and_recalibrate(train, folds=opts["cv_folds"], seed=opts["seed"],
@@ -307,8 +313,7 @@ class BAYESMCMC(UQSolverMixin, Solver):
             self._check_output_free()
             rows, train = self.training_rows(trainall)
             opts = self.options
-            fit_opts = {k: opts[k] for k in ("noise_classes", "prior", "weights", "max_iter", "tol")}
-            base = fit_rows(train, unpenalized=constant_columns(self.config), **fit_opts)
+            base = fit_rows(train, **self.bayes_fit_options())
             live = base.result.active
             rng = np.random.default_rng(opts["seed"])
             kw = {"nwalkers": opts["mcmc_walkers"], "nsteps": opts["mcmc_steps"],

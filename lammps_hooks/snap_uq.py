@@ -37,7 +37,7 @@ import numpy as np
 from fitsnap_uq.errors import InputError
 from fitsnap_uq.posterior import Posterior
 from lammps_hooks.flagging import Frame, QueryStore
-from lammps_hooks.uq_math import CoefficientSpread, energy_rows, force_rows
+from lammps_hooks.uq_math import CoefficientSpread, energy_rows, force_rows, force_std
 
 GLOBALS = ("pe_std", "pe_atom_std", "estd_max", "estd_mean", "fstd_max", "fstd_mean", "nflagged", "halt")
 MEASURES = ("fstd_max", "fstd_mean", "estd_max", "estd_mean", "pe_atom_std", "pe_std")
@@ -211,10 +211,12 @@ class SnapUQHook:
         return self.type_to_element[types - 1]
 
     # --------------------------------------------------------------- callback
-    def evaluate(self, nlocal: int) -> tuple[np.ndarray, np.ndarray, dict[str, float], np.ndarray]:
+    def evaluate(self, nlocal: int
+                 ) -> tuple[np.ndarray, np.ndarray, dict[str, float], np.ndarray, float]:
         """Per-atom energy std (nlocal,), force std (nlocal,) and the globals, now (collective).
 
-        Also returns the local energy rows' sum (p,) for fingerprints.
+        Also returns the mean energy row over all atoms (p,), the configuration's fingerprint, and
+        the SNAP energy the posterior mean predicts (eV).
         """
         lmp = self.lmp
         nel, block = len(self.posterior.elements), self.posterior.block_size
@@ -233,8 +235,7 @@ class SnapUQHook:
             frows = force_rows(d, nel, block)
             if not np.array_equal(self.type_to_element, np.arange(nel)):
                 frows = _reorder_type_blocks(frows, self.type_to_element, nel, block)
-            per_component = self.spread.std(frows)
-            fstd = np.sqrt(np.sum(per_component**2, axis=1))
+            fstd = force_std(frows, self.spread)
         g = {
             "pe_std": pe_std,
             "pe_atom_std": pe_std / max(natoms, 1),
@@ -243,7 +244,8 @@ class SnapUQHook:
             "fstd_max": self.comm.allreduce(float(fstd.max()) if nlocal else 0.0, op=_max()),
             "fstd_mean": self.comm.allreduce(float(fstd.sum())) / max(natoms, 1),
         }
-        return estd, fstd, g, total_rows / max(natoms, 1)
+        energy = float(total_rows @ self.posterior.mean)
+        return estd, fstd, g, total_rows / max(natoms, 1), energy
 
     def _callback(self, caller: Any, step: int, nlocal: int, tag: Any, x: Any, fext: Any) -> None:
         if not self._active:
@@ -255,12 +257,12 @@ class SnapUQHook:
             return
         self._last_key = key
         lmp = self.lmp
-        estd, fstd, g, fingerprint = self.evaluate(nlocal)
+        estd, fstd, g, fingerprint, energy = self.evaluate(nlocal)
         lmp.numpy.extract_atom(f"d_{self.name('estd')}")[:nlocal] = estd
         lmp.numpy.extract_atom(f"d_{self.name('fstd')}")[:nlocal] = fstd
         value = g[self.measure]
         if self.flag_above is not None and value > self.flag_above:
-            added = self._flag(step, nlocal, estd, fstd, fingerprint, value)
+            added = self._flag(step, nlocal, estd, fstd, fingerprint, energy, value)
             g["nflagged"] = float(self.last.get("nflagged", 0.0) + (1 if added else 0))
         else:
             g["nflagged"] = float(self.last.get("nflagged", 0.0))
@@ -290,18 +292,17 @@ class SnapUQHook:
 
     # --------------------------------------------------------------- flagging
     def _flag(self, step: int, nlocal: int, estd: np.ndarray, fstd: np.ndarray,
-              fingerprint: np.ndarray, value: float) -> bool:
-        """Gather the configuration on rank 0 and offer it to the store (collective)."""
+              fingerprint: np.ndarray, energy: float, value: float) -> bool:
+        """Gather the configuration on rank 0 and offer it to the store (collective).
+
+        ``energy`` is the posterior mean's SNAP energy from :meth:`evaluate` (the placeholder label).
+        """
         lmp = self.lmp
         ids = np.asarray(lmp.numpy.extract_atom("id"))[:nlocal].copy()
         x = np.asarray(lmp.numpy.extract_atom("x"))[:nlocal].copy()
         f = np.asarray(lmp.numpy.extract_atom("f"))[:nlocal].copy()
         elems = self._elements_of_local(nlocal)
-        b = np.asarray(lmp.numpy.extract_compute(self.name("sna"), 1, 2))[:nlocal]
-        rows = energy_rows(b, elems, len(self.posterior.elements), self.posterior.block_size)
-        e_local = float(np.sum(rows @ self.posterior.mean))
         parts = self.comm.gather((ids, x, f, elems, estd.copy(), fstd.copy()), root=0)
-        energy = self.comm.allreduce(e_local)
         added = False
         if self.comm.Get_rank() == 0:
             ids, x, f, elems, es, fs = (np.concatenate(z) for z in zip(*parts))

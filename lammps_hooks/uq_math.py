@@ -89,12 +89,6 @@ def force_rows(d: np.ndarray, nelem: int, block: int) -> np.ndarray:
     return rows.reshape(n, 3, nelem * block)
 
 
-def force_covariance(frows: np.ndarray, spread: CoefficientSpread) -> np.ndarray:
-    """(N, 3, 3) covariance of each atom's force vector, ``D_j Cov D_j^T``."""
-    g = frows @ spread.factor  # (N, 3, r)
-    return np.einsum("nir,njr->nij", g, g)
-
-
 def force_std(frows: np.ndarray, spread: CoefficientSpread) -> np.ndarray:
     """(N,) std of each atom's force vector, ``sqrt(trace(D_j Cov D_j^T))`` (eV/A).
 
