@@ -138,7 +138,7 @@ class QueryStore:
         frames = ase.io.read(path, ":") if path.exists() else []
         frames.append(frame.to_atoms())
         tmp = path.with_name(f".{path.name}.tmp")
-        ase.io.write(tmp, frames, format="extxyz")
+        ase.io.write(tmp, frames, format="extxyz", parallel=False)  # rank 0 alone writes
         tmp.replace(path)
 
     def json_files(self) -> list[Path]:

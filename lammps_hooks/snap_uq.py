@@ -232,9 +232,7 @@ class SnapUQHook:
         fstd = np.zeros(nlocal)
         if self.forces:
             d = np.asarray(lmp.numpy.extract_compute(self.name("snad"), 1, 2))[:nlocal]
-            frows = force_rows(d, nel, block)
-            if not np.array_equal(self.type_to_element, np.arange(nel)):
-                frows = _reorder_type_blocks(frows, self.type_to_element, nel, block)
+            frows = force_rows(d, self.type_to_element, nel, block)
             fstd = force_std(frows, self.spread)
         g = {
             "pe_std": pe_std,
@@ -330,16 +328,6 @@ class SnapUQHook:
             if compute != "snad" or self.forces:
                 self.lmp.command(f"uncompute {self.name(compute)}")
         self.attached = False
-
-
-def _reorder_type_blocks(frows: np.ndarray, type_to_element: np.ndarray, nel: int, block: int
-                         ) -> np.ndarray:
-    """``snad/atom`` blocks come in LAMMPS type order; put them in the posterior's element order."""
-    n = frows.shape[0]
-    blocks = frows.reshape(n, 3, nel, block)
-    out = np.zeros_like(blocks)
-    out[:, :, type_to_element] = blocks
-    return out.reshape(n, 3, nel * block)
 
 
 def _max() -> Any:

@@ -79,13 +79,24 @@ def energy_rows(b: np.ndarray, types: np.ndarray, nelem: int, block: int) -> np.
     return rows
 
 
-def force_rows(d: np.ndarray, nelem: int, block: int) -> np.ndarray:
-    """Per-atom force rows (N, 3, p) from ``snad/atom`` output ``d`` (N, 3 * nelem * (block - 1))."""
-    n = d.shape[0]
-    ncoeff = block - 1
-    d = d.reshape(n, 3, nelem, ncoeff)
+def force_rows(d: np.ndarray, type_to_element: np.ndarray, nelem: int, block: int) -> np.ndarray:
+    """Per-atom force rows (N, 3, nelem * block) from ``snad/atom`` output, so that F_j = D_j . theta.
+
+    Args:
+        d: (N, ntypes * 3 * (block - 1)) ``compute snad/atom`` output. LAMMPS lays it out by atom type
+            of the contributing neighbours, then x/y/z, then bispectrum component: column
+            ``(t * 3 + c) * (block - 1) + k``.
+        type_to_element: (ntypes,) element index of each LAMMPS type, 0-based in the posterior's order;
+            the columns of several types of one element add up.
+        nelem: number of element blocks; block: coefficients per block (the constant first, whose
+            force row is zero).
+    """
+    type_to_element = np.asarray(type_to_element, dtype=int)
+    n, ncoeff = d.shape[0], block - 1
+    per_type = d.reshape(n, type_to_element.size, 3, ncoeff)
     rows = np.zeros((n, 3, nelem, block))
-    rows[..., 1:] = d
+    for t, e in enumerate(type_to_element):
+        rows[:, :, e, 1:] += per_type[:, t]
     return rows.reshape(n, 3, nelem * block)
 
 

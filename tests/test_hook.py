@@ -65,12 +65,10 @@ def direct(lmp, hook: SnapUQHook, cov: np.ndarray):
     types = np.array(lmp.numpy.extract_atom("type"))[:n]
     elems = hook.type_to_element[types - 1]
     x = energy_rows(b, elems, len(post.elements), post.block_size)
-    fr = force_rows(d, len(post.elements), post.block_size)
-    if not np.array_equal(hook.type_to_element, np.arange(len(post.elements))):
-        blocks = fr.reshape(n, 3, len(post.elements), post.block_size)
-        out = np.zeros_like(blocks)
-        out[:, :, hook.type_to_element] = blocks
-        fr = out.reshape(n, 3, -1)
+    fr = force_rows(d, hook.type_to_element, len(post.elements), post.block_size)
+    # independent of the layout assumed above: the rows reproduce the snap pair style's forces
+    f = np.array(lmp.numpy.extract_atom("f"))[:n]
+    np.testing.assert_allclose(fr @ post.mean, f, rtol=0, atol=1e-9 * max(1.0, np.abs(f).max()))
     estd = np.sqrt(np.einsum("ij,jk,ik->i", x, cov, x))
     fcov = np.einsum("nip,pq,njq->nij", fr, cov, fr)
     fstd = np.sqrt(np.trace(fcov, axis1=1, axis2=2))
@@ -169,6 +167,24 @@ def test_two_elements_with_types_in_another_order(tmp_path):
     np.testing.assert_allclose(np.array(lmp.numpy.extract_atom("d_uq_fstd"))[:n], fstd, rtol=1e-10)
     np.testing.assert_allclose(np.array(lmp.numpy.extract_atom("d_uq_estd"))[:n], estd, rtol=1e-10)
     lmp.close()
+
+
+def test_two_types_of_one_element(cu_posterior):
+    post = Posterior.load(cu_posterior)
+    one = new_md(cu_posterior)
+    SnapUQHook(one, post, every=5).attach()
+    one.command("run 5")
+    two = new_md(cu_posterior, ntypes=2, set_types="set type 1 type/fraction 2 0.5 1234", elements="Cu Cu")
+    hook = SnapUQHook(two, post, every=5, type_elements=["Cu", "Cu"]).attach()
+    two.command("run 5")
+    n = two.get_natoms()
+    x, estd, fstd, _ = direct(two, hook, post.cov)  # also checks D . mean = the pair style's forces
+    got = np.array(two.numpy.extract_atom("d_uq_fstd"))[:n]
+    np.testing.assert_allclose(got, fstd, rtol=1e-10)
+    # the same physical system as with one type: the same stds
+    np.testing.assert_allclose(got, np.array(one.numpy.extract_atom("d_uq_fstd"))[:n], rtol=1e-10)
+    one.close()
+    two.close()
 
 
 def test_flagging_dedup_cap_and_files(cu_posterior, tmp_path):
