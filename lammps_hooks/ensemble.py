@@ -78,8 +78,12 @@ def _observable_name(expr: str) -> str:
 def run_ensemble(script: str | Path, posterior: Posterior | str | Path, samples: int = 4,
                  observables: Sequence[str] = ("vol/atoms", "press", "pe/atoms", "temp"),
                  every: int = 10, outdir: str | Path = "ensemble", seed: int = 0,
-                 ranks_per_replica: int = 1, comm: Any = None) -> EnsembleResult | None:
-    """Run the posterior ensemble (see the module docstring); the result on rank 0, None elsewhere."""
+                 ranks_per_replica: int = 1, comm: Any = None, progress: bool = False
+                 ) -> EnsembleResult | None:
+    """Run the posterior ensemble (see the module docstring); the result on rank 0, None elsewhere.
+
+    ``progress``: a progress bar over the replicas of rank 0's partition.
+    """
     from mpi4py import MPI
 
     from lammps_hooks.md import open_lammps
@@ -109,7 +113,12 @@ def run_ensemble(script: str | Path, posterior: Posterior | str | Path, samples:
     old = os.getcwd()
     os.chdir(script.parent)  # the script's relative paths are from its folder
     try:
-        for k in range(color, samples, npart):
+        mine = range(color, samples, npart)
+        if progress and rank == 0:
+            from tqdm import tqdm
+
+            mine = tqdm(mine, desc="MD: posterior ensemble replicas")
+        for k in mine:
             start = time.time()
             lmp = open_lammps(sub, log=str(outdir / f"replica{k}.log"), screen=False)
             obs_file = outdir / f"replica{k}.obs"

@@ -18,6 +18,12 @@ the data mix energy scales.
 Resuming: rerunning the same command after a crash (even ``kill -9``) redoes only what is missing. A
 QM call whose file exists is never repeated; one interrupted before its file was written is redone
 (its result was not stored). Fits and MD are deterministic (seeded) and cheap to redo.
+
+Under ``mpirun -np N fitsnap-uq al CONFIG.toml`` the QM calls of each labelling step (initial
+structures, test set, flagged frames) are spread over the N ranks (round-robin; each rank writes the
+files it labelled, atomically); everything else (fits, MD, test errors, journal, report) runs on rank
+0 alone, as in a serial run, while the other ranks wait for the next labelling step. So the ranks pay
+off where the QM calls dominate (xTB, DFT). With one rank the loop is exactly the serial one.
 """
 
 from __future__ import annotations
@@ -33,10 +39,14 @@ from typing import Any
 import numpy as np
 
 from fitsnap_uq.active.oracles import (
+    MPI_LAUNCHER_ENV,
     ASEOracle,
+    ase_serial,
     is_labelled,
+    label_many,
     oracle_from_name,
     read_fitsnap_json,
+    world_comm,
 )
 from fitsnap_uq.errors import InputError
 from fitsnap_uq.fitsnap_json import atoms_record, write_record
@@ -52,6 +62,7 @@ class ALConfig:
     supercell: tuple[int, int, int] = (2, 2, 2)
     initial: int = 6
     rattle: float = 0.05
+    test_rattle: float | None = None  # A; default 2 x rattle
     strain: float = 0.02
     seed: int = 0
     oracle: str = "xtb"
@@ -89,8 +100,8 @@ class ALConfig:
             data = tomllib.loads(path.read_text())
         except Exception as exc:
             raise InputError(f"cannot parse TOML: {exc}", file=str(path)) from None
-        tables = {"system": ("element", "lattice", "a", "supercell", "initial", "rattle", "strain",
-                             "seed"),
+        tables = {"system": ("element", "lattice", "a", "supercell", "initial", "rattle", "test_rattle",
+                             "strain", "seed"),
                   "oracle": ("oracle", "electronic_temperature"),
                   "snap": ("twojmax", "rcutfac", "rfac0", "radelem", "wj", "zbl"),
                   "fit": ("noise_classes",),
@@ -116,13 +127,18 @@ class Loop:
     """One active-learning run in ``workdir`` (see the module docstring)."""
 
     def __init__(self, config: ALConfig, workdir: str | Path, oracle: ASEOracle | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, comm: Any | None = None) -> None:
+        """``comm``: mpi4py communicator whose ranks share the QM calls (default: COMM_WORLD when run as
+        several MPI ranks, else none). Every rank constructs the Loop and calls :meth:`run`."""
+        self.comm = world_comm() if comm is None else comm
+        self.size = 1 if self.comm is None else int(self.comm.Get_size())
+        self.rank = 0 if self.comm is None else int(self.comm.Get_rank())
         self.cfg = config
         self.work = Path(workdir).resolve()
         self.work.mkdir(parents=True, exist_ok=True)
         self.oracle = oracle or oracle_from_name(config.oracle,
                                                  electronic_temperature=config.electronic_temperature)
-        self.progress = progress
+        self.progress = progress and self.rank == 0
         self.journal = self.work / "journal.jsonl"
 
     # ---------------------------------------------------------------- journal
@@ -162,6 +178,69 @@ class Loop:
         self._log_call({"file": str(path.relative_to(self.work)), "set": set_name, "ok": True,
                         "energy": float(result.atoms.get_potential_energy())})
         return True
+
+    def label_batch(self, tasks: list[tuple[Any, Path]], set_name: str = "train", budget: bool = True,
+                    desc: str = "QM") -> None:
+        """Label (atoms, path) tasks in order, skipping files that hold a label; with ``budget``, stop
+        when the QM budget is spent. Several ranks: the calls are spread over them (rank 0 only calls
+        this; the others serve in :meth:`run`), results journalled by rank 0 in task order."""
+        if self.size == 1:
+            from tqdm import tqdm
+
+            for atoms, path in tqdm(tasks, desc=desc, disable=not self.progress):
+                if budget and self._budget_left() <= 0:
+                    break
+                self.label(atoms, path, set_name)
+            return
+        todo: list[tuple[Any, Path]] = []
+        left = self._budget_left() if budget else len(tasks)
+        for atoms, path in tasks:
+            if path.exists() and is_labelled(read_fitsnap_json(path)[0]):
+                continue
+            if len(todo) >= left:
+                break
+            todo.append((atoms, path))
+        if not todo:
+            return
+        if self.progress:
+            print(f"{desc}: {len(todo)} QM calls on {self.size} ranks", file=sys.stderr, flush=True)
+        self.comm.bcast(("label", todo), root=0)
+        for rank, outcome in label_many(todo, self.oracle, self.comm):
+            record: dict[str, Any] = {"file": str(Path(outcome.path).relative_to(self.work)),
+                                      "set": set_name, "ok": outcome.ok, "rank": rank}
+            if outcome.ok:
+                record["energy"] = outcome.energy
+            else:
+                record["error"] = outcome.error
+            self._log_call(record)
+
+    def _serve(self) -> dict[str, Any]:
+        """A rank other than 0: label its share of each batch rank 0 sends, until rank 0 stops."""
+        while True:
+            kind, payload = self.comm.bcast(None, root=0)
+            if kind == "label":
+                label_many(payload, self.oracle, self.comm)
+            elif kind == "stop":
+                if payload is None:
+                    raise RuntimeError("active-learning loop: rank 0 failed (see its error)")
+                return payload
+
+    def _subprocess_env(self) -> dict[str, str]:
+        """Environment of the fit subprocess: this package on the path, and no MPI launcher variables
+        (a child of an MPI rank that inherits them would try to join the parent's MPI job)."""
+        env = {k: v for k, v in os.environ.items()
+               if k not in MPI_LAUNCHER_ENV and not k.startswith(("PMI_", "PMIX_", "HYDRA_", "HYDI_"))}
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]),
+                                             os.environ.get("PYTHONPATH", "")])
+        return env
+
+    def _lammps_comm(self) -> Any:
+        """The communicator of rank 0's in-process LAMMPS runs (COMM_SELF under MPI, else default)."""
+        if self.size == 1:
+            return None
+        from mpi4py import MPI
+
+        return MPI.COMM_SELF
 
     # ------------------------------------------------------------- structures
     def structures(self, n: int, seed: int, scale_rattle: float = 1.0) -> list[Any]:
@@ -210,8 +289,9 @@ class Loop:
         groups = sorted(p.name for p in (self.work / "data" / "JSON").iterdir()
                         if p.is_dir() and any(p.glob("*.json")))
         (folder / "al.in").write_text(self.fitsnap_input(groups))
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]),
-                                                           os.environ.get("PYTHONPATH", "")]))
+        env = self._subprocess_env() if self.size > 1 else dict(
+            os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]),
+                                                    os.environ.get("PYTHONPATH", "")]))
         proc = subprocess.run([sys.executable, "-m", "fitsnap_uq", "fit", "al.in", "--overwrite"],
                               cwd=folder, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -252,7 +332,7 @@ class Loop:
                 res = run_md(folder / "in.md", posterior, every=self.cfg.every,
                              flag_dir=folder / "flagged", flag_above=self.cfg.flag_above,
                              halt_above=self.cfg.halt_above, max_flags=self.cfg.max_flags,
-                             log=str(folder / "log.lammps"), screen=False)
+                             log=str(folder / "log.lammps"), screen=False, comm=self._lammps_comm())
                 text = json.dumps({"nflagged": res.nflagged, "halted": res.halted,
                                    "last": res.hook.last if res.hook else {}})
                 tmp = done.with_suffix(".tmp")
@@ -279,7 +359,7 @@ class Loop:
             _, atoms = read_fitsnap_json(path)
             record = json.loads(path.read_text())["Dataset"]["Data"][0]
             atoms.calc = LAMMPSlib(lmpcmds=cmds, atom_types={self.cfg.element: 1}, log_file=None,
-                                   keep_alive=False)
+                                   keep_alive=False, comm=self._lammps_comm())
             de.append((atoms.get_potential_energy() - record["Energy"]) / len(atoms))
             df.append((atoms.get_forces() - np.asarray(record["Forces"])).ravel())
         return {"energy_rmse": float(np.sqrt(np.mean(np.square(de)))),
@@ -287,19 +367,29 @@ class Loop:
 
     # ------------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
-        """Run (or resume) the loop; returns the learning curve and why it stopped."""
-        from tqdm import tqdm
+        """Run (or resume) the loop; returns the learning curve and why it stopped (on every rank)."""
+        if self.size == 1:
+            return self._run()
+        with ase_serial():  # rank 0 reads and writes frames alone: ASE must not broadcast over COMM_WORLD
+            if self.rank != 0:
+                return self._serve()
+            summary = None
+            try:
+                summary = self._run()
+            finally:
+                self.comm.bcast(("stop", summary), root=0)  # None tells the other ranks rank 0 failed
+            return summary
 
+    def _run(self) -> dict[str, Any]:
         cfg = self.cfg
         initial = self.structures(cfg.initial, cfg.seed)
-        bar = {"disable": not self.progress}
-        for i, atoms in enumerate(tqdm(initial, desc="QM: initial structures", **bar)):
-            if self._budget_left() <= 0:
-                break
-            self.label(atoms, self.work / "data" / "JSON" / "Initial" / f"initial{i:03d}.json")
-        test = self.structures(cfg.test_structures, cfg.seed + 10_000, scale_rattle=2.0)
-        for i, atoms in enumerate(tqdm(test, desc="QM: test set", **bar)):
-            self.label(atoms, self.work / "testset" / f"test{i:03d}.json", set_name="test")
+        self.label_batch([(atoms, self.work / "data" / "JSON" / "Initial" / f"initial{i:03d}.json")
+                          for i, atoms in enumerate(initial)], desc="QM: initial structures")
+        test_scale = 2.0 if cfg.test_rattle is None else cfg.test_rattle / cfg.rattle
+        test = self.structures(cfg.test_structures, cfg.seed + 10_000, scale_rattle=test_scale)
+        self.label_batch([(atoms, self.work / "testset" / f"test{i:03d}.json")
+                          for i, atoms in enumerate(test)], set_name="test", budget=False,
+                         desc="QM: test set")
         curve, reason = [], "iterations done"
         for k in range(cfg.iterations):
             posterior = self.fit(k)
@@ -314,12 +404,12 @@ class Loop:
                 reason = "no frame flagged"
                 break
             group = self.work / "data" / "JSON" / f"Flagged{k}"
-            for path in tqdm(flagged, desc=f"QM: flagged frames, iteration {k}", **bar):
-                if self._budget_left() <= 0:
-                    break
+            tasks = []
+            for path in flagged:
                 _, atoms = read_fitsnap_json(path)
                 md_folder = path.parents[3].name  # iter<k>/md_<T>K/flagged/json/Flagged/<frame>.json
-                self.label(atoms, group / f"{md_folder}_{path.stem}.json")
+                tasks.append((atoms, group / f"{md_folder}_{path.stem}.json"))
+            self.label_batch(tasks, desc=f"QM: flagged frames, iteration {k}")
         else:
             posterior = self.fit(cfg.iterations)
             errors = self.test_errors(posterior)

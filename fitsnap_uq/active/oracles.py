@@ -6,12 +6,20 @@ where the calculator has it, stress. Any ASE calculator works (VASP, Quantum ESP
 ``gfn2`` (tblite xTB, real QM that runs on a laptop), ``emt`` (ASE's EMT, for quick tests with Cu,
 Ag, Au, Ni, Pd, Pt, Al).
 A failed calculation is retried (``retries``) and then reported as failed, not raised.
+
+Under ``mpirun -np N`` (mpi4py's COMM_WORLD, or any communicator passed in), :func:`label_folder` and
+:func:`label_many` spread the QM calls over the ranks (round-robin by default, or dynamically through an
+atomic counter) and gather the outcome to every rank; each rank writes the files it labelled (atomically,
+so a shared file system is assumed). On one rank they behave exactly as a plain loop.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,14 +144,223 @@ def label_json_file(path: str | Path, oracle: ASEOracle) -> LabelResult:
     return result
 
 
-def label_folder(folder: str | Path, oracle: ASEOracle) -> dict[str, list[str]]:
-    """Label every unlabelled FitSNAP JSON file below ``folder``; returns labelled/failed names."""
-    done: dict[str, list[str]] = {"labelled": [], "failed": [], "skipped": []}
-    for path in sorted(Path(folder).rglob("*.json")):
-        record, _ = read_fitsnap_json(path)
-        if is_labelled(record):
-            done["skipped"].append(str(path))
-            continue
-        result = label_json_file(path, oracle)
-        done["labelled" if result.atoms is not None else "failed"].append(str(path))
+MPI_LAUNCHER_ENV = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS")
+"""Environment variables that MPI launchers (MPICH/Hydra, PMIx, Open MPI) set in the processes they start."""
+
+
+def world_comm() -> Any | None:
+    """mpi4py's COMM_WORLD when this process is one of several MPI ranks, else None.
+
+    mpi4py is imported only when a launcher's variables are set (or it is imported already), so a plain
+    serial run never initializes MPI.
+    """
+    if "mpi4py.MPI" not in sys.modules and not any(k in os.environ for k in MPI_LAUNCHER_ENV):
+        return None
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return None
+    return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
+
+
+def _size(comm: Any | None) -> int:
+    return 1 if comm is None else int(comm.Get_size())
+
+
+@contextmanager
+def ase_serial(active: bool = True) -> Iterator[None]:
+    """Make ASE's file I/O serial on this rank while the block runs.
+
+    ``ase.io.read``/``write`` are MPI-aware: under mpirun they read or write on rank 0 and broadcast over
+    COMM_WORLD, which hangs or crosses other messages when ranks work on different configurations (a
+    calculator writing its input files, rank 0 writing flagged frames alone). ``active=False``: no-op.
+    """
+    if not active:
+        yield
+        return
+    import ase.parallel
+
+    old = ase.parallel.world
+    ase.parallel.world = ase.parallel.DummyMPI()
+    try:
+        yield
+    finally:
+        ase.parallel.world = old
+
+
+class _Counter:
+    """A shared task counter on rank 0 (MPI one-sided atomic fetch-and-add), for dynamic scheduling."""
+
+    def __init__(self, comm: Any) -> None:
+        from mpi4py import MPI
+
+        self.MPI = MPI
+        self.win = MPI.Win.Allocate(8 if comm.Get_rank() == 0 else 0, 8, comm=comm)
+        if comm.Get_rank() == 0:
+            self.win.Lock(0, MPI.LOCK_EXCLUSIVE)
+            self.win.Put(np.zeros(1, dtype=np.int64), 0)
+            self.win.Unlock(0)
+        comm.Barrier()
+
+    def next(self) -> int:
+        got, one = np.empty(1, dtype=np.int64), np.ones(1, dtype=np.int64)
+        self.win.Lock(0, self.MPI.LOCK_SHARED)
+        self.win.Fetch_and_op(one, got, 0, 0, self.MPI.SUM)
+        self.win.Unlock(0)
+        return int(got[0])
+
+    def free(self) -> None:
+        self.win.Free()
+
+
+def distribute(n: int, work: Callable[[int], Any], comm: Any | None = None, schedule: str = "round_robin"
+               ) -> list[tuple[int, Any]]:
+    """Run ``work(i)`` for i in 0..n-1 spread over the ranks of ``comm``; every rank gets all results.
+
+    Args:
+        n: number of tasks.
+        work: runs task i on the calling rank; returns a picklable result. Should not raise (an
+            exception on one rank leaves the others waiting); :func:`label_many` catches them.
+        comm: mpi4py communicator (None: run all tasks here, in order).
+        schedule: ``round_robin`` (task i on rank i mod size: deterministic) or ``dynamic`` (each rank
+            takes the next task when it is free: balances calls of very different cost).
+
+    Returns:
+        (n,) pairs (rank that ran task i, result), in task order, on every rank.
+    """
+    if schedule not in ("round_robin", "dynamic"):
+        raise ValueError(f"unknown schedule {schedule!r}; known: round_robin, dynamic")
+    if _size(comm) == 1:
+        return [(0, work(i)) for i in range(n)]
+    rank, size = comm.Get_rank(), comm.Get_size()
+    local: list[tuple[int, Any]] = []
+    if schedule == "round_robin":
+        local = [(i, work(i)) for i in range(rank, n, size)]
+    else:
+        counter = _Counter(comm)
+        try:
+            while (i := counter.next()) < n:
+                local.append((i, work(i)))
+        finally:
+            comm.Barrier()
+            counter.free()
+    gathered = comm.allgather(local)
+    out: list[tuple[int, Any] | None] = [None] * n
+    for r, part in enumerate(gathered):
+        for i, result in part:
+            out[i] = (r, result)
+    missing = [i for i, v in enumerate(out) if v is None]
+    if missing:
+        raise RuntimeError(f"tasks {missing} were run by no rank")
+    return out  # type: ignore[return-value]
+
+
+@dataclass
+class Outcome:
+    """What one labelling task produced (picklable, gathered across ranks)."""
+
+    path: str
+    ok: bool
+    error: str | None
+    attempts: int
+    energy: float | None = None
+
+
+def _label_task(path: str | Path, oracle: ASEOracle, atoms: Any | None = None, catch: bool = True
+                ) -> Outcome:
+    """Label one file (``atoms`` given: write a new record; else fill the file's placeholders).
+    ``catch``: an exception other than the oracle's (a bad file, a full disk) becomes a failed outcome
+    (needed under MPI, where one rank raising would leave the others waiting)."""
+    try:
+        if atoms is None:
+            result = label_json_file(path, oracle)
+        else:
+            result = oracle.label(atoms)
+            if result.atoms is not None:
+                write_record(atoms_record(result.atoms, label=f"labelled by {oracle.name}"), path)
+    except Exception as exc:
+        if not catch:
+            raise
+        return Outcome(str(path), False, f"{type(exc).__name__}: {exc}", 0)
+    energy = float(result.atoms.get_potential_energy()) if result.atoms is not None else None
+    return Outcome(str(path), result.atoms is not None, result.error, result.attempts, energy)
+
+
+def label_many(tasks: Sequence[tuple[Any | None, str | Path]], oracle: ASEOracle, comm: Any | None = None,
+               schedule: str = "round_robin") -> list[tuple[int, Outcome]]:
+    """Label a list of (atoms or None, path) over the ranks of ``comm``; outcomes on every rank.
+
+    With atoms, the labelled configuration is written to path as a new FitSNAP JSON file; with None, the
+    unlabelled FitSNAP JSON file at path is labelled in place (:func:`label_json_file`). Every rank must
+    call this with the same tasks. On one rank an error other than a failed QM call (a bad file) is
+    raised as before; on several it is reported as a failed outcome.
+    Returns (rank that made the call, :class:`Outcome`) in task order.
+    """
+    parallel = _size(comm) > 1
+    with ase_serial(parallel):
+        return distribute(len(tasks), lambda i: _label_task(tasks[i][1], oracle, tasks[i][0], parallel),
+                          comm, schedule)
+
+
+def label_folder(folder: str | Path, oracle: ASEOracle, comm: Any | None = None,
+                 schedule: str = "round_robin") -> dict[str, Any]:
+    """Label every unlabelled FitSNAP JSON file below ``folder``.
+
+    Args:
+        folder: searched recursively for ``*.json`` (files in sorted order).
+        oracle: the QM oracle.
+        comm: mpi4py communicator to spread the calls over (default: COMM_WORLD when run as several
+            MPI ranks, see :func:`world_comm`; one rank: a plain loop). Every rank must call this.
+        schedule: ``round_robin`` or ``dynamic`` (see :func:`distribute`).
+
+    Returns:
+        ``labelled``, ``failed``, ``skipped`` (already labelled): lists of paths; ``errors``: path ->
+        error text of each failed call; ``ranks``: path -> rank that made the call. The same on every
+        rank. A failed call is retried by the oracle and then reported here, never raised.
+    """
+    comm = world_comm() if comm is None else comm
+    todo: list[str] = []
+    skipped: list[str] = []
+    if _size(comm) == 1 or comm.Get_rank() == 0:
+        for path in sorted(Path(folder).rglob("*.json")):
+            record, _ = read_fitsnap_json(path)
+            (skipped if is_labelled(record) else todo).append(str(path))
+    if _size(comm) > 1:
+        todo, skipped = comm.bcast((todo, skipped), root=0)
+    done: dict[str, Any] = {"labelled": [], "failed": [], "skipped": skipped, "errors": {}, "ranks": {}}
+    for rank, outcome in label_many([(None, p) for p in todo], oracle, comm, schedule):
+        done["labelled" if outcome.ok else "failed"].append(outcome.path)
+        done["ranks"][outcome.path] = rank
+        if not outcome.ok:
+            done["errors"][outcome.path] = outcome.error
     return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``[mpirun -np N] python -m fitsnap_uq.active.oracles FOLDER [--oracle NAME] [--schedule S]``:
+    label every unlabelled FitSNAP JSON file below FOLDER; rank 0 prints the outcome as JSON."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m fitsnap_uq.active.oracles",
+                                 description="Label the unlabelled FitSNAP JSON files of a folder "
+                                             "(spread over the MPI ranks under mpirun).")
+    ap.add_argument("folder")
+    ap.add_argument("--oracle", default="xtb", help="xtb (= gfn1), gfn1, gfn2 or emt")
+    ap.add_argument("--electronic-temperature", type=float, default=3000.0)
+    ap.add_argument("--retries", type=int, default=1)
+    ap.add_argument("--schedule", default="round_robin", choices=["round_robin", "dynamic"])
+    args = ap.parse_args(argv)
+    if not Path(args.folder).is_dir():
+        print(f"error: folder not found: {args.folder}", file=sys.stderr)
+        return 2
+    oracle = oracle_from_name(args.oracle, electronic_temperature=args.electronic_temperature,
+                              retries=args.retries)
+    comm = world_comm()
+    done = label_folder(args.folder, oracle, comm, args.schedule)
+    if comm is None or comm.Get_rank() == 0:
+        print(json.dumps({"ranks_used": _size(comm), **done}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

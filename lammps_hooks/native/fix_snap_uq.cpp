@@ -1,0 +1,703 @@
+/* fitsnap-uq: fix snap/uq, per-atom and global SNAP uncertainty inside a plain LAMMPS run.
+   GPL-2.0-only, like fitsnap-uq and LAMMPS.
+
+   fix ID group snap/uq N posterior.uq keyword value ...
+
+   Every N steps (and at the start of a run on a step that is a multiple of N) the fix evaluates
+   LAMMPS' own `compute sna/atom` and `compute snad/atom` (which it defines, with the SNAP
+   parameters of the posterior file) and computes, with Cov(theta) = L L^T from the file:
+     per atom i (f_ID[1], f_ID[2]; dumpable):
+       estd_i = sqrt(x_i^T Cov x_i),  x_i = [1, B_i] in the block of i's element   (eV)
+       fstd_i = sqrt(trace(D_i Cov D_i^T)), D_i (3, p) the force rows from snad/atom (eV/A)
+     global (f_ID[1..8]; thermo, variables, fix halt):
+       pe_std = sqrt(X^T Cov X), X = sum_i x_i over the group (eV), pe_atom_std = pe_std / N,
+       estd_max, estd_mean, fstd_max, fstd_mean, nflagged, halt
+     scalar f_ID: the value of the `measure` that `flag` and `halt` threshold.
+   This is the same computation, with the same factor L, as lammps_hooks/snap_uq.py (SnapUQHook),
+   whose numbers are the reference (tests/test_plugin.py compares the two to 1e-10).
+
+   Keywords: forces yes|no, measure NAME, flag THRESHOLD FILE.xyz, halt THRESHOLD,
+             elements E1 .. Entypes, verify yes|no.
+*/
+
+#include "fix_snap_uq.h"
+
+#include "atom.h"
+#include "comm.h"
+#include "compute.h"
+#include "domain.h"
+#include "error.h"
+#include "force.h"
+#include "memory.h"
+#include "modify.h"
+#include "timer.h"
+#include "update.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+using namespace LAMMPS_NS;
+using namespace FixConst;
+
+static const char *const GLOBAL_NAMES[] = {"pe_std",    "pe_atom_std", "estd_max", "estd_mean",
+                                           "fstd_max",  "fstd_mean",   "nflagged", "halt"};
+static const char *const POSTERIOR_MAGIC = "fitsnap-uq-plugin-posterior";
+static const int POSTERIOR_VERSION = 1;
+
+/* ---------------------------------------------------------------------- */
+
+FixSnapUQ::FixSnapUQ(LAMMPS *lmp, int narg, char **arg) :
+    Fix(lmp, narg, arg), block(0), rank(0), forces(1), measure(FSTD_MAX), flagflag(0), haltflag(0),
+    verifyflag(1), flag_above(0.0), halt_above(0.0), flag_fp(nullptr), c_sna(nullptr),
+    c_snad(nullptr), c_pair(nullptr), uq(nullptr), verified(0), have_key(false), last_key(0),
+    last_step(-1)
+{
+  if (narg < 5) error->all(FLERR, "Illegal fix snap/uq command: fix ID group snap/uq N posterior.uq ...");
+  nevery = utils::inumeric(FLERR, arg[3], false, lmp);
+  if (nevery < 1) error->all(FLERR, "fix snap/uq: N must be >= 1, got {}", arg[3]);
+  posterior_file = arg[4];
+
+  if (force->pair == nullptr || force->pair_match("snap", 1) == nullptr)
+    error->all(FLERR, "fix snap/uq needs pair_style snap (alone or inside hybrid/overlay), "
+                      "defined before this fix");
+
+  read_posterior(posterior_file);
+  const int nelem = (int) elements.size();
+  const int ntypes = atom->ntypes;
+
+  // optional keywords
+
+  bool measure_set = false;
+  std::vector<std::string> type_elements;
+  int iarg = 5;
+  while (iarg < narg) {
+    std::string key = arg[iarg];
+    if (key == "forces") {
+      if (iarg + 2 > narg) error->all(FLERR, "fix snap/uq: forces needs yes or no");
+      forces = utils::logical(FLERR, arg[iarg + 1], false, lmp);
+      iarg += 2;
+    } else if (key == "verify") {
+      if (iarg + 2 > narg) error->all(FLERR, "fix snap/uq: verify needs yes or no");
+      verifyflag = utils::logical(FLERR, arg[iarg + 1], false, lmp);
+      iarg += 2;
+    } else if (key == "measure") {
+      if (iarg + 2 > narg) error->all(FLERR, "fix snap/uq: measure needs a name");
+      std::string name = arg[iarg + 1];
+      measure = -1;
+      for (int k : {FSTD_MAX, FSTD_MEAN, ESTD_MAX, ESTD_MEAN, PE_ATOM_STD, PE_STD})
+        if (name == GLOBAL_NAMES[k]) measure = k;
+      if (measure < 0)
+        error->all(FLERR, "fix snap/uq: measure must be one of fstd_max fstd_mean estd_max "
+                          "estd_mean pe_atom_std pe_std, not {}", name);
+      measure_set = true;
+      iarg += 2;
+    } else if (key == "flag") {
+      if (iarg + 3 > narg) error->all(FLERR, "fix snap/uq: flag needs THRESHOLD FILE");
+      flagflag = 1;
+      flag_above = utils::numeric(FLERR, arg[iarg + 1], false, lmp);
+      flag_file = arg[iarg + 2];
+      iarg += 3;
+    } else if (key == "halt") {
+      if (iarg + 2 > narg) error->all(FLERR, "fix snap/uq: halt needs THRESHOLD");
+      haltflag = 1;
+      halt_above = utils::numeric(FLERR, arg[iarg + 1], false, lmp);
+      iarg += 2;
+    } else if (key == "elements") {
+      if (iarg + 1 + ntypes > narg)
+        error->all(FLERR, "fix snap/uq: elements needs one element name per atom type ({})", ntypes);
+      for (int i = 0; i < ntypes; i++) type_elements.emplace_back(arg[iarg + 1 + i]);
+      iarg += 1 + ntypes;
+    } else
+      error->all(FLERR, "fix snap/uq: unknown keyword {}", key);
+  }
+  if (!measure_set) measure = forces ? FSTD_MAX : ESTD_MAX;
+  if ((measure == FSTD_MAX || measure == FSTD_MEAN) && !forces)
+    error->all(FLERR, "fix snap/uq: measure {} needs forces yes", GLOBAL_NAMES[measure]);
+
+  // LAMMPS type -> posterior element
+
+  if (type_elements.empty()) {
+    if (ntypes != nelem)
+      error->all(FLERR, "fix snap/uq: LAMMPS has {} atom types but posterior {} has {} elements; "
+                        "give the element of each type with 'elements E1 .. E{}'",
+                 ntypes, posterior_file, nelem, ntypes);
+    type_elements = elements;
+  }
+  type2elem.assign(ntypes + 1, -1);
+  for (int t = 1; t <= ntypes; t++) {
+    auto it = std::find(elements.begin(), elements.end(), type_elements[t - 1]);
+    if (it == elements.end())
+      error->all(FLERR, "fix snap/uq: element {} of atom type {} is not in posterior {}",
+                 type_elements[t - 1], t, posterior_file);
+    type2elem[t] = (int) (it - elements.begin());
+  }
+
+  // the descriptor computes, with the pair style's parameters for each type (as the hook does)
+
+  std::string rad, wjs;
+  for (int t = 1; t <= ntypes; t++) {
+    rad += " " + radelem_txt[type2elem[t]];
+    wjs += " " + wj_txt[type2elem[t]];
+  }
+  snap_args = fmt::format("{} {} {}{}{} {}", rcutfac_txt, rfac0_txt, twojmax_txt, rad, wjs, options_txt);
+  id_sna = std::string(id) + "_sna";
+  id_snad = std::string(id) + "_snad";
+  id_pair = std::string(id) + "_pair";
+  c_sna = modify->add_compute(fmt::format("{} all sna/atom {}", id_sna, snap_args));
+  if (forces) c_snad = modify->add_compute(fmt::format("{} all snad/atom {}", id_snad, snap_args));
+  c_pair = modify->add_compute(fmt::format("{} all pair snap", id_pair));
+  if (c_sna->size_peratom_cols != block - 1)
+    error->all(FLERR, "fix snap/uq: posterior {} has blocks of {} coefficients but compute sna/atom "
+                      "gives {} descriptors: the SNAP parameters do not match",
+               posterior_file, block, c_sna->size_peratom_cols);
+
+  // outputs
+
+  scalar_flag = 1;
+  extscalar = 0;
+  vector_flag = 1;
+  size_vector = NGLOBAL;
+  extvector = 0;
+  global_freq = 1;    // latest values, as the hook's internal variables
+  peratom_flag = 1;
+  size_peratom_cols = 2;
+  peratom_freq = 1;
+  for (double &g : gvec) g = 0.0;
+
+  FixSnapUQ::grow_arrays(atom->nmax);
+  atom->add_callback(Atom::GROW);
+  for (int i = 0; i < atom->nlocal; i++) uq[i][0] = uq[i][1] = 0.0;
+
+  if (flagflag && comm->me == 0) {
+    flag_fp = fopen(flag_file.c_str(), "w");
+    if (flag_fp == nullptr)
+      error->one(FLERR, "fix snap/uq: cannot open flag file {}: {}", flag_file, utils::getsyserror());
+  }
+  if (comm->me == 0) {
+    std::string names;
+    for (const auto &e : elements) names += " " + e;
+    utils::logmesg(lmp, "fix snap/uq: element(s){}, {} coefficients, {} spread of rank {} from {}\n",
+                   names, mean.size(), source, rank, posterior_file);
+  }
+}
+
+/* ---------------------------------------------------------------------- */
+
+FixSnapUQ::~FixSnapUQ()
+{
+  if (copymode) return;
+  atom->delete_callback(id, Atom::GROW);
+  memory->destroy(uq);
+  if (flag_fp) fclose(flag_fp);
+  if (modify) {
+    for (const auto &cid : {id_sna, id_snad, id_pair})
+      if (!cid.empty() && modify->get_compute_by_id(cid)) modify->delete_compute(cid);
+  }
+}
+
+/* ---------------------------------------------------------------------- */
+
+int FixSnapUQ::setmask()
+{
+  return POST_FORCE;
+}
+
+/* ---------------------------------------------------------------------- */
+
+void FixSnapUQ::init()
+{
+  c_sna = modify->get_compute_by_id(id_sna);
+  c_snad = forces ? modify->get_compute_by_id(id_snad) : nullptr;
+  c_pair = modify->get_compute_by_id(id_pair);
+  if (!c_sna || (forces && !c_snad) || !c_pair)
+    error->all(FLERR, "fix snap/uq: its computes {} were deleted", id_sna);
+  if (forces && c_snad->size_peratom_cols != 3 * (block - 1) * atom->ntypes)
+    error->all(FLERR, "fix snap/uq: compute snad/atom gives {} columns, expected {}",
+               c_snad->size_peratom_cols, 3 * (block - 1) * atom->ntypes);
+  // the pair energy is needed once, at the first setup, to check the posterior mean
+  if (verifyflag && !verified) c_pair->addstep(update->ntimestep);
+}
+
+/* ----------------------------------------------------------------------
+   start of a run: evaluate on a multiple of N (as fix external pf/callback does for the hook),
+   unless the atoms have not moved since the last evaluation on this step
+------------------------------------------------------------------------- */
+
+void FixSnapUQ::setup(int /*vflag*/)
+{
+  if (verifyflag && !verified) verify_mean();
+  if (update->ntimestep % nevery) return;
+  const uint64_t key = configuration_key();
+  if (have_key && key == last_key && last_step == update->ntimestep) return;
+  evaluate();
+  have_key = true;
+  last_key = key;
+  last_step = update->ntimestep;
+}
+
+/* ----------------------------------------------------------------------
+   the posterior mean must be the running pair style (checked once, as the hook does on attach):
+   sum_i x_i . mean over all atoms against compute pair snap, when the pair energy was tallied
+------------------------------------------------------------------------- */
+
+void FixSnapUQ::verify_mean()
+{
+  if (update->eflag_global != update->ntimestep) return;
+  c_sna->compute_peratom();
+  double **b = c_sna->array_atom;
+  const int ncoeff = block - 1;
+  double ours_local = 0.0, ours = 0.0;
+  for (int i = 0; i < atom->nlocal; i++) {
+    const int off = type2elem[atom->type[i]] * block;
+    double energy = mean[off];
+    for (int k = 0; k < ncoeff; k++) energy += b[i][k] * mean[off + 1 + k];
+    ours_local += energy;
+  }
+  MPI_Allreduce(&ours_local, &ours, 1, MPI_DOUBLE, MPI_SUM, world);
+  const double theirs = c_pair->compute_scalar();
+  const double rel = fabs(ours - theirs) / std::max(fabs(theirs), 1e-300);
+  if (rel > 1e-8)
+    error->all(FLERR, "fix snap/uq: the posterior {} does not match the running snap pair style: "
+                      "its mean coefficients give a SNAP energy of {:.10g} eV, the pair style "
+                      "{:.10g} eV (relative difference {:.2e}); use the .snapcoeff/.snapparam "
+                      "written with this posterior (or verify no)",
+               posterior_file, ours, theirs, rel);
+  verified = 1;
+}
+
+/* ---------------------------------------------------------------------- */
+
+void FixSnapUQ::post_force(int /*vflag*/)
+{
+  if (update->ntimestep % nevery) return;
+  evaluate();
+  last_key = configuration_key();
+  have_key = true;
+  last_step = update->ntimestep;
+}
+
+/* ---------------------------------------------------------------------- */
+
+void FixSnapUQ::evaluate()
+{
+  const int nlocal = atom->nlocal;
+  const int ntypes = atom->ntypes;
+  const int *type = atom->type;
+  const int *mask = atom->mask;
+  const int ncoeff = block - 1;
+  const int p = (int) mean.size();
+  const int r = rank;
+
+  c_sna->compute_peratom();
+  double **b = c_sna->array_atom;
+  double **d = nullptr;
+  if (forces) {
+    c_snad->compute_peratom();
+    d = c_snad->array_atom;
+  }
+
+  // per atom: v = x_i^T L (r,), estd = |v|; force rows per component c: v = D_i[c] L, fstd^2 = sum |v|^2
+
+  std::vector<double> total(p + 1, 0.0);    // group sum of rows, then the group's atom count
+  double emax = 0.0, esum = 0.0, fmax = 0.0, fsum = 0.0;
+  std::vector<double> v(r);
+  const double *L = factor.data();
+
+  for (int i = 0; i < nlocal; i++) {
+    const int e = type2elem[type[i]];
+    const int off = e * block;
+    const double *bi = b[i];
+    if (!(mask[i] & groupbit)) {
+      uq[i][0] = uq[i][1] = 0.0;
+      continue;
+    }
+    for (int c = 0; c < r; c++) v[c] = L[(size_t) off * r + c];
+    for (int k = 0; k < ncoeff; k++) {
+      const double bk = bi[k];
+      const double *row = L + (size_t) (off + 1 + k) * r;
+      for (int c = 0; c < r; c++) v[c] += bk * row[c];
+    }
+    double var = 0.0;
+    for (int c = 0; c < r; c++) var += v[c] * v[c];
+    const double estd = sqrt(var);
+    total[off] += 1.0;
+    for (int k = 0; k < ncoeff; k++) total[off + 1 + k] += bi[k];
+    total[p] += 1.0;
+    uq[i][0] = estd;
+    emax = std::max(emax, estd);
+    esum += estd;
+
+    double fstd = 0.0;
+    if (forces) {
+      // snad/atom layout: for LAMMPS type T, columns 3*ncoeff*(T-1) + [x | y | z] * ncoeff
+      double fvar = 0.0;
+      for (int dim = 0; dim < 3; dim++) {
+        std::fill(v.begin(), v.end(), 0.0);
+        for (int t = 1; t <= ntypes; t++) {
+          const double *dt = d[i] + 3 * ncoeff * (t - 1) + dim * ncoeff;
+          const int base = type2elem[t] * block + 1;
+          for (int k = 0; k < ncoeff; k++) {
+            const double dk = dt[k];
+            if (dk == 0.0) continue;
+            const double *row = L + (size_t) (base + k) * r;
+            for (int c = 0; c < r; c++) v[c] += dk * row[c];
+          }
+        }
+        for (int c = 0; c < r; c++) fvar += v[c] * v[c];
+      }
+      fstd = sqrt(fvar);
+    }
+    uq[i][1] = fstd;
+    fmax = std::max(fmax, fstd);
+    fsum += fstd;
+  }
+
+  std::vector<double> total_all(p + 1);
+  MPI_Allreduce(total.data(), total_all.data(), p + 1, MPI_DOUBLE, MPI_SUM, world);
+  double sums[2] = {esum, fsum}, sums_all[2];
+  MPI_Allreduce(sums, sums_all, 2, MPI_DOUBLE, MPI_SUM, world);
+  double maxes[2] = {emax, fmax}, maxes_all[2];
+  MPI_Allreduce(maxes, maxes_all, 2, MPI_DOUBLE, MPI_MAX, world);
+
+  std::fill(v.begin(), v.end(), 0.0);
+  for (int k = 0; k < p; k++) {
+    const double xk = total_all[k];
+    if (xk == 0.0) continue;
+    const double *row = L + (size_t) k * r;
+    for (int c = 0; c < r; c++) v[c] += xk * row[c];
+  }
+  double var = 0.0;
+  for (int c = 0; c < r; c++) var += v[c] * v[c];
+  const double natoms = std::max(total_all[p], 1.0);
+  gvec[PE_STD] = sqrt(var);
+  gvec[PE_ATOM_STD] = gvec[PE_STD] / natoms;
+  gvec[ESTD_MAX] = maxes_all[0];
+  gvec[ESTD_MEAN] = sums_all[0] / natoms;
+  gvec[FSTD_MAX] = maxes_all[1];
+  gvec[FSTD_MEAN] = sums_all[1] / natoms;
+
+  const double value = gvec[measure];
+  if (flagflag && value > flag_above) {
+    write_flagged(value);
+    gvec[NFLAGGED] += 1.0;
+  }
+  gvec[HALT] = 0.0;
+  if (haltflag && value > halt_above) {
+    gvec[HALT] = 1.0;
+    if (comm->me == 0)
+      utils::logmesg(lmp, "fitsnap-uq: stopped at step {}: {} = {:.4g} > halt threshold {:g}\n",
+                     update->ntimestep, GLOBAL_NAMES[measure], value, halt_above);
+    timer->force_timeout();    // ends the run cleanly, as fix halt ... error soft
+  }
+}
+
+/* ----------------------------------------------------------------------
+   fingerprint of the configuration: step, atoms (tag, fractional coordinates mod 1 to 1e-9), box
+------------------------------------------------------------------------- */
+
+static inline uint64_t mix64(uint64_t z)
+{
+  z += 0x9e3779b97f4a7c15ULL;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+uint64_t FixSnapUQ::configuration_key()
+{
+  double **x = atom->x;
+  tagint *tag = atom->tag;
+  uint64_t local = 0;
+  double lamda[3], xi[3];
+  for (int i = 0; i < atom->nlocal; i++) {
+    xi[0] = x[i][0];
+    xi[1] = x[i][1];
+    xi[2] = x[i][2];
+    domain->x2lamda(xi, lamda);
+    uint64_t h = mix64((uint64_t) tag[i]);
+    for (double l : lamda) {
+      double f = l - floor(l);
+      auto q = (int64_t) llround(f * 1e9) % 1000000000LL;
+      h = mix64(h ^ (uint64_t) q);
+    }
+    local += h;    // order-independent: the same set of atoms on any decomposition
+  }
+  uint64_t all = 0;
+  MPI_Allreduce(&local, &all, 1, MPI_UINT64_T, MPI_SUM, world);
+  for (double hk : domain->h) {
+    uint64_t bits;
+    memcpy(&bits, &hk, sizeof(bits));
+    all = mix64(all ^ bits);
+  }
+  return mix64(all ^ (uint64_t) atom->natoms);
+}
+
+/* ----------------------------------------------------------------------
+   append the configuration to the flag file (extended XYZ), gathered on rank 0
+------------------------------------------------------------------------- */
+
+void FixSnapUQ::write_flagged(double value)
+{
+  const int nlocal = atom->nlocal;
+  const int width = 10;    // tag type x y z fx fy fz estd fstd
+  std::vector<double> buf;
+  buf.reserve((size_t) nlocal * width);
+  for (int i = 0; i < nlocal; i++) {
+    buf.push_back((double) atom->tag[i]);
+    buf.push_back((double) atom->type[i]);
+    for (int k = 0; k < 3; k++) buf.push_back(atom->x[i][k] - domain->boxlo[k]);
+    for (int k = 0; k < 3; k++) buf.push_back(atom->f[i][k]);
+    buf.push_back(uq[i][0]);
+    buf.push_back(uq[i][1]);
+  }
+  int n = (int) buf.size();
+  std::vector<int> counts(comm->nprocs), displs(comm->nprocs, 0);
+  MPI_Gather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, world);
+  std::vector<double> all;
+  if (comm->me == 0) {
+    for (int k = 1; k < comm->nprocs; k++) displs[k] = displs[k - 1] + counts[k - 1];
+    all.resize((size_t) displs[comm->nprocs - 1] + counts[comm->nprocs - 1]);
+  }
+  MPI_Gatherv(buf.data(), n, MPI_DOUBLE, all.data(), counts.data(), displs.data(), MPI_DOUBLE, 0,
+              world);
+  if (comm->me != 0 || flag_fp == nullptr) return;
+
+  const size_t natoms = all.size() / width;
+  std::vector<size_t> order(natoms);
+  for (size_t k = 0; k < natoms; k++) order[k] = k;
+  std::sort(order.begin(), order.end(),
+            [&all](size_t a, size_t c) { return all[a * width] < all[c * width]; });
+  const double *h = domain->h;    // xprd yprd zprd yz xz xy
+  std::string text = fmt::format("{}\n", natoms);
+  text += fmt::format("Lattice=\"{:.10f} 0 0 {:.10f} {:.10f} 0 {:.10f} {:.10f} {:.10f}\" "
+                      "Properties=species:S:1:pos:R:3:forces:R:3:uq_estd:R:1:uq_fstd:R:1 "
+                      "pbc=\"{} {} {}\" step={} measure={} value={:.10g}\n",
+                      h[0], h[5], h[1], h[4], h[3], h[2], domain->xperiodic ? "T" : "F",
+                      domain->yperiodic ? "T" : "F", domain->zperiodic ? "T" : "F",
+                      update->ntimestep, GLOBAL_NAMES[measure], value);
+  for (size_t k : order) {
+    const double *a = &all[k * width];
+    text += fmt::format("{} {:.10f} {:.10f} {:.10f} {:.10g} {:.10g} {:.10g} {:.10g} {:.10g}\n",
+                        elements[type2elem[(int) a[1]]], a[2], a[3], a[4], a[5], a[6], a[7], a[8],
+                        a[9]);
+  }
+  fputs(text.c_str(), flag_fp);    // one frame per write, flushed: a crash leaves whole frames
+  fflush(flag_fp);
+}
+
+/* ---------------------------------------------------------------------- */
+
+double FixSnapUQ::compute_scalar()
+{
+  return gvec[measure];
+}
+
+double FixSnapUQ::compute_vector(int n)
+{
+  return gvec[n];
+}
+
+/* ----------------------------------------------------------------------
+   per-atom values travel with their atoms
+------------------------------------------------------------------------- */
+
+void FixSnapUQ::grow_arrays(int nmax)
+{
+  memory->grow(uq, nmax, 2, "snap/uq:uq");
+  array_atom = uq;
+}
+
+void FixSnapUQ::set_arrays(int i)
+{
+  uq[i][0] = uq[i][1] = 0.0;    // a new atom has no value until the next evaluation
+}
+
+void FixSnapUQ::copy_arrays(int i, int j, int /*delflag*/)
+{
+  uq[j][0] = uq[i][0];
+  uq[j][1] = uq[i][1];
+}
+
+int FixSnapUQ::pack_exchange(int i, double *buf)
+{
+  buf[0] = uq[i][0];
+  buf[1] = uq[i][1];
+  return 2;
+}
+
+int FixSnapUQ::unpack_exchange(int nlocal, double *buf)
+{
+  uq[nlocal][0] = buf[0];
+  uq[nlocal][1] = buf[1];
+  return 2;
+}
+
+double FixSnapUQ::memory_usage()
+{
+  return (double) atom->nmax * 2 * sizeof(double) + (double) factor.size() * sizeof(double);
+}
+
+/* ----------------------------------------------------------------------
+   the posterior file (text; written by lammps_hooks.native.write_plugin_posterior):
+     fitsnap-uq-plugin-posterior 1
+     elements NELEM E1 .. En
+     block B                      coefficients per element block (constant + descriptors)
+     source analytic|samples
+     rcutfac X / rfac0 X / twojmax N / rmin0 X / bzeroflag N / quadraticflag N / switchflag N /
+     bnormflag N / wselfallflag N / chemflag N
+     radelem R1 .. Rn / wj W1 .. Wn
+     mean P  v_1 .. v_P
+     factor P R  (P rows of R values: Cov = L L^T)
+     end
+   '#' starts a comment. Read on rank 0, broadcast to all ranks.
+------------------------------------------------------------------------- */
+
+void FixSnapUQ::read_posterior(const std::string &file)
+{
+  std::string text;
+  int ok = 1;
+  if (comm->me == 0) {
+    std::ifstream in(file);
+    if (!in) {
+      ok = 0;
+    } else {
+      std::stringstream ss;
+      ss << in.rdbuf();
+      text = ss.str();
+    }
+  }
+  MPI_Bcast(&ok, 1, MPI_INT, 0, world);
+  if (!ok)
+    error->all(FLERR, "fix snap/uq: cannot read posterior file {} (write it with "
+                      "'fitsnap-uq build-plugin --posterior P.posterior.npz --out {}')", file, file);
+  long len = (long) text.size();
+  MPI_Bcast(&len, 1, MPI_LONG, 0, world);
+  text.resize(len);
+  MPI_Bcast(&text[0], (int) len, MPI_CHAR, 0, world);
+
+  std::istringstream lines(text);
+  std::string line, tokens;
+  while (std::getline(lines, line)) {
+    auto hash = line.find('#');
+    if (hash != std::string::npos) line.erase(hash);
+    tokens += line + " ";
+  }
+  std::istringstream in(tokens);
+  auto bad = [&](const std::string &what) {
+    error->all(FLERR, "fix snap/uq: posterior file {}: {}", file, what);
+  };
+  auto word = [&](const std::string &key) {
+    std::string w;
+    if (!(in >> w)) bad("unexpected end of file in '" + key + "'");
+    return w;
+  };
+  auto number = [&](const std::string &key) {
+    std::string w = word(key);
+    char *end = nullptr;
+    double val = strtod(w.c_str(), &end);
+    if (end == w.c_str() || *end != '\0') bad("'" + key + "' expects a number, got '" + w + "'");
+    return val;
+  };
+  auto checknum = [&](const std::string &w, const std::string &key) {
+    char *end = nullptr;
+    strtod(w.c_str(), &end);
+    if (end == w.c_str() || *end != '\0') bad("'" + key + "' expects a number, got '" + w + "'");
+  };
+  auto count = [&](const std::string &key) {
+    double val = number(key);
+    if (val < 0 || val != floor(val) || val > 1e9) bad("'" + key + "' expects a count");
+    return (long) val;
+  };
+
+  std::string magic = word("header");
+  if (magic != POSTERIOR_MAGIC)
+    bad(fmt::format("not a fitsnap-uq plugin posterior (first word '{}', expected '{}'); write it "
+                    "with 'fitsnap-uq build-plugin --posterior P.posterior.npz --out P.uq'",
+                    magic, POSTERIOR_MAGIC));
+  if (count("version") != POSTERIOR_VERSION)
+    bad(fmt::format("format version is not {}; rewrite it with this fitsnap-uq", POSTERIOR_VERSION));
+
+  std::map<std::string, std::string> scalars;
+  const std::vector<std::string> scalar_keys = {"rcutfac",       "rfac0",     "twojmax",
+                                                "rmin0",         "bzeroflag", "quadraticflag",
+                                                "switchflag",    "bnormflag", "wselfallflag",
+                                                "chemflag"};
+  bool have_mean = false, have_factor = false, have_end = false;
+  std::string key;
+  while (in >> key) {
+    if (key == "end") {
+      have_end = true;
+      break;
+    } else if (key == "elements") {
+      long n = count(key);
+      if (n < 1) bad("'elements' needs at least one element");
+      elements.clear();
+      for (long k = 0; k < n; k++) elements.push_back(word(key));
+    } else if (key == "block") {
+      block = (int) count(key);
+    } else if (key == "source") {
+      source = word(key);
+    } else if (key == "radelem" || key == "wj") {
+      if (elements.empty()) bad("'" + key + "' must come after 'elements'");
+      auto &dest = (key == "radelem") ? radelem_txt : wj_txt;
+      dest.clear();
+      for (size_t k = 0; k < elements.size(); k++) {
+        std::string w = word(key);
+        checknum(w, key);
+        dest.push_back(w);
+      }
+    } else if (std::find(scalar_keys.begin(), scalar_keys.end(), key) != scalar_keys.end()) {
+      std::string w = word(key);
+      checknum(w, key);
+      scalars[key] = w;
+    } else if (key == "mean") {
+      long n = count(key);
+      mean.resize(n);
+      for (long k = 0; k < n; k++) mean[k] = number(key);
+      have_mean = true;
+    } else if (key == "factor") {
+      long n = count(key);
+      long r = count(key);
+      if (!have_mean || n != (long) mean.size())
+        bad(fmt::format("'factor' has {} rows but 'mean' has {} values", n, mean.size()));
+      rank = (int) r;
+      factor.resize((size_t) n * r);
+      for (size_t k = 0; k < factor.size(); k++) factor[k] = number(key);
+      have_factor = true;
+    } else
+      bad("unknown key '" + key + "'");
+  }
+  if (!have_end) bad("missing 'end' (truncated file?)");
+  if (elements.empty()) bad("missing key 'elements'");
+  if (block < 2) bad("missing or bad key 'block'");
+  if (!have_mean) bad("missing key 'mean'");
+  if (!have_factor) bad("missing key 'factor'");
+  if ((long) mean.size() != (long) block * (long) elements.size())
+    bad(fmt::format("'mean' has {} values, expected block {} x {} elements", mean.size(), block,
+                    elements.size()));
+  if (radelem_txt.size() != elements.size()) bad("missing key 'radelem'");
+  if (wj_txt.size() != elements.size()) bad("missing key 'wj'");
+  for (const char *k : {"rcutfac", "rfac0", "twojmax", "rmin0", "bzeroflag", "quadraticflag"})
+    if (!scalars.count(k)) bad(fmt::format("missing key '{}'", k));
+  if (scalars.count("chemflag") && std::stod(scalars["chemflag"]) != 0.0)
+    bad("explicit multi-element SNAP (chemflag 1) is not supported");
+  for (double val : mean)
+    if (!std::isfinite(val)) bad("'mean' has a non-finite value");
+  for (double val : factor)
+    if (!std::isfinite(val)) bad("'factor' has a non-finite value");
+
+  rcutfac_txt = scalars["rcutfac"];
+  rfac0_txt = scalars["rfac0"];
+  twojmax_txt = scalars["twojmax"];
+  auto flag = [&](const char *k, const char *dflt) {
+    return scalars.count(k) ? scalars[k] : std::string(dflt);
+  };
+  options_txt = fmt::format("rmin0 {} bzeroflag {} quadraticflag {} switchflag {} bnormflag {} "
+                            "wselfallflag {}",
+                            scalars["rmin0"], scalars["bzeroflag"], scalars["quadraticflag"],
+                            flag("switchflag", "1"), flag("bnormflag", "0"), flag("wselfallflag", "0"));
+}

