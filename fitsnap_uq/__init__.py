@@ -2,7 +2,7 @@
 
 ``import fitsnap_uq`` applies the FitSNAP 3.1.0.4 adapters (:mod:`fitsnap_uq.compat`) and registers
 the ``[UQ]`` input section and our solvers (``[SOLVER] solver = BAYES``, ``MODELERROR``,
-``BAYESMCMC``) with FitSNAP's factories.
+``BAYESMCMC``, ``NNENSEMBLE``) with FitSNAP's factories.
 The numerical cores (:mod:`fitsnap_uq.linear`, :mod:`fitsnap_uq.posterior`) do not need FitSNAP.
 """
 
@@ -13,7 +13,7 @@ from fitsnap_uq.posterior import Posterior
 __version__ = "0.1.0"
 __all__ = ["Posterior", "__version__", "SOLVERS", "FITSNAP_AVAILABLE"]
 
-SOLVERS: tuple[str, ...] = ("BAYES", "MODELERROR", "BAYESMCMC")
+SOLVERS: tuple[str, ...] = ("BAYES", "MODELERROR", "BAYESMCMC", "NNENSEMBLE")
 """Names of the solvers this package adds to FitSNAP."""
 
 try:
@@ -27,3 +27,6 @@ else:
     _compat.apply()
     from fitsnap_uq import sections as _sections  # noqa: F401  ([UQ] section)
     from fitsnap_uq import solvers as _solvers  # noqa: F401  (BAYES, ...)
+    from fitsnap_uq.nn.fitsnap_ensemble import adapt_fitsnap as _adapt_for_nnensemble
+
+    _adapt_for_nnensemble()  # NNENSEMBLE uses [PYTORCH] and PYTORCH's descriptor arrays

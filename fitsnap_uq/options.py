@@ -122,8 +122,30 @@ MCMC_KEYS: dict[str, Key] = {
     "student_nu": Key("4", _positive_float, "BAYESMCMC student_t: degrees of freedom."),
     "max_samples": Key("2000", _positive_int, "Most coefficient samples stored in the Posterior."),
 }
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"must be in (0, 1], got {value}")
+    return value
+
+
+NN_KEYS: dict[str, Key] = {
+    "nn_members": Key("4", _positive_int, "NNENSEMBLE: number of FitSNAP PyTorch networks (>= 2)."),
+    "nn_resample": Key("bootstrap", str, "NNENSEMBLE: training configurations of each member: bootstrap "
+                       "(drawn with replacement), fraction (nn_fraction of them, without replacement) or "
+                       "none (all; only the seed differs).", ("bootstrap", "fraction", "none")),
+    "nn_fraction": Key("0.8", _fraction, "NNENSEMBLE with nn_resample = fraction: share of the training "
+                       "configurations each member draws."),
+    "nn_early_stopping": Key("1", _bool, "NNENSEMBLE: keep each member's epoch of lowest loss on its "
+                             "out-of-bag training configurations (0: the last epoch)."),
+    "nn_ensemble": Key("", _optional_path, "NNENSEMBLE: ensemble description file to write; default "
+                       "<potential>.nnensemble.json (members <prefix>.member<m>.pt beside it)."),
+}
 UQ_KEYS.update(MERR_KEYS)
 UQ_KEYS.update(MCMC_KEYS)
+UQ_KEYS.update(NN_KEYS)
 
 
 def parse_uq(values: dict[str, str], file: str | None = None) -> dict[str, Any]:
@@ -153,4 +175,6 @@ def parse_uq(values: dict[str, str], file: str | None = None) -> dict[str, Any]:
     if out["mcmc_burn"] >= out["mcmc_steps"]:
         raise InputError(f"burn-in {out['mcmc_burn']} must be shorter than mcmc_steps "
                          f"{out['mcmc_steps']}", file=file, section="UQ", key="mcmc_burn")
+    if out["nn_members"] < 2:
+        raise InputError("an ensemble needs at least 2 members", file=file, section="UQ", key="nn_members")
     return out

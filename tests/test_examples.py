@@ -108,6 +108,19 @@ def test_ensemble(examples):
     assert parts == {0, 1}  # two partitions ran replicas
 
 
+@NEEDS_TA
+def test_ta_nnensemble(examples):
+    folder = examples / "ta_nnensemble"
+    run_readme(folder)  # serial, then mpirun -np 2 (members on both ranks)
+    desc = json.loads((folder / "Ta_pot.nnensemble.json").read_text())
+    assert len(desc["members"]) == 4
+    for m in range(4):
+        assert (folder / f"Ta_pot.nnensemble.member{m}.pt").exists()
+    pred = np.load(folder / "Ta_pot.nnensemble.predictions.npz")
+    assert np.all(pred["std"] > 0)
+    assert (folder / "Ta_metrics.uq.md").exists()
+
+
 def test_active_learning(examples):
     folder = examples / "active_learning"
     (proc,) = run_readme(folder)
