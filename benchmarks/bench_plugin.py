@@ -3,7 +3,8 @@
     python benchmarks/bench_plugin.py [--steps 200] [--repeat 2] [--posterior P.posterior.npz]
 
 2000-atom bcc Ta at 600 K, NVE, ``pair_style hybrid/overlay zbl 4.0 4.8 snap`` with the Ta Bayesian
-posterior of examples/ta_bayes (or --posterior, with its .snapcoeff/.snapparam beside it), as in
+posterior (a BAYES fit of the Ta example made here, or --posterior with its .snapcoeff/.snapparam beside
+it), as in
 benchmarks/bench_hook.py. The plugin is built into a temporary folder and loaded into the same LAMMPS
 library (``plugin load``) as the hook runs in. Times, best of --repeat, interleaved: the plain run
 (baseline), then the plugin and the hook with energy+force uncertainty every 1, 10 and 100 steps and
@@ -71,16 +72,19 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--posterior", default=str(ROOT / "examples" / "ta_bayes" / "Ta_pot.posterior.npz"),
-                    help="a Ta posterior with its .snapcoeff/.snapparam beside it")
+    ap.add_argument("--posterior", help="a Ta posterior with its .snapcoeff/.snapparam beside it "
+                                        "(default: a BAYES fit of the Ta example, made here)")
     args = ap.parse_args()
+    from bench_hook import fit_posterior
+
     from fitsnap_uq.posterior import Posterior
     from lammps_hooks.native import build_plugin, write_plugin_posterior
 
-    stem = args.posterior[: -len(".posterior.npz")]
-    post = Posterior.load(args.posterior)
     best = {case: float("inf") for case in CASES}
     with tempfile.TemporaryDirectory() as tmp:
+        path = Path(args.posterior) if args.posterior else fit_posterior(Path(tmp))
+        stem = str(path)[: -len(".posterior.npz")]
+        post = Posterior.load(path)
         plugin = build_plugin(Path(tmp))
         uq = write_plugin_posterior(post, Path(tmp) / "Ta.uq")
         for _ in range(args.repeat):  # interleaved, so drifts of the machine hit every case alike

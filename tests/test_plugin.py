@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_TA, run_cli
 
 from fitsnap_uq.posterior import Posterior
 from lammps_hooks.native import (
@@ -24,8 +25,6 @@ from lammps_hooks.native import (
 from lammps_hooks.snap_uq import GLOBALS, SnapUQHook
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "examples" / "ta_bayes"
-TA_POSTERIOR = EXAMPLE / "Ta_pot.posterior.npz"
 RTOL = 1e-10
 
 pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CXX") or "c++") is None
@@ -63,8 +62,29 @@ def plugin(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ta_uq(tmp_path_factory) -> Path:
-    return write_plugin_posterior(TA_POSTERIOR, tmp_path_factory.mktemp("post") / "Ta_pot.uq")
+def ta_stem(tmp_path_factory) -> Path:
+    """Stem of a BAYES fit of the Ta example (``<stem>.posterior.npz``, ``.snapcoeff``, ``.snapparam``),
+    fitted here from ../shared/data."""
+    if not SHARED_TA.is_dir():
+        pytest.skip(f"Ta DFT data not found at {SHARED_TA} (../shared/data beside the checkout)")
+    dest = tmp_path_factory.mktemp("ta") / "Ta"
+    shutil.copytree(SHARED_TA, dest)
+    for p in [dest, *dest.rglob("*")]:
+        p.chmod(p.stat().st_mode | 0o200)
+    text = (dest / "Ta-example.in").read_text().split("[EXTRAS]")[0] + "[MEMORY]\noverride = 0\n"
+    (dest / "Ta-example.in").write_text(text.replace("solver = SVD", "solver = BAYES"))
+    proc = run_cli(["fit", "Ta-example.in", "--overwrite"], cwd=dest)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return dest / "Ta_pot"
+
+
+def posterior_of(stem: Path) -> Posterior:
+    return Posterior.load(f"{stem}.posterior.npz")
+
+
+@pytest.fixture(scope="module")
+def ta_uq(ta_stem, tmp_path_factory) -> Path:
+    return write_plugin_posterior(f"{ta_stem}.posterior.npz", tmp_path_factory.mktemp("post") / "Ta_pot.uq")
 
 
 def run_lmp(script: str, cwd: Path, ranks: int = 0, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -123,12 +143,12 @@ def compare(plugin_out, hook_out, label: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def ta_hook() -> tuple:
-    return hook_values(EXAMPLE / "Ta_pot", Posterior.load(TA_POSTERIOR), every=5, steps=10)
+def ta_hook(ta_stem) -> tuple:
+    return hook_values(ta_stem, posterior_of(ta_stem), every=5, steps=10)
 
 
-def test_plugin_equals_hook_serial(plugin, ta_uq, ta_hook, tmp_path):
-    script = (f"plugin load {plugin}\n" + SETUP.format(stem=EXAMPLE / "Ta_pot")
+def test_plugin_equals_hook_serial(plugin, ta_stem, ta_uq, ta_hook, tmp_path):
+    script = (f"plugin load {plugin}\n" + SETUP.format(stem=ta_stem)
               + PLUGIN_RUN.format(every=5, uq=ta_uq, steps=10, values=VALUES))
     proc = run_lmp(script, tmp_path)
     compare(plugin_values(proc, tmp_path), ta_hook, "serial lmp -in")
@@ -136,8 +156,8 @@ def test_plugin_equals_hook_serial(plugin, ta_uq, ta_hook, tmp_path):
 
 
 @pytest.mark.mpi
-def test_plugin_equals_hook_under_mpirun(plugin, ta_uq, ta_hook, tmp_path):
-    script = (f"plugin load {plugin}\n" + SETUP.format(stem=EXAMPLE / "Ta_pot")
+def test_plugin_equals_hook_under_mpirun(plugin, ta_stem, ta_uq, ta_hook, tmp_path):
+    script = (f"plugin load {plugin}\n" + SETUP.format(stem=ta_stem)
               + PLUGIN_RUN.format(every=5, uq=ta_uq, steps=10, values=VALUES))
     proc = run_lmp(script, tmp_path, ranks=2)
     assert "1 by 1 by 2 MPI processor grid" in proc.stdout or "2 MPI processor grid" in proc.stdout \
@@ -145,19 +165,19 @@ def test_plugin_equals_hook_under_mpirun(plugin, ta_uq, ta_hook, tmp_path):
     compare(plugin_values(proc, tmp_path), ta_hook, "mpirun -np 2 lmp -in")
 
 
-def test_samples_posterior_equals_hook(plugin, tmp_path):
-    post = Posterior.load(TA_POSTERIOR)
+def test_samples_posterior_equals_hook(plugin, ta_stem, tmp_path):
+    post = posterior_of(ta_stem)
     sampled = Posterior(post.mean, post.cov, post.elements, post.snap, samples=post.sample(300, seed=7))
     uq = write_plugin_posterior(sampled, tmp_path / "s.uq")
     assert "source samples" in uq.read_text()
-    script = (f"plugin load {plugin}\n" + SETUP.format(stem=EXAMPLE / "Ta_pot")
+    script = (f"plugin load {plugin}\n" + SETUP.format(stem=ta_stem)
               + PLUGIN_RUN.format(every=10, uq=uq, steps=10, values=VALUES))
     proc = run_lmp(script, tmp_path)
-    compare(plugin_values(proc, tmp_path), hook_values(EXAMPLE / "Ta_pot", sampled, 10, 10), "samples")
+    compare(plugin_values(proc, tmp_path), hook_values(ta_stem, sampled, 10, 10), "samples")
 
 
-def test_lammps_plugin_path_autoload(plugin, ta_uq, tmp_path):
-    script = SETUP.format(stem=EXAMPLE / "Ta_pot") + PLUGIN_RUN.format(every=5, uq=ta_uq, steps=5,
+def test_lammps_plugin_path_autoload(plugin, ta_stem, ta_uq, tmp_path):
+    script = SETUP.format(stem=ta_stem) + PLUGIN_RUN.format(every=5, uq=ta_uq, steps=5,
                                                                       values=VALUES)
     without = run_lmp(script, tmp_path, env={"LAMMPS_PLUGIN_PATH": str(tmp_path)})
     assert without.returncode != 0 and "snap/uq" in without.stdout + without.stderr
@@ -167,9 +187,9 @@ def test_lammps_plugin_path_autoload(plugin, ta_uq, tmp_path):
     assert glob["fstd_max"] == pytest.approx(fstd.max(), rel=1e-15) and glob["pe_std"] > 0
 
 
-def two_element_posterior(folder: Path) -> Path:
+def two_element_posterior(folder: Path, ta_stem: Path) -> Path:
     """A synthetic Ta + W posterior (the Ta block, and a perturbed copy with other radius and weight)."""
-    ta = Posterior.load(TA_POSTERIOR)
+    ta = posterior_of(ta_stem)
     rng = np.random.default_rng(5)
     mean = np.concatenate([ta.mean, ta.mean * (1 + 0.3 * rng.standard_normal(ta.mean.size))])
     p = ta.mean.size
@@ -179,16 +199,16 @@ def two_element_posterior(folder: Path) -> Path:
     post = Posterior(mean, cov, ["Ta", "W"], snap)
     path = post.save(folder / "TaW.posterior.npz")
     post.write_snapcoeff(folder / "TaW.snapcoeff")
-    (folder / "TaW.snapparam").write_text((EXAMPLE / "Ta_pot.snapparam").read_text())
+    (folder / "TaW.snapparam").write_text(Path(f"{ta_stem}.snapparam").read_text())
     return path
 
 
-def test_two_elements_types_in_another_order_against_numpy(plugin, tmp_path):
+def test_two_elements_types_in_another_order_against_numpy(plugin, ta_stem, tmp_path):
     """LAMMPS type 1 = W, type 2 = Ta. The reference is numpy on LAMMPS' own descriptors, with forces
     F = D theta checked against the pair style (snad/atom columns: per type, [x | y | z] blocks)."""
     from fitsnap_uq.compat import import_lammps
 
-    post = Posterior.load(two_element_posterior(tmp_path))
+    post = Posterior.load(two_element_posterior(tmp_path, ta_stem))
     uq = write_plugin_posterior(post, tmp_path / "TaW.uq")
     lmp = import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none"])
     lmp.commands_string(f"""
@@ -236,10 +256,10 @@ def test_two_elements_types_in_another_order_against_numpy(plugin, tmp_path):
     assert glob[4] == pytest.approx(fstd.max(), rel=RTOL) and glob[5] == pytest.approx(fstd.mean(), rel=RTOL)
 
 
-def test_flag_file_and_halt(plugin, ta_uq, tmp_path):
+def test_flag_file_and_halt(plugin, ta_stem, ta_uq, tmp_path):
     import ase.io
 
-    script = (f"plugin load {plugin}\n" + SETUP.format(stem=EXAMPLE / "Ta_pot")
+    script = (f"plugin load {plugin}\n" + SETUP.format(stem=ta_stem)
               + f"fix uq all snap/uq 5 {ta_uq} flag 0.0 flagged.xyz halt 1e9\n"
               + "run 10\n" + 'print "NFLAG $(f_uq[7]) HALT $(f_uq[8])"\n'
               + f"unfix uq\nfix uq all snap/uq 5 {ta_uq} measure estd_max halt 0.0\n"
@@ -255,11 +275,11 @@ def test_flag_file_and_halt(plugin, ta_uq, tmp_path):
     assert step_line[1] == "10" and step_line[3] == "1" and step_line[5] == step_line[7]
 
 
-def test_refuses_a_posterior_that_is_not_the_pair_style(plugin, tmp_path):
-    post = Posterior.load(TA_POSTERIOR)
+def test_refuses_a_posterior_that_is_not_the_pair_style(plugin, ta_stem, tmp_path):
+    post = posterior_of(ta_stem)
     other = write_plugin_posterior(Posterior(post.mean * 1.01, post.cov, post.elements, post.snap),
                                    tmp_path / "other.uq")
-    script = (f"plugin load {plugin}\n" + SETUP.format(stem=EXAMPLE / "Ta_pot")
+    script = (f"plugin load {plugin}\n" + SETUP.format(stem=ta_stem)
               + f"fix uq all snap/uq 5 {other}\nrun 0\n")
     proc = run_lmp(script, tmp_path)
     assert proc.returncode != 0
@@ -271,10 +291,10 @@ def test_refuses_a_posterior_that_is_not_the_pair_style(plugin, tmp_path):
     (lambda t: t.replace("fitsnap-uq-plugin-posterior", "something-else"), "not a fitsnap-uq plugin"),
     (lambda t: t.replace("rfac0 ", "rfac0 abc "), "'rfac0' expects a number"),
 ])
-def test_bad_posterior_file_names_file_and_key(plugin, ta_uq, tmp_path, edit, message):
+def test_bad_posterior_file_names_file_and_key(plugin, ta_stem, ta_uq, tmp_path, edit, message):
     bad = tmp_path / "bad.uq"
     bad.write_text(edit(ta_uq.read_text()))
-    script = (f"plugin load {plugin}\n" + SETUP.format(stem=EXAMPLE / "Ta_pot")
+    script = (f"plugin load {plugin}\n" + SETUP.format(stem=ta_stem)
               + f"fix uq all snap/uq 5 {bad}\n")
     proc = run_lmp(script, tmp_path)
     assert proc.returncode != 0
