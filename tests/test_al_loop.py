@@ -95,3 +95,34 @@ def test_config_errors(tmp_path):
         ALConfig.read(tmp_path / "bad2.toml")
     proc = run_cli(["al", "missing.toml"], cwd=tmp_path)
     assert proc.returncode == 2 and "missing.toml" in proc.stderr
+
+
+def test_journal_recovers_a_labelled_file_and_a_torn_line(tmp_path):
+    """Killed after a QM result's file was written but before its journal line (or mid-line): the
+    rerun journals the file without a new QM call, and a torn line does not swallow the next one."""
+    from fitsnap_uq.active.loop import Loop
+    from fitsnap_uq.active.oracles import oracle_from_name
+
+    (tmp_path / "cu.toml").write_text(CU_TOML)
+    cfg = ALConfig.read(tmp_path / "cu.toml")
+    emt = oracle_from_name("emt")
+    calls = []
+
+    class Counting:
+        name = emt.name
+
+        def label(self, atoms):
+            calls.append(1)
+            return emt.label(atoms)
+
+    loop = Loop(cfg, tmp_path / "work", oracle=Counting(), progress=False)
+    a, b = loop.structures(2, seed=0)
+    first, second = (loop.work / "data" / "JSON" / "Initial" / f"{n}.json" for n in "ab")
+    assert loop.label(a, first) and len(calls) == 1
+    loop.journal.write_text('{"file": "data/JSON/Init')  # the line was cut; the file is there
+    assert loop.label(a, first) and len(calls) == 1  # no new QM call
+    assert loop.label(b, second) and len(calls) == 2
+    lines = loop.qm_calls()
+    assert [c["file"] for c in lines] == ["data/JSON/Initial/a.json", "data/JSON/Initial/b.json"]
+    assert lines[0]["recovered"] and "recovered" not in lines[1]
+    assert loop.label(a, first) and len(loop.qm_calls()) == 2  # journalled once only

@@ -155,10 +155,21 @@ class Loop:
         return out
 
     def _log_call(self, record: dict[str, Any]) -> None:
+        torn = self.journal.exists() and self.journal.stat().st_size > 0 and \
+            self.journal.read_bytes()[-1:] != b"\n"  # a line cut by a kill: start a new one
         with open(self.journal, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+            fh.write(("\n" if torn else "") + json.dumps(record) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+
+    def _journal_existing(self, path: Path, record: dict[str, Any], set_name: str) -> None:
+        """Journal a labelled file that the journal lacks: the run was killed after the file was
+        written and before its journal line (the QM call is kept, not repeated)."""
+        name = str(path.relative_to(self.work))
+        if any(c.get("file") == name and c.get("ok") for c in self.qm_calls()):
+            return
+        energy = float(record["Dataset"]["Data"][0]["Energy"])
+        self._log_call({"file": name, "set": set_name, "ok": True, "energy": energy, "recovered": True})
 
     def _budget_left(self) -> int:
         return self.cfg.qm_budget - sum(1 for c in self.qm_calls() if c.get("set") == "train")
@@ -168,6 +179,7 @@ class Loop:
         if path.exists():
             record, _ = read_fitsnap_json(path)
             if is_labelled(record):
+                self._journal_existing(path, record, set_name)
                 return True
         result = self.oracle.label(atoms)
         if result.atoms is None:
@@ -195,8 +207,11 @@ class Loop:
         todo: list[tuple[Any, Path]] = []
         left = self._budget_left() if budget else len(tasks)
         for atoms, path in tasks:
-            if path.exists() and is_labelled(read_fitsnap_json(path)[0]):
-                continue
+            if path.exists():
+                record = read_fitsnap_json(path)[0]
+                if is_labelled(record):
+                    self._journal_existing(path, record, set_name)
+                    continue
             if len(todo) >= left:
                 break
             todo.append((atoms, path))
