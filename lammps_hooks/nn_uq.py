@@ -60,36 +60,16 @@ class NNEnsembleHook(SnapUQHook):
                  type_elements: Sequence[str] | None = None, prefix: str = "nnuq",
                  store: QueryStore | None = None, flag_above: float | None = None,
                  halt_above: float | None = None, measure: str | None = None, comm: Any = None) -> None:
-        if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
-        measure = measure or "estd_max"
-        if measure not in NN_MEASURES:
-            raise ValueError(f"measure must be one of {NN_MEASURES}, not {measure!r}")
-        if comm is None:
-            from mpi4py import MPI
-
-            comm = MPI.COMM_WORLD
-        if flag_above is not None and store is None and comm.Get_rank() == 0:
-            raise ValueError("flag_above needs a QueryStore (on rank 0) for the flagged frames")
-        self.lmp = lmp
         self.ensemble = ensemble
-        self.posterior = ensemble  # SnapUQHook's helpers read .elements and .snap
-        self.every = int(every)
-        self.forces = False
-        self.prefix = prefix
-        self.store = store
-        self.flag_above = flag_above
-        self.halt_above = halt_above
-        self.measure = measure
-        self.comm = comm
-        self._type_elements = list(type_elements) if type_elements is not None else None
-        self.type_to_element = None
-        self.last: dict[str, float] = {}
-        self.history: list[dict[str, float]] = []
-        self.halted: str | None = None
-        self.attached = False
-        self._active = True
-        self._last_key = None
+        # the ensemble stands in for the posterior: SnapUQHook's helpers read .elements and .snap
+        super().__init__(lmp, ensemble, every=every, forces=False, type_elements=type_elements,
+                         prefix=prefix, store=store, flag_above=flag_above, halt_above=halt_above,
+                         measure=measure, comm=comm)
+
+    measures = NN_MEASURES
+
+    def _make_spread(self, source: str, nsamples: int, seed: int) -> None:
+        return None  # the members' spread is evaluated directly
 
     def attach(self, verify: bool = False) -> NNEnsembleHook:
         """Define ``compute sna/atom``, the per-atom columns, the variables and the callback."""
@@ -98,26 +78,22 @@ class NNEnsembleHook(SnapUQHook):
                              "quadraticflag = 0 only", file=str(self.ensemble.path), section="BISPECTRUM",
                              key="quadraticflag")
         self._map_types()
-        lmp = self.lmp
-        lmp.command(f"compute {self.name('sna')} all sna/atom {self._descriptor_args()}")
-        lmp.command(f"fix {self.name('props')} all property/atom d_{self.name('estd')} "
-                    f"d_{self.name('fstd')}")
-        self.define_variables()
-        lmp.command(f"fix {self.name('ext')} all external pf/callback {self.every} 1")
-        lmp.set_fix_external_callback(self.name("ext"), self._callback, None)
-        if self.halt_above is not None:
-            lmp.command(f"fix {self.name('stop')} all halt {self.every} v_{self.name('halt')} > 0.5 "
-                        "error soft message yes")
-        self.attached = True
+        self._compute("sna", f"sna/atom {self._descriptor_args()}")
+        self._install()
         return self
 
     def verify(self, rtol: float = 1e-8) -> float:
         """Nothing to compare against (the pair style is not the ensemble); returns 0."""
         return 0.0
 
-    def member_energies(self, nlocal: int) -> np.ndarray:
-        """(K, nlocal) per-atom energies (eV) of every member on the current ``sna/atom`` descriptors."""
-        b = np.asarray(self.lmp.numpy.extract_compute(self.name("sna"), 1, 2))[:nlocal]
+    def descriptors(self, nlocal: int) -> np.ndarray:
+        """(nlocal, d) the current ``sna/atom`` descriptors of the local atoms."""
+        return np.asarray(self.lmp.numpy.extract_compute(self.name("sna"), 1, 2))[:nlocal]
+
+    def member_energies(self, nlocal: int, b: np.ndarray | None = None) -> np.ndarray:
+        """(K, nlocal) per-atom energies (eV) of every member on the current ``sna/atom`` descriptors
+        (or on ``b``, (nlocal, d), when given)."""
+        b = self.descriptors(nlocal) if b is None else b
         return self.ensemble.per_atom_energies(b, self._elements_of_local(nlocal))
 
     def evaluate(self, nlocal: int
@@ -126,8 +102,8 @@ class NNEnsembleHook(SnapUQHook):
         descriptor over all atoms (d,) as fingerprint, and the ensemble-mean total energy (eV)."""
         k = len(self.ensemble)
         if nlocal:
-            e = self.member_energies(nlocal)
-            b = np.asarray(self.lmp.numpy.extract_compute(self.name("sna"), 1, 2))[:nlocal]
+            b = self.descriptors(nlocal)
+            e = self.member_energies(nlocal, b)
         else:
             e = np.zeros((k, 0))
             b = np.zeros((0, int(self.ensemble.snap["ncoeff"])))
@@ -147,13 +123,3 @@ class NNEnsembleHook(SnapUQHook):
             "fstd_mean": 0.0,
         }
         return estd, np.zeros(nlocal), g, desc_sum / max(natoms, 1), float(totals.mean())
-
-    def detach(self) -> None:
-        """Remove the hook's fixes and compute from LAMMPS."""
-        if not self.attached:
-            return
-        for fix in ("ext", "props", "stop"):
-            if fix != "stop" or self.halt_above is not None:
-                self.lmp.command(f"unfix {self.name(fix)}")
-        self.lmp.command(f"uncompute {self.name('sna')}")
-        self.attached = False

@@ -85,14 +85,14 @@ class SnapUQHook:
         self.posterior = posterior
         self.every = int(every)
         self.forces = bool(forces)
-        self.spread = spread_of(posterior, source, nsamples, seed)
+        self.spread = self._make_spread(source, nsamples, seed)
         self.prefix = prefix
         self.store = store
         self.flag_above = flag_above
         self.halt_above = halt_above
         self.measure = measure or ("fstd_max" if self.forces else "estd_max")
-        if self.measure not in MEASURES:
-            raise ValueError(f"measure must be one of {MEASURES}, not {self.measure!r}")
+        if self.measure not in self.measures:
+            raise ValueError(f"measure must be one of {self.measures}, not {self.measure!r}")
         if self.measure.startswith("fstd") and not self.forces:
             raise ValueError(f"measure {self.measure} needs forces=True")
         if comm is None:
@@ -110,6 +110,18 @@ class SnapUQHook:
         self.attached = False
         self._active = True
         self._last_key: tuple[int, int, int] | None = None
+        self._computes: list[str] = []  # the computes this hook defined (removed by detach)
+
+    measures: tuple[str, ...] = MEASURES
+    """What ``flag_above``/``halt_above`` may threshold."""
+
+    def _make_spread(self, source: str, nsamples: int, seed: int) -> CoefficientSpread | None:
+        return spread_of(self.posterior, source, nsamples, seed)
+
+    def _compute(self, what: str, style: str) -> None:
+        """Define the hook's compute ``what`` (``compute <prefix>_<what> all <style>``)."""
+        self.lmp.command(f"compute {self.name(what)} all {style}")
+        self._computes.append(what)
 
     # ------------------------------------------------------------------ names
     def name(self, what: str) -> str:
@@ -123,7 +135,7 @@ class SnapUQHook:
             raise InputError(f"the pair style is {style!r}; the SNAP uncertainty hook needs "
                              "pair_style snap (alone or in hybrid/overlay)")
         try:
-            self.lmp.command(f"compute {self.name('pair')} all pair snap")
+            self._compute("pair", "pair snap")
         except Exception as exc:
             raise InputError(f"pair style {style} has no snap sub-style ({exc})") from None
 
@@ -167,10 +179,17 @@ class SnapUQHook:
         self._check_pair_style()
         self._map_types()
         args = self._descriptor_args()
-        lmp = self.lmp
-        lmp.command(f"compute {self.name('sna')} all sna/atom {args}")
+        self._compute("sna", f"sna/atom {args}")
         if self.forces:
-            lmp.command(f"compute {self.name('snad')} all snad/atom {args}")
+            self._compute("snad", f"snad/atom {args}")
+        self._install()
+        if verify:
+            self.verify()
+        return self
+
+    def _install(self) -> None:
+        """The per-atom columns, the variables, the callback and the halt fix (after the computes)."""
+        lmp = self.lmp
         lmp.command(f"fix {self.name('props')} all property/atom d_{self.name('estd')} "
                     f"d_{self.name('fstd')}")
         self.define_variables()
@@ -180,9 +199,6 @@ class SnapUQHook:
             lmp.command(f"fix {self.name('stop')} all halt {self.every} v_{self.name('halt')} > 0.5 "
                         "error soft message yes")
         self.attached = True
-        if verify:
-            self.verify()
-        return self
 
     def verify(self, rtol: float = 1e-8) -> float:
         """Run 0 steps and check the posterior mean reproduces the snap pair energy; returns the
@@ -324,9 +340,9 @@ class SnapUQHook:
         for fix in ("ext", "props", "stop"):
             if fix != "stop" or self.halt_above is not None:
                 self.lmp.command(f"unfix {self.name(fix)}")
-        for compute in ("sna", "snad", "pair"):
-            if compute != "snad" or self.forces:
-                self.lmp.command(f"uncompute {self.name(compute)}")
+        for compute in self._computes:
+            self.lmp.command(f"uncompute {self.name(compute)}")
+        self._computes = []
         self.attached = False
 
 
