@@ -1,12 +1,18 @@
 """Overhead of the SNAP uncertainty hook on MD: the same run with and without it, in one process.
 
     python benchmarks/bench_hook.py [--steps 200] [--repeat 3] [--posterior P.posterior.npz]
+                                    [--descriptors native|lammps]
 
-2000-atom bcc Ta at 300 K, NVE, with the Ta Bayesian posterior (fitted here with BAYES from the Ta
+2000-atom bcc Ta at 600 K, NVE, with the Ta Bayesian posterior (fitted here with BAYES from the Ta
 example unless --posterior is given) as ``pair_style hybrid/overlay zbl 4.0 4.8 snap``, exactly as
-fitted. Times, best of --repeat: the plain run (baseline); energy+force uncertainty every 10 and every
-100 steps; energy-only every 10 steps. Prints the ratios to the baseline and the acceptance bounds
-(1.20, 1.03, 1.10).
+fitted. Times, best of --repeat, interleaved: the plain run (baseline); energy+force uncertainty every
+10 and every 100 steps; energy-only every 10 steps. Prints the ratios to the baseline and the
+acceptance bounds (1.20, 1.03, 1.10).
+
+The hook takes its descriptors from the fitsnap-uq plugin's one-pass ``compute snap/uq/atom``
+(``--descriptors native``, the default: the plugin is built here into a temporary folder, as
+``fitsnap-uq build-plugin`` does, and loaded) or from LAMMPS' ``compute sna/atom`` and ``compute
+snad/atom`` (``--descriptors lammps``).
 """
 
 from __future__ import annotations
@@ -54,15 +60,18 @@ def fit_posterior(folder: Path) -> Path:
     return folder / "Ta_pot.posterior.npz"
 
 
-def timed_run(posterior, coeff: str, param: str, steps: int, every: int | None, forces: bool) -> float:
+def timed_run(posterior, coeff: str, param: str, steps: int, every: int | None, forces: bool,
+              descriptors: str = "lammps", plugin: Path | None = None) -> float:
     from fitsnap_uq.compat import import_lammps
     from lammps_hooks.snap_uq import SnapUQHook
 
     lammps = import_lammps()
     lmp = lammps.lammps(cmdargs=["-screen", "none", "-log", "none"])
+    if plugin is not None:
+        lmp.command(f"plugin load {plugin}")
     lmp.commands_string(SETUP.format(coeff=coeff, param=param))
     if every is not None:
-        SnapUQHook(lmp, posterior, every=every, forces=forces).attach()
+        SnapUQHook(lmp, posterior, every=every, forces=forces, descriptors=descriptors).attach()
     lmp.command("run 0 post no")
     t0 = time.perf_counter()
     lmp.command(f"run {steps} pre no post no")
@@ -76,10 +85,15 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--posterior", help="a Ta posterior with its .snapcoeff/.snapparam beside it")
+    ap.add_argument("--descriptors", choices=("native", "lammps"), default="native",
+                    help="compute snap/uq/atom of the fitsnap-uq plugin (built here), or LAMMPS' "
+                         "compute sna/atom + snad/atom")
     args = ap.parse_args()
     from fitsnap_uq.posterior import Posterior
+    from lammps_hooks.native import build_plugin
 
     with tempfile.TemporaryDirectory() as tmp:
+        plugin = build_plugin(Path(tmp)) if args.descriptors == "native" else None
         path = Path(args.posterior) if args.posterior else fit_posterior(Path(tmp))
         stem = str(path)[: -len(".posterior.npz")]
         post = Posterior.load(path)
@@ -88,11 +102,14 @@ def main() -> int:
         best = {name: float("inf") for name, _, _ in cases}
         for _ in range(args.repeat):  # interleaved, so drifts of the machine hit every case alike
             for name, every, forces in cases:
-                t = timed_run(post, f"{stem}.snapcoeff", f"{stem}.snapparam", args.steps, every, forces)
+                t = timed_run(post, f"{stem}.snapcoeff", f"{stem}.snapparam", args.steps, every, forces,
+                              args.descriptors, plugin)
                 best[name] = min(best[name], t)
     base = best["plain run (baseline)"]
     bounds = {"energy+force every 10": 1.20, "energy+force every 100": 1.03, "energy only every 10": 1.10}
-    print(f"2000-atom bcc Ta, {args.steps} steps, best of {args.repeat}")
+    source = ("compute snap/uq/atom (fitsnap-uq plugin)" if args.descriptors == "native"
+              else "compute sna/atom + snad/atom (LAMMPS)")
+    print(f"2000-atom bcc Ta, {args.steps} steps, best of {args.repeat}; hook descriptors: {source}")
     ok = True
     for name, _, _ in cases:
         ratio = best[name] / base

@@ -51,7 +51,7 @@ def _cmd_md(args: argparse.Namespace) -> int:
         args.script, args.posterior, every=args.every, forces=not args.energy_only,
         flag_dir=args.flag_dir, flag_above=args.flag_above, halt_above=args.halt_above,
         measure=args.measure, max_flags=args.max_flags, min_distance=args.min_distance,
-        source=args.source, comm=comm, log=args.log), comm)
+        source=args.source, comm=comm, log=args.log, descriptors=args.descriptors), comm)
     if code:
         return code
     if comm is None or comm.Get_rank() == 0:
@@ -203,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="relative descriptor distance under which a frame is a near-duplicate")
     md.add_argument("--source", default="auto", choices=["auto", "analytic", "samples"],
                     help="Gaussian covariance or posterior samples (default: samples if stored)")
+    md.add_argument("--descriptors", default="auto", choices=["auto", "native", "lammps"],
+                    help="descriptor computes: the fitsnap-uq plugin's one-pass compute snap/uq/atom "
+                         "(native; build it once with 'fitsnap-uq build-plugin'), LAMMPS' sna/atom + "
+                         "snad/atom (lammps), or native when built (auto, the default)")
     md.add_argument("--log", default="log.lammps", help="LAMMPS log file (default log.lammps)")
     md.add_argument("--summary", help="write the hook's values (last, history) to this JSON file")
 

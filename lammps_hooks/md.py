@@ -47,13 +47,14 @@ def run_md(script: str | Path, posterior: Posterior | str | Path, every: int = 1
            flag_dir: str | Path | None = None, flag_above: float | None = None,
            halt_above: float | None = None, measure: str | None = None, max_flags: int | None = 100,
            min_distance: float = 1e-3, source: str = "auto", comm: Any = None,
-           lmp: Any = None, log: str | None = "log.lammps", screen: bool = True) -> MDResult:
+           lmp: Any = None, log: str | None = "log.lammps", screen: bool = True,
+           descriptors: str = "auto") -> MDResult:
     """Run ``script`` with a :class:`SnapUQHook` attached (see the module docstring).
 
     Args:
         script: the LAMMPS input script (relative paths inside it are taken from its folder).
         posterior: a Posterior or its file.
-        every, forces, measure, source: as :class:`SnapUQHook`.
+        every, forces, measure, source, descriptors: as :class:`SnapUQHook`.
         flag_dir, flag_above, max_flags, min_distance: the query store (flagging off without both).
         halt_above: stop the run above this value of the measure.
         comm: mpi4py communicator for LAMMPS (default: COMM_WORLD).
@@ -75,7 +76,7 @@ def run_md(script: str | Path, posterior: Posterior | str | Path, every: int = 1
         lmp = lmp or open_lammps(comm, log=log, screen=screen)
         hook = SnapUQHook(lmp, post, every=every, forces=forces, source=source,
                           type_elements=snap.elements, store=store, flag_above=flag_above,
-                          halt_above=halt_above, measure=measure, comm=comm)
+                          halt_above=halt_above, measure=measure, comm=comm, descriptors=descriptors)
         hook.define_variables()
         for cmd in commands:
             if not hook.attached and needs_hook(cmd, hook.prefix):

@@ -46,12 +46,12 @@ from fitsnap_uq.errors import InputError
 from fitsnap_uq.posterior import Posterior, _atomic_write, _per_element
 
 NATIVE_DIR = Path(__file__).resolve().parent / "native"
-SOURCES = ("fix_snap_uq.cpp", "plugin.cpp")
-HEADERS = ("fix_snap_uq.h", "lammpsplugin.h")
+SOURCES = ("fix_snap_uq.cpp", "compute_snap_uq_atom.cpp", "snap_bispectrum.cpp", "plugin.cpp")
+HEADERS = ("fix_snap_uq.h", "compute_snap_uq_atom.h", "snap_bispectrum.h", "lammpsplugin.h")
 PLUGIN_NAME = "snapuqplugin.so"  # LAMMPS_PLUGIN_PATH autoload takes files ending in plugin.so
 LAMMPS_HEADERS = ("lammps.h", "pointers.h", "lmptype.h", "fix.h", "compute.h", "modify.h", "atom.h",
                   "comm.h", "domain.h", "error.h", "force.h", "memory.h", "timer.h", "update.h",
-                  "utils.h", "fmt/format.h")
+                  "utils.h", "neighbor.h", "neigh_list.h", "pair.h", "fmt/format.h")
 TESTED_VERSIONS = ("22 Jul 2025",)
 """LAMMPS versions (``lmp->version``) whose C++ API the plugin sources are written for."""
 MAGIC = "fitsnap-uq-plugin-posterior"
@@ -233,7 +233,11 @@ def mpi_include_dir() -> Path:
 
 
 def default_outdir() -> Path:
-    """``$XDG_CACHE_HOME/fitsnap-uq/lammps-plugin`` (``~/.cache/...`` by default)."""
+    """``$FITSNAP_UQ_PLUGIN_DIR`` if set, else ``$XDG_CACHE_HOME/fitsnap-uq/lammps-plugin``
+    (``~/.cache/...`` by default): where ``fitsnap-uq build-plugin`` puts the plugin and where the
+    MD hook looks for it."""
+    if os.environ.get("FITSNAP_UQ_PLUGIN_DIR"):
+        return Path(os.environ["FITSNAP_UQ_PLUGIN_DIR"])
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache) / "fitsnap-uq" / "lammps-plugin"
 
@@ -278,7 +282,7 @@ def build_plugin(outdir: str | os.PathLike | None = None, cxx: str | None = None
     target = out / PLUGIN_NAME
     fd, tmp = tempfile.mkstemp(prefix=f".{PLUGIN_NAME}.", suffix=".tmp", dir=out)
     os.close(fd)
-    cmd = [compiler, "-std=c++17", "-O2", "-fPIC", "-shared", "-DLAMMPS_SMALLBIG",
+    cmd = [compiler, "-std=c++17", "-O3", "-fPIC", "-shared", "-DLAMMPS_SMALLBIG",
            f'-DFITSNAP_UQ_LAMMPS_VERSION="{running}"', f"-I{NATIVE_DIR}", f"-I{include}",
            f"-I{mpi_inc}", *(str(NATIVE_DIR / s) for s in SOURCES), "-o", tmp]
     if verbose:

@@ -7,8 +7,10 @@ Attach it to a ``lammps`` object whose pair style is ``snap`` (alone or inside `
     hook.attach()
     lmp.command("run 10000")
 
-Every ``every`` steps (``fix external pf/callback``; the hook adds no force) it computes, from
-``compute sna/atom`` and ``compute snad/atom`` with the Posterior's SNAP parameters:
+Every ``every`` steps (``fix external pf/callback``; the hook adds no force) it computes, from the
+per-atom SNAP descriptors and their force rows with the Posterior's SNAP parameters (``compute
+snap/uq/atom`` of the fitsnap-uq LAMMPS plugin, one pass, when it is built: ``fitsnap-uq
+build-plugin``; else LAMMPS' ``compute sna/atom`` and ``compute snad/atom``; see ``descriptors``):
 
 * per atom, as ``fix property/atom`` columns (dumpable, ``dump_modify thresh`` works):
   ``d_uq_estd`` energy std (eV) and ``d_uq_fstd`` force std (eV/A, ``sqrt(trace(D Cov D^T))``);
@@ -72,13 +74,23 @@ class SnapUQHook:
         store, flag_above, halt_above, measure: flagging (see the module docstring); the store is
             needed on rank 0 only (frames are gathered there).
         comm: the mpi4py communicator of ``lmp`` (default ``MPI.COMM_WORLD``).
+        descriptors: where B_i and the force rows come from: ``native`` (``compute snap/uq/atom``
+            of the fitsnap-uq plugin, B and its gradients in one pass, about half the cost; the
+            plugin must be loaded in ``lmp`` or built in :func:`lammps_hooks.native.default_outdir`),
+            ``lammps`` (``compute sna/atom`` and ``compute snad/atom``), or ``auto`` (``native``
+            when the plugin is there and the SNAP is linear, else ``lammps``). Same numbers.
     """
 
     def __init__(self, lmp: Any, posterior: Posterior, every: int = 10, forces: bool = True,
                  source: str = "auto", nsamples: int = 1000, seed: int = 0,
                  type_elements: Sequence[str] | None = None, prefix: str = "uq",
                  store: QueryStore | None = None, flag_above: float | None = None,
-                 halt_above: float | None = None, measure: str | None = None, comm: Any = None) -> None:
+                 halt_above: float | None = None, measure: str | None = None, comm: Any = None,
+                 descriptors: str = "auto") -> None:
+        if descriptors not in ("auto", "native", "lammps"):
+            raise ValueError(f"descriptors must be auto, native or lammps, not {descriptors!r}")
+        self.descriptor_source = descriptors
+        self.native = False  # set by attach: compute snap/uq/atom in use
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         self.lmp = lmp
@@ -179,13 +191,60 @@ class SnapUQHook:
         self._check_pair_style()
         self._map_types()
         args = self._descriptor_args()
-        self._compute("sna", f"sna/atom {args}")
-        if self.forces:
-            self._compute("snad", f"snad/atom {args}")
+        self.native = self._native_available()
+        if self.native:
+            self._compute("desc", f"snap/uq/atom {args} forces {'yes' if self.forces else 'no'}")
+        else:
+            self._compute("sna", f"sna/atom {args}")
+            if self.forces:
+                self._compute("snad", f"snad/atom {args}")
         self._install()
         if verify:
             self.verify()
         return self
+
+    def _native_available(self) -> bool:
+        """Whether to use ``compute snap/uq/atom`` (see ``descriptors``); loads the built plugin."""
+        if self.descriptor_source == "lammps":
+            return False
+        quadratic = bool(int(self.posterior.snap.get("quadraticflag", 0)))
+        if quadratic:
+            if self.descriptor_source == "native":
+                raise InputError("descriptors='native' supports linear SNAP only (quadraticflag 0)")
+            return False
+        if not self.lmp.has_style("compute", "snap/uq/atom"):
+            from lammps_hooks.native import PLUGIN_NAME, default_outdir
+
+            path = default_outdir() / PLUGIN_NAME
+            loaded = False
+            if path.is_file():
+                try:
+                    self.lmp.command(f"plugin load {path}")
+                    loaded = bool(self.lmp.has_style("compute", "snap/uq/atom"))
+                except Exception as exc:  # a plugin built for another LAMMPS refuses to register
+                    if self.descriptor_source == "native":
+                        raise InputError(f"cannot load the fitsnap-uq plugin {path}: {exc}") from None
+            loaded = bool(self.comm.allreduce(int(loaded), op=_min()))
+            if not loaded:
+                if self.descriptor_source == "native":
+                    raise InputError("descriptors='native' needs the fitsnap-uq LAMMPS plugin: run "
+                                     "'fitsnap-uq build-plugin' (or load it with 'plugin load')")
+                return False
+        return True
+
+    def descriptor_arrays(self, nlocal: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The local atoms' ``sna/atom`` descriptors (nlocal, ncoeff) and, with forces, their
+        ``snad/atom`` force rows (nlocal, 3 * ntypes * ncoeff), from whichever computes are in use."""
+        ncoeff = self.posterior.block_size - 1
+        if self.native:
+            a = np.asarray(self.lmp.numpy.extract_compute(self.name("desc"), 1, 2))[:nlocal]
+            a = a.reshape(nlocal, -1)
+            return a[:, :ncoeff], (a[:, ncoeff:] if self.forces else None)
+        b = np.asarray(self.lmp.numpy.extract_compute(self.name("sna"), 1, 2))[:nlocal]
+        d = None
+        if self.forces:
+            d = np.asarray(self.lmp.numpy.extract_compute(self.name("snad"), 1, 2))[:nlocal]
+        return b, d
 
     def _install(self) -> None:
         """The per-atom columns, the variables, the callback and the halt fix (after the computes)."""
@@ -209,7 +268,7 @@ class SnapUQHook:
         finally:
             self._active = True
         nlocal = int(self.lmp.extract_global("nlocal"))
-        b = np.asarray(self.lmp.numpy.extract_compute(self.name("sna"), 1, 2))[:nlocal]
+        b, _ = self.descriptor_arrays(nlocal)
         rows = energy_rows(b, self._elements_of_local(nlocal), len(self.posterior.elements),
                            self.posterior.block_size)
         ours = self.comm.allreduce(float(np.sum(rows @ self.posterior.mean)))
@@ -234,9 +293,8 @@ class SnapUQHook:
         Also returns the mean energy row over all atoms (p,), the configuration's fingerprint, and
         the SNAP energy the posterior mean predicts (eV).
         """
-        lmp = self.lmp
         nel, block = len(self.posterior.elements), self.posterior.block_size
-        b = np.asarray(lmp.numpy.extract_compute(self.name("sna"), 1, 2))[:nlocal]
+        b, d = self.descriptor_arrays(nlocal)
         elems = self._elements_of_local(nlocal)
         rows = energy_rows(b, elems, nel, block)
         estd = self.spread.std(rows)
@@ -247,7 +305,6 @@ class SnapUQHook:
         pe_std = float(self.spread.std(total_rows))
         fstd = np.zeros(nlocal)
         if self.forces:
-            d = np.asarray(lmp.numpy.extract_compute(self.name("snad"), 1, 2))[:nlocal]
             frows = force_rows(d, self.type_to_element, nel, block)
             fstd = force_std(frows, self.spread)
         g = {

@@ -7,12 +7,17 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# The MD hook uses a fitsnap-uq LAMMPS plugin it finds built (lammps_hooks.native.default_outdir):
+# point that at an empty folder, so hook tests run on LAMMPS' own computes whatever this machine has
+# built; the tests of the plugin's descriptors load the plugin they build themselves.
+os.environ["FITSNAP_UQ_PLUGIN_DIR"] = tempfile.mkdtemp(prefix="fitsnap-uq-no-plugin-")
 SHARED_TA = ROOT.parent / "shared" / "data" / "Ta_Linear_JCP2014"
 NEEDS_TA = pytest.mark.skipif(not SHARED_TA.is_dir(),
                               reason=f"Ta DFT data not found at {SHARED_TA} (../shared/data is "

@@ -107,14 +107,18 @@ def plugin_values(proc: subprocess.CompletedProcess, cwd: Path) -> tuple[np.ndar
     return rows[:, 1], rows[:, 2], glob
 
 
-def hook_values(stem: Path, posterior: Posterior, every: int, steps: int) -> tuple[np.ndarray, np.ndarray,
-                                                                                      dict]:
-    """The Python hook on the same run (in this process, serial)."""
+def hook_values(stem: Path, posterior: Posterior, every: int, steps: int, descriptors: str = "lammps",
+                plugin: Path | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The Python hook on the same run (in this process, serial); by default on LAMMPS' own
+    descriptor computes (sna/atom, snad/atom), independent of the plugin's compute snap/uq/atom."""
     from fitsnap_uq.compat import import_lammps
 
     lmp = import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none"])
+    if plugin is not None:
+        lmp.command(f"plugin load {plugin}")
     lmp.commands_string(SETUP.format(stem=stem))
-    hook = SnapUQHook(lmp, posterior, every=every).attach()
+    hook = SnapUQHook(lmp, posterior, every=every, descriptors=descriptors).attach()
+    assert hook.native == (descriptors == "native")
     lmp.command(f"run {steps}")
     n = lmp.get_natoms()
     order = np.argsort(np.array(lmp.numpy.extract_atom("id"))[:n])
@@ -165,6 +169,76 @@ def test_plugin_equals_hook_under_mpirun(plugin, ta_stem, ta_uq, ta_hook, tmp_pa
     compare(plugin_values(proc, tmp_path), ta_hook, "mpirun -np 2 lmp -in")
 
 
+def test_hook_on_the_plugin_descriptors_equals_hook_on_lammps_computes(plugin, ta_stem, ta_hook):
+    native = hook_values(ta_stem, posterior_of(ta_stem), every=5, steps=10, descriptors="native",
+                         plugin=plugin)
+    compare(native, ta_hook, "hook, descriptors native vs lammps")
+
+
+# SNAP options of compute snap/uq/atom checked against compute sna/atom + snad/atom
+SNAP_OPTIONS = {
+    "Ta example": "4.67637 0.99363 6 0.5 0.45 1.0 0.8 rmin0 0.0 bzeroflag 0 switchflag 1",
+    "2J=8 bzero": "4.2 0.99363 8 0.5 0.45 1.0 0.8 rmin0 0.0 bzeroflag 1 switchflag 1",
+    "rmin0 bnorm": "4.2 0.95 5 0.5 0.45 1.0 0.8 rmin0 0.3 bzeroflag 1 bnormflag 1",
+    "no switch": "4.0 0.99 4 0.5 0.45 1.0 0.8 switchflag 0 bzeroflag 0",
+}
+# 54 atoms, two types at random, displaced off the bcc lattice
+BINARY_CELL = """
+plugin load {plugin}
+units metal
+lattice bcc 3.316
+region b block 0 3 0 3 0 3
+create_box 2 b
+create_atoms 1 box
+set type 1 type/fraction 2 0.5 1234
+displace_atoms all random {shift} {shift} {shift} 99
+mass * 180.88
+"""
+DESCRIPTOR_SCRIPT = BINARY_CELL.replace("{shift}", "0.25") + """
+pair_style zero 5.0
+pair_coeff * *
+compute one all snap/uq/atom {args}
+compute energy all snap/uq/atom {args} forces no
+compute sna all sna/atom {args}
+compute snad all snad/atom {args}
+run 0
+write_dump all custom descriptors.txt id c_one[*] c_energy[*] c_sna[*] c_snad[*] &
+    modify sort id format float %.17g
+"""
+
+
+def descriptor_columns(path: Path) -> tuple[np.ndarray, ...]:
+    """(B and D of snap/uq/atom, B of snap/uq/atom forces no, B of sna/atom, D of snad/atom)."""
+    rows = np.loadtxt(path, skiprows=9)[:, 1:]
+    ncoeff = rows.shape[1] // 15  # [B | 2 types x 3 x ncoeff] + B + B + 2 x 3 x ncoeff
+    one, rest = rows[:, :7 * ncoeff], rows[:, 7 * ncoeff:]
+    return (one[:, :ncoeff], one[:, ncoeff:], rest[:, :ncoeff], rest[:, ncoeff:2 * ncoeff],
+            rest[:, 2 * ncoeff:])
+
+
+@pytest.mark.parametrize("options", SNAP_OPTIONS, ids=list(SNAP_OPTIONS))
+def test_compute_snap_uq_atom_equals_sna_and_snad_atom(plugin, options, tmp_path):
+    proc = run_lmp(DESCRIPTOR_SCRIPT.format(plugin=plugin, args=SNAP_OPTIONS[options]), tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    b, d, b_energy, b_lammps, d_lammps = descriptor_columns(tmp_path / "descriptors.txt")
+    assert np.abs(d_lammps).max() > 0.1 and np.abs(b_lammps).max() > 0.1
+    np.testing.assert_allclose(b, b_lammps, rtol=0, atol=RTOL * np.abs(b_lammps).max())
+    np.testing.assert_array_equal(b_energy, b)
+    np.testing.assert_allclose(d, d_lammps, rtol=0, atol=RTOL * np.abs(d_lammps).max())
+
+
+@pytest.mark.mpi
+def test_compute_snap_uq_atom_under_mpirun(plugin, tmp_path):
+    """Under domain decomposition the ghost atoms' force rows go back to their owners."""
+    proc = run_lmp(DESCRIPTOR_SCRIPT.format(plugin=plugin, args=SNAP_OPTIONS["Ta example"]), tmp_path,
+                   ranks=2)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "by 2 MPI" in proc.stdout, proc.stdout[:2000]
+    b, d, _, b_lammps, d_lammps = descriptor_columns(tmp_path / "descriptors.txt")
+    np.testing.assert_allclose(b, b_lammps, rtol=0, atol=RTOL * np.abs(b_lammps).max())
+    np.testing.assert_allclose(d, d_lammps, rtol=0, atol=RTOL * np.abs(d_lammps).max())
+
+
 def test_samples_posterior_equals_hook(plugin, ta_stem, tmp_path):
     post = posterior_of(ta_stem)
     sampled = Posterior(post.mean, post.cov, post.elements, post.snap, samples=post.sample(300, seed=7))
@@ -211,16 +285,7 @@ def test_two_elements_types_in_another_order_against_numpy(plugin, ta_stem, tmp_
     post = Posterior.load(two_element_posterior(tmp_path, ta_stem))
     uq = write_plugin_posterior(post, tmp_path / "TaW.uq")
     lmp = import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none"])
-    lmp.commands_string(f"""
-        plugin load {plugin}
-        units metal
-        lattice bcc 3.316
-        region b block 0 3 0 3 0 3
-        create_box 2 b
-        create_atoms 1 box
-        set type 1 type/fraction 2 0.5 1234
-        displace_atoms all random 0.08 0.08 0.08 99
-        mass * 180.88
+    lmp.commands_string(BINARY_CELL.format(plugin=plugin, shift=0.08) + f"""
         pair_style snap
         pair_coeff * * {tmp_path}/TaW.snapcoeff {tmp_path}/TaW.snapparam W Ta
         fix uq all snap/uq 1 {uq} elements W Ta
@@ -228,8 +293,8 @@ def test_two_elements_types_in_another_order_against_numpy(plugin, ta_stem, tmp_
         run 0
     """)
     n = lmp.get_natoms()
-    b = np.array(lmp.numpy.extract_compute("uq_sna", 1, 2))[:n]
-    d = np.array(lmp.numpy.extract_compute("uq_snad", 1, 2))[:n]
+    a = np.array(lmp.numpy.extract_compute("uq_sna", 1, 2))[:n]  # compute snap/uq/atom: [B | D]
+    b, d = a[:, :post.block_size - 1], a[:, post.block_size - 1:]
     types = np.array(lmp.numpy.extract_atom("type"))[:n]
     f = np.array(lmp.numpy.extract_atom("f"))[:n]
     pe = np.array(lmp.numpy.extract_compute("pe", 1, 1))[:n]

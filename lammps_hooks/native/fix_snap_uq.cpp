@@ -4,8 +4,10 @@
    fix ID group snap/uq N posterior.uq keyword value ...
 
    Every N steps (and at the start of a run on a step that is a multiple of N) the fix evaluates
-   LAMMPS' own `compute sna/atom` and `compute snad/atom` (which it defines, with the SNAP
-   parameters of the posterior file) and computes, with Cov(theta) = L L^T from the file:
+   the per-atom descriptors B_i and force rows D_i with the SNAP parameters of the posterior file,
+   in one pass with this plugin's `compute snap/uq/atom` (linear SNAP), or with LAMMPS'
+   `compute sna/atom` and `compute snad/atom` (quadratic SNAP), which it defines, and computes,
+   with Cov(theta) = L L^T from the file:
      per atom i (f_ID[1], f_ID[2]; dumpable):
        estd_i = sqrt(x_i^T Cov x_i),  x_i = [1, B_i] in the block of i's element   (eV)
        fstd_i = sqrt(trace(D_i Cov D_i^T)), D_i (3, p) the force rows from snad/atom (eV/A)
@@ -147,13 +149,25 @@ FixSnapUQ::FixSnapUQ(LAMMPS *lmp, int narg, char **arg) :
   id_sna = std::string(id) + "_sna";
   id_snad = std::string(id) + "_snad";
   id_pair = std::string(id) + "_pair";
-  c_sna = modify->add_compute(fmt::format("{} all sna/atom {}", id_sna, snap_args));
-  if (forces) c_snad = modify->add_compute(fmt::format("{} all snad/atom {}", id_snad, snap_args));
+  // linear SNAP: B and the force rows in one pass (compute snap/uq/atom of this plugin, B in the
+  // first ncoeff columns, then the snad/atom layout); quadratic SNAP: LAMMPS' two computes
+  onepass = (std::stod(quadratic_txt) == 0.0);
+  if (onepass) {
+    c_sna = modify->add_compute(fmt::format("{} all snap/uq/atom {} forces {}", id_sna, snap_args,
+                                            forces ? "yes" : "no"));
+    c_snad = forces ? c_sna : nullptr;
+    doffset = block - 1;
+  } else {
+    c_sna = modify->add_compute(fmt::format("{} all sna/atom {}", id_sna, snap_args));
+    if (forces) c_snad = modify->add_compute(fmt::format("{} all snad/atom {}", id_snad, snap_args));
+    doffset = 0;
+  }
   c_pair = modify->add_compute(fmt::format("{} all pair snap", id_pair));
-  if (c_sna->size_peratom_cols != block - 1)
+  if (c_sna->size_peratom_cols != block - 1 + (onepass && forces ? 3 * (block - 1) * ntypes : 0))
     error->all(FLERR, "fix snap/uq: posterior {} has blocks of {} coefficients but compute sna/atom "
                       "gives {} descriptors: the SNAP parameters do not match",
-               posterior_file, block, c_sna->size_peratom_cols);
+               posterior_file, block, onepass && forces ? c_sna->size_peratom_cols / (1 + 3 * ntypes)
+                                                       : c_sna->size_peratom_cols);
 
   // outputs
 
@@ -211,13 +225,13 @@ int FixSnapUQ::setmask()
 void FixSnapUQ::init()
 {
   c_sna = modify->get_compute_by_id(id_sna);
-  c_snad = forces ? modify->get_compute_by_id(id_snad) : nullptr;
+  c_snad = forces ? (onepass ? c_sna : modify->get_compute_by_id(id_snad)) : nullptr;
   c_pair = modify->get_compute_by_id(id_pair);
   if (!c_sna || (forces && !c_snad) || !c_pair)
     error->all(FLERR, "fix snap/uq: its computes {} were deleted", id_sna);
-  if (forces && c_snad->size_peratom_cols != 3 * (block - 1) * atom->ntypes)
-    error->all(FLERR, "fix snap/uq: compute snad/atom gives {} columns, expected {}",
-               c_snad->size_peratom_cols, 3 * (block - 1) * atom->ntypes);
+  if (forces && c_snad->size_peratom_cols != doffset + 3 * (block - 1) * atom->ntypes)
+    error->all(FLERR, "fix snap/uq: compute {} gives {} columns, expected {}", c_snad->style,
+               c_snad->size_peratom_cols, doffset + 3 * (block - 1) * atom->ntypes);
   // the pair energy is needed once, at the first setup, to check the posterior mean
   if (verifyflag && !verified) c_pair->addstep(update->ntimestep);
 }
@@ -296,7 +310,7 @@ void FixSnapUQ::evaluate()
   double **b = c_sna->array_atom;
   double **d = nullptr;
   if (forces) {
-    c_snad->compute_peratom();
+    if (c_snad != c_sna) c_snad->compute_peratom();
     d = c_snad->array_atom;
   }
 
@@ -333,12 +347,12 @@ void FixSnapUQ::evaluate()
 
     double fstd = 0.0;
     if (forces) {
-      // snad/atom layout: for LAMMPS type T, columns 3*ncoeff*(T-1) + [x | y | z] * ncoeff
+      // snad/atom layout (after doffset): for LAMMPS type T, columns 3*ncoeff*(T-1) + [x|y|z]*ncoeff
       double fvar = 0.0;
       for (int dim = 0; dim < 3; dim++) {
         std::fill(v.begin(), v.end(), 0.0);
         for (int t = 1; t <= ntypes; t++) {
-          const double *dt = d[i] + 3 * ncoeff * (t - 1) + dim * ncoeff;
+          const double *dt = d[i] + doffset + 3 * ncoeff * (t - 1) + dim * ncoeff;
           const int base = type2elem[t] * block + 1;
           for (int k = 0; k < ncoeff; k++) {
             const double dk = dt[k];
@@ -696,6 +710,7 @@ void FixSnapUQ::read_posterior(const std::string &file)
   auto flag = [&](const char *k, const char *dflt) {
     return scalars.count(k) ? scalars[k] : std::string(dflt);
   };
+  quadratic_txt = scalars["quadraticflag"];
   options_txt = fmt::format("rmin0 {} bzeroflag {} quadraticflag {} switchflag {} bnormflag {} "
                             "wselfallflag {}",
                             scalars["rmin0"], scalars["bzeroflag"], scalars["quadraticflag"],

@@ -43,7 +43,7 @@ class FixSnapUQ : public Fix {
   std::vector<double> factor;            // (p, rank), row-major
   std::string source;                    // analytic | samples
   std::string snap_args;                 // rcutfac rfac0 twojmax radelem.. wj.. options, per type
-  std::string rcutfac_txt, rfac0_txt, twojmax_txt, options_txt;  // as written in the file
+  std::string rcutfac_txt, rfac0_txt, twojmax_txt, options_txt, quadratic_txt;  // as written in the file
   std::vector<std::string> radelem_txt, wj_txt;                  // per element, as written
 
   // options
@@ -58,6 +58,8 @@ class FixSnapUQ : public Fix {
   // the computes this fix owns
   std::string id_sna, id_snad, id_pair;
   class Compute *c_sna, *c_snad, *c_pair;
+  int onepass;    // c_sna == c_snad is compute snap/uq/atom: B, then the force rows
+  int doffset;    // first column of the force rows in c_snad's per-atom array
 
   double **uq;                 // (nmax, 2): per-atom energy std (eV), force std (eV/A)
   double gvec[NGLOBAL];

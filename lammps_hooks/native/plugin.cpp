@@ -1,4 +1,4 @@
-/* fitsnap-uq: registers fix snap/uq with LAMMPS (`plugin load snapuqplugin.so`, or automatically
+/* fitsnap-uq: registers fix snap/uq and compute snap/uq/atom with LAMMPS (`plugin load snapuqplugin.so`, or automatically
    from a folder in LAMMPS_PLUGIN_PATH). GPL-2.0-only, like fitsnap-uq and LAMMPS.
 
    FITSNAP_UQ_LAMMPS_VERSION is the version string of the LAMMPS whose headers this was compiled
@@ -10,6 +10,7 @@
 #include "error.h"
 #include "lammps.h"
 
+#include "compute_snap_uq_atom.h"
 #include "fix_snap_uq.h"
 
 #include <cstring>
@@ -23,6 +24,11 @@ using namespace LAMMPS_NS;
 static Fix *snap_uq_creator(LAMMPS *lmp, int argc, char **argv)
 {
   return new FixSnapUQ(lmp, argc, argv);
+}
+
+static Compute *snap_uq_atom_creator(LAMMPS *lmp, int argc, char **argv)
+{
+  return new ComputeSnapUQAtom(lmp, argc, argv);
 }
 
 extern "C" void lammpsplugin_init(void *lmp, void *handle, void *regfunc)
@@ -44,5 +50,11 @@ extern "C" void lammpsplugin_init(void *lmp, void *handle, void *regfunc)
   plugin.author = "fitsnap-uq";
   plugin.creator.v2 = (lammpsplugin_factory2 *) &snap_uq_creator;
   plugin.handle = handle;
+  (*register_plugin)(&plugin, lmp);
+
+  plugin.style = "compute";
+  plugin.name = "snap/uq/atom";
+  plugin.info = "compute snap/uq/atom: SNAP descriptors and their force rows in one pass";
+  plugin.creator.v2 = (lammpsplugin_factory2 *) &snap_uq_atom_creator;
   (*register_plugin)(&plugin, lmp);
 }

@@ -1,0 +1,198 @@
+/* fitsnap-uq: compute snap/uq/atom, per-atom SNAP descriptors and their force rows in one pass.
+   GPL-2.0-only, like fitsnap-uq and LAMMPS.
+
+   compute ID group snap/uq/atom rcutfac rfac0 twojmax R_1 .. R_ntypes w_1 .. w_ntypes keyword value ...
+
+   The arguments and keywords of LAMMPS' compute sna/atom (rmin0, switchflag, bzeroflag, bnormflag,
+   wselfallflag; quadraticflag 0 and chemflag 0 only), plus `forces yes|no` (default yes).
+   Per-atom array, ncoeff + 3 * ntypes * ncoeff columns (ncoeff only with forces no):
+     columns 1 .. ncoeff: B_i, as compute sna/atom;
+     then the force rows, as compute snad/atom: column ncoeff + (t * 3 + c) * ncoeff + k holds
+     -d(sum over atoms i of type t+1 of B_ik) / d r_jc, so that a linear SNAP's force is D . beta.
+   One pass over the neighbours computes both, where compute sna/atom and compute snad/atom each build
+   the atoms' densities and Z again; the numbers equal theirs to rounding (tests/test_plugin.py). */
+
+#include "compute_snap_uq_atom.h"
+
+#include "atom.h"
+#include "comm.h"
+#include "error.h"
+#include "force.h"
+#include "memory.h"
+#include "neigh_list.h"
+#include "neighbor.h"
+#include "pair.h"
+#include "update.h"
+
+#include <cmath>
+#include <cstring>
+
+using namespace LAMMPS_NS;
+
+/* ---------------------------------------------------------------------- */
+
+ComputeSnapUQAtom::ComputeSnapUQAtom(LAMMPS *lmp, int narg, char **arg) :
+    Compute(lmp, narg, arg), ncoeff(0), forces(1), nmax(0), ncols(0), values(nullptr), list(nullptr)
+{
+  const int ntypes = atom->ntypes;
+  if (narg < 6 + 2 * ntypes)
+    error->all(FLERR, "compute snap/uq/atom: expected rcutfac rfac0 twojmax, then {} radii and {} "
+                      "weights (one per atom type)", ntypes, ntypes);
+  rcutfac = utils::numeric(FLERR, arg[3], false, lmp);
+  const double rfac0 = utils::numeric(FLERR, arg[4], false, lmp);
+  const int twojmax = utils::inumeric(FLERR, arg[5], false, lmp);
+  if (rcutfac <= 0.0 || rfac0 <= 0.0 || twojmax < 0)
+    error->all(FLERR, "compute snap/uq/atom: rcutfac and rfac0 must be > 0 and twojmax >= 0");
+  radelem.assign(ntypes + 1, 0.0);
+  wjelem.assign(ntypes + 1, 0.0);
+  for (int t = 1; t <= ntypes; t++) {
+    radelem[t] = utils::numeric(FLERR, arg[5 + t], false, lmp);
+    wjelem[t] = utils::numeric(FLERR, arg[5 + ntypes + t], false, lmp);
+  }
+
+  double rmin0 = 0.0;
+  int switchflag = 1, bzeroflag = 1, bnormflag = 0;
+  int iarg = 6 + 2 * ntypes;
+  while (iarg < narg) {
+    const std::string key = arg[iarg];
+    if (iarg + 2 > narg) error->all(FLERR, "compute snap/uq/atom: keyword {} needs a value", key);
+    const char *value = arg[iarg + 1];
+    if (key == "rmin0") rmin0 = utils::numeric(FLERR, value, false, lmp);
+    else if (key == "switchflag") switchflag = utils::inumeric(FLERR, value, false, lmp);
+    else if (key == "bzeroflag") bzeroflag = utils::inumeric(FLERR, value, false, lmp);
+    else if (key == "bnormflag") bnormflag = utils::inumeric(FLERR, value, false, lmp);
+    else if (key == "wselfallflag") utils::inumeric(FLERR, value, false, lmp);    // one element: no effect
+    else if (key == "forces") forces = utils::logical(FLERR, value, false, lmp);
+    else if (key == "quadraticflag" || key == "chemflag" || key == "switchinnerflag") {
+      if (utils::inumeric(FLERR, value, false, lmp) != 0)
+        error->all(FLERR, "compute snap/uq/atom: {} 1 is not supported (use compute sna/atom and "
+                          "compute snad/atom)", key);
+    } else
+      error->all(FLERR, "compute snap/uq/atom: unknown keyword {}", key);
+    iarg += 2;
+  }
+
+  kernel = std::make_unique<fitsnap_uq::SnapBispectrum>(twojmax, rfac0, rmin0, switchflag != 0,
+                                                        bzeroflag != 0, bnormflag != 0);
+  ncoeff = kernel->ncoeff();
+  cutsq.assign(ntypes + 1, std::vector<double>(ntypes + 1, 0.0));
+  cutmax = 0.0;
+  for (int i = 1; i <= ntypes; i++)
+    for (int j = 1; j <= ntypes; j++) {
+      const double cut = (radelem[i] + radelem[j]) * rcutfac;
+      cutsq[i][j] = cut * cut;
+      cutmax = std::max(cutmax, cut);
+    }
+
+  ncols = ncoeff + (forces ? 3 * ntypes * ncoeff : 0);
+  peratom_flag = 1;
+  size_peratom_cols = ncols;
+  comm_reverse = forces ? 3 * ntypes * ncoeff : 0;
+  dbdr.assign(3 * ncoeff, 0.0);
+}
+
+/* ---------------------------------------------------------------------- */
+
+ComputeSnapUQAtom::~ComputeSnapUQAtom()
+{
+  if (copymode) return;
+  memory->destroy(values);
+}
+
+/* ---------------------------------------------------------------------- */
+
+void ComputeSnapUQAtom::init()
+{
+  if (force->pair == nullptr)
+    error->all(FLERR, "compute snap/uq/atom needs a pair style (for its neighbour list)");
+  if (force->pair->cutforce < cutmax)
+    error->all(FLERR, "compute snap/uq/atom: its cutoff {} is longer than the pair cutoff {}", cutmax,
+               force->pair->cutforce);
+  neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_OCCASIONAL);
+}
+
+void ComputeSnapUQAtom::init_list(int /*id*/, NeighList *ptr)
+{
+  list = ptr;
+}
+
+/* ---------------------------------------------------------------------- */
+
+void ComputeSnapUQAtom::compute_peratom()
+{
+  invoked_peratom = update->ntimestep;
+  if (atom->nmax > nmax) {
+    memory->destroy(values);
+    nmax = atom->nmax;
+    memory->create(values, nmax, ncols, "snap/uq/atom:values");
+    array_atom = values;
+  }
+  const int ntotal = atom->nlocal + atom->nghost;
+  if (ntotal > 0) memset(&values[0][0], 0, sizeof(double) * ntotal * ncols);
+
+  neighbor->build_one(list);
+  double **x = atom->x;
+  const int *type = atom->type;
+  const int *mask = atom->mask;
+  const int dcols = 3 * ncoeff;
+
+  for (int ii = 0; ii < list->inum; ii++) {
+    const int i = list->ilist[ii];
+    if (!(mask[i] & groupbit)) continue;
+    const int itype = type[i];
+    const int *jlist = list->firstneigh[i];
+    const int jnum = list->numneigh[i];
+    kernel->clear_neighbors();
+    neighbors.clear();
+    for (int jj = 0; jj < jnum; jj++) {
+      const int j = jlist[jj] & NEIGHMASK;
+      const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
+      const double rsq = dx * dx + dy * dy + dz * dz;
+      const int jtype = type[j];
+      if (rsq < cutsq[itype][jtype] && rsq > 1e-20) {
+        kernel->add_neighbor(dx, dy, dz, (radelem[itype] + radelem[jtype]) * rcutfac, wjelem[jtype]);
+        neighbors.push_back(j);
+      }
+    }
+    kernel->compute(values[i]);
+    if (!forces) continue;
+    // d B_i / d r_ij goes to i (+) and to j (-), in the block of i's type
+    const int offset = ncoeff + (itype - 1) * dcols;
+    double *di = values[i] + offset;
+    for (int k = 0; k < (int) neighbors.size(); k++) {
+      kernel->gradient(k, dbdr.data());
+      double *dj = values[neighbors[k]] + offset;
+      for (int c = 0; c < dcols; c++) {
+        di[c] += dbdr[c];
+        dj[c] -= dbdr[c];
+      }
+    }
+  }
+  if (forces) comm->reverse_comm(this);
+}
+
+/* ---------------------------------------------------------------------- */
+
+int ComputeSnapUQAtom::pack_reverse_comm(int n, int first, double *buf)
+{
+  int m = 0;
+  for (int i = first; i < first + n; i++)
+    for (int c = ncoeff; c < ncols; c++) buf[m++] = values[i][c];
+  return m;
+}
+
+void ComputeSnapUQAtom::unpack_reverse_comm(int n, int *list_in, double *buf)
+{
+  int m = 0;
+  for (int i = 0; i < n; i++) {
+    const int j = list_in[i];
+    for (int c = ncoeff; c < ncols; c++) values[j][c] += buf[m++];
+  }
+}
+
+/* ---------------------------------------------------------------------- */
+
+double ComputeSnapUQAtom::memory_usage()
+{
+  return (double) nmax * ncols * sizeof(double);
+}

@@ -1,0 +1,44 @@
+/* fitsnap-uq: compute snap/uq/atom, per-atom SNAP descriptors and their force rows in one pass.
+   GPL-2.0-only, like fitsnap-uq and LAMMPS. See compute_snap_uq_atom.cpp. */
+
+#ifndef FITSNAP_UQ_COMPUTE_SNAP_UQ_ATOM_H
+#define FITSNAP_UQ_COMPUTE_SNAP_UQ_ATOM_H
+
+#include "compute.h"
+
+#include "snap_bispectrum.h"
+
+#include <memory>
+#include <vector>
+
+namespace LAMMPS_NS {
+
+class ComputeSnapUQAtom : public Compute {
+ public:
+  ComputeSnapUQAtom(class LAMMPS *, int, char **);
+  ~ComputeSnapUQAtom() override;
+  void init() override;
+  void init_list(int, class NeighList *) override;
+  void compute_peratom() override;
+  int pack_reverse_comm(int, int, double *) override;
+  void unpack_reverse_comm(int, int *, double *) override;
+  double memory_usage() override;
+
+  int ncoeff;    // bispectrum components per atom
+  int forces;    // 1: columns ncoeff .. also hold the force rows
+
+ private:
+  int nmax, ncols;
+  double rcutfac, cutmax;
+  std::vector<double> radelem, wjelem;    // per type, 1-based
+  std::vector<std::vector<double>> cutsq;
+  double **values;
+  class NeighList *list;
+  std::unique_ptr<fitsnap_uq::SnapBispectrum> kernel;
+  std::vector<int> neighbors;
+  std::vector<double> dbdr;
+};
+
+}    // namespace LAMMPS_NS
+
+#endif
