@@ -159,7 +159,8 @@ def read_snapcoeff(path: Path) -> np.ndarray:
     return np.array(out)
 
 
-def run_cli(args: list[str], cwd: Path, mpi: int = 0, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], cwd: Path, mpi: int = 0, timeout: int = 600,
+            extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m fitsnap_uq ARGS`` (under ``mpirun -np MPI`` if mpi > 0) in ``cwd``."""
     cmd = [sys.executable, "-m", "fitsnap_uq", *args]
     if mpi:
@@ -168,4 +169,18 @@ def run_cli(args: list[str], cwd: Path, mpi: int = 0, timeout: int = 600) -> sub
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("OMP_NUM_THREADS", "1")
+    env.update(extra_env or {})
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+HAS_CXX = shutil.which(os.environ.get("CXX") or "c++") is not None or shutil.which("g++") is not None
+
+
+@pytest.fixture(scope="session")
+def built_plugin(tmp_path_factory) -> Path:
+    """The fitsnap-uq LAMMPS plugin (fix snap/uq, compute snap/uq/atom), built once per session."""
+    if not HAS_CXX:
+        pytest.skip("no C++ compiler to build the fitsnap-uq LAMMPS plugin")
+    from lammps_hooks.native import build_plugin
+
+    return build_plugin(tmp_path_factory.mktemp("plugin"))

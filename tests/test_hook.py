@@ -45,12 +45,23 @@ def cu_posterior(tmp_path_factory, cu_data) -> Path:
     return fit_posterior(folder)
 
 
+@pytest.fixture(params=["lammps", "native"])
+def descriptors(request) -> str:
+    """Where the hook takes its descriptors from: LAMMPS' sna/atom + snad/atom, or the plugin's
+    one-pass compute snap/uq/atom (built for the session; skipped without a C++ compiler)."""
+    if request.param == "native":
+        request.getfixturevalue("built_plugin")
+    return request.param
+
+
 def new_md(posterior_path: Path, temp: float = 800.0, ntypes: int = 1, set_types: str = "",
-           elements: str = "Cu"):
+           elements: str = "Cu", plugin: Path | None = None):
     from fitsnap_uq.compat import import_lammps
 
     stem = str(posterior_path)[: -len(".posterior.npz")]
     lmp = import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none"])
+    if plugin is not None:
+        lmp.command(f"plugin load {plugin}")
     lmp.commands_string(CU_MD.format(coeff=f"{stem}.snapcoeff", param=f"{stem}.snapparam", temp=temp,
                                      ntypes=ntypes, set_types=set_types, elements=elements))
     return lmp
@@ -60,8 +71,7 @@ def direct(lmp, hook: SnapUQHook, cov: np.ndarray):
     """Per-atom energy/force std and total-energy std computed here from LAMMPS' descriptors."""
     n = lmp.get_natoms()
     post = hook.posterior
-    b = np.array(lmp.numpy.extract_compute(hook.name("sna"), 1, 2))[:n]
-    d = np.array(lmp.numpy.extract_compute(hook.name("snad"), 1, 2))[:n]
+    b, d = (np.array(a) for a in hook.descriptor_arrays(n))
     types = np.array(lmp.numpy.extract_atom("type"))[:n]
     elems = hook.type_to_element[types - 1]
     x = energy_rows(b, elems, len(post.elements), post.block_size)
@@ -76,10 +86,15 @@ def direct(lmp, hook: SnapUQHook, cov: np.ndarray):
     return x, estd, fstd, float(np.sqrt(xs @ cov @ xs))
 
 
-def test_peratom_energies_equal_pe_atom(cu_posterior):
-    lmp = new_md(cu_posterior)
+def plugin_for(descriptors: str, request) -> Path | None:
+    return request.getfixturevalue("built_plugin") if descriptors == "native" else None
+
+
+def test_peratom_energies_equal_pe_atom(cu_posterior, descriptors, request):
+    lmp = new_md(cu_posterior, plugin=plugin_for(descriptors, request))
     lmp.command("compute pe all pe/atom")
-    hook = SnapUQHook(lmp, Posterior.load(cu_posterior), every=5).attach()
+    hook = SnapUQHook(lmp, Posterior.load(cu_posterior), every=5, descriptors=descriptors).attach()
+    assert hook.native == (descriptors == "native")
     lmp.command("run 10")
     n = lmp.get_natoms()
     pe = np.array(lmp.numpy.extract_compute("pe", 1, 1))[:n]
@@ -88,10 +103,11 @@ def test_peratom_energies_equal_pe_atom(cu_posterior):
     lmp.close()
 
 
-def test_hook_stds_equal_direct_numpy(cu_posterior):
-    lmp = new_md(cu_posterior)
+def test_hook_stds_equal_direct_numpy(cu_posterior, descriptors, request):
+    lmp = new_md(cu_posterior, plugin=plugin_for(descriptors, request))
     post = Posterior.load(cu_posterior)
-    hook = SnapUQHook(lmp, post, every=5, source="analytic").attach()
+    hook = SnapUQHook(lmp, post, every=5, source="analytic", descriptors=descriptors).attach()
+    assert hook.native == (descriptors == "native")
     lmp.command("run 10")
     n = lmp.get_natoms()
     _, estd, fstd, pe_std = direct(lmp, hook, post.cov)
@@ -234,18 +250,22 @@ def test_md_command_halts_cleanly_and_skips_the_rest(cu_posterior, tmp_path):
 
 
 @pytest.mark.mpi
-def test_global_std_under_mpirun_equals_serial(cu_posterior, tmp_path):
+def test_global_std_under_mpirun_equals_serial(cu_posterior, tmp_path, descriptors, request):
     folder = cu_posterior.parent
     (folder / "in.mpi").write_text(CU_MD.format(coeff="Cu_pot.snapcoeff", param="Cu_pot.snapparam",
                                                 temp=900, ntypes=1, set_types="", elements="Cu")
                                    + "run 20\n")
     out = {}
     for ranks in (0, 2):
+        plugin = plugin_for(descriptors, request)
         proc = run_cli(["md", "in.mpi", "--posterior", "Cu_pot.posterior.npz", "--every", "10",
-                        "--summary", str(tmp_path / f"s{ranks}.json"), "--log", "none"],
-                       cwd=folder, mpi=ranks)
+                        "--summary", str(tmp_path / f"s{ranks}.json"), "--log", "none",
+                        "--descriptors", descriptors], cwd=folder, mpi=ranks,
+                       extra_env={"FITSNAP_UQ_PLUGIN_DIR": str(plugin.parent)} if plugin else None)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        out[ranks] = json.loads((tmp_path / f"s{ranks}.json").read_text())["history"]
+        summary = json.loads((tmp_path / f"s{ranks}.json").read_text())
+        assert summary["descriptors"] == descriptors
+        out[ranks] = summary["history"]
     assert len(out[0]) == len(out[2]) == 3
     for serial, parallel in zip(out[0], out[2]):
         for key in ("pe_std", "pe_atom_std", "estd_max", "fstd_max", "estd_mean", "fstd_mean"):

@@ -3,7 +3,6 @@ and ``mpirun -np 2``), and compared with the Python hook, which is the reference
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_TA, run_cli
+from conftest import HAS_CXX, SHARED_TA, run_cli
 
 from fitsnap_uq.posterior import Posterior
 from lammps_hooks.native import (
@@ -27,8 +26,7 @@ from lammps_hooks.snap_uq import GLOBALS, SnapUQHook
 ROOT = Path(__file__).resolve().parents[1]
 RTOL = 1e-10
 
-pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CXX") or "c++") is None
-                                and shutil.which("g++") is None, reason="no C++ compiler")
+pytestmark = pytest.mark.skipif(not HAS_CXX, reason="no C++ compiler")
 
 # 128 bcc Ta atoms, displaced off the lattice (on it, force stds are round-off), ZBL + SNAP as fitted.
 SETUP = """
@@ -57,8 +55,8 @@ print "UQ {values}"
 
 
 @pytest.fixture(scope="module")
-def plugin(tmp_path_factory) -> Path:
-    return build_plugin(tmp_path_factory.mktemp("plugin"))
+def plugin(built_plugin) -> Path:
+    return built_plugin
 
 
 @pytest.fixture(scope="module")
