@@ -67,6 +67,11 @@ def new_md(posterior_path: Path, temp: float = 800.0, ntypes: int = 1, set_types
     return lmp
 
 
+def max_rel(a, b) -> float:
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300)))
+
+
 def direct(lmp, hook: SnapUQHook, cov: np.ndarray):
     """Per-atom energy/force std and total-energy std computed here from LAMMPS' descriptors."""
     n = lmp.get_natoms()
@@ -99,6 +104,8 @@ def test_peratom_energies_equal_pe_atom(cu_posterior, descriptors, request):
     n = lmp.get_natoms()
     pe = np.array(lmp.numpy.extract_compute("pe", 1, 1))[:n]
     x, *_ = direct(lmp, hook, hook.posterior.cov)
+    print(f"\n[{descriptors}] B_i . beta vs compute pe/atom: max relative difference "
+          f"{max_rel(x @ hook.posterior.mean, pe):.1e}")
     np.testing.assert_allclose(x @ hook.posterior.mean, pe, rtol=1e-10, atol=0)
     lmp.close()
 
@@ -111,6 +118,10 @@ def test_hook_stds_equal_direct_numpy(cu_posterior, descriptors, request):
     lmp.command("run 10")
     n = lmp.get_natoms()
     _, estd, fstd, pe_std = direct(lmp, hook, post.cov)
+    got = {k: np.array(lmp.numpy.extract_atom(f"d_uq_{k}"))[:n] for k in ("estd", "fstd")}
+    print(f"\n[{descriptors}] hook vs numpy: estd {max_rel(got['estd'], estd):.1e}"
+          f", fstd {max_rel(got['fstd'], fstd):.1e}"
+          f", pe_std {max_rel([hook.last['pe_std']], [pe_std]):.1e} (max relative difference)")
     np.testing.assert_allclose(np.array(lmp.numpy.extract_atom("d_uq_estd"))[:n], estd, rtol=1e-10)
     np.testing.assert_allclose(np.array(lmp.numpy.extract_atom("d_uq_fstd"))[:n], fstd, rtol=1e-10)
     assert hook.last["pe_std"] == pytest.approx(pe_std, rel=1e-10)
@@ -139,7 +150,8 @@ def test_sampled_stds_match_analytic(cu_posterior):
         out[name] = (np.array(lmp.numpy.extract_atom("d_uq_estd"))[:n].copy(),
                      np.array(lmp.numpy.extract_atom("d_uq_fstd"))[:n].copy(), hook.last["pe_std"])
         lmp.close()
-    for a, s in zip(out["analytic"], out["samples"]):
+    for name, a, s in zip(("estd", "fstd", "pe_std"), out["analytic"], out["samples"]):
+        print(f"\n2000 samples vs analytic, {name}: max relative difference {max_rel(s, a):.3f}")
         np.testing.assert_allclose(s, a, rtol=0.05)
 
 
@@ -267,6 +279,11 @@ def test_global_std_under_mpirun_equals_serial(cu_posterior, tmp_path, descripto
         assert summary["descriptors"] == descriptors
         out[ranks] = summary["history"]
     assert len(out[0]) == len(out[2]) == 3
+    # (at step 0 the lattice is perfect and the force stds are round-off, ~1e-16: compared absolutely)
+    worst = max(max_rel([p[k]], [s[k]]) for s, p in zip(out[0], out[2])
+                for k in ("pe_std", "pe_atom_std", "estd_max", "fstd_max", "estd_mean", "fstd_mean")
+                if abs(s[k]) > 1e-9)
+    print(f"\n[{descriptors}] mpirun -np 2 vs serial globals: max relative difference {worst:.1e}")
     for serial, parallel in zip(out[0], out[2]):
         for key in ("pe_std", "pe_atom_std", "estd_max", "fstd_max", "estd_mean", "fstd_mean"):
             assert parallel[key] == pytest.approx(serial[key], rel=1e-12), key
