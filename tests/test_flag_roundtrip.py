@@ -61,6 +61,10 @@ def test_flagged_frames_go_back_into_a_fit(ta_run):
     summary = json.loads((ta_run / "md.json").read_text())
     assert 1 <= summary["nflagged"] <= 4
     flagged_steps = [h["step"] for h in summary["history"] if h["fstd_max"] > 0.1]
+    fstd = [h["fstd_max"] for h in summary["history"]]
+    print(f"\nbcc-only posterior, hot/strained MD: fstd_max at step 0 {fstd[0]:.3f} eV/A, max "
+          f"{max(fstd):.3f} eV/A; above 0.1 at steps {[int(s) for s in flagged_steps]}; "
+          f"{summary['nflagged']} frames flagged")
     assert flagged_steps and min(flagged_steps) > 0
 
     # Unlabelled frames are refused by the fit.
@@ -81,3 +85,5 @@ def test_flagged_frames_go_back_into_a_fit(ta_run):
     assert refit.returncode == 0, refit.stderr[-2000:]
     post = Posterior.load(ta_run / "Ta_pot.posterior.npz")
     assert "Flagged/Force" in post.noise_std and np.all(np.isfinite(post.mean))
+    print(f"refit with the {len(done['labelled'])} labelled frames: learned noise std of Flagged/Force "
+          f"{post.noise_std['Flagged/Force']:.3f}")
