@@ -318,7 +318,7 @@ void FixSnapUQ::evaluate()
 
   std::vector<double> total(p + 1, 0.0);    // group sum of rows, then the group's atom count
   double emax = 0.0, esum = 0.0, fmax = 0.0, fsum = 0.0;
-  std::vector<double> v(r);
+  std::vector<double> v(r), vf(3 * r);
   const double *L = factor.data();
 
   for (int i = 0; i < nlocal; i++) {
@@ -348,21 +348,24 @@ void FixSnapUQ::evaluate()
     double fstd = 0.0;
     if (forces) {
       // snad/atom layout (after doffset): for LAMMPS type T, columns 3*ncoeff*(T-1) + [x|y|z]*ncoeff
-      double fvar = 0.0;
-      for (int dim = 0; dim < 3; dim++) {
-        std::fill(v.begin(), v.end(), 0.0);
-        for (int t = 1; t <= ntypes; t++) {
-          const double *dt = d[i] + doffset + 3 * ncoeff * (t - 1) + dim * ncoeff;
-          const int base = type2elem[t] * block + 1;
-          for (int k = 0; k < ncoeff; k++) {
-            const double dk = dt[k];
-            if (dk == 0.0) continue;
-            const double *row = L + (size_t) (base + k) * r;
-            for (int c = 0; c < r; c++) v[c] += dk * row[c];
+      // x, y, z rows together, so each row of L is read once per atom
+      double *vx = vf.data(), *vy = vx + r, *vz = vy + r;
+      std::fill(vf.begin(), vf.end(), 0.0);
+      for (int t = 1; t <= ntypes; t++) {
+        const double *dt = d[i] + doffset + 3 * ncoeff * (t - 1);
+        const int base = type2elem[t] * block + 1;
+        for (int k = 0; k < ncoeff; k++) {
+          const double dx = dt[k], dy = dt[ncoeff + k], dz = dt[2 * ncoeff + k];
+          const double *row = L + (size_t) (base + k) * r;
+          for (int c = 0; c < r; c++) {
+            vx[c] += dx * row[c];
+            vy[c] += dy * row[c];
+            vz[c] += dz * row[c];
           }
         }
-        for (int c = 0; c < r; c++) fvar += v[c] * v[c];
       }
+      double fvar = 0.0;
+      for (int c = 0; c < 3 * r; c++) fvar += vf[c] * vf[c];
       fstd = sqrt(fvar);
     }
     uq[i][1] = fstd;
