@@ -47,7 +47,8 @@ from fitsnap_uq.posterior import Posterior, _atomic_write, _per_element
 
 NATIVE_DIR = Path(__file__).resolve().parent / "native"
 SOURCES = ("fix_snap_uq.cpp", "compute_snap_uq_atom.cpp", "snap_bispectrum.cpp", "plugin.cpp")
-HEADERS = ("fix_snap_uq.h", "compute_snap_uq_atom.h", "snap_bispectrum.h", "lammpsplugin.h")
+HEADERS = ("fix_snap_uq.h", "compute_snap_uq_atom.h", "snap_bispectrum.h", "simd_clones.h",
+           "lammpsplugin.h")
 PLUGIN_NAME = "snapuqplugin.so"  # LAMMPS_PLUGIN_PATH autoload takes files ending in plugin.so
 LAMMPS_HEADERS = ("lammps.h", "pointers.h", "lmptype.h", "fix.h", "compute.h", "modify.h", "atom.h",
                   "comm.h", "domain.h", "error.h", "force.h", "memory.h", "timer.h", "update.h",

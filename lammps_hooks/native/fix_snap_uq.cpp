@@ -24,6 +24,8 @@
 
 #include "fix_snap_uq.h"
 
+#include "simd_clones.h"
+
 #include "atom.h"
 #include "comm.h"
 #include "compute.h"
@@ -294,6 +296,42 @@ void FixSnapUQ::post_force(int /*vflag*/)
   last_step = update->ntimestep;
 }
 
+/* ----------------------------------------------------------------------
+   the per-atom products with the factor L (p, r), row-major
+------------------------------------------------------------------------- */
+
+// x_i^T Cov x_i = |x_i^T L|^2 for x_i = [1, b] in the block whose rows start at lblock; v: scratch (r)
+FITSNAP_UQ_SIMD static double energy_variance(const double *b, int ncoeff, const double *lblock, int r,
+                                              double *v)
+{
+  for (int c = 0; c < r; c++) v[c] = lblock[c];
+  for (int k = 0; k < ncoeff; k++) {
+    const double bk = b[k];
+    const double *row = lblock + (size_t) (1 + k) * r;
+    for (int c = 0; c < r; c++) v[c] += bk * row[c];
+  }
+  double var = 0.0;
+  for (int c = 0; c < r; c++) var += v[c] * v[c];
+  return var;
+}
+
+// vf (3, r) += D^T L for one type's force rows d = [x | y | z] (3 x ncoeff) and the rows of L from
+// lrows on; x, y, z together, so each row of L is read once
+FITSNAP_UQ_SIMD static void add_force_rows(const double *d, int ncoeff, const double *lrows, int r,
+                                           double *vf)
+{
+  double *vx = vf, *vy = vf + r, *vz = vf + 2 * r;
+  for (int k = 0; k < ncoeff; k++) {
+    const double dx = d[k], dy = d[ncoeff + k], dz = d[2 * ncoeff + k];
+    const double *row = lrows + (size_t) k * r;
+    for (int c = 0; c < r; c++) {
+      vx[c] += dx * row[c];
+      vy[c] += dy * row[c];
+      vz[c] += dz * row[c];
+    }
+  }
+}
+
 /* ---------------------------------------------------------------------- */
 
 void FixSnapUQ::evaluate()
@@ -329,15 +367,7 @@ void FixSnapUQ::evaluate()
       uq[i][0] = uq[i][1] = 0.0;
       continue;
     }
-    for (int c = 0; c < r; c++) v[c] = L[(size_t) off * r + c];
-    for (int k = 0; k < ncoeff; k++) {
-      const double bk = bi[k];
-      const double *row = L + (size_t) (off + 1 + k) * r;
-      for (int c = 0; c < r; c++) v[c] += bk * row[c];
-    }
-    double var = 0.0;
-    for (int c = 0; c < r; c++) var += v[c] * v[c];
-    const double estd = sqrt(var);
+    const double estd = sqrt(energy_variance(bi, ncoeff, L + (size_t) off * r, r, v.data()));
     total[off] += 1.0;
     for (int k = 0; k < ncoeff; k++) total[off + 1 + k] += bi[k];
     total[p] += 1.0;
@@ -348,22 +378,10 @@ void FixSnapUQ::evaluate()
     double fstd = 0.0;
     if (forces) {
       // snad/atom layout (after doffset): for LAMMPS type T, columns 3*ncoeff*(T-1) + [x|y|z]*ncoeff
-      // x, y, z rows together, so each row of L is read once per atom
-      double *vx = vf.data(), *vy = vx + r, *vz = vy + r;
       std::fill(vf.begin(), vf.end(), 0.0);
-      for (int t = 1; t <= ntypes; t++) {
-        const double *dt = d[i] + doffset + 3 * ncoeff * (t - 1);
-        const int base = type2elem[t] * block + 1;
-        for (int k = 0; k < ncoeff; k++) {
-          const double dx = dt[k], dy = dt[ncoeff + k], dz = dt[2 * ncoeff + k];
-          const double *row = L + (size_t) (base + k) * r;
-          for (int c = 0; c < r; c++) {
-            vx[c] += dx * row[c];
-            vy[c] += dy * row[c];
-            vz[c] += dz * row[c];
-          }
-        }
-      }
+      for (int t = 1; t <= ntypes; t++)
+        add_force_rows(d[i] + doffset + 3 * ncoeff * (t - 1), ncoeff,
+                       L + (size_t) (type2elem[t] * block + 1) * r, r, vf.data());
       double fvar = 0.0;
       for (int c = 0; c < 3 * r; c++) fvar += vf[c] * vf[c];
       fstd = sqrt(fvar);
