@@ -23,7 +23,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -38,7 +40,7 @@ create_atoms 1 box
 mass 1 180.88
 pair_style hybrid/overlay zbl 4.0 4.8 snap
 pair_coeff * * zbl 73 73
-pair_coeff * * snap {coeff} {param} Ta
+pair_coeff * * snap {stem}.snapcoeff {stem}.snapparam Ta
 velocity all create 600 4928459 loop geom
 fix nve all nve
 thermo 100
@@ -60,24 +62,35 @@ def fit_posterior(folder: Path) -> Path:
     return folder / "Ta_pot.posterior.npz"
 
 
-def timed_run(posterior, coeff: str, param: str, steps: int, every: int | None, forces: bool,
-              descriptors: str = "lammps", plugin: Path | None = None) -> float:
+def timed_md(stem: str, steps: int, plugin: Path | None = None,
+             attach: Callable[[Any], None] | None = None) -> float:
+    """Seconds of ``run STEPS`` of the 2000-atom Ta MD (SETUP, the potential ``STEM.snapcoeff/.snapparam``),
+    with ``plugin`` loaded and ``attach(lmp)`` applied first, after a ``run 0`` (so set-up is not timed)."""
     from fitsnap_uq.compat import import_lammps
-    from lammps_hooks.snap_uq import SnapUQHook
 
-    lammps = import_lammps()
-    lmp = lammps.lammps(cmdargs=["-screen", "none", "-log", "none"])
+    lmp = import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none"])
     if plugin is not None:
         lmp.command(f"plugin load {plugin}")
-    lmp.commands_string(SETUP.format(coeff=coeff, param=param))
-    if every is not None:
-        SnapUQHook(lmp, posterior, every=every, forces=forces, descriptors=descriptors).attach()
+    lmp.commands_string(SETUP.format(stem=stem))
+    if attach is not None:
+        attach(lmp)
     lmp.command("run 0 post no")
     t0 = time.perf_counter()
     lmp.command(f"run {steps} pre no post no")
     elapsed = time.perf_counter() - t0
     lmp.close()
     return elapsed
+
+
+def hook_attacher(posterior, every: int | None, forces: bool,
+                  descriptors: str) -> Callable[[Any], None] | None:
+    """``attach`` for :func:`timed_md`: a SnapUQHook every ``every`` steps (None: the plain run)."""
+    if every is None:
+        return None
+    from lammps_hooks.snap_uq import SnapUQHook
+
+    return lambda lmp: SnapUQHook(lmp, posterior, every=every, forces=forces,
+                                  descriptors=descriptors).attach()
 
 
 def main() -> int:
@@ -102,8 +115,8 @@ def main() -> int:
         best = {name: float("inf") for name, _, _ in cases}
         for _ in range(args.repeat):  # interleaved, so drifts of the machine hit every case alike
             for name, every, forces in cases:
-                t = timed_run(post, f"{stem}.snapcoeff", f"{stem}.snapparam", args.steps, every, forces,
-                              args.descriptors, plugin)
+                t = timed_md(stem, args.steps, plugin,
+                             hook_attacher(post, every, forces, args.descriptors))
                 best[name] = min(best[name], t)
     base = best["plain run (baseline)"]
     bounds = {"energy+force every 10": 1.20, "energy+force every 100": 1.03, "energy only every 10": 1.10}

@@ -4,13 +4,13 @@
 
 2000-atom bcc Ta at 600 K, NVE, ``pair_style hybrid/overlay zbl 4.0 4.8 snap`` with the Ta Bayesian
 posterior (a BAYES fit of the Ta example made here, or --posterior with its .snapcoeff/.snapparam beside
-it), as in
-benchmarks/bench_hook.py. The plugin is built into a temporary folder and loaded into the same LAMMPS
-library (``plugin load``) as the hook runs in. Times, best of --repeat, interleaved: the plain run
-(baseline), then the plugin and the hook with energy+force uncertainty every 1, 10 and 100 steps and
-energy-only every 10 steps (both on the plugin's one-pass compute snap/uq/atom), and the hook on LAMMPS'
-compute sna/atom + snad/atom for reference. Prints each ratio to the baseline, the plugin/hook ratio,
-and the bounds of the hook's issue (1.20 every 10, 1.03 every 100, 1.10 energy-only every 10).
+it), the MD of benchmarks/bench_hook.py (whose timing function this uses). The plugin is built into a
+temporary folder and loaded into the same LAMMPS library (``plugin load``) as the hook runs in. Times,
+best of --repeat, interleaved: the plain run (baseline), then the plugin and the hook with energy+force
+uncertainty every 1, 10 and 100 steps and energy-only every 10 steps (both on the plugin's one-pass
+compute snap/uq/atom), and the hook on LAMMPS' compute sna/atom + snad/atom for reference. Prints each
+ratio to the baseline, the plugin/hook ratio, and the bounds of the hook's issue (1.20 every 10, 1.03
+every 100, 1.10 energy-only every 10).
 """
 
 from __future__ import annotations
@@ -18,26 +18,13 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_hook import fit_posterior, hook_attacher, timed_md  # noqa: E402
 
-SETUP = """
-units metal
-lattice bcc 3.316
-region b block 0 10 0 10 0 10
-create_box 1 b
-create_atoms 1 box
-mass 1 180.88
-pair_style hybrid/overlay zbl 4.0 4.8 snap
-pair_coeff * * zbl 73 73
-pair_coeff * * snap {stem}.snapcoeff {stem}.snapparam Ta
-velocity all create 600 4928459 loop geom
-fix nve all nve
-thermo 100
-"""
 CASES = ([(None, None, True)] + [(kind, every, True) for every in (1, 10, 100) for kind in ("plugin", "hook")]
          + [(kind, 10, False) for kind in ("plugin", "hook")] + [("hook-lammps", 10, True)])
 BOUNDS = {(10, True): 1.20, (100, True): 1.03, (10, False): 1.10}
@@ -51,23 +38,13 @@ def label(kind: str | None, every: int | None, forces: bool) -> str:
 
 def timed_run(kind: str | None, every: int | None, forces: bool, stem: str, posterior, uq: Path,
               plugin: Path, steps: int) -> float:
-    from fitsnap_uq.compat import import_lammps
-    from lammps_hooks.snap_uq import SnapUQHook
-
-    lmp = import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none"])
-    lmp.command(f"plugin load {plugin}")
-    lmp.commands_string(SETUP.format(stem=stem))
-    if kind in ("hook", "hook-lammps"):
-        descriptors = "native" if kind == "hook" else "lammps"
-        SnapUQHook(lmp, posterior, every=every, forces=forces, descriptors=descriptors).attach()
-    elif kind == "plugin":
-        lmp.command(f"fix uq all snap/uq {every} {uq} forces {'yes' if forces else 'no'}")
-    lmp.command("run 0 post no")
-    t0 = time.perf_counter()
-    lmp.command(f"run {steps} pre no post no")
-    elapsed = time.perf_counter() - t0
-    lmp.close()
-    return elapsed
+    """Seconds of the benchmark MD with ``kind`` (None, plugin, hook, hook-lammps) attached."""
+    if kind == "plugin":
+        return timed_md(stem, steps, plugin, lambda lmp: lmp.command(
+            f"fix uq all snap/uq {every} {uq} forces {'yes' if forces else 'no'}"))
+    descriptors = "lammps" if kind == "hook-lammps" else "native"
+    return timed_md(stem, steps, plugin, hook_attacher(posterior, every if kind else None, forces,
+                                                       descriptors))
 
 
 def main() -> int:
@@ -77,8 +54,6 @@ def main() -> int:
     ap.add_argument("--posterior", help="a Ta posterior with its .snapcoeff/.snapparam beside it "
                                         "(default: a BAYES fit of the Ta example, made here)")
     args = ap.parse_args()
-    from bench_hook import fit_posterior
-
     from fitsnap_uq.posterior import Posterior
     from lammps_hooks.native import build_plugin, write_plugin_posterior
 

@@ -89,9 +89,6 @@ SnapBispectrum::SnapBispectrum(int twojmax_in, double rfac0_in, double rmin0_in,
       for (int j = j1 - j2; j <= std::min(twojmax, j1 + j2); j += 2) {
         if (j < j1) continue;
         BTriple t;
-        t.j1 = j1;
-        t.j2 = j2;
-        t.j = j;
         t.value = {j, ztriple_offset(j1, j2, j), 1.0};
         t.grad[0] = {j, t.value.zoffset, 1.0};
         t.grad[1] = {j1, ztriple_offset(j, j2, j1), bnormflag ? 1.0 : (j + 1.0) / (j1 + 1.0)};

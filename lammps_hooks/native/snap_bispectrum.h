@@ -73,8 +73,7 @@ class SnapBispectrum {
     int zoffset;    // with this Z (weights folded in)
     double factor;
   };
-  struct BTriple {
-    int j1, j2, j;
+  struct BTriple {    // one component B_{j1 j2 j}
     BTerm value;      // B itself: conj(U^j) . Z_{j1 j2}^j
     BTerm grad[3];    // dB: the three terms of the product rule
   };
