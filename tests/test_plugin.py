@@ -173,6 +173,33 @@ def test_hook_on_the_plugin_descriptors_equals_hook_on_lammps_computes(plugin, t
     compare(native, ta_hook, "hook, descriptors native vs lammps")
 
 
+def test_plugin_and_hook_count_the_cost_of_their_evaluations(plugin, ta_stem, ta_uq, tmp_path):
+    # the plugin: f_uq[9..11] (evaluations, seconds in the descriptors, in the rest) and a log line
+    script = (f"plugin load {plugin}\n" + SETUP.format(stem=ta_stem)
+              + f"fix uq all snap/uq 5 {ta_uq}\nrun 10\n"
+              + 'print "COST $(f_uq[9]) $(f_uq[10]:%.6g) $(f_uq[11]:%.6g)"\n')
+    proc = run_lmp(script, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    cost_line = [ln for ln in proc.stdout.splitlines() if ln.startswith("COST ")][-1]
+    n, desc, rest = map(float, cost_line.split()[1:])
+    log = [ln for ln in proc.stdout.splitlines() if ln.startswith("fix snap/uq uq:")]
+    print(f"\nplugin: {n:.0f} evaluations, descriptors {desc:.4g} s, rest {rest:.4g} s; log: {log}")
+    assert n == 3 and desc > 0 and rest > 0  # steps 0, 5, 10
+    assert log and log[-1].startswith("fix snap/uq uq: 3 evaluations in this run: descriptors")
+    # the hook: SnapUQHook.cost, the same three
+    from fitsnap_uq.compat import import_lammps
+
+    lmp = import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none"])
+    lmp.commands_string(SETUP.format(stem=ta_stem))
+    hook = SnapUQHook(lmp, posterior_of(ta_stem), every=5, descriptors="lammps").attach()
+    lmp.command("run 10")
+    lmp.command("run 0")  # the same configuration again: not evaluated, not counted
+    cost = dict(hook.cost)
+    lmp.close()
+    print(f"hook: {cost}")
+    assert cost["evaluations"] == 3 and cost["descriptors_s"] > 0 and cost["uncertainty_s"] > 0
+
+
 # SNAP options of compute snap/uq/atom checked against compute sna/atom + snad/atom
 SNAP_OPTIONS = {
     "Ta example": "4.67637 0.99363 6 0.5 0.45 1.0 0.8 rmin0 0.0 bzeroflag 0 switchflag 1",

@@ -14,6 +14,9 @@
      global (f_ID[1..8]; thermo, variables, fix halt):
        pe_std = sqrt(X^T Cov X), X = sum_i x_i over the group (eV), pe_atom_std = pe_std / N,
        estd_max, estd_mean, fstd_max, fstd_mean, nflagged, halt
+     cost (f_ID[9..11], this MPI rank, since the fix was defined; a summary is logged after each run):
+       evaluations, seconds in the descriptors, seconds in the rest (the products with L, the
+       reductions, the fingerprint, flagging)
      scalar f_ID: the value of the `measure` that `flag` and `halt` threshold.
    This is the same computation, with the same factor L, as lammps_hooks/snap_uq.py (SnapUQHook),
    whose numbers are the reference (tests/test_plugin.py compares the two to 1e-10).
@@ -49,6 +52,7 @@ using namespace FixConst;
 
 static const char *const GLOBAL_NAMES[] = {"pe_std",    "pe_atom_std", "estd_max", "estd_mean",
                                            "fstd_max",  "fstd_mean",   "nflagged", "halt"};
+static_assert(sizeof(GLOBAL_NAMES) / sizeof(GLOBAL_NAMES[0]) == 8, "the uncertainty entries of f_ID");
 static const char *const POSTERIOR_MAGIC = "fitsnap-uq-plugin-posterior";
 static const int POSTERIOR_VERSION = 1;
 
@@ -183,6 +187,7 @@ FixSnapUQ::FixSnapUQ(LAMMPS *lmp, int narg, char **arg) :
   size_peratom_cols = 2;
   peratom_freq = 1;
   for (double &g : gvec) g = 0.0;
+  for (double &g : run_start) g = 0.0;
 
   FixSnapUQ::grow_arrays(atom->nmax);
   atom->add_callback(Atom::GROW);
@@ -245,14 +250,12 @@ void FixSnapUQ::init()
 
 void FixSnapUQ::setup(int /*vflag*/)
 {
+  for (int k = 0; k < 3; k++) run_start[k] = gvec[NEVALUATIONS + k];
   if (verifyflag && !verified) verify_mean();
   if (update->ntimestep % nevery) return;
   const uint64_t key = configuration_key();
   if (have_key && key == last_key && last_step == update->ntimestep) return;
-  evaluate();
-  have_key = true;
-  last_key = key;
-  last_step = update->ntimestep;
+  evaluate_timed();
 }
 
 /* ----------------------------------------------------------------------
@@ -290,10 +293,38 @@ void FixSnapUQ::verify_mean()
 void FixSnapUQ::post_force(int /*vflag*/)
 {
   if (update->ntimestep % nevery) return;
-  evaluate();
+  evaluate_timed();
+}
+
+/* ----------------------------------------------------------------------
+   evaluate now, remember the configuration, and count the cost
+------------------------------------------------------------------------- */
+
+void FixSnapUQ::evaluate_timed()
+{
+  const double t0 = MPI_Wtime();
+  double descriptor_seconds = 0.0;
+  evaluate(descriptor_seconds);
   last_key = configuration_key();
   have_key = true;
   last_step = update->ntimestep;
+  gvec[NEVALUATIONS] += 1.0;
+  gvec[TIME_DESCRIPTORS] += descriptor_seconds;
+  gvec[TIME_UNCERTAINTY] += MPI_Wtime() - t0 - descriptor_seconds;
+}
+
+/* ----------------------------------------------------------------------
+   the cost of this run's evaluations, in the log (rank 0's times)
+------------------------------------------------------------------------- */
+
+void FixSnapUQ::post_run()
+{
+  const double n = gvec[NEVALUATIONS] - run_start[0];
+  if (comm->me != 0 || n <= 0.0) return;
+  const double td = gvec[TIME_DESCRIPTORS] - run_start[1], tu = gvec[TIME_UNCERTAINTY] - run_start[2];
+  utils::logmesg(lmp, "fix snap/uq {}: {:.0f} evaluations in this run: descriptors {:.4g} s ({:.4g} ms "
+                      "each), uncertainty {:.4g} s ({:.4g} ms each), on MPI rank 0\n",
+                 id, n, td, 1e3 * td / n, tu, 1e3 * tu / n);
 }
 
 /* ----------------------------------------------------------------------
@@ -334,7 +365,7 @@ FITSNAP_UQ_SIMD static void add_force_rows(const double *d, int ncoeff, const do
 
 /* ---------------------------------------------------------------------- */
 
-void FixSnapUQ::evaluate()
+void FixSnapUQ::evaluate(double &descriptor_seconds)
 {
   const int nlocal = atom->nlocal;
   const int ntypes = atom->ntypes;
@@ -344,6 +375,7 @@ void FixSnapUQ::evaluate()
   const int p = (int) mean.size();
   const int r = rank;
 
+  const double t0 = MPI_Wtime();
   c_sna->compute_peratom();
   double **b = c_sna->array_atom;
   double **d = nullptr;
@@ -351,6 +383,7 @@ void FixSnapUQ::evaluate()
     if (c_snad != c_sna) c_snad->compute_peratom();
     d = c_snad->array_atom;
   }
+  descriptor_seconds = MPI_Wtime() - t0;
 
   // per atom: v = x_i^T L (r,), estd = |v|; force rows per component c: v = D_i[c] L, fstd^2 = sum |v|^2
 

@@ -21,6 +21,7 @@ class FixSnapUQ : public Fix {
   void init() override;
   void setup(int) override;
   void post_force(int) override;
+  void post_run() override;
   double compute_scalar() override;
   double compute_vector(int) override;
 
@@ -32,7 +33,8 @@ class FixSnapUQ : public Fix {
   double memory_usage() override;
 
  private:
-  enum { PE_STD, PE_ATOM_STD, ESTD_MAX, ESTD_MEAN, FSTD_MAX, FSTD_MEAN, NFLAGGED, HALT, NGLOBAL };
+  enum { PE_STD, PE_ATOM_STD, ESTD_MAX, ESTD_MEAN, FSTD_MAX, FSTD_MEAN, NFLAGGED, HALT,
+         NEVALUATIONS, TIME_DESCRIPTORS, TIME_UNCERTAINTY, NGLOBAL };
 
   // posterior (see lammps_hooks/native.py: write_plugin_posterior for the file format)
   std::string posterior_file;
@@ -63,13 +65,15 @@ class FixSnapUQ : public Fix {
 
   double **uq;                 // (nmax, 2): per-atom energy std (eV), force std (eV/A)
   double gvec[NGLOBAL];
+  double run_start[3];    // NEVALUATIONS, TIME_DESCRIPTORS, TIME_UNCERTAINTY at the start of the run
   int verified;
   bool have_key;
   uint64_t last_key;
   bigint last_step;
 
   void read_posterior(const std::string &);
-  void evaluate();
+  void evaluate_timed();
+  void evaluate(double &descriptor_seconds);
   void verify_mean();
   uint64_t configuration_key();
   void write_flagged(double);
