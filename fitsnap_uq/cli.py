@@ -58,6 +58,11 @@ def _cmd_md(args: argparse.Namespace) -> int:
         last = result.hook.last if result.hook else {}
         summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k not in ("halt",))
         print(f"fitsnap-uq md: last uncertainty: {summary}")
+        cost = result.hook.cost if result.hook else {}
+        if cost.get("evaluations"):
+            n, desc, rest = cost["evaluations"], cost["descriptors_s"], cost["uncertainty_s"]
+            print(f"fitsnap-uq md: {n} evaluations: descriptors {desc:.4g} s ({1e3 * desc / n:.4g} ms "
+                  f"each), uncertainty {rest:.4g} s ({1e3 * rest / n:.4g} ms each), on rank 0")
         if args.flag_dir:
             store = result.store
             print(f"fitsnap-uq md: {result.nflagged} frame(s) flagged this run into {args.flag_dir}"
@@ -70,7 +75,8 @@ def _cmd_md(args: argparse.Namespace) -> int:
 
 
 def write_summary(path: str, result) -> None:
-    """JSON summary of an MD run with the hook: last values, history, halt reason, flags."""
+    """JSON summary of an MD run with the hook: last values, history, halt reason, flags, and the cost
+    of the evaluations (``SnapUQHook.cost``)."""
     import json
 
     from fitsnap_uq.posterior import _atomic_write
@@ -80,7 +86,8 @@ def write_summary(path: str, result) -> None:
             "halted": result.halted, "nflagged": result.nflagged,
             "every": hook.every if hook else None, "forces": hook.forces if hook else None,
             "source": hook.spread.source if hook else None,
-            "descriptors": ("native" if hook.native else "lammps") if hook else None}
+            "descriptors": ("native" if hook.native else "lammps") if hook else None,
+            "cost": dict(hook.cost) if hook else None}
     text = json.dumps(data, indent=1)
     _atomic_write(Path(path), lambda fh: fh.write(text.encode()))
 
@@ -209,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "(native; build it once with 'fitsnap-uq build-plugin'), LAMMPS' sna/atom + "
                          "snad/atom (lammps), or native when built (auto, the default)")
     md.add_argument("--log", default="log.lammps", help="LAMMPS log file (default log.lammps)")
-    md.add_argument("--summary", help="write the hook's values (last, history) to this JSON file")
+    md.add_argument("--summary", help="write the hook's values (last, history) and the cost of its "
+                                     "evaluations to this JSON file")
 
     ens = sub.add_parser(
         "ensemble", help="posterior ensemble of MD: error bars on MD observables",

@@ -277,6 +277,8 @@ def test_global_std_under_mpirun_equals_serial(cu_posterior, tmp_path, descripto
         assert proc.returncode == 0, proc.stderr[-2000:]
         summary = json.loads((tmp_path / f"s{ranks}.json").read_text())
         assert summary["descriptors"] == descriptors
+        assert summary["cost"]["evaluations"] == 3 and summary["cost"]["descriptors_s"] > 0
+        assert "fitsnap-uq md: 3 evaluations: descriptors" in proc.stdout
         out[ranks] = summary["history"]
     assert len(out[0]) == len(out[2]) == 3
     # (at step 0 the lattice is perfect and the force stds are round-off, ~1e-16: compared absolutely)
