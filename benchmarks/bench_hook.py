@@ -90,7 +90,8 @@ def timed_md(stem: str, steps: int, plugin: Path | None = None,
 
 def hook_attacher(posterior, every: int | None, forces: bool,
                   descriptors: str) -> Callable[[Any], None] | None:
-    """``attach`` for :func:`timed_md`: a SnapUQHook every ``every`` steps (None: the plain run)."""
+    """``attach`` for :func:`open_md` and :func:`timed_md`: a SnapUQHook every ``every`` steps (None:
+    the plain run)."""
     if every is None:
         return None
     from lammps_hooks.snap_uq import SnapUQHook

@@ -90,7 +90,7 @@ def main() -> int:
                                         "(default: a BAYES fit of the Ta example, made here)")
     args = ap.parse_args()
     if args.repeat < 2:
-        ap.error("--repeat must be >= 2 (the verdict needs the spread of the rounds)")
+        ap.error("--repeat must be >= 2 (the noise is the spread of the two plain runs over rounds)")
     if args.chunk < 1 or args.steps % args.chunk:
         ap.error("--chunk must divide --steps")
     from fitsnap_uq.posterior import Posterior

@@ -29,7 +29,6 @@ linear model, so the cheap route of :class:`SnapUQHook` does not apply.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -89,10 +88,7 @@ class NNEnsembleHook(SnapUQHook):
 
     def descriptors(self, nlocal: int) -> np.ndarray:
         """(nlocal, d) the current ``sna/atom`` descriptors of the local atoms."""
-        t0 = time.perf_counter()
-        b = np.asarray(self.lmp.numpy.extract_compute(self.name("sna"), 1, 2))[:nlocal]
-        self._descriptor_s += time.perf_counter() - t0
-        return b
+        return self._peratom("sna", nlocal)
 
     def member_energies(self, nlocal: int, b: np.ndarray | None = None) -> np.ndarray:
         """(K, nlocal) per-atom energies (eV) of every member on the current ``sna/atom`` descriptors

@@ -241,19 +241,18 @@ class SnapUQHook:
         """The local atoms' ``sna/atom`` descriptors (nlocal, ncoeff) and, with forces, their
         ``snad/atom`` force rows (nlocal, 3 * ntypes * ncoeff), from whichever computes are in use."""
         ncoeff = self.posterior.block_size - 1
+        if self.native:
+            a = self._peratom("desc", nlocal).reshape(nlocal, -1)
+            return a[:, :ncoeff], (a[:, ncoeff:] if self.forces else None)
+        return self._peratom("sna", nlocal), (self._peratom("snad", nlocal) if self.forces else None)
+
+    def _peratom(self, what: str, nlocal: int) -> np.ndarray:
+        """(nlocal, columns) of this hook's per-atom compute ``what``, computed now if not yet on this
+        step; the seconds it takes count as descriptor time in :attr:`cost`."""
         t0 = time.perf_counter()
-        try:
-            if self.native:
-                a = np.asarray(self.lmp.numpy.extract_compute(self.name("desc"), 1, 2))[:nlocal]
-                a = a.reshape(nlocal, -1)
-                return a[:, :ncoeff], (a[:, ncoeff:] if self.forces else None)
-            b = np.asarray(self.lmp.numpy.extract_compute(self.name("sna"), 1, 2))[:nlocal]
-            d = None
-            if self.forces:
-                d = np.asarray(self.lmp.numpy.extract_compute(self.name("snad"), 1, 2))[:nlocal]
-            return b, d
-        finally:
-            self._descriptor_s += time.perf_counter() - t0
+        a = np.asarray(self.lmp.numpy.extract_compute(self.name(what), 1, 2))[:nlocal]
+        self._descriptor_s += time.perf_counter() - t0
+        return a
 
     def _install(self) -> None:
         """The per-atom columns, the variables, the callback and the halt fix (after the computes)."""
@@ -332,20 +331,18 @@ class SnapUQHook:
             return
         t0 = time.perf_counter()
         self._descriptor_s = 0.0
-        try:
-            self._evaluate_step(step, nlocal)
-        finally:
-            if self._descriptor_s > 0.0:  # evaluated (not the repeat of an evaluated configuration)
-                self.cost["evaluations"] += 1
-                self.cost["descriptors_s"] += self._descriptor_s
-                self.cost["uncertainty_s"] += time.perf_counter() - t0 - self._descriptor_s
+        if self._evaluate_step(step, nlocal):
+            self.cost["evaluations"] += 1
+            self.cost["descriptors_s"] += self._descriptor_s
+            self.cost["uncertainty_s"] += time.perf_counter() - t0 - self._descriptor_s
 
-    def _evaluate_step(self, step: int, nlocal: int) -> None:
+    def _evaluate_step(self, step: int, nlocal: int) -> bool:
+        """Evaluate, store and flag this step's configuration; False when it was already evaluated."""
         # A new run starts with a callback at its first step: when the previous run ended on this
         # step with the same positions, the per-atom columns and variables already hold its values.
         key = self._configuration_key(step, nlocal)
         if self.comm.allreduce(int(key == self._last_key), op=_min()) == 1:
-            return
+            return False
         self._last_key = key
         lmp = self.lmp
         estd, fstd, g, fingerprint, energy = self.evaluate(nlocal)
@@ -366,6 +363,7 @@ class SnapUQHook:
             lmp.set_internal_variable(self.name(k), float(v))
         self.last = dict(g, step=float(step))
         self.history.append(self.last)
+        return True
 
     def _configuration_key(self, step: int, nlocal: int) -> tuple[int, int, int]:
         """(step, nlocal, hash of the tag-sorted fractional coordinates mod 1): unchanged by the

@@ -253,9 +253,10 @@ void FixSnapUQ::setup(int /*vflag*/)
   for (int k = 0; k < 3; k++) run_start[k] = gvec[NEVALUATIONS + k];
   if (verifyflag && !verified) verify_mean();
   if (update->ntimestep % nevery) return;
+  const double t0 = MPI_Wtime();
   const uint64_t key = configuration_key();
   if (have_key && key == last_key && last_step == update->ntimestep) return;
-  evaluate_timed();
+  evaluate_timed(t0, key);
 }
 
 /* ----------------------------------------------------------------------
@@ -293,19 +294,19 @@ void FixSnapUQ::verify_mean()
 void FixSnapUQ::post_force(int /*vflag*/)
 {
   if (update->ntimestep % nevery) return;
-  evaluate_timed();
+  const double t0 = MPI_Wtime();
+  evaluate_timed(t0, configuration_key());
 }
 
 /* ----------------------------------------------------------------------
-   evaluate now, remember the configuration, and count the cost
+   evaluate configuration `key` now, remember it, and count the cost from t0 (MPI_Wtime) on
 ------------------------------------------------------------------------- */
 
-void FixSnapUQ::evaluate_timed()
+void FixSnapUQ::evaluate_timed(double t0, uint64_t key)
 {
-  const double t0 = MPI_Wtime();
   double descriptor_seconds = 0.0;
   evaluate(descriptor_seconds);
-  last_key = configuration_key();
+  last_key = key;
   have_key = true;
   last_step = update->ntimestep;
   gvec[NEVALUATIONS] += 1.0;

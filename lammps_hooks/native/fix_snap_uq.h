@@ -72,7 +72,7 @@ class FixSnapUQ : public Fix {
   bigint last_step;
 
   void read_posterior(const std::string &);
-  void evaluate_timed();
+  void evaluate_timed(double t0, uint64_t key);
   void evaluate(double &descriptor_seconds);
   void verify_mean();
   uint64_t configuration_key();
