@@ -153,3 +153,48 @@ def anl_sigma(a: np.ndarray, cov: np.ndarray, noise_var: np.ndarray | float = 0.
     ``covariance.npy`` (FitSNAP's column layout), plus an optional noise variance per row."""
     var = np.einsum("ij,jk,ik->i", a, cov, a, optimize=True)
     return np.sqrt(np.maximum(var, 0.0) + noise_var)
+
+
+def _sigma_bins(sigma: np.ndarray, bins: int) -> list[np.ndarray]:
+    """Indices of rows in ``bins`` equal-count bins of increasing ``sigma`` (ties broken stably)."""
+    sigma = np.asarray(sigma, dtype=float)
+    if sigma.ndim != 1 or sigma.size == 0:
+        raise ValueError("sigma must be a non-empty 1-D array")
+    if bins < 1:
+        raise ValueError(f"need at least one bin, got {bins}")
+    order = np.argsort(sigma, kind="stable")
+    return [part for part in np.array_split(order, min(int(bins), sigma.size)) if part.size]
+
+
+def error_based_curve(err: np.ndarray, sigma: np.ndarray, bins: int = 10
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Error-based calibration curve (Levi et al. 2022): rows binned by ``sigma`` into ``bins``
+    equal-count bins; per bin the RMS of ``sigma`` and the RMSE of ``err``.
+
+    Args:
+        err: (n,) truth minus prediction.
+        sigma: (n,) predicted 1-sigma (same units; pass the calibrated one to score intervals).
+        bins: number of bins (at most n).
+
+    Returns:
+        (rms_sigma (B,), rmse (B,)), in order of increasing sigma; ideal: equal.
+    """
+    err = np.asarray(err, dtype=float)
+    sigma = np.asarray(sigma, dtype=float)
+    if err.shape != sigma.shape:
+        raise ValueError(f"err and sigma differ in shape: {err.shape} vs {sigma.shape}")
+    parts = _sigma_bins(sigma, bins)
+    rms_sigma = np.array([np.sqrt(np.mean(sigma[p] ** 2)) for p in parts])
+    rmse = np.array([np.sqrt(np.mean(err[p] ** 2)) for p in parts])
+    return rms_sigma, rmse
+
+
+def ence(err: np.ndarray, sigma: np.ndarray, bins: int = 10) -> float:
+    """Expected normalized calibration error: mean over equal-count bins of increasing ``sigma`` of
+    ``|RMS sigma - RMSE| / RMS sigma`` (ideal 0; a sigma 2x too large gives 0.5, 2x too small 1.0).
+
+    Args as :func:`error_based_curve`.
+    """
+    rms_sigma, rmse = error_based_curve(err, sigma, bins)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.mean(np.abs(rms_sigma - rmse) / rms_sigma))

@@ -55,10 +55,20 @@ UQ_KEYS: dict[str, Key] = {
     "posterior": Key("", _optional_path,
                      "Posterior file to write; default <potential>.posterior.npz next to FitSNAP's "
                      "potential output."),
-    "noise_classes": Key("group", str,
-                         "Noise classes with their own learned noise level: one (all rows), quantity "
-                         "(energy/force/stress) or group (each FitSNAP group and quantity).",
+    "noise_classes": Key("one", str,
+                         "Noise classes of the mean fit: one (default: FitSNAP's weights are kept as "
+                         "fixed relative precisions, so the mean is the user's weighted fit, as SVD/ANL "
+                         "up to the prior), quantity (energy/force/stress) or group (each FitSNAP group "
+                         "and quantity): a learned noise level per class re-weights the mean (opt-in; "
+                         "the calibration report then shows each group's RMSE beside SVD's).",
                          ("one", "quantity", "group")),
+    "predictive": Key("model_error", str,
+                      "BAYES: uncertainty of new configurations (MD frames, candidates; no group): "
+                      "model_error (default: c * posterior covariance + embedded model error diag(s^2) "
+                      "+ a floor per quantity, learned from cross-validated residuals; follows the "
+                      "descriptors) or noise_classes (the learned noise of the classes, pooled per "
+                      "quantity for new data: a constant per quantity).",
+                      ("model_error", "noise_classes")),
     "prior": Key("isotropic", str,
                  "Prior on the coefficients: none (flat), isotropic (one precision) or ard (one "
                  "precision per coefficient, automatic relevance determination).",

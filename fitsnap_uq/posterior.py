@@ -17,7 +17,14 @@ key                shape       meaning
 ``samples``        (ns, p)     optional coefficient samples (MCMC, ensembles)
 ``recal_levels``   (L,)        optional: coverage levels of the recalibration map
 ``recal_<Q>``      (L,)        optional: multiplier of the raw sigma at each level, quantity Q
+``me_coef_var``    (p,)        optional (version 2): model-error variance of each coefficient
+``me_factor``      (p, r)      optional (version 2): low-rank model-error factor U (r may be 0)
 =================  ==========  =============================================================
+
+Version 2 adds the predictive model of new configurations (:mod:`fitsnap_uq.linear.predictive`):
+the header's ``model_error`` holds ``cov_scale`` ``c``, and the predictive covariance of the
+coefficients is ``c * cov + diag(me_coef_var) + U U^T`` (:attr:`Posterior.predictive_cov`). Version 1
+files (no model error) are read as before: their predictive covariance is ``cov``.
 
 Noise classes are named ``Energy``, ``Force``, ``Stress`` (pooled per quantity, always present for
 prediction on new data) and, where the solver learned them per FitSNAP group, ``GROUP/Energy`` etc.
@@ -42,7 +49,7 @@ from scipy.stats import norm
 
 from fitsnap_uq.errors import InputError, NumericalError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 QUANTITIES = ("Energy", "Force", "Stress")
 ONE_SIGMA = float(2 * norm.cdf(1.0) - 1)  # 0.6827
 SNAP_KEYS = ("twojmax", "rcutfac", "rfac0", "rmin0", "radelem", "wj", "bzeroflag", "switchflag",
@@ -89,13 +96,17 @@ class Posterior:
         samples: (ns, p) coefficient samples, if the solver draws them.
         recalibration: {"levels": (L,), quantity: (L,) multipliers}, if learned.
         info: solver name, settings and report (JSON-serializable).
+        model_error: the predictive model of new configurations, if learned:
+            ``{"cov_scale": c, "coef_var": (p,), "factor": (p, r)}`` (snapcoeff layout); the
+            predictive covariance is ``c * cov + diag(coef_var) + factor factor^T``.
     """
 
     def __init__(self, mean: np.ndarray, cov: np.ndarray, elements: Sequence[str],
                  snap: dict[str, Any], noise_var: dict[str, float] | None = None,
                  log_evidence: float | None = None, samples: np.ndarray | None = None,
                  recalibration: dict[str, np.ndarray] | None = None,
-                 info: dict[str, Any] | None = None) -> None:
+                 info: dict[str, Any] | None = None,
+                 model_error: dict[str, Any] | None = None) -> None:
         self.mean = np.asarray(mean, dtype=float).copy()
         self.cov = np.asarray(cov, dtype=float).copy()
         p = self.mean.shape[0]
@@ -115,7 +126,37 @@ class Posterior:
             self.recalibration = {k: np.asarray(v, dtype=float) for k, v in recalibration.items()}
         self.info = dict(info or {})
         check_covariance(self.cov, "posterior covariance")
+        self.model_error: dict[str, Any] | None = None
+        if model_error is not None:
+            coef_var = np.asarray(model_error["coef_var"], dtype=float).reshape(-1)
+            factor = np.asarray(model_error.get("factor", np.zeros((p, 0))), dtype=float)
+            scale = float(model_error.get("cov_scale", 1.0))
+            if coef_var.shape != (p,) or factor.ndim != 2 or factor.shape[0] != p:
+                raise ValueError(f"model error must have coef_var ({p},) and factor ({p}, r), got "
+                                 f"{coef_var.shape} and {factor.shape}")
+            if not (np.isfinite(scale) and scale >= 0 and np.all(np.isfinite(coef_var))
+                    and np.all(coef_var >= 0) and np.all(np.isfinite(factor))):
+                raise ValueError("model error must be finite and non-negative")
+            self.model_error = {"cov_scale": scale, "coef_var": coef_var, "factor": factor}
         self._factor: np.ndarray | None = None
+        self._predictive_cov: np.ndarray | None = None
+
+    @property
+    def predictive_cov(self) -> np.ndarray:
+        """(p, p) covariance of the coefficients for predicting new configurations.
+
+        ``c * cov + diag(s^2) + U U^T`` when a model error was learned (see the module docstring),
+        else ``cov``. Its quadratic form ``x^T C x`` is the variance of the potential's error on a
+        row ``x`` (per-quantity floors, :attr:`noise_var`, not included); the MD hook and the native
+        plugin use it.
+        """
+        if self.model_error is None:
+            return self.cov
+        if self._predictive_cov is None:
+            me = self.model_error
+            cov = me["cov_scale"] * self.cov + np.diag(me["coef_var"]) + me["factor"] @ me["factor"].T
+            self._predictive_cov = 0.5 * (cov + cov.T)
+        return self._predictive_cov
 
     # ----------------------------------------------------------------- layout
     @property
@@ -176,10 +217,11 @@ class Posterior:
     # ------------------------------------------------------------- prediction
     def predict_raw(self, a: np.ndarray, noise: str | Sequence[str] | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
-        """Mean (n,) and uncalibrated Gaussian std (n,) for descriptor rows ``a``."""
+        """Mean (n,) and uncalibrated Gaussian std (n,) for descriptor rows ``a``: the predictive
+        covariance's part (:attr:`predictive_cov`) plus the noise variance of ``noise``."""
         full = self.to_layout(a)
         mean = full @ self.mean
-        var = np.einsum("ij,jk,ik->i", full, self.cov, full, optimize=True)
+        var = np.einsum("ij,jk,ik->i", full, self.predictive_cov, full, optimize=True)
         var = np.maximum(var, 0.0) + self._noise_variance(noise, full.shape[0])
         return mean, np.sqrt(var)
 
@@ -231,7 +273,8 @@ class Posterior:
         """Draw ``n`` coefficient vectors (n, p); the same seed gives the same draws.
 
         From the stored samples when there are any (with replacement if n exceeds them),
-        otherwise from the Gaussian N(mean, cov).
+        otherwise from the Gaussian N(mean, cov): the coefficients' posterior, without the model
+        error (a draw is a plausible fit of the data, not a sample of the fit's error).
         """
         rng = np.random.default_rng(seed)
         if self.samples is not None and self.samples.shape[0] > 0:
@@ -258,6 +301,8 @@ class Posterior:
             "log_evidence": self.log_evidence,
             "quantity_units": {"Energy": "eV/atom", "Force": "eV/Angstrom", "Stress": "bar"},
             "info": self.info,
+            "model_error": (None if self.model_error is None
+                            else {"cov_scale": self.model_error["cov_scale"]}),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -270,6 +315,9 @@ class Posterior:
         }
         if self.samples is not None:
             arrays["samples"] = self.samples
+        if self.model_error is not None:
+            arrays["me_coef_var"] = self.model_error["coef_var"]
+            arrays["me_factor"] = self.model_error["factor"]
         if self.recalibration is not None:
             arrays["recal_levels"] = self.recalibration["levels"]
             for q, v in self.recalibration.items():
@@ -300,12 +348,21 @@ class Posterior:
             recal = {"levels": arrays["recal_levels"]}
             recal.update({k[len("recal_"):]: v for k, v in arrays.items()
                           if k.startswith("recal_") and k != "recal_levels"})
+        model_error = None
+        if header.get("model_error") is not None:
+            if "me_coef_var" not in arrays:
+                raise InputError("posterior file is inconsistent: its header has a model error but "
+                                 "the file has no me_coef_var array", file=str(path))
+            p = arrays["mean"].shape[0]
+            model_error = {"cov_scale": header["model_error"].get("cov_scale", 1.0),
+                           "coef_var": arrays["me_coef_var"],
+                           "factor": arrays.get("me_factor", np.zeros((p, 0)))}
         try:
             return cls(arrays["mean"], arrays["cov"], header["elements"], header["snap"],
                        noise_var={k: v**2 for k, v in header.get("noise_std", {}).items()},
                        log_evidence=header.get("log_evidence"), samples=arrays.get("samples"),
-                       recalibration=recal, info=header.get("info"))
-        except (ValueError, NumericalError) as exc:
+                       recalibration=recal, info=header.get("info"), model_error=model_error)
+        except (ValueError, KeyError, TypeError, NumericalError) as exc:
             raise InputError(f"posterior file is inconsistent: {exc}", file=str(path)) from None
 
     def snapcoeff_text(self, coefficients: np.ndarray | None = None, comment: str = "") -> str:

@@ -23,7 +23,16 @@ from fitsnap_uq.errors import InputError
 from fitsnap_uq.linear import mcmc
 from fitsnap_uq.linear import noise as noise_model
 from fitsnap_uq.linear.merr import fit_model_error
-from fitsnap_uq.linear.rows import Rows, fit_and_recalibrate, fit_rows, fit_weights, recalibration_map
+from fitsnap_uq.linear.rows import (
+    Rows,
+    fit_and_recalibrate,
+    fit_rows,
+    fit_weights,
+    fit_with_model_error,
+    group_rmse_against,
+    recalibration_map,
+)
+from fitsnap_uq.options import UQ_KEYS
 from fitsnap_uq.posterior import Posterior
 from fitsnap_uq.posterior import _json_default as posterior_json_default
 from fitsnap_uq.sections import uq_options
@@ -161,21 +170,32 @@ class UQSolverMixin:
         stem = metrics[:-3] if metrics.endswith(".md") else metrics
         return Path(f"{stem}.uq.md"), Path(f"{stem}.calibration.png")
 
-    def write_calibration(self, posterior: Posterior, rows: Rows, names: np.ndarray) -> None:
+    def write_calibration(self, posterior: Posterior, rows: Rows, names: np.ndarray,
+                          compare_svd: bool = False) -> None:
         """Raw and recalibrated calibration tables of training and testing rows, and the curve.
 
         Args:
             names: (n,) the noise class each row is predicted with.
+            compare_svd: also tabulate each group's RMSE beside FitSNAP SVD's (weighted least
+                squares on the training rows), for fits whose learned noise re-weights the mean.
         """
         mean, sigma = posterior.predict_raw(rows.a, noise=list(names))
         multiplier = posterior.multiplier if posterior.recalibration is not None else None
+        extra = ""
+        if compare_svd:
+            table = group_rmse_against(rows, mean)
+            extra = ("\n## Mean fit against FitSNAP SVD (the learned noise classes re-weight the mean)\n\n"
+                     "RMSE of this fit's mean and of weighted least squares with FitSNAP's weights on the "
+                     "same training rows (eV/atom, eV/A, bar); ratio > 1: the re-weighting made the group "
+                     "worse than the user's weights.\n\n" + _markdown_rows(table) + "\n")
         self.write_calibration_report(rows.b, mean, sigma, rows.groups, rows.row_types, rows.testing,
-                                      keep=rows.w != 0, multiplier=multiplier)
+                                      keep=rows.w != 0, multiplier=multiplier, extra=extra)
 
     def write_calibration_report(self, truth: np.ndarray, mean: np.ndarray, sigma: np.ndarray,
                                  groups: np.ndarray, row_types: np.ndarray, testing: np.ndarray,
                                  keep: np.ndarray, multiplier: calibration.Multiplier | None = None,
-                                 recalibration: str = "cross-validated quantile recalibration") -> None:
+                                 recalibration: str = "cross-validated quantile recalibration",
+                                 extra: str = "") -> None:
         """The calibration report (Markdown tables and PNG curves) of any predictions.
 
         Args:
@@ -183,6 +203,7 @@ class UQSolverMixin:
             groups, row_types, testing, keep: (n,) group, quantity, testing flag, rows to score.
             multiplier: the recalibrated interval half-width in raw sigmas (None: raw table only).
             recalibration: how the recalibration was learned (the heading of its table).
+            extra: Markdown appended to the report.
         """
         keep = np.asarray(keep, dtype=bool)
         row_types = np.asarray(row_types)
@@ -194,7 +215,7 @@ class UQSolverMixin:
             recal = calibration.metrics_table(*args, multiplier=multiplier, keep=keep)
         table_path, png_path = self.calibration_paths()
         text = calibration.markdown(raw, recal, title=f"Calibration of {self.name} predictions")
-        text = text.replace("(cross-validated quantile recalibration)", f"({recalibration})")
+        text = text.replace("(cross-validated quantile recalibration)", f"({recalibration})") + extra
         _write_text(table_path, text)
         curves = {}
         abs_err = np.abs(np.asarray(truth) - np.asarray(mean))
@@ -232,13 +253,21 @@ class BAYES(UQSolverMixin, Solver):
                                  section="GROUPS")
             opts = self.options
             fit_opts = self.bayes_fit_options()
-            recal = None
-            if opts["recalibration"] == "quantile":
-                model, ratios = fit_and_recalibrate(train, folds=opts["cv_folds"], seed=opts["seed"],
-                                                    **fit_opts)
+            folds = check_folds(train, opts["cv_folds"], self.infile, self.pt.single_print)
+            recal, model_error, pm = None, None, None
+            if opts["predictive"] == "model_error":
+                model, pm, ratios = fit_with_model_error(train, folds=folds, seed=opts["seed"], **fit_opts)
+                noise_var = dict(pm.floor_var)
+                model_error = {"cov_scale": pm.cov_scale, "coef_var": pm.coef_var, "factor": pm.factor}
+                if opts["recalibration"] == "quantile":
+                    recal = recalibration_map(ratios)
+            elif opts["recalibration"] == "quantile":
+                model, ratios = fit_and_recalibrate(train, folds=folds, seed=opts["seed"], **fit_opts)
+                noise_var = model.noise_var
                 recal = recalibration_map(ratios)
             else:
                 model = fit_rows(train, **fit_opts)
+                noise_var = model.noise_var
             result = model.result
             elements, snap = snap_parameters(self.config)
             info = {
@@ -247,10 +276,19 @@ class BAYES(UQSolverMixin, Solver):
                 "message": result.message, "n_train_rows": int(train.b.shape[0]),
                 "active_columns": int(result.active.sum()), "alpha": result.alpha.tolist(),
             }
+            if pm is not None:
+                info["predictive_model"] = {"cov_scale": pm.cov_scale, "floor_std": {
+                    q: float(np.sqrt(v)) for q, v in pm.floor_var.items()}, "nll": pm.nll,
+                    "rows": pm.n_rows, "converged": pm.converged, "message": pm.message}
+                self.pt.single_print(
+                    f"fitsnap-uq BAYES: predictive model of new configurations from {folds}-fold "
+                    f"cross-validation: posterior covariance x {pm.cov_scale:.4g}, model error on "
+                    f"{int(np.count_nonzero(pm.coef_var))} coefficients, floors "
+                    + ", ".join(f"{q} {np.sqrt(v):.3g}" for q, v in pm.floor_var.items()))
             self.posterior = posterior_from_fit(result.mean, result.cov, elements, snap,
-                                                noise_var=model.noise_var,
+                                                noise_var=noise_var,
                                                 log_evidence=result.log_evidence,
-                                                recalibration=recal, info=info)
+                                                recalibration=recal, info=info, model_error=model_error)
             self.fit = result.mean.copy()
             self.cov = result.cov
             if result.log_evidence is not None:
@@ -259,9 +297,40 @@ class BAYES(UQSolverMixin, Solver):
                 self.pt.single_print(f"fitsnap-uq BAYES: WARNING not converged after "
                                      f"{result.iterations} iterations ({result.message})")
             self.write_posterior(self.posterior)
-            self.write_calibration(self.posterior, rows, model.noise_names(rows))
+            names = rows.row_types.astype(object) if pm is not None else model.noise_names(rows)
+            self.write_calibration(self.posterior, rows, names,
+                                   compare_svd=opts["noise_classes"] != "one")
 
         fit_on_rank_zero()
+
+
+def _markdown_rows(records: list[dict[str, Any]]) -> str:
+    """A Markdown table of records with the same keys (numbers to 4 significant digits)."""
+    if not records:
+        return "(no rows)\n"
+    keys = list(records[0])
+    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in records]
+    return "\n".join(lines) + "\n"
+
+
+def check_folds(train: Rows, folds: int, infile: str | None, say: Any = print) -> int:
+    """The cross-validation folds to use, checked against the training configurations before any
+    work: more folds than configurations is an error, except for the default (5), which becomes
+    leave-one-out on a data set of fewer configurations (said in the log)."""
+    nconf = int(np.unique(train.config_keys()).size)
+    if nconf < 2:
+        raise InputError(f"cross-validation needs at least 2 training configurations, there are {nconf}",
+                         file=infile, section="UQ", key="cv_folds")
+    if folds <= nconf:
+        return folds
+    if folds == int(UQ_KEYS["cv_folds"].default):
+        say(f"fitsnap-uq: {nconf} training configurations: cross-validation with {nconf} folds "
+            f"(leave one out) instead of the default {folds}")
+        return nconf
+    raise InputError(f"{folds} folds for {nconf} training configurations: use at most {nconf}",
+                     file=infile, section="UQ", key="cv_folds")
 
 
 def quantity_noise_var(data_var: float, rows: Rows) -> dict[str, float]:
@@ -589,7 +658,14 @@ def posterior_from_fit(mean: np.ndarray, cov: np.ndarray, elements: list[str], s
     full_cov = np.zeros((p, p))
     full_mean[cols] = mean
     full_cov[np.ix_(cols, cols)] = cov
-    return Posterior(full_mean, full_cov, elements, snap, **kwargs)
+    model_error = kwargs.pop("model_error", None)
+    if model_error is not None:
+        coef_var = np.zeros(p)
+        coef_var[cols] = model_error["coef_var"]
+        factor = np.zeros((p, np.asarray(model_error["factor"]).shape[1]))
+        factor[cols] = model_error["factor"]
+        model_error = {"cov_scale": model_error["cov_scale"], "coef_var": coef_var, "factor": factor}
+    return Posterior(full_mean, full_cov, elements, snap, model_error=model_error, **kwargs)
 
 
 def _write_text(path: Path, text: str) -> None:

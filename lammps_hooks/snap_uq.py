@@ -19,7 +19,10 @@ build-plugin``; else LAMMPS' ``compute sna/atom`` and ``compute snad/atom``; see
   ``uq_fstd_max``, ``uq_fstd_mean``, ``uq_nflagged``, ``uq_halt``.
 
 Gaussian posteriors are propagated analytically, sampled ones (MCMC, model error) from their samples.
-These are *epistemic* (coefficient) uncertainties; the data-noise part of a Posterior does not enter.
+The covariance is the Posterior's :attr:`~fitsnap_uq.posterior.Posterior.predictive_cov`: the
+coefficients' uncertainty and, where the fit learned it, the model error of new configurations (the
+numbers ``Posterior.predict(rows)`` gives with ``noise=None``); the per-quantity floors of its noise
+model do not enter.
 On attach, the hook checks that the Posterior's mean coefficients and SNAP parameters reproduce the
 energy of the running ``snap`` pair style (to 1e-8 relative) and refuses otherwise.
 
@@ -53,9 +56,14 @@ def spread_of(posterior: Posterior, source: str = "auto", nsamples: int = 1000,
     if source == "auto":
         source = "samples" if posterior.samples is not None else "analytic"
     if source == "analytic":
-        return CoefficientSpread.from_covariance(posterior.mean, posterior.cov)
+        return CoefficientSpread.from_covariance(posterior.mean, posterior.predictive_cov)
     if source == "samples":
-        draws = posterior.samples if posterior.samples is not None else posterior.sample(nsamples, seed)
+        if posterior.samples is not None:
+            draws = posterior.samples
+        else:  # Gaussian draws with the predictive covariance (model error included)
+            gauss = CoefficientSpread.from_covariance(posterior.mean, posterior.predictive_cov)
+            z = np.random.default_rng(seed).standard_normal((nsamples, gauss.factor.shape[1]))
+            draws = posterior.mean + z @ gauss.factor.T
         return CoefficientSpread.from_samples(draws, mean=posterior.mean)
     raise ValueError(f"source must be auto, analytic or samples, not {source!r}")
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from fitsnap_uq.linear import noise as noise_model
 from fitsnap_uq.linear.bayes import BayesResult, ClassStats, fit_bayes, merge_stats
+from fitsnap_uq.linear.predictive import PredictiveModel, fit_predictive
 
 RECAL_LEVELS = np.unique(np.concatenate([np.linspace(0.01, 0.99, 99), [0.682689492, 0.954499736]]))
 """Coverage levels at which the recalibration map is stored."""
@@ -198,4 +199,118 @@ def recalibration_map(ratios: dict[str, np.ndarray], levels: np.ndarray = RECAL_
         r = r[np.isfinite(r)]
         if r.size >= 10:
             out[q] = np.quantile(r, levels)
+    return out
+
+
+@dataclass
+class CrossValidated:
+    """Held-out rows of a K-fold cross-validation over configurations.
+
+    Attributes:
+        index: (n,) positions of the rows in the :class:`Rows` given.
+        resid: (n,) truth minus the prediction of the fold's fit that did not see the row.
+        post_var: (n,) ``a^T S_f a`` of that fit (physical units squared).
+    """
+
+    index: np.ndarray
+    resid: np.ndarray
+    post_var: np.ndarray
+
+
+def fit_with_model_error(rows: Rows, folds: int = 5, seed: int = 0, noise_classes: str = "one",
+                         prior: str = "isotropic", weights: str = "ratios", max_iter: int = 500,
+                         tol: float = 1e-8, max_rows: int = 50000,
+                         unpenalized: np.ndarray | None = None
+                         ) -> tuple[RowsFit, PredictiveModel, dict[str, np.ndarray]]:
+    """Fit the mean of ``rows`` and learn the predictive model of new configurations by K-fold CV.
+
+    The mean is :func:`fit_rows`'s (with ``noise_classes = one``: FitSNAP's weights as fixed
+    relative precisions, up to the evidence-optimized prior, as SVD/ANL). Each fold's fit predicts
+    its held-out configurations; their residuals and fit variances train the
+    :class:`~fitsnap_uq.linear.predictive.PredictiveModel` (model error shared by energies and
+    forces, a floor per quantity). The rows enter once (statistics per fold and class, merged).
+
+    Args:
+        rows: the training rows (weight-0 rows are left out).
+        max_rows: most held-out rows per quantity that train the predictive model (a seeded random
+            subset; the model has m + 3 parameters).
+
+    Returns:
+        The full fit, the predictive model, and ``{quantity: |residual| / sigma}`` of the scored
+        held-out rows under that model (for the quantile recalibration).
+    """
+    if folds < 2:
+        raise ValueError(f"need at least 2 folds, got {folds}")
+    rows = rows.subset(rows.w != 0)
+    w = fit_weights(rows, weights)
+    fold = config_folds(rows, folds, seed)
+    labels = noise_model.class_labels(rows.groups, rows.row_types, noise_classes)
+    per_fold = [noise_model.stats_by_class(rows.a, rows.b, w, labels, select=fold == f)
+                for f in range(folds)]
+    full_stats = _merged(per_fold, list(range(folds)))
+    if not full_stats:
+        raise ValueError("no rows with nonzero weight")
+    full = fit_stats(full_stats, labels, rows.row_types, w, noise_classes, prior, max_iter, tol,
+                     unpenalized)
+    rng = np.random.default_rng(seed)
+    types = rows.row_types.astype(str)
+    scored = np.zeros(rows.b.shape[0], dtype=bool)
+    for q in np.unique(types):
+        idx = np.flatnonzero(types == q)
+        scored[idx if idx.size <= max_rows else rng.choice(idx, size=max_rows, replace=False)] = True
+    cv = cross_validate(rows, fold, per_fold, labels, w, noise_classes, prior, max_iter, tol,
+                        unpenalized, scored)
+    a = rows.a[cv.index]
+    t = types[cv.index]
+    model = fit_predictive(a, cv.resid, cv.post_var, t, seed=seed)
+    std = np.sqrt(model.variance(a, cv.post_var, t))
+    ratios = {q: np.abs(cv.resid[t == q]) / std[t == q] for q in np.unique(t)}
+    return full, model, ratios
+
+
+def cross_validate(rows: Rows, fold: np.ndarray, per_fold: list[dict[str, ClassStats]],
+                   labels: np.ndarray, w: np.ndarray, noise_classes: str, prior: str, max_iter: int,
+                   tol: float, unpenalized: np.ndarray | None, scored: np.ndarray) -> CrossValidated:
+    """Residuals and fit variances of the ``scored`` rows, each from the fold fit that left its
+    configuration out (see :func:`fit_with_model_error`)."""
+    nfold = len(per_fold)
+    index, resid, post_var = [], [], []
+    for f in range(nfold):
+        held = np.flatnonzero((fold == f) & scored)
+        if held.size == 0:
+            continue
+        keep = fold != f
+        model = fit_stats(_merged(per_fold, [g for g in range(nfold) if g != f]), labels[keep],
+                          rows.row_types[keep], w[keep], noise_classes, prior, max_iter, tol,
+                          unpenalized)
+        a = rows.a[held]
+        index.append(held)
+        resid.append(rows.b[held] - a @ model.result.mean)
+        post_var.append(np.einsum("ij,jk,ik->i", a, model.result.cov, a, optimize=True))
+    return CrossValidated(np.concatenate(index), np.concatenate(resid), np.concatenate(post_var))
+
+
+def group_rmse_against(rows: Rows, mean: np.ndarray) -> list[dict[str, object]]:
+    """Each group's RMSE of predictions ``mean`` (n,) beside weighted least squares (FitSNAP's SVD
+    with its weights) fitted on the training rows of nonzero weight.
+
+    Returns:
+        One record per (group, quantity, Training/Testing): ``rmse``, ``rmse_svd`` and their
+        ``ratio`` (eV/atom, eV/A, bar).
+    """
+    fit = rows.subset(~rows.testing & (rows.w != 0))
+    coef = np.linalg.lstsq(fit.a * fit.w[:, None], fit.b * fit.w, rcond=None)[0]
+    svd = rows.a @ coef
+    err, err_svd = rows.b - np.asarray(mean), rows.b - svd
+    groups, types = rows.groups.astype(str), rows.row_types.astype(str)
+    out: list[dict[str, object]] = []
+    for g in sorted(set(groups.tolist())):
+        for q in ("Energy", "Force", "Stress"):
+            for label, test in (("Training", False), ("Testing", True)):
+                sel = (groups == g) & (types == q) & (rows.testing == test) & (rows.w != 0)
+                if not sel.any():
+                    continue
+                r, r_svd = float(np.sqrt(np.mean(err[sel] ** 2))), float(np.sqrt(np.mean(err_svd[sel] ** 2)))
+                out.append({"group": g, "quantity": q, "set": label, "rmse": r, "rmse_svd": r_svd,
+                            "ratio": r / r_svd if r_svd > 0 else float("nan")})
     return out

@@ -1,0 +1,211 @@
+"""The predictive uncertainty of a new configuration, learned from cross-validated residuals.
+
+A new configuration (an MD frame, an active-learning candidate, a held-out structure) belongs to no
+FitSNAP group, so its uncertainty must come from the configuration itself. We model the error of
+the fitted potential on a row ``a`` (unweighted descriptors, FitSNAP layout; an energy row per atom
+or a force component) as Gaussian with variance
+
+    var(a) = c * a^T S a  +  sum_k a_k^2 s_k^2  +  sigma_q^2
+
+* ``a^T S a``: the posterior variance of the mean fit (``S``: its coefficient covariance), scaled by
+  ``c`` because FitSNAP's weights are hand-set ratios, not noise levels, so ``S`` has no reliable
+  absolute scale;
+* ``sum_k a_k^2 s_k^2``: the embedded model error (Sargsyan, Huan, Najm 2019): each coefficient
+  carries a random offset of std ``s_k``, so the spread follows the descriptors (large where the
+  environment drives the basis hard, zero where symmetry zeroes a force) and does not shrink with
+  more data (it is what the functional form cannot fit);
+* ``sigma_q^2``: a floor per quantity (``Energy``, ``Force``, ``Stress``).
+
+``c``, ``s`` and ``sigma_q`` maximize the Gaussian likelihood of the residuals of held-out rows in
+K-fold cross-validation over configurations (each row's residual and ``a^T S_f a`` from the fit
+that did not see it). The mean is not touched: the model describes the errors of the user's fit.
+Everything is a covariance on the coefficients plus a per-quantity constant, so the same number
+comes out of ``Posterior.predict``, the LAMMPS hook and the native plugin (``Cov = c S + diag(s^2)``).
+
+Pure numpy/scipy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import minimize, minimize_scalar
+
+QUANTITIES = ("Energy", "Force", "Stress")
+SHARED = ("Energy", "Force")
+"""Quantities whose rows train the model error; the others (stresses, which FitSNAP inputs often
+weight out) get only a floor of their own."""
+
+
+@dataclass
+class PredictiveModel:
+    """Fitted parameters of the predictive variance (see the module docstring).
+
+    Attributes:
+        cov_scale: ``c`` (dimensionless), the multiplier of the fit's posterior covariance.
+        coef_var: (m,) ``s_k^2``, model-error variance of each coefficient (FitSNAP column layout;
+            units of coefficient^2).
+        factor: (m, r) ``U``, the low-rank correlated part of the model error ``U U^T`` (r may be 0).
+        floor_var: {quantity: ``sigma_q^2``} in (eV/atom)^2, (eV/A)^2, bar^2.
+        nll: mean negative log-likelihood per scored row at the optimum.
+        n_rows: {quantity: rows it was fitted on}.
+        converged, message: the optimizer's report.
+    """
+
+    cov_scale: float
+    coef_var: np.ndarray
+    floor_var: dict[str, float]
+    factor: np.ndarray
+    nll: float
+    n_rows: dict[str, int]
+    converged: bool
+    message: str
+
+    def variance(self, a: np.ndarray, post_var: np.ndarray, row_types: np.ndarray) -> np.ndarray:
+        """(n,) predictive variance of rows ``a`` (n, m) whose fit variance is ``post_var`` (n,)."""
+        floor = np.array([self.floor_var.get(str(q), 0.0) for q in row_types])
+        low = np.sum((a @ self.factor) ** 2, axis=1) if self.factor.size else 0.0
+        return self.cov_scale * post_var + (a**2) @ self.coef_var + low + floor
+
+    def model_error_cov(self) -> np.ndarray:
+        """(m, m) ``diag(s^2) + U U^T``, the model-error covariance of the coefficients."""
+        return np.diag(self.coef_var) + self.factor @ self.factor.T
+
+
+def fit_predictive(a: np.ndarray, resid: np.ndarray, post_var: np.ndarray, row_types: np.ndarray,
+                   rank: int = 0, nu: float | None = None, balance: bool = True,
+                   max_iter: int = 3000, seed: int = 0) -> PredictiveModel:
+    """The predictive model of held-out rows: ``c`` and the model error from the rows of
+    :data:`SHARED` quantities, then a floor for each other quantity given those.
+
+    Arguments as :func:`fit_shared`.
+    """
+    types = np.asarray(row_types).astype(str)
+    shared = np.isin(types, SHARED)
+    if not shared.any():
+        shared = np.ones(types.shape, dtype=bool)
+    a = np.asarray(a, dtype=float)
+    resid = np.asarray(resid, dtype=float)
+    post_var = np.asarray(post_var, dtype=float)
+    model = fit_shared(a[shared], resid[shared], post_var[shared], types[shared], rank=rank, nu=nu,
+                       balance=balance, max_iter=max_iter, seed=seed)
+    for q in sorted(set(types[~shared].tolist())):
+        sel = types == q
+        base = model.variance(a[sel], post_var[sel], types[sel])
+        model.floor_var[q] = _floor_ml(resid[sel] ** 2, base)
+        model.n_rows[q] = int(sel.sum())
+    return model
+
+
+def _floor_ml(r2: np.ndarray, base: np.ndarray) -> float:
+    """Maximum-likelihood constant ``f >= 0`` in ``r ~ N(0, base + f)``."""
+    ms = max(float(np.mean(r2)), 1e-300)
+
+    def nll(t: float) -> float:
+        var = np.maximum(base + ms * np.exp(t), 1e-300)
+        return float(np.mean(np.log(var) + r2 / var))
+
+    best = minimize_scalar(nll, bounds=(-40.0, 5.0), method="bounded")
+    return float(ms * np.exp(best.x))
+
+
+def fit_shared(a: np.ndarray, resid: np.ndarray, post_var: np.ndarray, row_types: np.ndarray,
+                   rank: int = 0, nu: float | None = None, balance: bool = True,
+                   max_iter: int = 3000, seed: int = 0) -> PredictiveModel:
+    """Maximum-likelihood ``c``, model-error covariance and floors from held-out residuals.
+
+    Args:
+        a: (n, m) unweighted descriptor rows (FitSNAP layout) of held-out rows.
+        resid: (n,) truth minus the prediction of the fit that did not see the row (eV/atom, eV/A,
+            bar).
+        post_var: (n,) ``a^T S_f a`` of that fit (same units squared).
+        row_types: (n,) ``Energy``/``Force``/``Stress``.
+        nu: None for a Gaussian likelihood, else the degrees of freedom of a Student-t likelihood
+            of the residuals (robust: a few huge errors do not inflate every row's variance; the
+            interval's shape is then set by the recalibration).
+        rank: besides the diagonal ``diag(s^2)``, a low-rank part ``U U^T`` with ``U`` (m, rank):
+            correlated model error of several coefficients.
+        balance: weigh each quantity's rows so every quantity counts as much as the others (force
+            rows outnumber energy rows 100:1 and would otherwise set every parameter alone).
+        max_iter: most L-BFGS iterations.
+        seed: seed of the low-rank part's starting point.
+
+    Returns:
+        A :class:`PredictiveModel`. Columns that are zero in every row get no model error.
+    """
+    a = np.asarray(a, dtype=float)
+    r2 = np.asarray(resid, dtype=float) ** 2
+    v = np.maximum(np.asarray(post_var, dtype=float), 0.0)
+    types = np.asarray(row_types).astype(str)
+    quants = [q for q in QUANTITIES if np.any(types == q)]
+    n, m = a.shape
+    if n == 0 or not quants:
+        raise ValueError("no held-out rows to fit the predictive model on")
+    qidx = np.array([quants.index(t) if t in quants else -1 for t in types])
+    if np.any(qidx < 0):
+        raise ValueError(f"row types must be among {QUANTITIES}")
+    counts = np.bincount(qidx, minlength=len(quants)).astype(float)
+    weight = (n / (len(quants) * counts))[qidx] if balance else np.ones(n)
+    weight /= weight.sum()
+    live = np.any(a != 0, axis=0)
+    # Scale-free coordinates: each quantity's residuals in units of its RMS (a row's variance is
+    # divided by ms_q), each column in units of its RMS over the rows.
+    ms = np.array([max(float(np.mean(r2[qidx == j])), 1e-300) for j in range(len(quants))])
+    col = np.sqrt(np.maximum(np.mean(a[:, live] ** 2, axis=0), 1e-300))
+    rs = 1.0 / np.sqrt(ms[qidx])
+    at = a[:, live] / col * rs[:, None]  # (n, q) scaled rows, row-scaled by 1/rms_q
+    at2 = at**2
+    rt2 = r2 * rs**2
+    vt = v * rs**2
+    q = at.shape[1]
+    k = int(rank)
+
+    def unpack(x: np.ndarray):
+        c = np.exp(x[0])
+        s2 = np.exp(x[1:1 + q])
+        fl = np.exp(x[1 + q:1 + q + len(quants)])
+        u = x[1 + q + len(quants):].reshape(q, k)
+        return c, s2, fl, u
+
+    def objective(x: np.ndarray):
+        c, s2, fl, u = unpack(x)
+        au = at @ u if k else None
+        var = c * vt + at2 @ s2 + fl[qidx]
+        if k:
+            var = var + np.sum(au**2, axis=1)
+        var = np.maximum(var, 1e-300)
+        if nu is None:
+            f = 0.5 * float(np.sum(weight * (np.log(var) + rt2 / var)))
+            g_var = 0.5 * weight * (1.0 / var - rt2 / var**2)  # d f / d var_i
+        else:
+            z = rt2 / (nu * var)
+            f = float(np.sum(weight * (0.5 * np.log(var) + 0.5 * (nu + 1) * np.log1p(z))))
+            g_var = weight * (0.5 / var - 0.5 * (nu + 1) * z / (var * (1 + z)))
+        grad = np.empty_like(x)
+        grad[0] = float(g_var @ vt) * c
+        grad[1:1 + q] = (g_var @ at2) * s2
+        grad[1 + q:1 + q + len(quants)] = np.bincount(qidx, weights=g_var, minlength=len(quants)) * fl
+        if k:
+            grad[1 + q + len(quants):] = (2.0 * at.T @ (g_var[:, None] * au)).ravel()
+        return f, grad
+
+    rng = np.random.default_rng(seed)
+    x0 = np.concatenate([[0.0], np.full(q, np.log(0.5 / q)), np.full(len(quants), np.log(0.25)),
+                         0.1 * rng.standard_normal(q * k) / np.sqrt(q)])
+    bounds = [(-40.0, 40.0)] * (1 + q + len(quants)) + [(None, None)] * (q * k)
+    res = minimize(objective, x0, jac=True, method="L-BFGS-B", bounds=bounds,
+                   options={"maxiter": max_iter, "maxfun": 4 * max_iter, "ftol": 1e-13, "gtol": 1e-10})
+    c, s2, fl, u = unpack(res.x)
+    coef_var = np.zeros(m)
+    coef_var[live] = s2 / col**2
+    factor = np.zeros((m, k))
+    factor[live] = u / col[:, None]
+    # Physical variance = ms_q * scaled variance = c v + (a / col)^2 s2 + ms_q fl_q: the model-error
+    # terms are shared by every quantity, the floors are per quantity.
+    return PredictiveModel(cov_scale=float(c), coef_var=coef_var,
+                           floor_var={qq: float(fl[j] * ms[j]) for j, qq in enumerate(quants)},
+                           factor=factor,
+                           nll=float(res.fun) + 0.5 * np.log(2 * np.pi),
+                           n_rows={qq: int(counts[j]) for j, qq in enumerate(quants)},
+                           converged=bool(res.success), message=str(res.message))

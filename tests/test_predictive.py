@@ -1,0 +1,142 @@
+"""The predictive model of new configurations (model error learned from cross-validated residuals)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fitsnap_uq.calibration import block_metrics
+from fitsnap_uq.linear.predictive import fit_predictive
+from fitsnap_uq.linear.rows import Rows, fit_rows, fit_with_model_error, recalibration_map
+from fitsnap_uq.posterior import Posterior
+
+
+def test_recovers_a_known_model_error_and_floor():
+    """Residuals drawn from N(0, sum_k a_k^2 s_k^2 + floor_q): the maximum-likelihood fit finds s^2
+    on the columns that carry it, ~0 elsewhere, and the floors."""
+    rng = np.random.default_rng(3)
+    n, m = 40000, 6
+    a = rng.standard_normal((n, m)) * np.array([1.0, 2.0, 0.5, 1.0, 3.0, 1.0])
+    s2 = np.array([0.04, 0.0, 0.25, 0.0, 0.01, 0.0])
+    types = np.where(np.arange(n) % 10 == 0, "Energy", "Force")
+    floor = {"Energy": 0.0025, "Force": 0.01}
+    var = (a**2) @ s2 + np.array([floor[t] for t in types])
+    resid = rng.standard_normal(n) * np.sqrt(var)
+    model = fit_predictive(a, resid, np.zeros(n), types)
+    print("s2", np.round(model.coef_var, 4), "floors", model.floor_var)
+    assert model.converged
+    np.testing.assert_allclose(model.coef_var[[0, 2, 4]], s2[[0, 2, 4]], rtol=0.15)
+    assert np.all(model.coef_var[[1, 3, 5]] < 0.003)
+    assert model.floor_var["Force"] == pytest.approx(0.01, rel=0.25)
+    assert model.floor_var["Energy"] == pytest.approx(0.0025, rel=0.5)
+    ratio = model.variance(a, np.zeros(n), types) / var
+    assert np.median(np.abs(ratio - 1.0)) < 0.05 and np.percentile(np.abs(ratio - 1.0), 99) < 0.5
+
+
+def test_scale_of_the_fit_covariance_is_learned():
+    """Residuals whose variance is 9 x a^T S a (S fully correlated, which no diagonal model error
+    can mimic): c comes out near 9, the model error near 0."""
+    rng = np.random.default_rng(4)
+    n, m = 20000, 4
+    a = rng.standard_normal((n, m))
+    post_var = 0.01 * np.sum(a, axis=1) ** 2
+    resid = rng.standard_normal(n) * np.sqrt(9.0 * post_var)
+    model = fit_predictive(a, resid, post_var, np.full(n, "Force"))
+    assert model.cov_scale == pytest.approx(9.0, rel=0.15)
+    assert np.all(model.coef_var < 0.02) and model.floor_var["Force"] < 0.02
+
+
+def test_stress_rows_get_a_floor_of_their_own():
+    """Stresses (bar, often weighted out) do not train the shared model error; they get a floor."""
+    rng = np.random.default_rng(5)
+    n = 3000
+    a = rng.standard_normal((n, 3))
+    types = np.array(["Force"] * 2000 + ["Stress"] * 1000)
+    resid = np.where(types == "Force", 0.1, 1000.0) * rng.standard_normal(n)
+    model = fit_predictive(a, resid, np.zeros(n), types)
+    assert model.n_rows == {"Force": 2000, "Stress": 1000}
+    assert model.floor_var["Stress"] == pytest.approx(1e6, rel=0.2)
+    assert np.all(model.coef_var < 0.05)
+
+
+def _heteroscedastic_rows(seed: int, nconf: int = 240) -> Rows:
+    """Configurations of two kinds: one whose error is small, one whose error is large and grows
+    with its descriptors (a functional form that cannot fit it); groups as FitSNAP names them."""
+    rng = np.random.default_rng(seed)
+    m, truth = 8, np.random.default_rng(0).standard_normal(8)  # the same potential in every set
+    blocks = []
+    for c in range(nconf):
+        hard = c % 3 == 0
+        rows = 12
+        a = rng.standard_normal((rows, m)) * (np.array([1, 1, 1, 1, 3, 3, 1, 1]) if hard else 1.0)
+        err_coef = rng.standard_normal(m) * np.array([0, 0, 0, 0, 0.2, 0.2, 0, 0])
+        b = a @ (truth + err_coef) + 0.01 * rng.standard_normal(rows)
+        types = np.array(["Energy"] + ["Force"] * (rows - 1))
+        blocks.append((a, b, types, "Hard" if hard else "Easy", f"c{c}"))
+    a = np.vstack([x[0] for x in blocks])
+    return Rows(a=a, b=np.concatenate([x[1] for x in blocks]), w=np.ones(a.shape[0]),
+                testing=np.zeros(a.shape[0], dtype=bool),
+                groups=np.concatenate([[x[3]] * x[0].shape[0] for x in blocks]).astype(object),
+                row_types=np.concatenate([x[2] for x in blocks]).astype(object),
+                configs=np.concatenate([[x[4]] * x[0].shape[0] for x in blocks]).astype(object))
+
+
+def test_new_configurations_are_calibrated_in_each_kind():
+    """Fitted on one set of configurations, scored on new ones without their group: the calibrated
+    95% interval covers ~95% of the force errors in the easy and in the hard kind alike, and sigma
+    ranks the errors; a constant sigma (noise per quantity) could not do both."""
+    train, test = _heteroscedastic_rows(1), _heteroscedastic_rows(2, nconf=120)
+    full, model, ratios = fit_with_model_error(train, folds=5, seed=0)
+    rec = recalibration_map(ratios)
+
+    def mult(level: float, q: str | None) -> float:
+        return float(np.interp(level, rec["levels"], rec[q]))
+
+    types = test.row_types.astype(str)
+    post_var = np.einsum("ij,jk,ik->i", test.a, full.result.cov, test.a)
+    sigma = np.sqrt(model.variance(test.a, post_var, types))
+    err = test.b - test.a @ full.result.mean
+    for group in ("Easy", "Hard"):
+        sel = (types == "Force") & (test.groups == group)
+        m = block_metrics(err[sel], sigma[sel], "Force", mult)
+        print(group, {k: round(v, 3) for k, v in m.items()})
+        assert 0.90 <= m["cov95"] <= 0.99
+        assert abs(m["cov68"] - 0.683) < 0.08
+    allf = types == "Force"
+    m = block_metrics(err[allf], sigma[allf], "Force", mult)
+    assert m["miscal_area"] < 0.05 and m["spearman"] > 0.3
+    # The mean is the fit of the user's weights (one noise class), not re-weighted by the model.
+    np.testing.assert_allclose(full.result.mean, fit_rows(train, noise_classes="one").result.mean)
+
+
+def test_posterior_keeps_the_model_error_and_reads_version_1(tmp_path):
+    rng = np.random.default_rng(0)
+    p = 5
+    cov = np.diag(rng.uniform(0.1, 1.0, p))
+    me = {"cov_scale": 2.5, "coef_var": np.array([0.0, 0.1, 0.2, 0.0, 0.3]),
+          "factor": rng.standard_normal((p, 2))}
+    post = Posterior(rng.standard_normal(p), cov, ["Ta"], {"twojmax": 2, "bzeroflag": 0},
+                     noise_var={"Force": 0.01}, model_error=me)
+    expect = 2.5 * cov + np.diag(me["coef_var"]) + me["factor"] @ me["factor"].T
+    np.testing.assert_allclose(post.predictive_cov, expect)
+    x = rng.standard_normal((3, p))
+    _, std = post.predict_raw(x, noise="Force")
+    np.testing.assert_allclose(std, np.sqrt(np.einsum("ij,jk,ik->i", x, expect, x) + 0.01))
+    back = Posterior.load(post.save(tmp_path / "p.posterior.npz"))
+    np.testing.assert_allclose(back.predictive_cov, expect)
+    assert back.header()["version"] == 2
+    # Draws are of the fit (cov), not of its error.
+    draws = post.sample(20000, seed=1)
+    np.testing.assert_allclose(np.cov(draws.T), cov, atol=0.05)
+    # A version-1 file (written before model errors existed) reads with predictive_cov = cov.
+    plain = Posterior(post.mean, cov, ["Ta"], {"twojmax": 2, "bzeroflag": 0})
+    path = tmp_path / "v1.posterior.npz"
+    header = plain.header()
+    header["version"] = 1
+    del header["model_error"]
+    import json
+
+    np.savez(path, header=np.array(json.dumps(header)), mean=plain.mean, cov=plain.cov)
+    old = Posterior.load(path)
+    assert old.model_error is None
+    np.testing.assert_array_equal(old.predictive_cov, cov)
