@@ -103,7 +103,7 @@ def test_peratom_energies_equal_pe_atom(cu_posterior, descriptors, request):
     lmp.command("run 10")
     n = lmp.get_natoms()
     pe = np.array(lmp.numpy.extract_compute("pe", 1, 1))[:n]
-    x, *_ = direct(lmp, hook, hook.posterior.cov)
+    x, *_ = direct(lmp, hook, hook.posterior.predictive_cov)
     print(f"\n[{descriptors}] B_i . beta vs compute pe/atom: max relative difference "
           f"{max_rel(x @ hook.posterior.mean, pe):.1e}")
     np.testing.assert_allclose(x @ hook.posterior.mean, pe, rtol=1e-10, atol=0)
@@ -117,7 +117,7 @@ def test_hook_stds_equal_direct_numpy(cu_posterior, descriptors, request):
     assert hook.native == (descriptors == "native")
     lmp.command("run 10")
     n = lmp.get_natoms()
-    _, estd, fstd, pe_std = direct(lmp, hook, post.cov)
+    _, estd, fstd, pe_std = direct(lmp, hook, post.predictive_cov)
     got = {k: np.array(lmp.numpy.extract_atom(f"d_uq_{k}"))[:n] for k in ("estd", "fstd")}
     print(f"\n[{descriptors}] hook vs numpy: estd {max_rel(got['estd'], estd):.1e}"
           f", fstd {max_rel(got['fstd'], fstd):.1e}"
@@ -138,7 +138,9 @@ def test_hook_stds_equal_direct_numpy(cu_posterior, descriptors, request):
 
 
 def test_sampled_stds_match_analytic(cu_posterior):
-    post = Posterior.load(cu_posterior)
+    fitted = Posterior.load(cu_posterior)
+    # A Gaussian posterior whose covariance is the fit's predictive one, and 2000 samples of it.
+    post = Posterior(fitted.mean, fitted.predictive_cov, fitted.elements, fitted.snap)
     sampled = Posterior(post.mean, post.cov, post.elements, post.snap, samples=post.sample(2000, seed=3))
     out = {}
     for name, p in (("analytic", post), ("samples", sampled)):
@@ -189,7 +191,7 @@ def test_two_elements_with_types_in_another_order(tmp_path):
     hook = SnapUQHook(lmp, post, every=5, type_elements=["Ag", "Cu"]).attach()
     lmp.command("run 5")
     n = lmp.get_natoms()
-    x, estd, fstd, _ = direct(lmp, hook, post.cov)
+    x, estd, fstd, _ = direct(lmp, hook, post.predictive_cov)
     pe = np.array(lmp.numpy.extract_compute("pe", 1, 1))[:n]
     np.testing.assert_allclose(x @ post.mean, pe, rtol=1e-10)
     np.testing.assert_allclose(np.array(lmp.numpy.extract_atom("d_uq_fstd"))[:n], fstd, rtol=1e-10)
@@ -206,7 +208,7 @@ def test_two_types_of_one_element(cu_posterior):
     hook = SnapUQHook(two, post, every=5, type_elements=["Cu", "Cu"]).attach()
     two.command("run 5")
     n = two.get_natoms()
-    x, estd, fstd, _ = direct(two, hook, post.cov)  # also checks D . mean = the pair style's forces
+    x, estd, fstd, _ = direct(two, hook, post.predictive_cov)  # also checks D . mean = the pair style's forces
     got = np.array(two.numpy.extract_atom("d_uq_fstd"))[:n]
     np.testing.assert_allclose(got, fstd, rtol=1e-10)
     # the same physical system as with one type: the same stds

@@ -338,11 +338,11 @@ def test_two_elements_types_in_another_order_against_numpy(plugin, ta_stem, tmp_
     for t, e in enumerate(elem_of_type):
         rows[:, :, e * block + 1:(e + 1) * block] += dr[:, t]
     np.testing.assert_allclose(rows @ post.mean, f, atol=1e-10 * np.abs(f).max())
-    estd = np.sqrt(np.einsum("ip,pq,iq->i", x, post.cov, x))
-    fstd = np.sqrt(np.einsum("icp,pq,icq->i", rows, post.cov, rows))
+    estd = np.sqrt(np.einsum("ip,pq,iq->i", x, post.predictive_cov, x))
+    fstd = np.sqrt(np.einsum("icp,pq,icq->i", rows, post.predictive_cov, rows))
     xs = x.sum(0)
     assert max_rel(got[:, 0], estd) <= RTOL and max_rel(got[:, 1], fstd) <= RTOL
-    assert glob[0] == pytest.approx(np.sqrt(xs @ post.cov @ xs), rel=RTOL)
+    assert glob[0] == pytest.approx(np.sqrt(xs @ post.predictive_cov @ xs), rel=RTOL)
     assert glob[4] == pytest.approx(fstd.max(), rel=RTOL) and glob[5] == pytest.approx(fstd.mean(), rel=RTOL)
 
 
