@@ -79,7 +79,7 @@ def write_summary(path: str, result) -> None:
     of the evaluations (``SnapUQHook.cost``)."""
     import json
 
-    from fitsnap_uq.posterior import _atomic_write
+    from fitsnap_uq.io import atomic_write
 
     hook = result.hook
     data = {"last": hook.last if hook else {}, "history": hook.history if hook else [],
@@ -89,7 +89,7 @@ def write_summary(path: str, result) -> None:
             "descriptors": ("native" if hook.native else "lammps") if hook else None,
             "cost": dict(hook.cost) if hook else None}
     text = json.dumps(data, indent=1)
-    _atomic_write(Path(path), lambda fh: fh.write(text.encode()))
+    atomic_write(path, text)
 
 
 def _cmd_ensemble(args: argparse.Namespace) -> int:

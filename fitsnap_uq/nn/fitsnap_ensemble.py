@@ -47,6 +47,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fitsnap_uq.io import atomic_path, atomic_write
+
 RESAMPLING = ("bootstrap", "fraction", "none")
 
 
@@ -320,16 +322,8 @@ def predict_configs(model: torch.nn.Module, configs: Sequence[Any], force: bool
 
 
 def _atomic_copy(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
+    with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def train_member(solver_cls: Any, pt: Any, config: Any, configs: Sequence[Any], plan: MemberPlan,
@@ -504,13 +498,11 @@ def ensemble_rows(configs: Sequence[Any], results: Sequence[MemberResult], plans
 
 def write_predictions(path: Path, rows: EnsembleRows) -> Path:
     """Save the rows (``np.savez``, atomically) for later analysis."""
-    from fitsnap_uq.posterior import _atomic_write
-
     def write(fh: Any) -> None:
         np.savez(fh, truth=rows.truth, mean=rows.mean, std=rows.std, members=rows.members,
                  in_bag=rows.in_bag, groups=rows.groups.astype(str), row_types=rows.row_types.astype(str),
                  configs=rows.configs.astype(str), testing=rows.testing, keep=rows.keep,
                  config_index=rows.config_index)
 
-    _atomic_write(Path(path), write)
+    atomic_write(path, write)
     return Path(path)
