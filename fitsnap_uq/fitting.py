@@ -56,6 +56,9 @@ def validate_input(infile: str, keyword_replacements: Sequence[Sequence[str]] = 
     the available solvers, ours included); ``[UQ]`` keys and values; the data folder and, for folder
     scrapers, each group's folder exist.
     """
+    from fitsnap_uq.fitsnap_plugin import activate
+
+    activate()  # our [UQ] section and solvers are among the known ones
     import fitsnap3lib.io.sections.section_factory  # noqa: F401  (defines FitSNAP's sections)
     from fitsnap3lib.io.sections.sections import Section
 
@@ -161,9 +164,10 @@ def run_fit(argv: Sequence[str], comm: Any = None) -> Any:
     Raises:
         InputError: a mistake in the input, found before or during the run.
     """
-    from fitsnap3lib.fitsnap import FitSnap
+    from fitsnap_uq.fitsnap_plugin import activate
 
-    import fitsnap_uq  # noqa: F401  (adapters and plugin registration)
+    activate()  # adapters, [UQ] section and solvers, before FitSNAP reads the input
+    from fitsnap3lib.fitsnap import FitSnap
 
     fs_argv, printlammps = split_arguments(argv)
     if not fs_argv or fs_argv[0].startswith("-"):
@@ -188,9 +192,11 @@ def descriptor_rows(infile: str, extra_args: Sequence[str] = (), comm: Any = Non
 
     Used by benchmarks and tools that need FitSNAP's rows without fitting them.
     """
+    from fitsnap_uq.fitsnap_plugin import activate
+
+    activate()
     from fitsnap3lib.fitsnap import FitSnap
 
-    import fitsnap_uq  # noqa: F401
     from fitsnap_uq.solvers import gather_rows
 
     args = [infile, "--nofit", "--overwrite", *extra_args]

@@ -1,0 +1,66 @@
+"""Layers (design.md section 1 and 4): the core imports neither FitSNAP, LAMMPS nor MPI and has no import
+side effects; the command line's --help loads none of the heavy stacks; imports point one way
+(import-linter contracts in pyproject.toml)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ENGINES = ("fitsnap3lib", "lammps", "mpi4py")
+
+
+def run_clean(code: str, *args: str) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter (nothing imported yet) with this checkout first on the path."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=300)
+
+
+def loaded_roots(proc: subprocess.CompletedProcess) -> list[str]:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()[-1].split(",") if proc.stdout.strip().splitlines()[-1] else []
+
+
+def test_core_imports_no_fitsnap_lammps_or_mpi():
+    proc = run_clean("""
+        import sys, fitsnap_uq.linear, fitsnap_uq.posterior, fitsnap_uq.calibration
+        print(sorted(m for m in sys.modules if m.split('.')[0] in ('fitsnap3lib', 'lammps', 'mpi4py')))
+    """)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "[]"
+
+
+def test_import_fitsnap_uq_changes_nothing_in_fitsnap():
+    """Without activate(), FitSNAP sees neither our section nor our solvers, and no adapter is applied;
+    activate() registers them (and is idempotent)."""
+    proc = run_clean("""
+        import sys
+        import fitsnap_uq, fitsnap_uq.nn, fitsnap_uq.active.query, fitsnap_uq.active.committee
+        import fitsnap_uq.compat, fitsnap_uq.fitsnap_plugin, fitsnap_uq.io
+        assert not [m for m in sys.modules if m.split('.')[0] in ('fitsnap3lib', 'lammps', 'mpi4py')]
+        assert fitsnap_uq.compat.APPLIED == [] and not fitsnap_uq.fitsnap_plugin.is_active()
+        assert fitsnap_uq.Posterior is fitsnap_uq.posterior.Posterior and fitsnap_uq.FITSNAP_AVAILABLE
+        import mpi4py.MPI
+        import fitsnap3lib.io.sections.section_factory
+        import fitsnap3lib.solvers.solver_factory
+        from fitsnap3lib.io.sections.sections import Section
+        from fitsnap3lib.solvers.solver import Solver
+        def names():
+            return ({c.__name__ for c in Section.__subclasses__()},
+                    {c.__name__ for c in Solver.__subclasses__()})
+        sections, solvers = names()
+        assert "UQ" not in sections and not set(fitsnap_uq.SOLVERS) & solvers, (sections, solvers)
+        from fitsnap_uq.fitsnap_plugin import activate
+        state = activate()
+        assert activate() == state and state["skipped"] == {}, state
+        sections, solvers = names()
+        assert "UQ" in sections and set(fitsnap_uq.SOLVERS) <= solvers, (sections, solvers)
+        print("ok")
+    """)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("ok")
