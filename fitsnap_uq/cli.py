@@ -294,14 +294,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "fit":
         rest = argv[1:]
         if not rest or rest[0] in ("-h", "--help"):
-            from fitsnap_uq.fitting import fitsnap_arguments
+            from fitsnap_uq.fitting import print_fitsnap_help
 
             print("usage: fitsnap-uq fit INPUT.in [FitSNAP flags] [--printlammps]\n"
                   "FitSNAP's flags:")
-            try:
-                fitsnap_arguments(["--help"])
-            except SystemExit:
-                pass
+            print_fitsnap_help()
             return 0 if rest else 2
         return _cmd_fit(rest)
     args = parser.parse_args(argv)

