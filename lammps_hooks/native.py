@@ -44,6 +44,7 @@ import numpy as np
 from fitsnap_uq.errors import InputError
 from fitsnap_uq.io import atomic_path, atomic_write
 from fitsnap_uq.posterior import Posterior, per_element
+from lammps_hooks.uq_math import spread_of
 
 NATIVE_DIR = Path(__file__).resolve().parent / "native"
 SOURCES = ("fix_snap_uq.cpp", "compute_snap_uq_atom.cpp", "snap_bispectrum.cpp", "plugin.cpp")
@@ -81,10 +82,8 @@ def write_plugin_posterior(posterior: Posterior | str | os.PathLike, path: str |
         nsamples, seed: Gaussian draws when ``source = samples`` and the posterior stores none.
 
     Returns the path written. The factor L (P, R) is the one the hook uses
-    (:func:`lammps_hooks.snap_uq.spread_of`), so both give the same stds.
+    (:func:`lammps_hooks.uq_math.spread_of`), so both give the same stds.
     """
-    from lammps_hooks.snap_uq import spread_of
-
     if not isinstance(posterior, Posterior):
         posterior = Posterior.load(posterior)
     snap = dict(posterior.snap)
