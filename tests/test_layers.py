@@ -5,6 +5,7 @@ side effects; the command line's --help loads none of the heavy stacks; imports 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -85,3 +86,23 @@ def test_help_loads_no_engine(sub):
     assert "fitsnap_uq.cli" in imported
     heavy = sorted(m for m in imported if m.split(".")[0] in HEAVY)
     assert heavy == [], heavy
+
+
+def lint_imports_command() -> list[str]:
+    script = Path(sys.executable).parent / "lint-imports"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("lint-imports")
+    return [found] if found else [sys.executable, "-c", "from importlinter.cli import lint_imports_command; "
+                                  "lint_imports_command()"]
+
+
+def test_imports_point_one_way():
+    """The import-linter contracts of pyproject.toml: the core imports no FitSNAP/LAMMPS/MPI, layers
+    (orchestration -> LAMMPS side -> FitSNAP adapters -> core) and no cycles among a package's modules."""
+    pytest.importorskip("importlinter", reason="import-linter is in the test extra: pip install -e '.[test]'")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([*lint_imports_command(), "--config", "pyproject.toml", "--no-cache", "--no-logo"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "0 broken" in proc.stdout
