@@ -38,7 +38,13 @@ setup(
         "scikit-learn",  # KMeans of the query-by-committee strategy (FitSNAP requires it too)
     ],
     extras_require={
-        "test": ["pytest>=7", "ruff"],
+        "test": [
+            "pytest>=7",
+            "ruff",
+            # lint-imports: tests/test_layers.py checks the import contracts of pyproject.toml (the core
+            # imports no FitSNAP/LAMMPS/MPI; imports point from orchestration down to the core; no cycles)
+            "import-linter>=2.17",
+        ],
     },
     entry_points={"console_scripts": ["fitsnap-uq=fitsnap_uq.cli:main"]},
 )

@@ -20,7 +20,6 @@ import time
 import numpy as np
 from _ta import split_by_configuration, ta_rows
 
-import fitsnap_uq  # noqa: F401,I001  (the adapters; before any fitsnap3lib import)
 from fitsnap_uq import calibration as C
 from fitsnap_uq.linear.merr import anl_data_var, fit_model_error
 
@@ -32,7 +31,10 @@ def predict(rows, coef, sigma, d):
 
 
 def main() -> int:
-    from fitsnap3lib.solvers.lreg import logpost_emb, lreg_merr  # after fitsnap_uq: libmpi first
+    from fitsnap_uq.fitsnap_plugin import activate
+
+    activate()  # the adapters (libmpi first) before any fitsnap3lib import
+    from fitsnap3lib.solvers.lreg import logpost_emb, lreg_merr
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--twojmax", type=int, nargs="+", default=[6, 8, 10])

@@ -84,9 +84,12 @@ def single_network(folder: Path) -> tuple[float, float, float]:
     test energy RMSE (eV/atom), seconds)."""
     sys.path.insert(0, str(ROOT))
     import torch
+
+    from fitsnap_uq.fitsnap_plugin import activate
+
+    activate()  # the adapters, before FitSNAP is imported
     from fitsnap3lib.fitsnap import FitSnap
 
-    import fitsnap_uq  # noqa: F401  (adapters)
     from fitsnap_uq.nn.fitsnap_ensemble import predict_configs
 
     torch.set_num_threads(1)

@@ -1,32 +1,34 @@
 """fitsnap-uq: uncertainty quantification and active learning for SNAP potentials (FitSNAP/LAMMPS).
 
-``import fitsnap_uq`` applies the FitSNAP 3.1.0.4 adapters (:mod:`fitsnap_uq.compat`) and registers
-the ``[UQ]`` input section and our solvers (``[SOLVER] solver = BAYES``, ``MODELERROR``,
-``BAYESMCMC``, ``NNENSEMBLE``) with FitSNAP's factories.
-The numerical cores (:mod:`fitsnap_uq.linear`, :mod:`fitsnap_uq.posterior`) do not need FitSNAP.
+``import fitsnap_uq`` has no side effects and imports neither FitSNAP, LAMMPS nor MPI. To use our
+``[UQ]`` input section and solvers (``[SOLVER] solver = BAYES``, ``MODELERROR``, ``BAYESMCMC``,
+``NNENSEMBLE``) from your own Python, call :func:`fitsnap_uq.fitsnap_plugin.activate` once before
+creating ``FitSnap`` (``fitsnap-uq fit`` does it for you). The numerical cores
+(:mod:`fitsnap_uq.linear`, :mod:`fitsnap_uq.posterior`, :mod:`fitsnap_uq.calibration`) do not need FitSNAP.
 """
 
 from __future__ import annotations
 
-from fitsnap_uq.posterior import Posterior
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fitsnap_uq.posterior import Posterior
 
 __version__ = "0.1.0"
 __all__ = ["Posterior", "__version__", "SOLVERS", "FITSNAP_AVAILABLE"]
 
 SOLVERS: tuple[str, ...] = ("BAYES", "MODELERROR", "BAYESMCMC", "NNENSEMBLE")
-"""Names of the solvers this package adds to FitSNAP."""
+"""Names of the solvers this package adds to FitSNAP (see :mod:`fitsnap_uq.fitsnap_plugin`)."""
 
-try:
-    import fitsnap3lib  # noqa: F401
-except ImportError:  # the numerical core works without FitSNAP
-    FITSNAP_AVAILABLE = False
-else:
-    FITSNAP_AVAILABLE = True
-    from fitsnap_uq import compat as _compat
+FITSNAP_AVAILABLE: bool = importlib.util.find_spec("fitsnap3lib") is not None
+"""Whether FitSNAP is installed (checked without importing it)."""
 
-    _compat.apply()
-    from fitsnap_uq import sections as _sections  # noqa: F401  ([UQ] section)
-    from fitsnap_uq import solvers as _solvers  # noqa: F401  (BAYES, ...)
-    from fitsnap_uq.nn.fitsnap_ensemble import adapt_fitsnap as _adapt_for_nnensemble
 
-    _adapt_for_nnensemble()  # NNENSEMBLE uses [PYTORCH] and PYTORCH's descriptor arrays
+def __getattr__(name: str) -> Any:
+    # Posterior on first use, so `import fitsnap_uq` (and the CLI's --help) stays cheap (no scipy).
+    if name == "Posterior":
+        from fitsnap_uq.posterior import Posterior
+
+        return Posterior
+    raise AttributeError(f"module 'fitsnap_uq' has no attribute {name!r}")

@@ -79,7 +79,7 @@ def write_summary(path: str, result) -> None:
     of the evaluations (``SnapUQHook.cost``)."""
     import json
 
-    from fitsnap_uq.posterior import _atomic_write
+    from fitsnap_uq.io import atomic_write
 
     hook = result.hook
     data = {"last": hook.last if hook else {}, "history": hook.history if hook else [],
@@ -89,7 +89,7 @@ def write_summary(path: str, result) -> None:
             "descriptors": ("native" if hook.native else "lammps") if hook else None,
             "cost": dict(hook.cost) if hook else None}
     text = json.dumps(data, indent=1)
-    _atomic_write(Path(path), lambda fh: fh.write(text.encode()))
+    atomic_write(path, text)
 
 
 def _cmd_ensemble(args: argparse.Namespace) -> int:
@@ -294,14 +294,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "fit":
         rest = argv[1:]
         if not rest or rest[0] in ("-h", "--help"):
-            from fitsnap_uq.fitting import fitsnap_arguments
+            from fitsnap_uq.fitting import print_fitsnap_help
 
             print("usage: fitsnap-uq fit INPUT.in [FitSNAP flags] [--printlammps]\n"
                   "FitSNAP's flags:")
-            try:
-                fitsnap_arguments(["--help"])
-            except SystemExit:
-                pass
+            print_fitsnap_help()
             return 0 if rest else 2
         return _cmd_fit(rest)
     args = parser.parse_args(argv)

@@ -33,6 +33,7 @@ import pandas as pd
 
 from fitsnap_uq.active.loop import ALConfig, Loop
 from fitsnap_uq.errors import InputError
+from fitsnap_uq.io import atomic_write
 
 # Per element: crystal, lattice constant (A), SNAP cutoff factor and 2J, default oracle, flagging threshold
 # (max per-atom force std, eV/A). W: GFN1-xTB's equilibrium lattice constant in 54-atom cells is
@@ -165,9 +166,7 @@ def prepare_outdir(settings: DemoSettings, outdir: Path, overwrite: bool) -> Non
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=1))
 
 
 # ----------------------------------------------------------------- stages

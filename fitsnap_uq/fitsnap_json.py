@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from fitsnap_uq.posterior import _atomic_write
+from fitsnap_uq.io import atomic_write
 
 EV_PER_A3_TO_BAR = 1.602176634e6
 """1 eV/Angstrom^3 in bar."""
@@ -72,5 +72,5 @@ def write_record(record: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write one FitSNAP JSON record atomically (temp file + rename)."""
     path = Path(path)
     text = json.dumps(record)
-    _atomic_write(path, lambda fh: fh.write(text.encode()))
+    atomic_write(path, text)
     return path

@@ -56,6 +56,9 @@ def validate_input(infile: str, keyword_replacements: Sequence[Sequence[str]] = 
     the available solvers, ours included); ``[UQ]`` keys and values; the data folder and, for folder
     scrapers, each group's folder exist.
     """
+    from fitsnap_uq.fitsnap_plugin import activate
+
+    activate()  # our [UQ] section and solvers are among the known ones
     import fitsnap3lib.io.sections.section_factory  # noqa: F401  (defines FitSNAP's sections)
     from fitsnap3lib.io.sections.sections import Section
 
@@ -145,6 +148,49 @@ def split_arguments(argv: Sequence[str]) -> tuple[list[str], bool]:
     return args, len(args) != len(argv)
 
 
+def _parse_cmdline_alone() -> Any:
+    """FitSNAP's ``Config.parse_cmdline``, compiled alone from FitSNAP's source; None if that fails.
+
+    ``fitsnap3lib/io/input.py`` imports every input section (and with them pandas and torch: ~2 s);
+    the parser itself needs only :mod:`argparse` and :mod:`sys`. Nothing of FitSNAP is imported.
+    """
+    import ast
+    import importlib.util
+    import sys
+
+    spec = importlib.util.find_spec("fitsnap3lib")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "io" / "input.py"
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        method = next(node for cls in tree.body if isinstance(cls, ast.ClassDef) and cls.name == "Config"
+                      for node in cls.body
+                      if isinstance(node, ast.FunctionDef) and node.name == "parse_cmdline")
+        namespace: dict[str, Any] = {"argparse": argparse, "sys": sys}
+        exec(compile(ast.Module(body=[method], type_ignores=[]), str(path), "exec"), namespace)
+    except (OSError, SyntaxError, StopIteration):
+        return None
+    return namespace["parse_cmdline"]
+
+
+def print_fitsnap_help() -> None:
+    """Print FitSNAP's command-line help, from FitSNAP's own parser, in well under a second.
+
+    Uses :func:`_parse_cmdline_alone`, or FitSNAP's ``Config`` (slow import) if that is not possible.
+    """
+    parse = _parse_cmdline_alone()
+    if parse is None:
+        from fitsnap3lib.io.input import Config
+
+        parse = Config.parse_cmdline
+    probe = argparse.Namespace(input=None)  # parse_cmdline reads self.input and sets self.args
+    try:
+        parse(probe, arguments_lst=["--help"])
+    except SystemExit:
+        pass
+
+
 def fitsnap_arguments(argv: Sequence[str]) -> argparse.Namespace:
     """Parse FitSNAP's command line (infile and flags) with FitSNAP's own parser."""
     from fitsnap3lib.io.input import Config
@@ -161,9 +207,10 @@ def run_fit(argv: Sequence[str], comm: Any = None) -> Any:
     Raises:
         InputError: a mistake in the input, found before or during the run.
     """
-    from fitsnap3lib.fitsnap import FitSnap
+    from fitsnap_uq.fitsnap_plugin import activate
 
-    import fitsnap_uq  # noqa: F401  (adapters and plugin registration)
+    activate()  # adapters, [UQ] section and solvers, before FitSNAP reads the input
+    from fitsnap3lib.fitsnap import FitSnap
 
     fs_argv, printlammps = split_arguments(argv)
     if not fs_argv or fs_argv[0].startswith("-"):
@@ -188,9 +235,11 @@ def descriptor_rows(infile: str, extra_args: Sequence[str] = (), comm: Any = Non
 
     Used by benchmarks and tools that need FitSNAP's rows without fitting them.
     """
+    from fitsnap_uq.fitsnap_plugin import activate
+
+    activate()
     from fitsnap3lib.fitsnap import FitSnap
 
-    import fitsnap_uq  # noqa: F401
     from fitsnap_uq.solvers import gather_rows
 
     args = [infile, "--nofit", "--overwrite", *extra_args]

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,8 @@ import numpy as np
 from scipy.stats import norm
 
 from fitsnap_uq.errors import InputError, NumericalError
+from fitsnap_uq.io import atomic_write as _atomic_write
+from fitsnap_uq.io import json_default as _json_default
 
 FORMAT_VERSION = 2
 QUANTITIES = ("Energy", "Force", "Stress")
@@ -370,8 +371,8 @@ class Posterior:
         coeffs = self.mean if coefficients is None else np.asarray(coefficients, dtype=float)
         if coeffs.shape != (self.n_coefficients,):
             raise ValueError(f"coefficients must have shape ({self.n_coefficients},), got {coeffs.shape}")
-        radelem = _per_element(self.snap.get("radelem", 0.5), len(self.elements))
-        wj = _per_element(self.snap.get("wj", 1.0), len(self.elements))
+        radelem = per_element(self.snap.get("radelem", 0.5), len(self.elements))
+        wj = per_element(self.snap.get("wj", 1.0), len(self.elements))
         lines = [f"# fitsnap-uq {comment}".rstrip(), "", f"{len(self.elements)} {self.block_size}"]
         blocks = coeffs.reshape(len(self.elements), self.block_size)
         for name, rad, w, block in zip(self.elements, radelem, wj, blocks):
@@ -388,30 +389,7 @@ class Posterior:
         return path
 
 
-def _per_element(value: Any, n: int) -> list:
+def per_element(value: Any, n: int) -> list:
+    """One value per element: a scalar (or a one-element list) repeated ``n`` times, else the list itself."""
     vals = value if isinstance(value, (list, tuple)) else [value]
     return list(vals) * n if len(vals) == 1 else list(vals)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temp file in the same folder and rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

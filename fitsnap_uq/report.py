@@ -8,7 +8,6 @@ plot functions take numpy arrays and write a PNG; they know nothing of FitSNAP o
 from __future__ import annotations
 
 import html
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fitsnap_uq.io import atomic_write
 from fitsnap_uq.plotting import pyplot, save
 
 _CSS = ("body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;"
@@ -102,9 +102,7 @@ class Report:
         paths = []
         for suffix, text in ((".md", self.markdown()), (".html", self.html())):
             path = folder / f"{stem}{suffix}"
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
+            atomic_write(path, text.encode("utf-8"))
             paths.append(path)
         return paths[0], paths[1]
 

@@ -1,7 +1,8 @@
 """The ``[UQ]`` input section for FitSNAP (a thin adapter over :mod:`fitsnap_uq.options`).
 
 FitSNAP 3.1.0.4 makes one object per input section by searching ``Section.__subclasses__()`` by
-name, so defining :class:`UQ` here (imported by ``import fitsnap_uq``) is the whole registration.
+name, so defining :class:`UQ` here (imported by :func:`fitsnap_uq.fitsnap_plugin.activate`) is the whole
+registration.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from fitsnap3lib.solvers.solver import Solver
 
 from fitsnap_uq import calibration
 from fitsnap_uq.errors import InputError
+from fitsnap_uq.io import atomic_write, json_default
 from fitsnap_uq.linear import mcmc
 from fitsnap_uq.linear import noise as noise_model
 from fitsnap_uq.linear.merr import fit_model_error
@@ -34,7 +35,6 @@ from fitsnap_uq.linear.rows import (
 )
 from fitsnap_uq.options import UQ_KEYS
 from fitsnap_uq.posterior import Posterior
-from fitsnap_uq.posterior import _json_default as posterior_json_default
 from fitsnap_uq.sections import uq_options
 
 
@@ -614,7 +614,7 @@ class NNENSEMBLE(UQSolverMixin, Solver):
             "members": [r.info for r in results],
         }
         fe.write_predictions(Path(f"{prefix}.predictions.npz"), rows)
-        _write_text(desc_path, json.dumps(self.description, indent=1, default=posterior_json_default))
+        _write_text(desc_path, json.dumps(self.description, indent=1, default=json_default))
         self.pt.single_print(f"fitsnap-uq NNENSEMBLE: {len(results)} members on {nranks} rank(s) in "
                              f"{elapsed:.1f} s; wrote {desc_path} and {prefix.name}.member*.pt")
         self.write_calibration_report(rows.truth, rows.mean, sigma, rows.groups, rows.row_types,
@@ -669,9 +669,7 @@ def posterior_from_fit(mean: np.ndarray, cov: np.ndarray, elements: list[str], s
 
 
 def _write_text(path: Path, text: str) -> None:
-    from fitsnap_uq.posterior import _atomic_write
-
-    _atomic_write(path, lambda fh: fh.write(text.encode()))
+    atomic_write(path, text)
 
 
 def available_solvers() -> list[str]:

@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from fitsnap_uq.errors import InputError
-from fitsnap_uq.posterior import Posterior, _atomic_write
+from fitsnap_uq.io import atomic_write
+from fitsnap_uq.posterior import Posterior
 from lammps_hooks.script import RUN_COMMANDS, execute, replace_coeff_file, snap_script
 
 OUTPUT_COMMANDS = ("dump", "dump_modify", "undump", "write_restart", "write_data", "write_dump",
@@ -173,7 +174,7 @@ def summarize(outdir: Path, samples: int, observables: list[str], names: list[st
             row += [f"{ts[s][i, j]:.10g}" for s in ("mean", "std", "lo", "hi")]
         lines.append(",".join(row))
     text = "\n".join(lines) + "\n"
-    _atomic_write(outdir / "ensemble_timeseries.csv", lambda fh: fh.write(text.encode()))
+    atomic_write(outdir / "ensemble_timeseries.csv", text)
     half = values[:, t // 2:, :].mean(axis=1)  # (K, M) each replica's average over the second half
     final_stats = spread_stats(values[:, -1, :], axis=0)
     avg_stats = spread_stats(half, axis=0)
@@ -193,13 +194,13 @@ def summarize(outdir: Path, samples: int, observables: list[str], names: list[st
     for k in range(samples):
         md.append(f"| {k} | " + " | ".join(f"{half[k, j]:.6g}" for j in range(m)) + " |")
     text_md = "\n".join(md) + "\n"
-    _atomic_write(outdir / "ensemble_summary.md", lambda fh: fh.write(text_md.encode()))
+    atomic_write(outdir / "ensemble_summary.md", text_md)
     _plot(outdir / "ensemble.png", steps, ts, observables)
     result = EnsembleResult(observables, steps, values, final, average, timings)
     blob = json.dumps({"observables": observables, "samples": samples, "every": every,
                        "final": final, "second_half_average": average, "timings": timings,
                        "steps": steps.tolist(), "values": values.tolist()})
-    _atomic_write(outdir / "ensemble.json", lambda fh: fh.write(blob.encode()))
+    atomic_write(outdir / "ensemble.json", blob)
     return result
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from fitsnap_uq.fitsnap_json import fitsnap_record, write_record
-from fitsnap_uq.posterior import _atomic_write
+from fitsnap_uq.io import atomic_write
 
 STORE_INDEX = "store.json"
 EXTXYZ = "flagged.extxyz"
@@ -127,7 +127,7 @@ class QueryStore:
                                      "info": {k: v for k, v in frame.info.items() if np.isscalar(v)}})
         self._fingerprints.append(fingerprint)
         text = json.dumps(self.index)
-        _atomic_write(self.folder / STORE_INDEX, lambda fh: fh.write(text.encode()))
+        atomic_write(self.folder / STORE_INDEX, text)
         self.added += 1
         return name
 

@@ -36,14 +36,15 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from importlib import metadata, util
 from pathlib import Path
 
 import numpy as np
 
 from fitsnap_uq.errors import InputError
-from fitsnap_uq.posterior import Posterior, _atomic_write, _per_element
+from fitsnap_uq.io import atomic_path, atomic_write
+from fitsnap_uq.posterior import Posterior, per_element
+from lammps_hooks.uq_math import spread_of
 
 NATIVE_DIR = Path(__file__).resolve().parent / "native"
 SOURCES = ("fix_snap_uq.cpp", "compute_snap_uq_atom.cpp", "snap_bispectrum.cpp", "plugin.cpp")
@@ -81,10 +82,8 @@ def write_plugin_posterior(posterior: Posterior | str | os.PathLike, path: str |
         nsamples, seed: Gaussian draws when ``source = samples`` and the posterior stores none.
 
     Returns the path written. The factor L (P, R) is the one the hook uses
-    (:func:`lammps_hooks.snap_uq.spread_of`), so both give the same stds.
+    (:func:`lammps_hooks.uq_math.spread_of`), so both give the same stds.
     """
-    from lammps_hooks.snap_uq import spread_of
-
     if not isinstance(posterior, Posterior):
         posterior = Posterior.load(posterior)
     snap = dict(posterior.snap)
@@ -121,14 +120,14 @@ def write_plugin_posterior(posterior: Posterior | str | os.PathLike, path: str |
              f"bnormflag {flag('bnormflag', 0)}",
              f"wselfallflag {flag('wselfallflag', 0)}",
              f"chemflag {flag('chemflag', 0)}",
-             "radelem " + " ".join(num(v) for v in _per_element(snap["radelem"], nel)),
-             "wj " + " ".join(num(v) for v in _per_element(snap["wj"], nel)),
+             "radelem " + " ".join(num(v) for v in per_element(snap["radelem"], nel)),
+             "wj " + " ".join(num(v) for v in per_element(snap["wj"], nel)),
              f"mean {p}", *(num(v) for v in mean),
              f"factor {p} {r}", *(" ".join(num(v) for v in row) for row in factor),
              "end", ""]
     out = Path(path)
     text = "\n".join(lines)
-    _atomic_write(out, lambda fh: fh.write(text.encode()))
+    atomic_write(out, text)
     return out
 
 
@@ -281,22 +280,15 @@ def build_plugin(outdir: str | os.PathLike | None = None, cxx: str | None = None
     out = Path(outdir) if outdir is not None else default_outdir()
     out.mkdir(parents=True, exist_ok=True)
     target = out / PLUGIN_NAME
-    fd, tmp = tempfile.mkstemp(prefix=f".{PLUGIN_NAME}.", suffix=".tmp", dir=out)
-    os.close(fd)
-    cmd = [compiler, "-std=c++17", "-O3", "-fPIC", "-shared", "-DLAMMPS_SMALLBIG",
-           f'-DFITSNAP_UQ_LAMMPS_VERSION="{running}"', f"-I{NATIVE_DIR}", f"-I{include}",
-           f"-I{mpi_inc}", *(str(NATIVE_DIR / s) for s in SOURCES), "-o", tmp]
-    if verbose:
-        print(" ".join(cmd))
-    try:
+    with atomic_path(target, mode=0o755) as tmp:
+        cmd = [compiler, "-std=c++17", "-O3", "-fPIC", "-shared", "-DLAMMPS_SMALLBIG",
+               f'-DFITSNAP_UQ_LAMMPS_VERSION="{running}"', f"-I{NATIVE_DIR}", f"-I{include}",
+               f"-I{mpi_inc}", *(str(NATIVE_DIR / s) for s in SOURCES), "-o", str(tmp)]
+        if verbose:
+            print(" ".join(cmd))
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
             raise PluginBuildError(f"compiling the plugin failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}")
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return target
 
 

@@ -37,7 +37,8 @@ import numpy as np
 from fitsnap_uq.errors import InputError
 from fitsnap_uq.nn.fitsnap_ensemble import NNEnsemble
 from lammps_hooks.flagging import QueryStore
-from lammps_hooks.snap_uq import SnapUQHook, _max
+from lammps_hooks.parallel import mpi_max
+from lammps_hooks.snap_uq import SnapUQHook
 
 NN_MEASURES = ("estd_max", "estd_mean", "pe_atom_std", "pe_std")
 
@@ -117,7 +118,7 @@ class NNEnsembleHook(SnapUQHook):
         g = {
             "pe_std": pe_std,
             "pe_atom_std": pe_std / max(natoms, 1),
-            "estd_max": self.comm.allreduce(float(estd.max()) if nlocal else 0.0, op=_max()),
+            "estd_max": self.comm.allreduce(float(estd.max()) if nlocal else 0.0, op=mpi_max()),
             "estd_mean": self.comm.allreduce(float(estd.sum())) / max(natoms, 1),
             "fstd_max": 0.0,
             "fstd_mean": 0.0,

@@ -43,29 +43,11 @@ import numpy as np
 from fitsnap_uq.errors import InputError
 from fitsnap_uq.posterior import Posterior
 from lammps_hooks.flagging import Frame, QueryStore
-from lammps_hooks.uq_math import CoefficientSpread, energy_rows, force_rows, force_std
+from lammps_hooks.parallel import mpi_max, mpi_min
+from lammps_hooks.uq_math import CoefficientSpread, energy_rows, force_rows, force_std, spread_of
 
 GLOBALS = ("pe_std", "pe_atom_std", "estd_max", "estd_mean", "fstd_max", "fstd_mean", "nflagged", "halt")
 MEASURES = ("fstd_max", "fstd_mean", "estd_max", "estd_mean", "pe_atom_std", "pe_std")
-
-
-def spread_of(posterior: Posterior, source: str = "auto", nsamples: int = 1000,
-              seed: int = 0) -> CoefficientSpread:
-    """The coefficient spread of a posterior: ``analytic`` (its covariance), ``samples`` (its stored
-    samples, or ``nsamples`` Gaussian draws), or ``auto`` (samples if it has any, else analytic)."""
-    if source == "auto":
-        source = "samples" if posterior.samples is not None else "analytic"
-    if source == "analytic":
-        return CoefficientSpread.from_covariance(posterior.mean, posterior.predictive_cov)
-    if source == "samples":
-        if posterior.samples is not None:
-            draws = posterior.samples
-        else:  # Gaussian draws with the predictive covariance (model error included)
-            gauss = CoefficientSpread.from_covariance(posterior.mean, posterior.predictive_cov)
-            z = np.random.default_rng(seed).standard_normal((nsamples, gauss.factor.shape[1]))
-            draws = posterior.mean + z @ gauss.factor.T
-        return CoefficientSpread.from_samples(draws, mean=posterior.mean)
-    raise ValueError(f"source must be auto, analytic or samples, not {source!r}")
 
 
 class SnapUQHook:
@@ -237,7 +219,7 @@ class SnapUQHook:
                 except Exception as exc:  # a plugin built for another LAMMPS refuses to register
                     if self.descriptor_source == "native":
                         raise InputError(f"cannot load the fitsnap-uq plugin {path}: {exc}") from None
-            loaded = bool(self.comm.allreduce(int(loaded), op=_min()))
+            loaded = bool(self.comm.allreduce(int(loaded), op=mpi_min()))
             if not loaded:
                 if self.descriptor_source == "native":
                     raise InputError("descriptors='native' needs the fitsnap-uq LAMMPS plugin: run "
@@ -326,9 +308,9 @@ class SnapUQHook:
         g = {
             "pe_std": pe_std,
             "pe_atom_std": pe_std / max(natoms, 1),
-            "estd_max": self.comm.allreduce(float(estd.max()) if nlocal else 0.0, op=_max()),
+            "estd_max": self.comm.allreduce(float(estd.max()) if nlocal else 0.0, op=mpi_max()),
             "estd_mean": self.comm.allreduce(float(estd.sum())) / max(natoms, 1),
-            "fstd_max": self.comm.allreduce(float(fstd.max()) if nlocal else 0.0, op=_max()),
+            "fstd_max": self.comm.allreduce(float(fstd.max()) if nlocal else 0.0, op=mpi_max()),
             "fstd_mean": self.comm.allreduce(float(fstd.sum())) / max(natoms, 1),
         }
         energy = float(total_rows @ self.posterior.mean)
@@ -349,7 +331,7 @@ class SnapUQHook:
         # A new run starts with a callback at its first step: when the previous run ended on this
         # step with the same positions, the per-atom columns and variables already hold its values.
         key = self._configuration_key(step, nlocal)
-        if self.comm.allreduce(int(key == self._last_key), op=_min()) == 1:
+        if self.comm.allreduce(int(key == self._last_key), op=mpi_min()) == 1:
             return False
         self._last_key = key
         lmp = self.lmp
@@ -427,15 +409,3 @@ class SnapUQHook:
             self.lmp.command(f"uncompute {self.name(compute)}")
         self._computes = []
         self.attached = False
-
-
-def _max() -> Any:
-    from mpi4py import MPI
-
-    return MPI.MAX
-
-
-def _min() -> Any:
-    from mpi4py import MPI
-
-    return MPI.MIN

