@@ -141,6 +141,25 @@ def _merged(per_fold: list[dict[str, ClassStats]], folds: list[int]) -> dict[str
     return out
 
 
+def _folds_and_full_fit(rows: Rows, folds: int, seed: int, noise_classes: str, prior: str, weights: str,
+                        max_iter: int, tol: float, unpenalized: np.ndarray | None):
+    """The one pass over the rows of a K-fold CV: weights, fold of each row, class labels,
+    per-(fold, class) statistics, and the fit of all folds."""
+    if folds < 2:
+        raise ValueError(f"need at least 2 folds, got {folds}")
+    w = fit_weights(rows, weights)
+    fold = config_folds(rows, folds, seed)
+    labels = noise_model.class_labels(rows.groups, rows.row_types, noise_classes)
+    per_fold = [noise_model.stats_by_class(rows.a, rows.b, w, labels, select=fold == f)
+                for f in range(folds)]
+    full_stats = _merged(per_fold, list(range(folds)))
+    if not full_stats:
+        raise ValueError("no rows with nonzero weight")
+    full = fit_stats(full_stats, labels, rows.row_types, w, noise_classes, prior, max_iter, tol,
+                     unpenalized)
+    return w, fold, labels, per_fold, full
+
+
 def fit_and_recalibrate(rows: Rows, folds: int = 5, seed: int = 0, noise_classes: str = "group",
                         prior: str = "isotropic", weights: str = "ratios", max_iter: int = 500,
                         tol: float = 1e-8, max_scored_rows: int = 5000,
@@ -155,18 +174,8 @@ def fit_and_recalibrate(rows: Rows, folds: int = 5, seed: int = 0, noise_classes
     Returns:
         The full fit, and ``{quantity: (n_q,) ratios}`` over the scored held-out rows.
     """
-    if folds < 2:
-        raise ValueError(f"need at least 2 folds, got {folds}")
-    w = fit_weights(rows, weights)
-    fold = config_folds(rows, folds, seed)
-    labels = noise_model.class_labels(rows.groups, rows.row_types, noise_classes)
-    per_fold = [noise_model.stats_by_class(rows.a, rows.b, w, labels, select=fold == f)
-                for f in range(folds)]
-    full_stats = _merged(per_fold, list(range(folds)))
-    if not full_stats:
-        raise ValueError("no rows with nonzero weight")
-    full = fit_stats(full_stats, labels, rows.row_types, w, noise_classes, prior, max_iter, tol,
-                     unpenalized)
+    w, fold, labels, per_fold, full = _folds_and_full_fit(rows, folds, seed, noise_classes, prior, weights,
+                                                          max_iter, tol, unpenalized)
     rng = np.random.default_rng(seed)
     ratios: dict[str, list[np.ndarray]] = {}
     for f in range(folds):
@@ -239,19 +248,9 @@ def fit_with_model_error(rows: Rows, folds: int = 5, seed: int = 0, noise_classe
         The full fit, the predictive model, and ``{quantity: |residual| / sigma}`` of the scored
         held-out rows under that model (for the quantile recalibration).
     """
-    if folds < 2:
-        raise ValueError(f"need at least 2 folds, got {folds}")
     rows = rows.subset(rows.w != 0)
-    w = fit_weights(rows, weights)
-    fold = config_folds(rows, folds, seed)
-    labels = noise_model.class_labels(rows.groups, rows.row_types, noise_classes)
-    per_fold = [noise_model.stats_by_class(rows.a, rows.b, w, labels, select=fold == f)
-                for f in range(folds)]
-    full_stats = _merged(per_fold, list(range(folds)))
-    if not full_stats:
-        raise ValueError("no rows with nonzero weight")
-    full = fit_stats(full_stats, labels, rows.row_types, w, noise_classes, prior, max_iter, tol,
-                     unpenalized)
+    w, fold, labels, per_fold, full = _folds_and_full_fit(rows, folds, seed, noise_classes, prior, weights,
+                                                          max_iter, tol, unpenalized)
     rng = np.random.default_rng(seed)
     types = rows.row_types.astype(str)
     scored = np.zeros(rows.b.shape[0], dtype=bool)
