@@ -80,10 +80,13 @@ def test_flagged_frames_go_back_into_a_fit(ta_run):
     from fitsnap_uq.active.oracles import label_folder
 
     done = label_folder(group, reference_oracle())
-    assert len(done["labelled"]) == summary["nflagged"] and not done["failed"]
+    assert len(done["labelled"]) == summary["nflagged"] and not done["failed"], done
     refit = run_cli(["fit", "Ta-refit.in", "--overwrite"], cwd=ta_run)
     assert refit.returncode == 0, refit.stderr[-2000:]
     post = Posterior.load(ta_run / "Ta_pot.posterior.npz")
-    assert "Flagged/Force" in post.noise_std and np.all(np.isfinite(post.mean))
-    print(f"refit with the {len(done['labelled'])} labelled frames: learned noise std of Flagged/Force "
-          f"{post.noise_std['Flagged/Force']:.3f}")
+    assert post.model_error is not None and np.all(np.isfinite(post.mean))
+    report = (ta_run / "Ta_metrics.uq.md").read_text()
+    flagged = [ln for ln in report.splitlines() if ln.startswith("| Flagged ") and "| Force " in ln]
+    assert flagged, "the labelled frames' group is missing from the calibration report"
+    print(f"refit with the {len(done['labelled'])} labelled frames: force floor "
+          f"{post.noise_std['Force']:.3g} eV/A; report row: {flagged[0]}")

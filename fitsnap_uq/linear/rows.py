@@ -229,7 +229,7 @@ class CrossValidated:
 def fit_with_model_error(rows: Rows, folds: int = 5, seed: int = 0, noise_classes: str = "one",
                          prior: str = "isotropic", weights: str = "ratios", max_iter: int = 500,
                          tol: float = 1e-8, max_rows: int = 50000,
-                         unpenalized: np.ndarray | None = None
+                         unpenalized: np.ndarray | None = None, rank: int = 0
                          ) -> tuple[RowsFit, PredictiveModel, dict[str, np.ndarray]]:
     """Fit the mean of ``rows`` and learn the predictive model of new configurations by K-fold CV.
 
@@ -242,7 +242,8 @@ def fit_with_model_error(rows: Rows, folds: int = 5, seed: int = 0, noise_classe
     Args:
         rows: the training rows (weight-0 rows are left out).
         max_rows: most held-out rows per quantity that train the predictive model (a seeded random
-            subset; the model has m + 3 parameters).
+            subset; the model has m (rank + 1) + 4 parameters).
+        rank: rank of the correlated part of the model error (0: diagonal only).
 
     Returns:
         The full fit, the predictive model, and ``{quantity: |residual| / sigma}`` of the scored
@@ -261,7 +262,7 @@ def fit_with_model_error(rows: Rows, folds: int = 5, seed: int = 0, noise_classe
                         unpenalized, scored)
     a = rows.a[cv.index]
     t = types[cv.index]
-    model = fit_predictive(a, cv.resid, cv.post_var, t, seed=seed)
+    model = fit_predictive(a, cv.resid, cv.post_var, t, rank=rank, seed=seed)
     std = np.sqrt(model.variance(a, cv.post_var, t))
     ratios = {q: np.abs(cv.resid[t == q]) / std[t == q] for q in np.unique(t)}
     return full, model, ratios
