@@ -104,6 +104,8 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
         return code
     if result is not None:
         print(f"fitsnap-uq ensemble: {len(result.timings)} replicas; results in {args.outdir}/")
+        for k, reason in result.excluded.items():
+            print(f"fitsnap-uq ensemble: WARNING replica {k} left out of the error bars: {reason}")
         for obs in result.observables:
             f, a = result.final[obs], result.average[obs]
             print(f"  {obs}: final {f['mean']:.6g} +- {f['std']:.3g} (95% [{f['lo']:.6g}, {f['hi']:.6g}]); "

@@ -20,6 +20,14 @@ output folder. Rank 0 writes, in the output folder:
   of each replica: mean, std and 95% interval over the replicas, plus each replica's numbers;
 * ``ensemble.png``: each observable's mean and 95% band against the step;
 * ``ensemble.json``: the same numbers and each replica's wall-clock start/end (to check concurrency).
+
+Replicas that leave the physical region are reported and left out of the error bars, never averaged
+into them (:func:`screen_replicas`): a replica whose LAMMPS run stopped (lost atoms, a blown-up
+neighbour list, ...), whose observables became NaN/inf, or whose second-half average of an
+observable is far outside the others (more than ``z_max`` robust standard deviations of the replicas,
+1.4826 x the median absolute deviation, from their median, and more than ``rel_min`` of the median's
+size: a temperature runaway, a cell that swelled or collapsed, a pressure of another order). The
+summary lists them with the reason; the statistics are over the replicas kept.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from fitsnap_uq.errors import InputError
+from fitsnap_uq.errors import InputError, NumericalError
 from fitsnap_uq.io import atomic_write
 from fitsnap_uq.posterior import Posterior
 from lammps_hooks.script import RUN_COMMANDS, execute, replace_coeff_file, snap_script
@@ -55,6 +63,8 @@ class EnsembleResult:
         final: {observable: {mean, std, lo, hi}} over the replicas, of the last value.
         average: the same for each replica's time average over the second half.
         timings: per replica: partition, start and end wall-clock times.
+        excluded: {replica: reason} of the replicas left out of the statistics.
+        kept: the replicas the statistics are over.
     """
 
     observables: list[str]
@@ -63,6 +73,53 @@ class EnsembleResult:
     final: dict[str, dict[str, float]]
     average: dict[str, dict[str, float]]
     timings: list[dict[str, Any]] = field(default_factory=list)
+    excluded: dict[int, str] = field(default_factory=dict)
+    kept: list[int] = field(default_factory=list)
+
+
+Z_MAX = 6.0
+"""Robust standard deviations of the replicas beyond which a replica's average is an outlier."""
+REL_MIN = 0.1
+"""... and the least deviation, relative to the median's size, that counts (10%)."""
+
+
+def screen_replicas(averages: np.ndarray, observables: Sequence[str], z_max: float = Z_MAX,
+                    rel_min: float = REL_MIN) -> dict[int, str]:
+    """Replicas whose averages are far outside the others', with the reason.
+
+    Args:
+        averages: (K, M) each replica's time average of each observable (NaN/inf: a broken replica).
+        observables: the M observables' names (for the reasons).
+        z_max: deviations from the median over the replicas, in units of 1.4826 x their median
+            absolute deviation, beyond which a replica is an outlier (with fewer than 3 replicas there
+            is no majority to compare with: only non-finite values are caught).
+        rel_min: the deviation must also exceed ``rel_min`` x max(|median|, robust std), so replicas
+            that agree to a fraction of a per cent are not split hairs over.
+
+    Returns:
+        {replica index: reason}.
+    """
+    averages = np.asarray(averages, dtype=float)
+    out: dict[int, str] = {}
+    for k in range(averages.shape[0]):
+        bad = [o for o, v in zip(observables, averages[k]) if not np.isfinite(v)]
+        if bad:
+            out[k] = f"non-finite {', '.join(bad)}"
+    finite = [k for k in range(averages.shape[0]) if k not in out]
+    if len(finite) < 3:
+        return out
+    sub = averages[finite]
+    med = np.median(sub, axis=0)
+    robust = 1.4826 * np.median(np.abs(sub - med), axis=0)
+    for j, name in enumerate(observables):
+        scale = max(float(robust[j]), 1e-12 * max(abs(float(med[j])), 1e-300))
+        for i, k in enumerate(finite):
+            dev = abs(float(sub[i, j] - med[j]))
+            if dev > z_max * scale and dev > rel_min * max(abs(float(med[j])), float(robust[j])):
+                reason = (f"{name} {sub[i, j]:.6g} against the replicas' median {med[j]:.6g} "
+                          f"(robust std {robust[j]:.3g})")
+                out[k] = f"{out[k]}; {reason}" if k in out else reason
+    return dict(sorted(out.items()))
 
 
 def spread_stats(x: np.ndarray, axis: int = 0) -> dict[str, Any]:
@@ -124,6 +181,7 @@ def run_ensemble(script: str | Path, posterior: Posterior | str | Path, samples:
             lmp = open_lammps(sub, log=str(outdir / f"replica{k}.log"), screen=False)
             obs_file = outdir / f"replica{k}.obs"
             defined = False
+            failure = None
             for i, cmd in enumerate(commands):
                 if cmd.word in OUTPUT_COMMANDS:
                     continue
@@ -136,9 +194,16 @@ def run_ensemble(script: str | Path, posterior: Posterior | str | Path, samples:
                     lmp.command(f'fix ens_print all print {every} "$(step) {fields}" file {obs_file} '
                                 "screen no")
                     defined = True
-                execute(lmp, cmd, what=f"replica {k}: ")
+                try:
+                    execute(lmp, cmd, what=f"replica {k}: ")
+                except InputError as exc:
+                    if not defined:  # the script itself is wrong, before any dynamics
+                        raise
+                    failure = str(exc)  # the replica's dynamics broke down: reported, left out
+                    break
             lmp.close()
-            timings.append({"replica": k, "partition": color, "start": start, "end": time.time()})
+            timings.append({"replica": k, "partition": color, "start": start, "end": time.time(),
+                            "failure": failure})
     finally:
         os.chdir(old)
         sub.Free()
@@ -159,12 +224,34 @@ def _read_obs(path: Path, m: int) -> np.ndarray:
 
 def summarize(outdir: Path, samples: int, observables: list[str], names: list[str],
               timings: list[dict[str, Any]], every: int) -> EnsembleResult:
-    """Read the replicas' observables and write the table, summary, plot and JSON."""
+    """Read the replicas' observables, leave out those that left the physical region
+    (:func:`screen_replicas`), and write the table, summary, plot and JSON."""
     m = len(observables)
-    series = [_read_obs(outdir / f"replica{k}.obs", m) for k in range(samples)]
-    t = min(s.shape[0] for s in series)
-    steps = series[0][:t, 0]
-    values = np.stack([s[:t, 1:] for s in series])  # (K, T, M)
+    excluded: dict[int, str] = {t["replica"]: f"the run stopped: {t['failure']}" for t in timings
+                                if t.get("failure")}
+    series: dict[int, np.ndarray] = {}
+    for k in range(samples):
+        if k not in excluded:
+            try:
+                series[k] = _read_obs(outdir / f"replica{k}.obs", m)
+            except (InputError, ValueError, OSError) as exc:
+                excluded[k] = f"no observables ({exc})"
+    if series:
+        t_all = min(s.shape[0] for s in series.values())
+        half_all = np.array([s[t_all // 2:t_all, 1:].mean(axis=0) for s in series.values()])
+        bad = ~np.all(np.isfinite(np.array([s[:t_all, 1:] for s in series.values()])), axis=(1, 2))
+        half_all[bad] = np.nan
+        for i, reason in screen_replicas(half_all, observables).items():
+            excluded[list(series)[i]] = reason
+    kept = [k for k in range(samples) if k not in excluded]
+    if len(kept) < 2:
+        raise NumericalError(
+            f"only {len(kept)} of {samples} replicas stayed physical, no error bar: "
+            + "; ".join(f"replica {k}: {r}" for k, r in sorted(excluded.items()))
+            + f" (outputs in {outdir})")
+    t = min(series[k].shape[0] for k in kept)
+    steps = series[kept[0]][:t, 0]
+    values = np.stack([series[k][:t, 1:] for k in kept])  # (K kept, T, M)
     ts = spread_stats(values, axis=0)
     header = ["step"] + [f"{n}_{s}" for n in names for s in ("mean", "std", "lo95", "hi95")]
     lines = [",".join(header)]
@@ -182,7 +269,13 @@ def summarize(outdir: Path, samples: int, observables: list[str], names: list[st
     average = {o: {s: float(avg_stats[s][j]) for s in avg_stats} for j, o in enumerate(observables)}
     md = [f"# Posterior ensemble of MD: {samples} replicas", "",
           "Each replica ran the same input with one coefficient set drawn from the posterior. "
-          "Interval: 2.5-97.5% quantiles over the replicas.", "",
+          "Interval: 2.5-97.5% quantiles over the replicas"
+          + (f" kept ({len(kept)} of {samples})." if excluded else "."), ""]
+    if excluded:
+        md += ["**Left out** (they left the physical region; not averaged into the error bars):", ""]
+        md += [f"- replica {k}: {r}" for k, r in sorted(excluded.items())]
+        md.append("")
+    md += [
           "| observable | what | mean | std | 95% interval |", "|---|---|---|---|---|"]
     for o in observables:
         for what, d in (("final value", final[o]), ("second-half time average", average[o])):
@@ -191,14 +284,16 @@ def summarize(outdir: Path, samples: int, observables: list[str], names: list[st
     md += ["", "Per replica (second-half time average):", "",
            "| replica | " + " | ".join(f"`{o}`" for o in observables) + " |",
            "|---|" + "---|" * m]
-    for k in range(samples):
-        md.append(f"| {k} | " + " | ".join(f"{half[k, j]:.6g}" for j in range(m)) + " |")
+    for i, k in enumerate(kept):
+        md.append(f"| {k} | " + " | ".join(f"{half[i, j]:.6g}" for j in range(m)) + " |")
     text_md = "\n".join(md) + "\n"
     atomic_write(outdir / "ensemble_summary.md", text_md)
     _plot(outdir / "ensemble.png", steps, ts, observables)
-    result = EnsembleResult(observables, steps, values, final, average, timings)
+    result = EnsembleResult(observables, steps, values, final, average, timings,
+                            excluded=dict(sorted(excluded.items())), kept=kept)
     blob = json.dumps({"observables": observables, "samples": samples, "every": every,
                        "final": final, "second_half_average": average, "timings": timings,
+                       "kept": kept, "excluded": {str(k): r for k, r in sorted(excluded.items())},
                        "steps": steps.tolist(), "values": values.tolist()})
     atomic_write(outdir / "ensemble.json", blob)
     return result

@@ -87,3 +87,51 @@ def test_ta_ensemble_under_mpirun(ta_run):
     vol = data["second_half_average"]["vol/atoms"]
     assert 17.0 < vol["mean"] < 19.5 and vol["std"] > 0 and vol["lo"] < vol["mean"] < vol["hi"]
     assert "vol/atoms: final" in proc.stdout and "95% [" in proc.stdout
+
+
+def test_screen_replicas_flags_what_left_the_physical_region():
+    from lammps_hooks.ensemble import screen_replicas
+
+    rng = np.random.default_rng(0)
+    # 8 replicas: volume/atom ~18.1 +- 0.05, temperature ~300 +- 5; one swelled, one boiled, one NaN.
+    avg = np.column_stack([18.1 + 0.05 * rng.standard_normal(8), 300 + 5 * rng.standard_normal(8)])
+    assert screen_replicas(avg, ["vol/atoms", "temp"]) == {}  # an honest spread: nothing flagged
+    avg[2, 0] = 54.0
+    avg[5, 1] = 2500.0
+    avg[7, 1] = np.nan
+    out = screen_replicas(avg, ["vol/atoms", "temp"])
+    assert sorted(out) == [2, 5, 7]
+    assert out[2].startswith("vol/atoms 54") and out[5].startswith("temp 2500") and "non-finite" in out[7]
+    # Agreement to a fraction of a per cent is not split: a 1% outlier among 0.01% replicas stays.
+    tight = np.array([[1.0000], [1.0001], [0.9999], [1.0000], [1.01]])
+    assert screen_replicas(tight, ["x"]) == {}
+    # Two replicas have no majority to compare with: only non-finite values are caught.
+    assert screen_replicas(np.array([[1.0], [50.0]]), ["x"]) == {}
+
+
+def test_a_runaway_replica_is_reported_and_left_out(cu_run):
+    """A hand-made bad draw (the descriptor coefficients with the wrong sign) among posterior draws:
+    the ensemble reports it and its error bars are over the other replicas."""
+    write_cu_input(cu_run, solver="BAYES")
+    assert run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run).returncode == 0
+    post = Posterior.load(cu_run / "Cu_pot.posterior.npz")
+    bad = post.mean.copy()
+    bad[1:] *= -1.0
+    draws = np.vstack([post.sample(3, seed=4), bad])
+    Posterior(post.mean, post.cov, post.elements, post.snap, samples=draws).save(cu_run / "bad.npz")
+    (cu_run / "in.nvt").write_text(CU_NVT)
+    proc = run_cli(["ensemble", "in.nvt", "--posterior", "bad.npz", "--samples", "4", "--observables",
+                    "pe/atoms", "temp", "press", "--every", "20", "--outdir", "ens"], cwd=cu_run)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((cu_run / "ens" / "ensemble.json").read_text())
+    coeffs = [read_snapcoeff(cu_run / "ens" / f"replica{k}.snapcoeff") for k in range(4)]
+    bad_replica = [k for k in range(4) if np.allclose(coeffs[k], bad)]
+    assert len(bad_replica) == 1
+    k = bad_replica[0]
+    print(f"\nreplica {k} (bad draw): {data['excluded']}")
+    assert list(data["excluded"]) == [str(k)] and data["kept"] == [j for j in range(4) if j != k]
+    assert f"WARNING replica {k} left out" in proc.stdout
+    values = np.array(data["values"])  # kept replicas only
+    assert values.shape[0] == 3
+    np.testing.assert_allclose(data["final"]["pe/atoms"]["mean"], values[:, -1, 0].mean())
+    assert "Left out" in (cu_run / "ens" / "ensemble_summary.md").read_text()
