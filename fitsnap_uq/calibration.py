@@ -23,18 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm, spearmanr
+from scipy.stats import spearmanr
+
+from fitsnap_uq.linear.gaussian import ONE_SIGMA, TWO_SIGMA, gaussian_multiplier, row_variance
 
 Multiplier = Callable[[float, "str | None"], float]
 CURVE_LEVELS = np.linspace(0.01, 0.99, 99)
-ONE_SIGMA = float(2 * norm.cdf(1.0) - 1)
-TWO_SIGMA = float(2 * norm.cdf(2.0) - 1)
 UNITS = {"Energy": "eV/atom", "Force": "eV/A", "Stress": "bar"}
-
-
-def gaussian_multiplier(level: float, quantity: str | None = None) -> float:
-    """Half-width of the Gaussian central interval at ``level``, in sigmas."""
-    return float(norm.ppf(0.5 + 0.5 * level))
 
 
 def observed_coverage(abs_err: np.ndarray, sigma: np.ndarray, quantity: str | None,
@@ -109,15 +104,17 @@ def metrics_table(truth: np.ndarray, mean: np.ndarray, sigma: np.ndarray, groups
     return pd.DataFrame.from_records(records).set_index(["Group", "Subsystem", "Set"])
 
 
-def markdown(raw: pd.DataFrame, recal: pd.DataFrame | None = None, title: str = "") -> str:
-    """A Markdown report of one or two metric tables (raw posterior, recalibrated)."""
+def markdown(raw: pd.DataFrame, recal: pd.DataFrame | None = None, title: str = "",
+             recalibration: str = "cross-validated quantile recalibration") -> str:
+    """A Markdown report of one or two metric tables (raw posterior, recalibrated); ``recalibration``
+    says how the recalibration was learned (the heading of its table)."""
     parts = [f"# {title}".rstrip() if title else "# Calibration of predictive uncertainties", "",
              "Units: energy eV/atom, force eV/A, stress bar. cov68/cov95: fraction of errors inside "
              "the 68.3%/95.4% interval (ideal 0.683/0.954); miscal_area: mean |observed - nominal| "
              "coverage over levels 0.01-0.99 (ideal 0); zms: mean (error/sigma)^2 (ideal 1); nll: "
              "Gaussian negative log-likelihood; spearman: rank correlation of |error| and sigma.", ""]
     for name, table in (("Raw posterior (Gaussian intervals)", raw),
-                        ("Recalibrated (cross-validated quantile recalibration)", recal)):
+                        (f"Recalibrated ({recalibration})", recal)):
         if table is None:
             continue
         parts += [f"## {name}", "", table.reset_index().to_markdown(index=False, floatfmt=".4g"), ""]
@@ -151,8 +148,7 @@ def calibration_plot(path: str | Path, curves: dict[str, tuple[np.ndarray, np.nd
 def anl_sigma(a: np.ndarray, cov: np.ndarray, noise_var: np.ndarray | float = 0.0) -> np.ndarray:
     """Raw std (n,) of rows ``a`` (n, p) under a coefficient covariance, e.g. FitSNAP ANL's
     ``covariance.npy`` (FitSNAP's column layout), plus an optional noise variance per row."""
-    var = np.einsum("ij,jk,ik->i", a, cov, a, optimize=True)
-    return np.sqrt(np.maximum(var, 0.0) + noise_var)
+    return np.sqrt(np.maximum(row_variance(a, cov), 0.0) + noise_var)
 
 
 def _sigma_bins(sigma: np.ndarray, bins: int) -> list[np.ndarray]:

@@ -214,8 +214,8 @@ class UQSolverMixin:
         if multiplier is not None:
             recal = calibration.metrics_table(*args, multiplier=multiplier, keep=keep)
         table_path, png_path = self.calibration_paths()
-        text = calibration.markdown(raw, recal, title=f"Calibration of {self.name} predictions")
-        text = text.replace("(cross-validated quantile recalibration)", f"({recalibration})") + extra
+        text = calibration.markdown(raw, recal, title=f"Calibration of {self.name} predictions",
+                                    recalibration=recalibration) + extra
         _write_text(table_path, text)
         curves = {}
         abs_err = np.abs(np.asarray(truth) - np.asarray(mean))
