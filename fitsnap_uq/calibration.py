@@ -121,6 +121,40 @@ def markdown(raw: pd.DataFrame, recal: pd.DataFrame | None = None, title: str = 
     return "\n".join(parts)
 
 
+def coverage_curves(truth: np.ndarray, mean: np.ndarray, sigma: np.ndarray, row_types: np.ndarray,
+                    testing: np.ndarray, keep: np.ndarray, multiplier: Multiplier | None = None
+                    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Calibration curves per quantity and training/testing set, raw and (with ``multiplier``)
+    recalibrated, for :func:`calibration_plot`.
+
+    Args:
+        truth, mean, sigma: (n,) truths, predicted means, raw Gaussian stds.
+        row_types, testing, keep: (n,) quantity, testing flag, rows to score.
+        multiplier: the recalibrated interval half-width in raw sigmas (None: raw curves only).
+
+    Returns:
+        ``{"<quantity> train|test raw|recal": (levels (L,), observed coverage (L,))}``.
+    """
+    keep = np.asarray(keep, dtype=bool)
+    row_types = np.asarray(row_types).astype(str)
+    testing = np.asarray(testing, dtype=bool)
+    sigma = np.asarray(sigma)
+    abs_err = np.abs(np.asarray(truth) - np.asarray(mean))
+    curves = {}
+    for q in sorted(set(row_types[keep].tolist())):
+        for is_test in (False, True):
+            sel = keep & (row_types == q) & (testing == is_test)
+            if not sel.any():
+                continue
+            label = f"{q} {'test' if is_test else 'train'}"
+            curves[f"{label} raw"] = (CURVE_LEVELS, observed_coverage(abs_err[sel], sigma[sel], q,
+                                                                      gaussian_multiplier))
+            if multiplier is not None:
+                curves[f"{label} recal"] = (CURVE_LEVELS, observed_coverage(abs_err[sel], sigma[sel], q,
+                                                                            multiplier))
+    return curves
+
+
 def calibration_plot(path: str | Path, curves: dict[str, tuple[np.ndarray, np.ndarray]],
                      title: str = "Calibration") -> Path:
     """Write a calibration-curve PNG: observed vs nominal coverage, one line per label.

@@ -387,3 +387,34 @@ def per_element(value: Any, n: int) -> list:
     """One value per element: a scalar (or a one-element list) repeated ``n`` times, else the list itself."""
     vals = value if isinstance(value, (list, tuple)) else [value]
     return list(vals) * n if len(vals) == 1 else list(vals)
+
+
+def posterior_from_fit(mean: np.ndarray, cov: np.ndarray, elements: list[str], snap: dict[str, Any],
+                       **kwargs: Any) -> Posterior:
+    """A Posterior from a fit in FitSNAP's column layout (constants added when bzeroflag = 1).
+
+    Args:
+        mean: (m,) and cov: (m, m) over FitSNAP's A columns (:attr:`Posterior.fit_columns`).
+        kwargs: the other arguments of :class:`Posterior`; ``model_error`` and ``samples`` (k, m) (if
+            any) in FitSNAP's layout.
+    """
+    p = len(elements) * (snap["ncoeff"] + 1)
+    layout = Posterior(np.zeros(p), np.zeros((p, p)), elements, snap)
+    cols = layout.fit_columns
+    full_mean = np.zeros(p)
+    full_cov = np.zeros((p, p))
+    full_mean[cols] = mean
+    full_cov[np.ix_(cols, cols)] = cov
+    samples = kwargs.pop("samples", None)
+    if samples is not None:
+        full_samples = np.zeros((np.asarray(samples).shape[0], p))
+        full_samples[:, cols] = samples
+        kwargs["samples"] = full_samples
+    model_error = kwargs.pop("model_error", None)
+    if model_error is not None:
+        coef_var = np.zeros(p)
+        coef_var[cols] = model_error["coef_var"]
+        factor = np.zeros((p, np.asarray(model_error["factor"]).shape[1]))
+        factor[cols] = model_error["factor"]
+        model_error = {"cov_scale": model_error["cov_scale"], "coef_var": coef_var, "factor": factor}
+    return Posterior(full_mean, full_cov, elements, snap, model_error=model_error, **kwargs)

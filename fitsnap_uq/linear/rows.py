@@ -55,6 +55,10 @@ class Rows:
         """The rows of training configurations."""
         return self.subset(~self.testing)
 
+    def weighted(self) -> tuple[np.ndarray, np.ndarray]:
+        """The weighted system ``(w_i a_i, w_i b_i)``: (n, m), (n,)."""
+        return self.w[:, None] * self.a, self.w * self.b
+
     def config_keys(self) -> np.ndarray:
         """(n,) identifier of each row's configuration (group and file)."""
         return np.char.add(np.char.add(self.groups.astype(str), "/"), self.configs.astype(str))
