@@ -19,6 +19,7 @@ import numpy as np
 from _ta import constant_columns, split_by_configuration, ta_rows
 
 from fitsnap_uq import calibration as C
+from fitsnap_uq.linear.gaussian import interval_multiplier
 from fitsnap_uq.linear.rows import fit_and_recalibrate, recalibration_map
 
 COLS = ["n", "cov68", "cov95", "miscal_area", "nll", "zms", "spearman", "rmse", "rms_sigma"]
@@ -67,7 +68,7 @@ def main() -> int:
           f"log evidence {model.result.log_evidence:.6g}")
 
     def recal(level, q):
-        return float(np.interp(level, rec["levels"], rec[q])) if q in rec else C.gaussian_multiplier(level)
+        return interval_multiplier(rec, level, q)
 
     mean, sigma = model.predict_raw(test)
     a_mean, a_coef, a_total = anl(train, test)

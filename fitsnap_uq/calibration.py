@@ -23,18 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm, spearmanr
+from scipy.stats import spearmanr
+
+from fitsnap_uq.linear.gaussian import ONE_SIGMA, TWO_SIGMA, gaussian_multiplier, row_variance
 
 Multiplier = Callable[[float, "str | None"], float]
 CURVE_LEVELS = np.linspace(0.01, 0.99, 99)
-ONE_SIGMA = float(2 * norm.cdf(1.0) - 1)
-TWO_SIGMA = float(2 * norm.cdf(2.0) - 1)
 UNITS = {"Energy": "eV/atom", "Force": "eV/A", "Stress": "bar"}
-
-
-def gaussian_multiplier(level: float, quantity: str | None = None) -> float:
-    """Half-width of the Gaussian central interval at ``level``, in sigmas."""
-    return float(norm.ppf(0.5 + 0.5 * level))
 
 
 def observed_coverage(abs_err: np.ndarray, sigma: np.ndarray, quantity: str | None,
@@ -109,19 +104,55 @@ def metrics_table(truth: np.ndarray, mean: np.ndarray, sigma: np.ndarray, groups
     return pd.DataFrame.from_records(records).set_index(["Group", "Subsystem", "Set"])
 
 
-def markdown(raw: pd.DataFrame, recal: pd.DataFrame | None = None, title: str = "") -> str:
-    """A Markdown report of one or two metric tables (raw posterior, recalibrated)."""
+def markdown(raw: pd.DataFrame, recal: pd.DataFrame | None = None, title: str = "",
+             recalibration: str = "cross-validated quantile recalibration") -> str:
+    """A Markdown report of one or two metric tables (raw posterior, recalibrated); ``recalibration``
+    says how the recalibration was learned (the heading of its table)."""
     parts = [f"# {title}".rstrip() if title else "# Calibration of predictive uncertainties", "",
              "Units: energy eV/atom, force eV/A, stress bar. cov68/cov95: fraction of errors inside "
              "the 68.3%/95.4% interval (ideal 0.683/0.954); miscal_area: mean |observed - nominal| "
              "coverage over levels 0.01-0.99 (ideal 0); zms: mean (error/sigma)^2 (ideal 1); nll: "
              "Gaussian negative log-likelihood; spearman: rank correlation of |error| and sigma.", ""]
     for name, table in (("Raw posterior (Gaussian intervals)", raw),
-                        ("Recalibrated (cross-validated quantile recalibration)", recal)):
+                        (f"Recalibrated ({recalibration})", recal)):
         if table is None:
             continue
         parts += [f"## {name}", "", table.reset_index().to_markdown(index=False, floatfmt=".4g"), ""]
     return "\n".join(parts)
+
+
+def coverage_curves(truth: np.ndarray, mean: np.ndarray, sigma: np.ndarray, row_types: np.ndarray,
+                    testing: np.ndarray, keep: np.ndarray, multiplier: Multiplier | None = None
+                    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Calibration curves per quantity and training/testing set, raw and (with ``multiplier``)
+    recalibrated, for :func:`calibration_plot`.
+
+    Args:
+        truth, mean, sigma: (n,) truths, predicted means, raw Gaussian stds.
+        row_types, testing, keep: (n,) quantity, testing flag, rows to score.
+        multiplier: the recalibrated interval half-width in raw sigmas (None: raw curves only).
+
+    Returns:
+        ``{"<quantity> train|test raw|recal": (levels (L,), observed coverage (L,))}``.
+    """
+    keep = np.asarray(keep, dtype=bool)
+    row_types = np.asarray(row_types).astype(str)
+    testing = np.asarray(testing, dtype=bool)
+    sigma = np.asarray(sigma)
+    abs_err = np.abs(np.asarray(truth) - np.asarray(mean))
+    curves = {}
+    for q in sorted(set(row_types[keep].tolist())):
+        for is_test in (False, True):
+            sel = keep & (row_types == q) & (testing == is_test)
+            if not sel.any():
+                continue
+            label = f"{q} {'test' if is_test else 'train'}"
+            curves[f"{label} raw"] = (CURVE_LEVELS, observed_coverage(abs_err[sel], sigma[sel], q,
+                                                                      gaussian_multiplier))
+            if multiplier is not None:
+                curves[f"{label} recal"] = (CURVE_LEVELS, observed_coverage(abs_err[sel], sigma[sel], q,
+                                                                            multiplier))
+    return curves
 
 
 def calibration_plot(path: str | Path, curves: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -151,8 +182,7 @@ def calibration_plot(path: str | Path, curves: dict[str, tuple[np.ndarray, np.nd
 def anl_sigma(a: np.ndarray, cov: np.ndarray, noise_var: np.ndarray | float = 0.0) -> np.ndarray:
     """Raw std (n,) of rows ``a`` (n, p) under a coefficient covariance, e.g. FitSNAP ANL's
     ``covariance.npy`` (FitSNAP's column layout), plus an optional noise variance per row."""
-    var = np.einsum("ij,jk,ik->i", a, cov, a, optimize=True)
-    return np.sqrt(np.maximum(var, 0.0) + noise_var)
+    return np.sqrt(np.maximum(row_variance(a, cov), 0.0) + noise_var)
 
 
 def _sigma_bins(sigma: np.ndarray, bins: int) -> list[np.ndarray]:

@@ -2,7 +2,8 @@
 
 :func:`activate` (idempotent) applies the compatibility adapters (:mod:`fitsnap_uq.compat`), registers
 the ``[UQ]`` input section (:mod:`fitsnap_uq.sections`) and our solvers (:mod:`fitsnap_uq.solvers`:
-``[SOLVER] solver = BAYES``, ``MODELERROR``, ``BAYESMCMC``, ``NNENSEMBLE``) with FitSNAP's factories,
+``[SOLVER] solver = BAYES``, ``MODELERROR``, ``BAYESMCMC``; :mod:`fitsnap_uq.nn.fitsnap_solver`:
+``NNENSEMBLE``) with FitSNAP's factories,
 and lets FitSNAP run NNENSEMBLE as its PYTORCH solver where it must. FitSNAP finds sections and
 solvers among ``Section.__subclasses__()`` and ``Solver.__subclasses__()``, so importing those two
 modules is the registration. In your own Python::
@@ -40,8 +41,9 @@ def activate() -> dict[str, Any]:
         compat.apply()
         compat.apply_nnensemble()
         # FitSNAP finds them among Section/Solver subclasses: the [UQ] section; BAYES, MODELERROR,
-        # BAYESMCMC, NNENSEMBLE.
+        # BAYESMCMC (solvers), NNENSEMBLE (nn.fitsnap_solver).
         from fitsnap_uq import sections, solvers  # noqa: F401
+        from fitsnap_uq.nn import fitsnap_solver  # noqa: F401
 
         _active = True
     return {"applied": list(compat.APPLIED), "skipped": dict(compat.SKIPPED)}

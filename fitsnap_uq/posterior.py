@@ -44,15 +44,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import norm
 
 from fitsnap_uq.errors import InputError, NumericalError
 from fitsnap_uq.io import atomic_write as _atomic_write
 from fitsnap_uq.io import json_default as _json_default
+from fitsnap_uq.linear.gaussian import ONE_SIGMA, interval_multiplier, live_cholesky, row_variance
 
 FORMAT_VERSION = 2
 QUANTITIES = ("Energy", "Force", "Stress")
-ONE_SIGMA = float(2 * norm.cdf(1.0) - 1)  # 0.6827
 SNAP_KEYS = ("twojmax", "rcutfac", "rfac0", "rmin0", "radelem", "wj", "bzeroflag", "switchflag",
              "wselfallflag", "chemflag", "quadraticflag", "bnormflag")
 
@@ -76,12 +75,10 @@ def check_covariance(cov: np.ndarray, what: str = "covariance") -> None:
     scale = max(float(np.max(np.abs(cov))), 1e-300)
     if np.max(np.abs(cov - cov.T)) > 1e-10 * scale:
         raise NumericalError(f"{what} is not symmetric")
-    live = np.any(cov != 0, axis=0)
-    if live.any():
-        try:
-            np.linalg.cholesky(cov[np.ix_(live, live)])
-        except np.linalg.LinAlgError:
-            raise NumericalError(f"{what} is not positive definite; refusing to use or write it") from None
+    try:
+        live_cholesky(cov)
+    except np.linalg.LinAlgError:
+        raise NumericalError(f"{what} is not positive definite; refusing to use or write it") from None
 
 
 class Posterior:
@@ -139,7 +136,7 @@ class Posterior:
                     and np.all(coef_var >= 0) and np.all(np.isfinite(factor))):
                 raise ValueError("model error must be finite and non-negative")
             self.model_error = {"cov_scale": scale, "coef_var": coef_var, "factor": factor}
-        self._factor: np.ndarray | None = None
+        self._factor: tuple[np.ndarray, np.ndarray] | None = None
         self._predictive_cov: np.ndarray | None = None
 
     @property
@@ -222,8 +219,8 @@ class Posterior:
         covariance's part (:attr:`predictive_cov`) plus the noise variance of ``noise``."""
         full = self.to_layout(a)
         mean = full @ self.mean
-        var = np.einsum("ij,jk,ik->i", full, self.predictive_cov, full, optimize=True)
-        var = np.maximum(var, 0.0) + self._noise_variance(noise, full.shape[0])
+        var = np.maximum(row_variance(full, self.predictive_cov), 0.0)
+        var = var + self._noise_variance(noise, full.shape[0])
         return mean, np.sqrt(var)
 
     def multiplier(self, level: float, quantity: str | None) -> float:
@@ -233,10 +230,7 @@ class Posterior:
         """
         if not 0.0 < level < 1.0:
             raise ValueError(f"level must be in (0, 1), got {level}")
-        rec = self.recalibration
-        if rec is not None and quantity is not None and quantity in rec:
-            return float(np.interp(level, rec["levels"], rec[quantity]))
-        return float(norm.ppf(0.5 + 0.5 * level))
+        return interval_multiplier(self.recalibration, level, quantity)
 
     def _quantities(self, noise: str | Sequence[str] | None, n: int) -> list[str | None]:
         if noise is None:
@@ -282,12 +276,12 @@ class Posterior:
             ns = self.samples.shape[0]
             idx = rng.choice(ns, size=n, replace=n > ns)
             return self.samples[idx].copy()
-        live = np.any(self.cov != 0, axis=0)
         if self._factor is None:
             # Cholesky of the live block: coefficients held fixed (zero variance) stay exact.
-            self._factor = np.linalg.cholesky(self.cov[np.ix_(live, live)])
+            self._factor = live_cholesky(self.cov)
+        live, factor = self._factor
         out = np.tile(self.mean, (n, 1))
-        out[:, live] += rng.standard_normal((n, int(live.sum()))) @ self._factor.T
+        out[:, live] += rng.standard_normal((n, int(live.sum()))) @ factor.T
         return out
 
     # -------------------------------------------------------------------- I/O
@@ -393,3 +387,34 @@ def per_element(value: Any, n: int) -> list:
     """One value per element: a scalar (or a one-element list) repeated ``n`` times, else the list itself."""
     vals = value if isinstance(value, (list, tuple)) else [value]
     return list(vals) * n if len(vals) == 1 else list(vals)
+
+
+def posterior_from_fit(mean: np.ndarray, cov: np.ndarray, elements: list[str], snap: dict[str, Any],
+                       **kwargs: Any) -> Posterior:
+    """A Posterior from a fit in FitSNAP's column layout (constants added when bzeroflag = 1).
+
+    Args:
+        mean: (m,) and cov: (m, m) over FitSNAP's A columns (:attr:`Posterior.fit_columns`).
+        kwargs: the other arguments of :class:`Posterior`; ``model_error`` and ``samples`` (k, m) (if
+            any) in FitSNAP's layout.
+    """
+    p = len(elements) * (snap["ncoeff"] + 1)
+    layout = Posterior(np.zeros(p), np.zeros((p, p)), elements, snap)
+    cols = layout.fit_columns
+    full_mean = np.zeros(p)
+    full_cov = np.zeros((p, p))
+    full_mean[cols] = mean
+    full_cov[np.ix_(cols, cols)] = cov
+    samples = kwargs.pop("samples", None)
+    if samples is not None:
+        full_samples = np.zeros((np.asarray(samples).shape[0], p))
+        full_samples[:, cols] = samples
+        kwargs["samples"] = full_samples
+    model_error = kwargs.pop("model_error", None)
+    if model_error is not None:
+        coef_var = np.zeros(p)
+        coef_var[cols] = model_error["coef_var"]
+        factor = np.zeros((p, np.asarray(model_error["factor"]).shape[1]))
+        factor[cols] = model_error["factor"]
+        model_error = {"cov_scale": model_error["cov_scale"], "coef_var": coef_var, "factor": factor}
+    return Posterior(full_mean, full_cov, elements, snap, model_error=model_error, **kwargs)

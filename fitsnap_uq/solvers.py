@@ -1,17 +1,17 @@
 """FitSNAP solver classes of fitsnap-uq (thin adapters: gather rows from FitSNAP, no math here).
 
 FitSNAP 3.1.0.4 chooses a solver by searching ``Solver.__subclasses__()`` for the name given in
-``[SOLVER] solver = ...`` (case-insensitive), so these classes are registered by being imported.
-Each solver reads its options from ``[UQ]``, hands numpy arrays to :mod:`fitsnap_uq.linear`, sets
+``[SOLVER] solver = ...`` (case-insensitive), so these classes are registered by being imported
+(:func:`fitsnap_uq.fitsnap_plugin.activate`; the network ensemble ``NNENSEMBLE`` is in
+:mod:`fitsnap_uq.nn.fitsnap_solver`). Each solver reads its options from ``[UQ]``, hands numpy arrays to
+:mod:`fitsnap_uq.linear` (the numerical code: fits, sampling, noise per quantity), sets
 ``self.fit`` (FitSNAP's coefficient layout, for FitSNAP's own metrics and ``.snapcoeff`` output) and
 writes a :class:`~fitsnap_uq.posterior.Posterior`.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +20,20 @@ from fitsnap3lib.solvers.solver import Solver
 
 from fitsnap_uq import calibration
 from fitsnap_uq.errors import InputError
-from fitsnap_uq.io import atomic_write, json_default
+from fitsnap_uq.io import atomic_write
 from fitsnap_uq.linear import mcmc
-from fitsnap_uq.linear import noise as noise_model
 from fitsnap_uq.linear.merr import fit_model_error
+from fitsnap_uq.linear.noise import quantity_noise_var
 from fitsnap_uq.linear.rows import (
     Rows,
     fit_and_recalibrate,
     fit_rows,
-    fit_weights,
     fit_with_model_error,
     group_rmse_against,
     recalibration_map,
 )
 from fitsnap_uq.options import UQ_KEYS
-from fitsnap_uq.posterior import Posterior
+from fitsnap_uq.posterior import Posterior, posterior_from_fit
 from fitsnap_uq.sections import uq_options
 
 
@@ -205,31 +204,16 @@ class UQSolverMixin:
             recalibration: how the recalibration was learned (the heading of its table).
             extra: Markdown appended to the report.
         """
-        keep = np.asarray(keep, dtype=bool)
-        row_types = np.asarray(row_types)
-        testing = np.asarray(testing, dtype=bool)
         args = (truth, mean, sigma, groups, row_types, testing)
         raw = calibration.metrics_table(*args, keep=keep)
         recal = None
         if multiplier is not None:
             recal = calibration.metrics_table(*args, multiplier=multiplier, keep=keep)
         table_path, png_path = self.calibration_paths()
-        text = calibration.markdown(raw, recal, title=f"Calibration of {self.name} predictions")
-        text = text.replace("(cross-validated quantile recalibration)", f"({recalibration})") + extra
+        text = calibration.markdown(raw, recal, title=f"Calibration of {self.name} predictions",
+                                    recalibration=recalibration) + extra
         _write_text(table_path, text)
-        curves = {}
-        abs_err = np.abs(np.asarray(truth) - np.asarray(mean))
-        for q in sorted(set(row_types[keep].astype(str).tolist())):
-            for is_test in (False, True):
-                sel = keep & (row_types.astype(str) == q) & (testing == is_test)
-                if not sel.any():
-                    continue
-                label = f"{q} {'test' if is_test else 'train'}"
-                curves[f"{label} raw"] = (calibration.CURVE_LEVELS, calibration.observed_coverage(
-                    abs_err[sel], sigma[sel], q, calibration.gaussian_multiplier))
-                if recal is not None:
-                    curves[f"{label} recal"] = (calibration.CURVE_LEVELS, calibration.observed_coverage(
-                        abs_err[sel], sigma[sel], q, multiplier))
+        curves = calibration.coverage_curves(truth, mean, sigma, row_types, testing, keep, multiplier)
         calibration.calibration_plot(png_path, curves, title=f"{self.name}: calibration")
         self.pt.single_print(f"fitsnap-uq: wrote calibration report {table_path} and {png_path}")
 
@@ -333,17 +317,6 @@ def check_folds(train: Rows, folds: int, infile: str | None, say: Any = print) -
                      file=infile, section="UQ", key="cv_folds")
 
 
-def quantity_noise_var(data_var: float, rows: Rows) -> dict[str, float]:
-    """Physical noise variance per quantity of weighted-row data variance ``data_var``: the variance
-    of a row of the quantity's median weight (rows of weight 0 left out)."""
-    out = {}
-    for q in sorted(set(rows.row_types.astype(str).tolist())):
-        w = np.abs(rows.w[(rows.row_types == q) & (rows.w != 0)])
-        if w.size:
-            out[q] = data_var / float(np.median(w)) ** 2
-    return out
-
-
 class MODELERROR(UQSolverMixin, Solver):
     """Embedded model error (Sargsyan et al. 2019) on all or chosen coefficients.
 
@@ -359,7 +332,7 @@ class MODELERROR(UQSolverMixin, Solver):
             self._check_output_free()
             rows, train = self.training_rows(trainall)
             opts = self.options
-            aw, bw = train.w[:, None] * train.a, train.w * train.b
+            aw, bw = train.weighted()
             embed = None if opts["merr_embed"] == "all" else opts["merr_embed"]
             data_var = None if opts["merr_data_var"] == "anl" else opts["merr_data_var"]
             try:
@@ -380,9 +353,10 @@ class MODELERROR(UQSolverMixin, Solver):
             info = {"solver": "MODELERROR", "report": report, "data_var_weighted": res.data_var,
                     "model_error_std": res.sigma.tolist(), "embed": res.embed.tolist(),
                     "options": {k: v for k, v in opts.items() if k.startswith("merr") or k == "seed"}}
-            cov = np.diag(res.sigma**2) + res.coef_cov
+            cov = res.total_cov
             self.posterior = posterior_from_fit(res.coef, 0.5 * (cov + cov.T), elements, snap,
-                                                noise_var=quantity_noise_var(res.data_var, train),
+                                                noise_var=quantity_noise_var(res.data_var, train.row_types,
+                                                                             train.w),
                                                 info=info)
             self.fit = res.coef.copy()
             self.cov = cov
@@ -410,56 +384,16 @@ class BAYESMCMC(UQSolverMixin, Solver):
             rows, train = self.training_rows(trainall)
             opts = self.options
             base = fit_rows(train, **self.bayes_fit_options())
-            live = base.result.active
-            rng = np.random.default_rng(opts["seed"])
-            kw = {"nwalkers": opts["mcmc_walkers"], "nsteps": opts["mcmc_steps"],
-                  "burn": opts["mcmc_burn"], "thin": opts["mcmc_thin"], "nchains": opts["mcmc_chains"],
-                  "seed": opts["seed"]}
             like = opts["mcmc_likelihood"]
-            p = train.a.shape[1]
-            if like in ("gaussian", "student_t"):
-                labels = noise_model.class_labels(train.groups, train.row_types, opts["noise_classes"])
-                sigma0 = np.sqrt(noise_model.row_noise_var(base.result, base.classes, labels,
-                                                           fit_weights(train, opts["weights"])))
-                sa = train.a[:, live] / sigma0[:, None]
-                sy = train.b / sigma0
-                alpha = base.result.alpha[live] if opts["prior"] != "none" else None
-                if like == "gaussian":
-                    target = mcmc.gaussian_target(sa.T @ sa, sa.T @ sy, float(sy @ sy), sy.size, alpha)
-                else:
-                    target = mcmc.student_t_target(sa, sy, opts["student_nu"], alpha)
-                x0 = np.append(base.result.mean[live], 0.0)
-                cov0 = base.result.cov[np.ix_(live, live)]
-                chol = np.zeros((x0.size, x0.size))
-                chol[:-1, :-1] = np.linalg.cholesky(cov0)
-                chol[-1, -1] = 1.0 / np.sqrt(2.0 * sy.size)
-                res = mcmc.sample(target, x0, chol, **kw)
-                theta = np.zeros((res.samples.shape[0], p))
-                theta[:, live] = res.samples[:, :-1]
-                kappa = float(np.exp(np.median(res.samples[:, -1])))
-                noise_var = {k: v * kappa**2 for k, v in base.noise_var.items()}
-            else:
-                aw, bw = train.w[:, None] * train.a, train.w * train.b
-                me = fit_model_error(aw, bw, likelihood="iid")
-                emb = np.flatnonzero(me.sigma > 0)
-                if emb.size == 0:
-                    raise InputError("the model-error fit found no model error to sample (every "
-                                     "embedded std is 0); use mcmc_likelihood = gaussian",
-                                     file=self.infile, section="UQ", key="mcmc_likelihood")
-                target = mcmc.model_error_target(aw, bw, emb, me.data_var)
-                x0 = np.concatenate([me.coef, np.log(me.sigma[emb])])
-                chol = np.zeros((x0.size, x0.size))
-                cc = me.coef_cov + 1e-30 * np.eye(p)
-                live_idx = np.flatnonzero(live)
-                chol[np.ix_(live_idx, live_idx)] = np.linalg.cholesky(cc[np.ix_(live, live)])
-                chol[p:, p:] = 0.1 * np.eye(emb.size)
-                res = mcmc.sample(target, x0, chol, **kw)
-                c = res.samples[:, :p]
-                s = np.exp(res.samples[:, p:])
-                theta = c.copy()
-                theta[:, emb] += s * rng.standard_normal(s.shape)
-                noise_var = quantity_noise_var(me.data_var, train)
-            keep = rng.choice(theta.shape[0], size=min(opts["max_samples"], theta.shape[0]), replace=False)
+            try:
+                drawn = mcmc.sample_posterior(
+                    train, base, like, noise_classes=opts["noise_classes"], weights=opts["weights"],
+                    prior=opts["prior"], student_nu=opts["student_nu"], max_samples=opts["max_samples"],
+                    seed=opts["seed"], nwalkers=opts["mcmc_walkers"], nsteps=opts["mcmc_steps"],
+                    burn=opts["mcmc_burn"], thin=opts["mcmc_thin"], nchains=opts["mcmc_chains"])
+            except InputError as exc:
+                raise InputError(exc.detail, file=self.infile, section="UQ", key="mcmc_likelihood") from None
+            res, noise_var = drawn.mcmc, drawn.noise_var
             diag = res.report()
             self.pt.single_print(f"fitsnap-uq BAYESMCMC ({like}): {diag['n_samples']} samples, R-hat max "
                                  f"{diag['rhat_max']:.4f}, ESS min {diag['ess_min']:.0f}, acceptance "
@@ -467,205 +401,19 @@ class BAYESMCMC(UQSolverMixin, Solver):
             if diag["rhat_max"] > 1.05:
                 self.pt.single_print("fitsnap-uq BAYESMCMC: WARNING R-hat > 1.05: run longer chains")
             elements, snap = snap_parameters(self.config)
-            mean = theta.mean(axis=0)
-            cov = np.cov(theta.T)
+            mean, cov = drawn.mean, drawn.cov
             info = {"solver": "BAYESMCMC", "likelihood": like, "diagnostics": diag,
                     "options": {k: v for k, v in opts.items() if k.startswith("mcmc") or k in
                                 ("seed", "student_nu", "noise_classes", "prior")}}
-            lay = posterior_from_fit(mean, 0.5 * (cov + cov.T), elements, snap, noise_var=noise_var,
-                                     info=info)
-            samples = np.tile(lay.mean, (keep.size, 1))
-            samples[:, lay.fit_columns] = theta[keep]
-            self.posterior = Posterior(lay.mean, lay.cov, elements, snap, noise_var=noise_var,
-                                       samples=samples, info=info)
+            self.posterior = posterior_from_fit(mean, 0.5 * (cov + cov.T), elements, snap,
+                                                noise_var=noise_var, samples=drawn.theta[drawn.kept],
+                                                info=info)
             self.fit = mean
             self.cov = cov
             self.write_posterior(self.posterior)
             self.write_calibration(self.posterior, rows, base.noise_names(rows))
 
         fit_on_rank_zero()
-
-
-class NNENSEMBLE(UQSolverMixin, Solver):
-    """An ensemble of FitSNAP PyTorch networks on resampled configurations (see
-    :mod:`fitsnap_uq.nn.fitsnap_ensemble`). ``[SOLVER] solver = NNENSEMBLE``, ``[CALCULATOR]
-    nonlinear = 1``, the network in ``[PYTORCH]``, the ensemble's options ``nn_*`` and ``seed`` in ``[UQ]``.
-
-    FitSNAP 3.1.0.4 calls a nonlinear solver's ``perform_fit`` on rank 0 only, then ``fit_gather`` on every
-    rank: the members are trained in ``fit_gather`` (member m on rank m % size). Rank 0 then writes the
-    description, the predictions and the calibration report; FitSNAP's own error table (metrics file)
-    scores the ensemble mean. The recalibration (``[UQ] recalibration = quantile``) is learned from the
-    out-of-bag errors of the training configurations (not with nn_resample = none). The sigma of the
-    calibration report is the members' std, floored per quantity (see
-    :func:`~fitsnap_uq.nn.fitsnap_ensemble.floored_sigma`).
-    """
-
-    def __init__(self, name: str, pt: Any, config: Any) -> None:
-        self.config, self.pt = config, pt
-        self._check_sections()  # before FitSNAP's own checks, which fail with a bare assertion
-        super().__init__(name, pt, config)
-        self.linear = False
-        self.rows: Any = None
-        self.description: dict[str, Any] | None = None
-
-    def _check_sections(self) -> None:
-        from fitsnap_uq.nn import fitsnap_ensemble as fe
-
-        self.options = uq_options(self.config)
-        sections = self.config.sections
-        calc = sections.get("CALCULATOR")
-        if calc is None or not getattr(calc, "nonlinear", False):
-            raise InputError("NNENSEMBLE trains neural networks on per-atom descriptors: set nonlinear = 1",
-                             file=self.infile, section="CALCULATOR", key="nonlinear")
-        if "PYTORCH" not in sections:
-            raise InputError("NNENSEMBLE needs a [PYTORCH] section (layer_sizes, learning_rate, num_epochs, "
-                             "batch_size, ...) for its members", file=self.infile, section="PYTORCH")
-        torch_section = sections["PYTORCH"]
-        if getattr(torch_section, "global_fraction_bool", False):
-            raise InputError("training_fraction splits the data at random inside FitSNAP; NNENSEMBLE "
-                             "resamples itself: remove it and use [UQ] nn_resample / nn_fraction",
-                             file=self.infile, section="PYTORCH", key="training_fraction")
-        if getattr(torch_section, "save_state_input", None) is not None:
-            raise InputError("NNENSEMBLE trains every member from its own initialization; remove "
-                             "save_state_input", file=self.infile, section="PYTORCH", key="save_state_input")
-        if self.pt.fitsnap_dict.get("force") and "BISPECTRUM" in sections and \
-                not getattr(sections["BISPECTRUM"], "dgradflag", True):
-            raise InputError("force training of networks needs per-neighbor descriptor derivatives: set "
-                             "dgradflag = 1", file=self.infile, section="BISPECTRUM", key="dgradflag")
-        if "BISPECTRUM" in sections and getattr(sections["BISPECTRUM"], "dgradflag", False) and \
-                not getattr(sections["BISPECTRUM"], "bikflag", False):
-            raise InputError("dgradflag = 1 needs per-atom descriptors: set bikflag = 1",
-                             file=self.infile, section="BISPECTRUM", key="bikflag")
-        if self.options["nn_members"] < 2:
-            raise InputError("an ensemble needs at least 2 members", file=self.infile, section="UQ",
-                             key="nn_members")
-        self._fe = fe
-
-    def description_path(self) -> Path:
-        """``[UQ] nn_ensemble`` or ``<potential>.nnensemble.json``."""
-        return self.output_path("nn_ensemble", ".nnensemble.json")
-
-    def perform_fit(self, *args: Any, **kwargs: Any) -> None:
-        """Nothing on rank 0 alone: the collective training is in :meth:`fit_gather`."""
-
-    def fit_gather(self) -> None:
-        """Train the members over all ranks, then (rank 0) write the outputs."""
-        if not getattr(self.config.args, "perform_fit", True):
-            return
-        fe = self._fe
-        opts = self.options
-        desc_path = self.description_path()
-        if desc_path.exists() and not getattr(self.config.args, "overwrite", False):
-            raise InputError(f"ensemble description {desc_path} exists; pass --overwrite to replace it",
-                             file=self.infile, section="UQ", key="nn_ensemble")
-        testing = np.asarray(self.pt.fitsnap_dict["Testing"], dtype=bool)
-        names = [f"{g}/{c}" for g, c in zip(self.pt.fitsnap_dict["Groups"], self.pt.fitsnap_dict["Configs"])]
-        # Resample in a canonical order (group/file), so that plans do not depend on how FitSNAP spread
-        # the configurations over ranks.
-        train_idx = np.array(sorted(np.flatnonzero(~testing), key=lambda i: names[i]), dtype=int)
-        if train_idx.size == 0:
-            raise InputError("no training configurations", file=self.infile, section="GROUPS")
-        plans = fe.plan_members(train_idx, opts["nn_members"], opts["nn_resample"], opts["nn_fraction"],
-                                opts["seed"])
-        prefix = desc_path.with_name(desc_path.name[:-5] if desc_path.name.endswith(".json")
-                                     else desc_path.name)
-        start = time.perf_counter()
-        configs, results, nranks = fe.train_members(self.pt, self.config, plans, prefix,
-                                                    opts["nn_early_stopping"])
-        elapsed = time.perf_counter() - start
-        self.configs = configs
-        if results is None:  # not rank 0
-            return
-        rows = fe.ensemble_rows(configs, results, plans)
-        self.rows = rows
-        sigma = fe.floored_sigma(rows.std, rows.row_types, ~rows.testing & rows.keep)
-        recal, multiplier = None, None
-        if opts["recalibration"] == "quantile" and opts["nn_resample"] != "none":
-            train = ~rows.testing & rows.keep
-            ratios = fe.out_of_bag_ratios(rows.truth[train], rows.members[:, train], sigma[train],
-                                          rows.in_bag[:, train])
-            recal = recalibration_map({q: ratios[rows.row_types[train] == q]
-                                       for q in sorted(set(rows.row_types.tolist()))})
-            if len(recal) > 1:
-                def multiplier(level: float, quantity: str | None, rec: dict = recal) -> float:
-                    if quantity in rec:
-                        return float(np.interp(level, rec["levels"], rec[quantity]))
-                    return calibration.gaussian_multiplier(level)
-            else:
-                recal = None
-        elements, snap = snap_parameters(self.config)
-        torch_section = self.config.sections["PYTORCH"]
-        self.description = {
-            "solver": "NNENSEMBLE", "format": "fitsnap-uq nnensemble 1",
-            "elements": elements, "snap": snap,
-            "network": {"layer_sizes": [str(x) for x in torch_section.layer_sizes],
-                        "learning_rate": float(torch_section.learning_rate),
-                        "num_epochs": int(torch_section.num_epochs),
-                        "batch_size": int(torch_section.batch_size),
-                        "multi_element_option": int(torch_section.multi_element_option),
-                        "energy_weight": float(torch_section.energy_weight),
-                        "force_weight": float(torch_section.force_weight)},
-            "options": {k: opts[k] for k in ("nn_members", "nn_resample", "nn_fraction",
-                                             "nn_early_stopping", "seed", "recalibration")},
-            "ranks": nranks, "train_seconds": elapsed,
-            "predictions": f"{prefix.name}.predictions.npz",
-            "recalibration": ({k: np.asarray(v).tolist() for k, v in recal.items()}
-                              if recal is not None else None),
-            "members": [r.info for r in results],
-        }
-        fe.write_predictions(Path(f"{prefix}.predictions.npz"), rows)
-        _write_text(desc_path, json.dumps(self.description, indent=1, default=json_default))
-        self.pt.single_print(f"fitsnap-uq NNENSEMBLE: {len(results)} members on {nranks} rank(s) in "
-                             f"{elapsed:.1f} s; wrote {desc_path} and {prefix.name}.member*.pt")
-        self.write_calibration_report(rows.truth, rows.mean, sigma, rows.groups, rows.row_types,
-                                      rows.testing, keep=rows.keep, multiplier=multiplier,
-                                      recalibration="quantile recalibration on out-of-bag errors")
-
-    def create_datasets(self) -> None:
-        """FitSNAP's configuration list without a fit (its error analysis asks for it with --nofit)."""
-        from fitsnap3lib.solvers.pytorch import PYTORCH
-
-        self.configs = self._fe.build_configs(PYTORCH, self.pt, self.config)
-
-    def evaluate_configs(self, config_idx: int | None = 0, standardize_bool: bool = True,
-                         dtype: Any = None, eval_device: str = "cpu") -> tuple[Any, Any]:
-        """The ensemble mean in the form FitSNAP's error analysis reads: (total energy (eV), forces (3N,)
-        eV/A) as tensors, of configuration ``config_idx`` (or lists over all with None)."""
-        import torch
-
-        if self.rows is None:
-            raise RuntimeError("NNENSEMBLE has no predictions (not fitted, or not rank 0)")
-        idx = range(len(self.configs)) if config_idx is None else [config_idx]
-        energies, forces = [], []
-        for i in idx:
-            sel = self.rows.config_index == i
-            mean, types = self.rows.mean[sel], self.rows.row_types[sel]
-            energies.append(torch.tensor(mean[types == "Energy"][0] * int(self.configs[i].natoms)))
-            f = mean[types == "Force"]
-            forces.append(torch.tensor(f) if f.size else None)
-        if config_idx is None:
-            return energies, forces
-        return energies[0], forces[0]
-
-
-def posterior_from_fit(mean: np.ndarray, cov: np.ndarray, elements: list[str], snap: dict[str, Any],
-                       **kwargs: Any) -> Posterior:
-    """A Posterior from a fit in FitSNAP's column layout (constants added when bzeroflag = 1)."""
-    p = len(elements) * (snap["ncoeff"] + 1)
-    layout = Posterior(np.zeros(p), np.zeros((p, p)), elements, snap)
-    cols = layout.fit_columns
-    full_mean = np.zeros(p)
-    full_cov = np.zeros((p, p))
-    full_mean[cols] = mean
-    full_cov[np.ix_(cols, cols)] = cov
-    model_error = kwargs.pop("model_error", None)
-    if model_error is not None:
-        coef_var = np.zeros(p)
-        coef_var[cols] = model_error["coef_var"]
-        factor = np.zeros((p, np.asarray(model_error["factor"]).shape[1]))
-        factor[cols] = model_error["factor"]
-        model_error = {"cov_scale": model_error["cov_scale"], "coef_var": coef_var, "factor": factor}
-    return Posterior(full_mean, full_cov, elements, snap, model_error=model_error, **kwargs)
 
 
 def _write_text(path: Path, text: str) -> None:

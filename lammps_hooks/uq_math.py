@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fitsnap_uq.linear.gaussian import live_cholesky
+
 if TYPE_CHECKING:
     from fitsnap_uq.posterior import Posterior
 
@@ -42,11 +44,9 @@ class CoefficientSpread:
     @classmethod
     def from_covariance(cls, mean: np.ndarray, cov: np.ndarray) -> CoefficientSpread:
         """Cholesky factor of the live block (coefficients held fixed have zero rows)."""
-        p = mean.shape[0]
-        live = np.any(cov != 0, axis=0)
-        factor = np.zeros((p, int(live.sum())))
-        if live.any():
-            factor[live] = np.linalg.cholesky(cov[np.ix_(live, live)])
+        live, chol = live_cholesky(cov)
+        factor = np.zeros((mean.shape[0], chol.shape[1]))
+        factor[live] = chol
         return cls(mean=np.asarray(mean, float), factor=factor, source="analytic")
 
     @classmethod

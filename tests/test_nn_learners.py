@@ -102,3 +102,83 @@ def test_polynomial_study_command(tmp_path):
                                                 "model error"}
     for name in ("interpolation.png", "extrapolation.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- the estimator contract
+def tiny():
+    return torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+
+
+def cheap(kind):
+    """A learner of ``kind`` with settings that differ from the defaults, quick to fit."""
+    if kind == "Ensemble":
+        return Ensemble(tiny, members=3, bootstrap=False, fraction=0.6, epochs=5, lr=3e-3, weight_decay=1e-4,
+                        seed=7)
+    if kind == "MCMC":
+        return MCMC(tiny, prior_std=0.5, samples=6, warmup=4, seed=7)
+    return Variational(tiny, prior_std=0.5, epochs=5, lr=3e-3, mc=2, draws=9, seed=7)
+
+
+KINDS = ["Ensemble", "MCMC", "Variational"]
+
+
+def data2d(n=12):
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1, 1, size=(n, 2))
+    return x, x[:, 0] - 0.5 * x[:, 1]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("x, y, message", [
+    (np.zeros((4, 2, 1)), np.zeros(4), r"x must have shape \(n, d\)"),
+    (np.zeros((0, 2)), np.zeros(0), r"x must have shape \(n, d\)"),
+    (np.zeros((4, 2)), np.zeros(5), r"y must have shape \(4,\)"),
+    (np.zeros((4, 2)), np.zeros((4, 2)), r"y must have shape \(4,\) or \(4, 1\)"),
+    (np.array([["a", "b"]] * 4), np.zeros(4), "x must be numeric"),
+    (np.zeros((4, 2)), np.array(["1"] * 4), "y must be numeric"),
+    (np.array([[0.0, np.nan]] * 4), np.zeros(4), "x has NaN or infinite"),
+    (np.zeros((4, 2)), np.array([0.0, np.inf, 0.0, 0.0]), "y has NaN or infinite"),
+])
+def test_fit_refuses_bad_inputs(kind, x, y, message):
+    with pytest.raises(ValueError, match=message):
+        cheap(kind).fit(x, y)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_predict_checks_fitted_and_features(kind, tmp_path):
+    learner = cheap(kind)
+    with pytest.raises(ValueError, match="not fitted"):
+        learner.predict(np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="not fitted"):
+        learner.save(tmp_path / "x.pt")
+    x, y = data2d()
+    learner.fit(x, y[:, None])  # (n, 1) targets are accepted
+    assert learner.n_features_in_ == 2
+    with pytest.raises(ValueError, match="x has 3 features per row; the learner was fitted with 2"):
+        learner.predict(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="x has NaN"):
+        learner.sample(np.full((2, 2), np.nan), 3)
+    with pytest.raises(ValueError, match="n must be at least 1"):
+        learner.sample(x, 0)
+    mean, std = learner.predict(torch.as_tensor(x[:3]))  # tensors as well as arrays
+    assert mean.shape == std.shape == (3,)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_load_keeps_every_setting_and_reads_weights_only(kind, tmp_path):
+    x, y = data2d()
+    learner = cheap(kind).fit(x, y)
+    path = tmp_path / f"{kind}.pt"
+    learner.save(path)
+    blob = torch.load(path, weights_only=True)  # plain tensors and numbers: no pickled code
+    assert blob["kind"] == kind and blob["settings"] == learner.settings()
+    cls = type(learner)
+    back = cls.load(path, tiny)
+    assert back.settings() == learner.settings() and back.settings() != cls(tiny).settings()
+    assert back.n_features_in_ == 2 and back.noise_std_ == learner.noise_std_
+    np.testing.assert_array_equal(back.predict(x)[0], learner.predict(x)[0])
+    np.testing.assert_array_equal(back.predict(x)[1], learner.predict(x)[1])
+    np.testing.assert_array_equal(back.sample(x, 4), learner.sample(x, 4))
+    other = next(k for k in KINDS if k != kind)
+    with pytest.raises(ValueError, match=f"not a saved {other} learner"):
+        {"Ensemble": Ensemble, "MCMC": MCMC, "Variational": Variational}[other].load(path, tiny)

@@ -3,6 +3,7 @@ and ``mpirun -np 2``), and compared with the Python hook, which is the reference
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -380,6 +381,11 @@ def test_refuses_a_posterior_that_is_not_the_pair_style(plugin, ta_stem, tmp_pat
     (lambda t: t.replace("\nend\n", "\n"), "missing 'end'"),
     (lambda t: t.replace("fitsnap-uq-plugin-posterior", "something-else"), "not a fitsnap-uq plugin"),
     (lambda t: t.replace("rfac0 ", "rfac0 abc "), "'rfac0' expects a number"),
+    # absurd sizes are refused before any allocation (no std::bad_alloc, no MPI_Abort trace)
+    (lambda t: re.sub(r"\nfactor (\d+) \d+\n", r"\nfactor \1 1000000000\n", t),
+     "'factor' has rank 1000000000"),
+    (lambda t: re.sub(r"\nfactor (\d+) \d+\n", r"\nfactor \1 99999\n", t), "'factor' announces"),
+    (lambda t: re.sub(r"\nmean \d+\n", "\nmean 999999999\n", t), "'mean' announces 999999999 values"),
 ])
 def test_bad_posterior_file_names_file_and_key(plugin, ta_stem, ta_uq, tmp_path, edit, message):
     bad = tmp_path / "bad.uq"
@@ -390,6 +396,7 @@ def test_bad_posterior_file_names_file_and_key(plugin, ta_stem, ta_uq, tmp_path,
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert message in out and str(bad) in out, out[-1500:]
+    assert "bad_alloc" not in out and "MPI_Abort" not in out, out[-1500:]
 
 
 def test_missing_compiler_is_a_clear_error(tmp_path, monkeypatch):

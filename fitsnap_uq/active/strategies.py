@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from fitsnap_uq.linear.gaussian import row_variance
+
 STRATEGIES = ("random", "max_std", "std_sampling", "qbc", "d_optimal", "variance_reduction")
 
 
@@ -76,7 +78,7 @@ def rms_by_owner(values: np.ndarray, owner: np.ndarray, m: int) -> np.ndarray:
 
 def coefficient_std_scores(cands: Candidates, cov: np.ndarray, noise_var: dict[str, float]) -> np.ndarray:
     """(m,) RMS over rows of the coefficient std of the prediction, in units of the noise std."""
-    std = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", cands.a, cov, cands.a), 0.0))
+    std = np.sqrt(np.maximum(row_variance(cands.a, cov), 0.0))
     return rms_by_owner(std / row_scale(cands.row_types, noise_var), cands.owner, cands.size)
 
 

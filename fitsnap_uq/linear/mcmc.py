@@ -18,6 +18,9 @@ noise std of every row, ``sigma_i = kappa * sigma0_i``:
 * :func:`model_error_target`: the embedded model error's iid likelihood over ``[c, log s]``.
 
 A Gaussian prior ``theta ~ N(0, diag(alpha)^-1)`` is added where ``alpha`` is given.
+
+:func:`sample_posterior` is the whole BAYESMCMC computation on plain rows (the FitSNAP solver only
+gathers the rows, calls it and writes the Posterior).
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fitsnap_uq.errors import NumericalError
+from fitsnap_uq.errors import InputError, NumericalError
+from fitsnap_uq.linear import noise as noise_model
+from fitsnap_uq.linear.merr import fit_model_error
+from fitsnap_uq.linear.rows import Rows, RowsFit, fit_weights
 
 LogProb = Callable[[np.ndarray], np.ndarray]  # (W, d) -> (W,)
 
@@ -180,3 +186,107 @@ def model_error_target(a: np.ndarray, y: np.ndarray, embed: np.ndarray, data_var
         return -0.5 * np.sum(r**2 / v + np.log(v), axis=0)
 
     return logp
+
+
+LIKELIHOODS = ("gaussian", "student_t", "model_error")
+
+
+@dataclass
+class PosteriorSamples:
+    """Outcome of :func:`sample_posterior` (FitSNAP's column layout).
+
+    Attributes:
+        theta: (S, p) pooled coefficient draws (all chains and walkers, after burn-in and thinning).
+        kept: (k,) indices into ``theta`` of the draws to store with the Posterior.
+        noise_var: {quantity or noise class: physical noise variance} for prediction.
+        mcmc: the sampler's samples and diagnostics (over the sampled coordinates).
+        kappa: the posterior median of the common noise scale (Gaussian/Student-t), else None.
+    """
+
+    theta: np.ndarray
+    kept: np.ndarray
+    noise_var: dict[str, float]
+    mcmc: MCMCResult
+    kappa: float | None = None
+
+    @property
+    def mean(self) -> np.ndarray:
+        """(p,) sample mean of the coefficients."""
+        return self.theta.mean(axis=0)
+
+    @property
+    def cov(self) -> np.ndarray:
+        """(p, p) sample covariance of the coefficients."""
+        return np.cov(self.theta.T)
+
+
+def sample_posterior(train: Rows, base: RowsFit, likelihood: str = "gaussian", noise_classes: str = "group",
+                     weights: str = "ratios", prior: str = "isotropic", student_nu: float = 4.0,
+                     max_samples: int = 2000, seed: int = 0, nwalkers: int = 64, nsteps: int = 2000,
+                     burn: int = 500, thin: int = 1, nchains: int = 4) -> PosteriorSamples:
+    """MCMC samples of the coefficients of the training rows ``train`` (unweighted, nonzero weight).
+
+    ``gaussian``/``student_t``: the noise model of the BAYES fit ``base`` fixes each row's noise std
+    ``sigma0_i`` (its class, its weight); the sampler draws ``[theta, log kappa]`` on the rows scaled by
+    ``1 / sigma0_i``, over ``base``'s active columns, whitened by ``base``'s posterior covariance, with
+    ``base``'s prior unless ``prior = none``; the noise variances are ``base``'s times ``kappa^2``
+    (posterior median). ``model_error``: the embedded model error (iid) of the weighted rows samples
+    ``[c, log s]`` of the coefficients with a nonzero model error, and the draws are ``c + s xi``.
+
+    Args:
+        noise_classes, weights, prior: as given to the BAYES fit ``base``.
+        max_samples: at most this many draws are kept (:attr:`PosteriorSamples.kept`).
+        seed, nwalkers, nsteps, burn, thin, nchains: the sampler's settings (see :func:`sample`).
+
+    Raises:
+        InputError: ``model_error`` and the model-error fit found no model error to sample.
+    """
+    live = base.result.active
+    rng = np.random.default_rng(seed)
+    kw = {"nwalkers": nwalkers, "nsteps": nsteps, "burn": burn, "thin": thin, "nchains": nchains,
+          "seed": seed}
+    p = train.a.shape[1]
+    kappa = None
+    if likelihood in ("gaussian", "student_t"):
+        labels = noise_model.class_labels(train.groups, train.row_types, noise_classes)
+        sigma0 = np.sqrt(noise_model.row_noise_var(base.result, base.classes, labels,
+                                                   fit_weights(train, weights)))
+        sa = train.a[:, live] / sigma0[:, None]
+        sy = train.b / sigma0
+        alpha = base.result.alpha[live] if prior != "none" else None
+        if likelihood == "gaussian":
+            target = gaussian_target(sa.T @ sa, sa.T @ sy, float(sy @ sy), sy.size, alpha)
+        else:
+            target = student_t_target(sa, sy, student_nu, alpha)
+        x0 = np.append(base.result.mean[live], 0.0)
+        chol = np.zeros((x0.size, x0.size))
+        chol[:-1, :-1] = np.linalg.cholesky(base.result.cov[np.ix_(live, live)])
+        chol[-1, -1] = 1.0 / np.sqrt(2.0 * sy.size)
+        res = sample(target, x0, chol, **kw)
+        theta = np.zeros((res.samples.shape[0], p))
+        theta[:, live] = res.samples[:, :-1]
+        kappa = float(np.exp(np.median(res.samples[:, -1])))
+        noise_var = {k: v * kappa**2 for k, v in base.noise_var.items()}
+    elif likelihood == "model_error":
+        aw, bw = train.weighted()
+        me = fit_model_error(aw, bw, likelihood="iid")
+        emb = np.flatnonzero(me.sigma > 0)
+        if emb.size == 0:
+            raise InputError("the model-error fit found no model error to sample (every embedded std "
+                             "is 0); use mcmc_likelihood = gaussian")
+        target = model_error_target(aw, bw, emb, me.data_var)
+        x0 = np.concatenate([me.coef, np.log(me.sigma[emb])])
+        chol = np.zeros((x0.size, x0.size))
+        cc = me.coef_cov + 1e-30 * np.eye(p)
+        live_idx = np.flatnonzero(live)
+        chol[np.ix_(live_idx, live_idx)] = np.linalg.cholesky(cc[np.ix_(live, live)])
+        chol[p:, p:] = 0.1 * np.eye(emb.size)
+        res = sample(target, x0, chol, **kw)
+        s = np.exp(res.samples[:, p:])
+        theta = res.samples[:, :p].copy()
+        theta[:, emb] += s * rng.standard_normal(s.shape)
+        noise_var = noise_model.quantity_noise_var(me.data_var, train.row_types, train.w)
+    else:
+        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, not {likelihood!r}")
+    kept = rng.choice(theta.shape[0], size=min(max_samples, theta.shape[0]), replace=False)
+    return PosteriorSamples(theta=theta, kept=kept, noise_var=noise_var, mcmc=res, kappa=kappa)

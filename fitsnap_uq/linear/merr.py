@@ -60,6 +60,12 @@ class MerrResult:
     embed: np.ndarray
     history: list[float] = field(default_factory=list)
 
+    @property
+    def total_cov(self) -> np.ndarray:
+        """(p, p) covariance of the coefficients: the model error ``diag(s^2)`` plus the Laplace
+        covariance of the mean (not symmetrized)."""
+        return np.diag(self.sigma**2) + self.coef_cov
+
 
 def nll_iid(x: np.ndarray, a: np.ndarray, y: np.ndarray, embed: np.ndarray, data_var: float,
             abc: bool = False) -> tuple[float, np.ndarray]:

@@ -89,3 +89,21 @@ def pooled_noise_var(result: BayesResult, class_names: list[str], labels: np.nda
         if count:
             out[q] = total / count
     return out
+
+
+def quantity_noise_var(data_var: float, row_types: np.ndarray, w: np.ndarray) -> dict[str, float]:
+    """Physical noise variance per quantity of a weighted-row data variance ``data_var``: the variance
+    of a row of the quantity's median weight (rows of weight 0 left out).
+
+    Args:
+        data_var: noise variance of the weighted rows ``w_i y_i`` (e.g. the model-error fit's).
+        row_types: (n,) quantity of each row; w: (n,) FitSNAP weights.
+    """
+    row_types = np.asarray(row_types)
+    w = np.asarray(w)
+    out = {}
+    for q in sorted(set(row_types.astype(str).tolist())):
+        wq = np.abs(w[(row_types == q) & (w != 0)])
+        if wq.size:
+            out[q] = data_var / float(np.median(wq)) ** 2
+    return out

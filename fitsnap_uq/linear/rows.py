@@ -19,6 +19,7 @@ import numpy as np
 
 from fitsnap_uq.linear import noise as noise_model
 from fitsnap_uq.linear.bayes import BayesResult, ClassStats, fit_bayes, merge_stats
+from fitsnap_uq.linear.gaussian import row_variance
 from fitsnap_uq.linear.predictive import PredictiveModel, fit_predictive
 
 RECAL_LEVELS = np.unique(np.concatenate([np.linspace(0.01, 0.99, 99), [0.682689492, 0.954499736]]))
@@ -54,6 +55,10 @@ class Rows:
         """The rows of training configurations."""
         return self.subset(~self.testing)
 
+    def weighted(self) -> tuple[np.ndarray, np.ndarray]:
+        """The weighted system ``(w_i a_i, w_i b_i)``: (n, m), (n,)."""
+        return self.w[:, None] * self.a, self.w * self.b
+
     def config_keys(self) -> np.ndarray:
         """(n,) identifier of each row's configuration (group and file)."""
         return np.char.add(np.char.add(self.groups.astype(str), "/"), self.configs.astype(str))
@@ -84,7 +89,7 @@ class RowsFit:
     def predict_raw(self, rows: Rows) -> tuple[np.ndarray, np.ndarray]:
         """Mean (n,) and raw Gaussian std (n,) (coefficients + class noise) for ``rows``."""
         mean = rows.a @ self.result.mean
-        coef_var = np.einsum("ij,jk,ik->i", rows.a, self.result.cov, rows.a, optimize=True)
+        coef_var = row_variance(rows.a, self.result.cov)
         names = self.noise_names(rows)
         noise = np.array([self.noise_var[n] for n in names])
         return mean, np.sqrt(np.maximum(coef_var, 0.0) + noise)

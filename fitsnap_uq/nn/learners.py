@@ -12,6 +12,13 @@ Every learner also learns a homoscedastic noise std; ``predict(..., noise=True)`
 ``noise=False`` gives the model (epistemic) part alone. Float64 throughout; every random choice is
 seeded (same seed, same result).
 
+The estimator contract (as scikit-learn's): the constructor stores settings only; ``fit`` learns the
+attributes with a trailing underscore (and ``n_features_in_``); ``fit``, ``predict`` and ``sample``
+check their inputs (numeric, finite, ``x`` (n, d) or (n,), ``y`` n values, the same d as in ``fit``) and
+raise :class:`ValueError` naming what is wrong; ``save`` writes plain tensors and numbers (read back with
+``torch.load(..., weights_only=True)``, which runs no pickled code) including every constructor
+setting, so ``load`` gives the learner that was saved.
+
 * :class:`Ensemble`: K members from independent seeds, each trained (Adam, full batch) on a bootstrap
   sample or a random fraction of the data; spread = members' disagreement.
 * :class:`MCMC`: NUTS (pyro) over all parameters and the log noise std, Gaussian prior N(0, prior_std^2)
@@ -35,13 +42,49 @@ Factory = Callable[[], torch.nn.Module]
 DTYPE = torch.float64
 
 
-def _tensor(x: Any) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(x), dtype=DTYPE)
-    return t.reshape(-1, 1) if t.ndim == 1 else t
+def _numeric(values: Any, name: str) -> np.ndarray:
+    """``values`` as a numeric numpy array with finite entries, else ValueError."""
+    arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} has NaN or infinite values")
+    return arr
 
 
-def _target(y: Any) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(y), dtype=DTYPE).reshape(-1)
+def _tensor(x: Any, n_features: int | None = None) -> torch.Tensor:
+    """Inputs (n, d) (or (n,): d = 1) as a float64 tensor; ``n_features``: the d that fit saw."""
+    arr = _numeric(x, "x")
+    if arr.ndim == 1:
+        arr = arr.reshape(-1, 1)
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"x must have shape (n, d) or (n,) with n, d >= 1, got {np.shape(x)}")
+    if n_features is not None and arr.shape[1] != n_features:
+        raise ValueError(f"x has {arr.shape[1]} features per row; the learner was fitted with {n_features}")
+    return torch.as_tensor(arr, dtype=DTYPE)
+
+
+def _target(y: Any, n: int) -> torch.Tensor:
+    """Targets (n,) or (n, 1) as a float64 tensor (n,)."""
+    arr = _numeric(y, "y")
+    if arr.ndim not in (1, 2) or (arr.ndim == 2 and arr.shape[1] != 1) or arr.shape[0] != n:
+        raise ValueError(f"y must have shape ({n},) or ({n}, 1) to match x, got {arr.shape}")
+    return torch.as_tensor(arr, dtype=DTYPE).reshape(-1)
+
+
+def _fit_data(x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    xt = _tensor(x)
+    return xt, _target(y, xt.shape[0])
+
+
+def _read(path: str, kind: str) -> dict[str, Any]:
+    """A file written by a learner's ``save``: plain tensors, numbers and strings, so it is read with
+    ``weights_only=True`` (no pickled code runs); its ``kind`` must be ``kind``."""
+    blob = torch.load(path, weights_only=True)
+    if not isinstance(blob, dict) or blob.get("kind") != kind:
+        found = blob.get("kind") if isinstance(blob, dict) else type(blob).__name__
+        raise ValueError(f"{path} is not a saved {kind} learner (it holds {found!r})")
+    return blob
 
 
 def _factory(module: torch.nn.Module | Factory) -> Factory:
@@ -90,20 +133,47 @@ def _out(module: torch.nn.Module, params: dict[str, torch.Tensor], x: torch.Tens
 class _Learner:
     """Shared API: predict from function draws plus the learned noise."""
 
+    seed: int
     noise_std_: float
+    n_features_in_: int
 
     def _draws(self, x: torch.Tensor, n: int | None) -> torch.Tensor:
         raise NotImplementedError
 
+    def settings(self) -> dict[str, Any]:
+        """The constructor's settings (all but the module), as saved with the learner."""
+        raise NotImplementedError
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "noise_std_"):
+            raise ValueError(f"this {type(self).__name__} is not fitted: call fit (or load) first")
+
+    def _inputs(self, x: Any) -> torch.Tensor:
+        self._check_fitted()
+        return _tensor(x, getattr(self, "n_features_in_", None))
+
+    def _blob(self, **state: Any) -> dict[str, Any]:
+        return {"kind": type(self).__name__, "settings": self.settings(), "noise_std": self.noise_std_,
+                "n_features": self.n_features_in_, "seed": self.seed, **state}
+
+    def _restore(self, blob: dict[str, Any]) -> None:
+        self.noise_std_ = float(blob["noise_std"])
+        if "n_features" in blob:
+            self.n_features_in_ = int(blob["n_features"])
+
     def sample(self, x: Any, n: int = 100) -> np.ndarray:
         """(n, m) draws of the learned function at ``x`` (no noise)."""
+        if int(n) < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        xt = self._inputs(x)
         with torch.no_grad():
-            return self._draws(_tensor(x), n).numpy()
+            return self._draws(xt, int(n)).numpy()
 
     def predict(self, x: Any, noise: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Predictive mean (m,) and std (m,) at ``x``; ``noise`` adds the learned noise variance."""
+        xt = self._inputs(x)
         with torch.no_grad():
-            draws = self._draws(_tensor(x), None)
+            draws = self._draws(xt, None)
         mean = draws.mean(dim=0).numpy()
         var = draws.var(dim=0, unbiased=draws.shape[0] > 1).numpy()
         if noise:
@@ -138,7 +208,8 @@ class Ensemble(_Learner):
 
     def fit(self, x: Any, y: Any) -> Ensemble:
         """Train the members; the noise std is the RMS residual of the ensemble mean."""
-        xt, yt = _tensor(x), _target(y)
+        xt, yt = _fit_data(x, y)
+        self.n_features_in_ = int(xt.shape[1])
         n = yt.shape[0]
         self.models_ = []
         for k in range(self.members):
@@ -166,22 +237,26 @@ class Ensemble(_Learner):
         idx = np.random.default_rng(self.seed).integers(0, len(self.models_), size=n)
         return preds[idx]
 
+    def settings(self) -> dict[str, Any]:
+        return {"members": self.members, "bootstrap": self.bootstrap, "fraction": self.fraction,
+                "epochs": self.epochs, "lr": self.lr, "weight_decay": self.weight_decay, "seed": self.seed}
+
     def save(self, path: str) -> None:
-        """Members' weights and settings (torch.save)."""
-        torch.save({"kind": "Ensemble", "states": [m.state_dict() for m in self.models_],
-                    "noise_std": self.noise_std_, "seed": self.seed}, path)
+        """Members' weights (state dicts of tensors) and settings (torch.save)."""
+        self._check_fitted()
+        torch.save(self._blob(states=[m.state_dict() for m in self.models_]), path)
 
     @classmethod
     def load(cls, path: str, module: torch.nn.Module | Factory) -> Ensemble:
         """An ensemble saved by :meth:`save`, given the same module (or factory)."""
-        blob = torch.load(path, weights_only=False)
-        self = cls(module, members=len(blob["states"]), seed=blob["seed"])
+        blob = _read(path, "Ensemble")
+        self = cls(module, **blob.get("settings", {"members": len(blob["states"]), "seed": blob["seed"]}))
         self.models_ = []
         for state in blob["states"]:
             m = self.make().to(DTYPE)
             m.load_state_dict(state)
             self.models_.append(m.eval())
-        self.noise_std_ = blob["noise_std"]
+        self._restore(blob)
         return self
 
 
@@ -208,7 +283,8 @@ class MCMC(_Learner):
         from pyro.infer import MCMC as PyroMCMC
         from pyro.infer import NUTS
 
-        xt, yt = _tensor(x), _target(y)
+        xt, yt = _fit_data(x, y)
+        self.n_features_in_ = int(xt.shape[1])
         self.module_ = _reset(self.make(), self.seed)
         self.names_, self.shapes_, init = _flat_params(self.module_)
         prior_var = self.prior_std**2
@@ -238,16 +314,24 @@ class MCMC(_Learner):
         w = self.w_ if n is None else self.w_[np.random.default_rng(self.seed).integers(0, len(self.w_), n)]
         return torch.stack([_out(self.module_, _unflatten(wi, self.names_, self.shapes_), x) for wi in w])
 
+    def settings(self) -> dict[str, Any]:
+        return {"prior_std": self.prior_std, "samples": self.samples, "warmup": self.warmup,
+                "seed": self.seed}
+
     def save(self, path: str) -> None:
-        torch.save({"kind": "MCMC", "w": self.w_, "noise_std": self.noise_std_, "seed": self.seed}, path)
+        """The parameter draws (a tensor) and settings (torch.save)."""
+        self._check_fitted()
+        torch.save(self._blob(w=self.w_), path)
 
     @classmethod
     def load(cls, path: str, module: torch.nn.Module | Factory) -> MCMC:
-        blob = torch.load(path, weights_only=False)
-        self = cls(module, seed=blob["seed"])
+        """MCMC draws saved by :meth:`save`, given the same module (or factory)."""
+        blob = _read(path, "MCMC")
+        self = cls(module, **blob.get("settings", {"seed": blob["seed"]}))
         self.module_ = _reset(self.make(), self.seed)
         self.names_, self.shapes_, _ = _flat_params(self.module_)
-        self.w_, self.noise_std_ = blob["w"], blob["noise_std"]
+        self.w_ = blob["w"]
+        self._restore(blob)
         return self
 
 
@@ -273,7 +357,8 @@ class Variational(_Learner):
         self.seed = seed
 
     def fit(self, x: Any, y: Any) -> Variational:
-        xt, yt = _tensor(x), _target(y)
+        xt, yt = _fit_data(x, y)
+        self.n_features_in_ = int(xt.shape[1])
         self.module_ = _reset(self.make(), self.seed)
         self.names_, self.shapes_, init = _flat_params(self.module_)
         mu = init.clone().requires_grad_(True)
@@ -307,17 +392,24 @@ class Variational(_Learner):
         return torch.stack([_out(self.module_, _unflatten(self.mu_ + self.sigma_ * e, self.names_,
                                                           self.shapes_), x) for e in eps])
 
+    def settings(self) -> dict[str, Any]:
+        return {"prior_std": self.prior_std, "epochs": self.epochs, "lr": self.lr, "mc": self.mc,
+                "draws": self.n_draws, "seed": self.seed}
+
     def save(self, path: str) -> None:
-        torch.save({"kind": "Variational", "mu": self.mu_, "sigma": self.sigma_,
-                    "noise_std": self.noise_std_, "seed": self.seed}, path)
+        """The variational means and stds (tensors) and settings (torch.save)."""
+        self._check_fitted()
+        torch.save(self._blob(mu=self.mu_, sigma=self.sigma_), path)
 
     @classmethod
     def load(cls, path: str, module: torch.nn.Module | Factory) -> Variational:
-        blob = torch.load(path, weights_only=False)
-        self = cls(module, seed=blob["seed"])
+        """A variational posterior saved by :meth:`save`, given the same module (or factory)."""
+        blob = _read(path, "Variational")
+        self = cls(module, **blob.get("settings", {"seed": blob["seed"]}))
         self.module_ = _reset(self.make(), self.seed)
         self.names_, self.shapes_, _ = _flat_params(self.module_)
-        self.mu_, self.sigma_, self.noise_std_ = blob["mu"], blob["sigma"], blob["noise_std"]
+        self.mu_, self.sigma_ = blob["mu"], blob["sigma"]
+        self._restore(blob)
         return self
 
 

@@ -55,6 +55,7 @@ static const char *const GLOBAL_NAMES[] = {"pe_std",    "pe_atom_std", "estd_max
 static_assert(sizeof(GLOBAL_NAMES) / sizeof(GLOBAL_NAMES[0]) == 8, "the uncertainty entries of f_ID");
 static const char *const POSTERIOR_MAGIC = "fitsnap-uq-plugin-posterior";
 static const int POSTERIOR_VERSION = 1;
+static const long MAX_FACTOR_RANK = 100000;    // columns of the factor L (live coefficients or samples)
 
 /* ---------------------------------------------------------------------- */
 
@@ -260,6 +261,16 @@ void FixSnapUQ::setup(int /*vflag*/)
 }
 
 /* ----------------------------------------------------------------------
+   the per-atom values of a descriptor compute at this step: computed once per step (setup checks the
+   mean and then evaluates on the same step; LAMMPS resets invoked_peratom between runs)
+------------------------------------------------------------------------- */
+
+void FixSnapUQ::current(Compute *c)
+{
+  if (c->invoked_peratom != update->ntimestep) c->compute_peratom();
+}
+
+/* ----------------------------------------------------------------------
    the posterior mean must be the running pair style (checked once, as the hook does on attach):
    sum_i x_i . mean over all atoms against compute pair snap, when the pair energy was tallied
 ------------------------------------------------------------------------- */
@@ -267,7 +278,7 @@ void FixSnapUQ::setup(int /*vflag*/)
 void FixSnapUQ::verify_mean()
 {
   if (update->eflag_global != update->ntimestep) return;
-  c_sna->compute_peratom();
+  current(c_sna);
   double **b = c_sna->array_atom;
   const int ncoeff = block - 1;
   double ours_local = 0.0, ours = 0.0;
@@ -377,11 +388,11 @@ void FixSnapUQ::evaluate(double &descriptor_seconds)
   const int r = rank;
 
   const double t0 = MPI_Wtime();
-  c_sna->compute_peratom();
+  current(c_sna);
   double **b = c_sna->array_atom;
   double **d = nullptr;
   if (forces) {
-    if (c_snad != c_sna) c_snad->compute_peratom();
+    current(c_snad);    // the same compute in one-pass mode: then already current
     d = c_snad->array_atom;
   }
   descriptor_seconds = MPI_Wtime() - t0;
@@ -643,10 +654,14 @@ void FixSnapUQ::read_posterior(const std::string &file)
   if (!ok)
     error->all(FLERR, "fix snap/uq: cannot read posterior file {} (write it with "
                       "'fitsnap-uq build-plugin --posterior P.posterior.npz --out {}')", file, file);
-  long len = (long) text.size();
-  MPI_Bcast(&len, 1, MPI_LONG, 0, world);
-  text.resize(len);
-  MPI_Bcast(&text[0], (int) len, MPI_CHAR, 0, world);
+  // the length as a 64-bit count, the text in pieces of at most INT_MAX bytes (MPI counts are int)
+  bigint len = (bigint) text.size();
+  MPI_Bcast(&len, 1, MPI_LMP_BIGINT, 0, world);
+  text.resize((size_t) len);
+  for (bigint off = 0; off < len; off += MAXSMALLINT) {
+    const int piece = (int) std::min<bigint>(len - off, MAXSMALLINT);
+    MPI_Bcast(&text[off], piece, MPI_CHAR, 0, world);
+  }
 
   std::istringstream lines(text);
   std::string line, tokens;
@@ -655,9 +670,22 @@ void FixSnapUQ::read_posterior(const std::string &file)
     if (hash != std::string::npos) line.erase(hash);
     tokens += line + " ";
   }
+  // an upper bound of the values the file can hold: counts are checked against it before any
+  // allocation, so a corrupt or hostile count is an error naming the file, not std::bad_alloc
+  bigint nwords = 0;
+  {
+    std::istringstream all(tokens);
+    std::string w;
+    while (all >> w) nwords++;
+  }
   std::istringstream in(tokens);
   auto bad = [&](const std::string &what) {
     error->all(FLERR, "fix snap/uq: posterior file {}: {}", file, what);
+  };
+  auto fits = [&](const std::string &key, bigint nvalues) {
+    if (nvalues > nwords)
+      bad(fmt::format("'{}' announces {} values but the file holds only {} words (corrupt or "
+                      "truncated file?)", key, nvalues, nwords));
   };
   auto word = [&](const std::string &key) {
     std::string w;
@@ -725,6 +753,7 @@ void FixSnapUQ::read_posterior(const std::string &file)
       scalars[key] = w;
     } else if (key == "mean") {
       long n = count(key);
+      fits(key, n);
       mean.resize(n);
       for (long k = 0; k < n; k++) mean[k] = number(key);
       have_mean = true;
@@ -733,6 +762,10 @@ void FixSnapUQ::read_posterior(const std::string &file)
       long r = count(key);
       if (!have_mean || n != (long) mean.size())
         bad(fmt::format("'factor' has {} rows but 'mean' has {} values", n, mean.size()));
+      if (r > MAX_FACTOR_RANK)
+        bad(fmt::format("'factor' has rank {}, more than {} (the factor is P x R with R the live "
+                        "coefficients or the samples)", r, MAX_FACTOR_RANK));
+      fits(key, (bigint) n * (bigint) r);
       rank = (int) r;
       factor.resize((size_t) n * r);
       for (size_t k = 0; k < factor.size(); k++) factor[k] = number(key);

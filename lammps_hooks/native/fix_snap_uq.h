@@ -75,6 +75,7 @@ class FixSnapUQ : public Fix {
   void evaluate_timed(double t0, uint64_t key);
   void evaluate(double &descriptor_seconds);
   void verify_mean();
+  void current(class Compute *c);
   uint64_t configuration_key();
   void write_flagged(double);
 };
