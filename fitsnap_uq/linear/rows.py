@@ -291,7 +291,7 @@ def cross_validate(rows: Rows, fold: np.ndarray, per_fold: list[dict[str, ClassS
         a = rows.a[held]
         index.append(held)
         resid.append(rows.b[held] - a @ model.result.mean)
-        post_var.append(np.einsum("ij,jk,ik->i", a, model.result.cov, a, optimize=True))
+        post_var.append(row_variance(a, model.result.cov))
     return CrossValidated(np.concatenate(index), np.concatenate(resid), np.concatenate(post_var))
 
 
