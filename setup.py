@@ -45,6 +45,9 @@ setup(
             # imports no FitSNAP/LAMMPS/MPI; imports point from orchestration down to the core; no cycles)
             "import-linter>=2.17",
         ],
+        # peers of benchmarks/calibration_newdata.py, on the same rows: POPSRegression (misspecification-
+        # aware Bayesian ridge) and pytuq (Sandia's UQ library behind the seed talk)
+        "bench": ["popsregression", "pytuq"],
     },
     entry_points={"console_scripts": ["fitsnap-uq=fitsnap_uq.cli:main"]},
 )
