@@ -61,6 +61,7 @@ DATASETS = {  # key: (folder, input file, MPI ranks for the descriptors)
 }
 DEFAULT_OUT = ROOT / "benchmarks" / "out" / "calibration_newdata"
 RANK = [0]  # rank of ours' correlated model error (set by --rank)
+BASIS = ["posterior"]  # axes of ours' diagonal model error (set by --basis)
 SCORED = ("Energy", "Force")
 GROUP_MIN_FORCE_ROWS = 200
 PYTUQ_MERR_MAX_ROWS = 20000
@@ -239,7 +240,8 @@ def run_methods(train: Rows, test: Rows, unpen: np.ndarray | None, peers: Peers,
         timings.setdefault(name, []).append(time.perf_counter() - t0)
 
     t0 = time.perf_counter()
-    full, pm, ratios = fit_with_model_error(train, folds=5, seed=0, unpenalized=unpen, rank=RANK[0])
+    full, pm, ratios = fit_with_model_error(train, folds=5, seed=0, unpenalized=unpen, rank=RANK[0],
+                                            basis=BASIS[0])
     mean = a @ full.result.mean
     sigma = np.sqrt(pm.variance(a, _quad(a, full.result.cov), types))
     out["ours raw"] = {"mean": mean, "sigma": sigma, "mult": gauss}
@@ -625,11 +627,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke test: one seed, Ta only, 3 LOGO groups")
     ap.add_argument("--recompute", action="store_true", help="recompute FitSNAP's rows (ignore the cache)")
     ap.add_argument("--outdir", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--basis", choices=("posterior", "coefficients"), default="posterior",
+                    help="axes on which ours' model error is diagonal (fit_with_model_error's basis)")
     ap.add_argument("--rank", type=int, default=0,
                     help="rank of the correlated model-error part of ours (fit_with_model_error's rank)")
     ap.add_argument("--_dump-rows", nargs=2, metavar=("INFILE", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     RANK[0] = args.rank
+    BASIS[0] = args.basis
     if args._dump_rows:
         _dump_rows_main(*args._dump_rows)
         return 0

@@ -69,6 +69,14 @@ UQ_KEYS: dict[str, Key] = {
                       "descriptors) or noise_classes (the learned noise of the classes, pooled per "
                       "quantity for new data: a constant per quantity).",
                       ("model_error", "noise_classes")),
+    "model_error_basis": Key("posterior", str,
+                             "BAYES predictive = model_error: the axes on which the model error is "
+                             "diagonal: posterior (the principal axes of the fit's posterior covariance) or "
+                             "coefficients (each SNAP coefficient its own, as in MODELERROR).",
+                             ("posterior", "coefficients")),
+    "model_error_rank": Key("0", _positive_int,
+                            "BAYES predictive = model_error: rank of an extra correlated part U U^T of the "
+                            "model error (0: none; more parameters, slower, can overfit small data)."),
     "prior": Key("isotropic", str,
                  "Prior on the coefficients: none (flat), isotropic (one precision) or ard (one "
                  "precision per coefficient, automatic relevance determination).",

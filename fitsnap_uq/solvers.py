@@ -240,7 +240,9 @@ class BAYES(UQSolverMixin, Solver):
             folds = check_folds(train, opts["cv_folds"], self.infile, self.pt.single_print)
             recal, model_error, pm = None, None, None
             if opts["predictive"] == "model_error":
-                model, pm, ratios = fit_with_model_error(train, folds=folds, seed=opts["seed"], **fit_opts)
+                model, pm, ratios = fit_with_model_error(train, folds=folds, seed=opts["seed"],
+                                                         basis=opts["model_error_basis"],
+                                                         rank=opts["model_error_rank"], **fit_opts)
                 noise_var = dict(pm.floor_var)
                 model_error = {"cov_scale": pm.cov_scale, "coef_var": pm.coef_var, "factor": pm.factor}
                 if opts["recalibration"] == "quantile":
@@ -266,8 +268,8 @@ class BAYES(UQSolverMixin, Solver):
                     "rows": pm.n_rows, "converged": pm.converged, "message": pm.message}
                 self.pt.single_print(
                     f"fitsnap-uq BAYES: predictive model of new configurations from {folds}-fold "
-                    f"cross-validation: posterior covariance x {pm.cov_scale:.4g}, model error on "
-                    f"{int(np.count_nonzero(pm.coef_var))} coefficients, floors "
+                    f"cross-validation: posterior covariance x {pm.cov_scale:.4g}, model error on the "
+                    f"{opts['model_error_basis']} axes, floors "
                     + ", ".join(f"{q} {np.sqrt(v):.3g}" for q, v in pm.floor_var.items()))
             self.posterior = posterior_from_fit(result.mean, result.cov, elements, snap,
                                                 noise_var=noise_var,

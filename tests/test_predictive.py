@@ -81,12 +81,13 @@ def _heteroscedastic_rows(seed: int, nconf: int = 240) -> Rows:
                 configs=np.concatenate([[x[4]] * x[0].shape[0] for x in blocks]).astype(object))
 
 
-def test_new_configurations_are_calibrated_in_each_kind():
+@pytest.mark.parametrize("basis", ["posterior", "coefficients"])
+def test_new_configurations_are_calibrated_in_each_kind(basis):
     """Fitted on one set of configurations, scored on new ones without their group: the calibrated
     95% interval covers ~95% of the force errors in the easy and in the hard kind alike, and sigma
     ranks the errors; a constant sigma (noise per quantity) could not do both."""
     train, test = _heteroscedastic_rows(1), _heteroscedastic_rows(2, nconf=120)
-    full, model, ratios = fit_with_model_error(train, folds=5, seed=0)
+    full, model, ratios = fit_with_model_error(train, folds=5, seed=0, basis=basis)
     rec = recalibration_map(ratios)
 
     def mult(level: float, q: str | None) -> float:
@@ -99,7 +100,7 @@ def test_new_configurations_are_calibrated_in_each_kind():
     for group in ("Easy", "Hard"):
         sel = (types == "Force") & (test.groups == group)
         m = block_metrics(err[sel], sigma[sel], "Force", mult)
-        print(group, {k: round(v, 3) for k, v in m.items()})
+        print(basis, group, {k: round(v, 3) for k, v in m.items()})
         assert 0.90 <= m["cov95"] <= 0.99
         assert abs(m["cov68"] - 0.683) < 0.08
     allf = types == "Force"

@@ -13,7 +13,7 @@ learn, by K-fold cross-validation over training *configurations*, the distributi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -234,7 +234,8 @@ class CrossValidated:
 def fit_with_model_error(rows: Rows, folds: int = 5, seed: int = 0, noise_classes: str = "one",
                          prior: str = "isotropic", weights: str = "ratios", max_iter: int = 500,
                          tol: float = 1e-8, max_rows: int = 50000,
-                         unpenalized: np.ndarray | None = None, rank: int = 0
+                         unpenalized: np.ndarray | None = None, rank: int = 0,
+                         basis: str = "posterior"
                          ) -> tuple[RowsFit, PredictiveModel, dict[str, np.ndarray]]:
     """Fit the mean of ``rows`` and learn the predictive model of new configurations by K-fold CV.
 
@@ -249,10 +250,16 @@ def fit_with_model_error(rows: Rows, folds: int = 5, seed: int = 0, noise_classe
         max_rows: most held-out rows per quantity that train the predictive model (a seeded random
             subset; the model has m (rank + 1) + 4 parameters).
         rank: rank of the correlated part of the model error (0: diagonal only).
+        basis: the axes on which the model error is diagonal: ``posterior`` (default), the
+            eigenvectors of the mean fit's posterior covariance S (so each principal direction of
+            the fit, well or poorly determined by the weighted data, gets its own model error; this
+            contains ``c S`` as the case of equal variances), or ``coefficients`` (each SNAP
+            coefficient its own, the embedded model error of Sargsyan et al. as written).
 
     Returns:
-        The full fit, the predictive model, and ``{quantity: |residual| / sigma}`` of the scored
-        held-out rows under that model (for the quantile recalibration).
+        The full fit, the predictive model (with ``basis = posterior`` its ``factor`` holds the
+        rotated model error), and ``{quantity: |residual| / sigma}`` of the scored held-out rows
+        under that model (for the quantile recalibration).
     """
     rows = rows.subset(rows.w != 0)
     w, fold, labels, per_fold, full = _folds_and_full_fit(rows, folds, seed, noise_classes, prior, weights,
@@ -267,7 +274,20 @@ def fit_with_model_error(rows: Rows, folds: int = 5, seed: int = 0, noise_classe
                         unpenalized, scored)
     a = rows.a[cv.index]
     t = types[cv.index]
-    model = fit_predictive(a, cv.resid, cv.post_var, t, rank=rank, seed=seed)
+    if basis == "coefficients":
+        model = fit_predictive(a, cv.resid, cv.post_var, t, rank=rank, seed=seed)
+    elif basis == "posterior":
+        # (m, m) orthonormal principal axes of S over the active columns; the columns the fit leaves
+        # out (all-zero descriptors) keep their own unit axes, so they get no model error.
+        act = full.result.active
+        axes = np.eye(a.shape[1])
+        axes[np.ix_(act, act)] = np.linalg.eigh(full.result.cov[np.ix_(act, act)])[1]
+        rotated = fit_predictive(a @ axes, cv.resid, cv.post_var, t, rank=rank, seed=seed)
+        # diag(s^2) on the axes is the covariance axes diag(s^2) axes^T: a factor of the coefficients.
+        factor = np.hstack([axes * np.sqrt(rotated.coef_var), axes @ rotated.factor])
+        model = replace(rotated, coef_var=np.zeros(a.shape[1]), factor=factor)
+    else:
+        raise ValueError(f"basis must be 'posterior' or 'coefficients', not {basis!r}")
     std = np.sqrt(model.variance(a, cv.post_var, t))
     ratios = {q: np.abs(cv.resid[t == q]) / std[t == q] for q in np.unique(t)}
     return full, model, ratios
