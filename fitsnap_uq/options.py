@@ -124,6 +124,10 @@ MERR_KEYS: dict[str, Key] = {
                                "(the same maximum-likelihood fit)."),
     "merr_likelihood": Key("iid", str, "MODELERROR and BAYESMCMC model_error: iid, abc or full "
                            "(see fitsnap_uq/linear/merr.py).", ("iid", "abc", "full")),
+    "merr_mean": Key("weights", str, "MODELERROR: the mean: weights (default: the weighted least-squares "
+                     "fit FitSNAP's weights ask for, as SVD; the model error is fitted around it) or joint "
+                     "(FitSNAP MERR's objective: mean and model error together, which re-weights the mean).",
+                     ("weights", "joint")),
     "merr_data_var": Key("anl", _data_var, "MODELERROR: data-noise variance of the weighted rows: anl "
                          "(FitSNAP ANL's sigmahat, as FitSNAP's MERR) or a number."),
 }

@@ -340,7 +340,7 @@ class MODELERROR(UQSolverMixin, Solver):
             try:
                 res = fit_model_error(aw, bw, embed=embed, multiplicative=opts["merr_multiplicative"],
                                       likelihood=opts["merr_likelihood"], data_var=data_var,
-                                      max_iter=opts["max_iter"])
+                                      max_iter=opts["max_iter"], fix_mean=opts["merr_mean"] == "weights")
             except InputError as exc:
                 raise InputError(exc.detail, file=self.infile, section="UQ", key="merr_embed") from None
             report = {"iterations": res.iterations, "converged": res.converged, "message": res.message,

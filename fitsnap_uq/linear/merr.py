@@ -242,7 +242,7 @@ def _profile_newton_iid(a: np.ndarray, y: np.ndarray, embed: np.ndarray, d: floa
 
 def fit_model_error(a: np.ndarray, y: np.ndarray, embed: np.ndarray | list[int] | None = None,
                     multiplicative: bool = False, likelihood: str = "iid", data_var: float | None = None,
-                    max_iter: int = 500, gtol: float = 1e-6) -> MerrResult:
+                    max_iter: int = 500, gtol: float = 1e-6, fix_mean: bool = False) -> MerrResult:
     """Fit the embedded model error to (weighted) rows ``a`` (n, p), ``y`` (n,).
 
     Arguments and method: see :func:`_fit_model_error`. Runs with one BLAS thread: the tall-skinny
@@ -253,12 +253,12 @@ def fit_model_error(a: np.ndarray, y: np.ndarray, embed: np.ndarray | list[int] 
 
     with threadpool_limits(limits=1, user_api="blas"):
         return _fit_model_error(a, y, embed=embed, multiplicative=multiplicative, likelihood=likelihood,
-                                data_var=data_var, max_iter=max_iter, gtol=gtol)
+                                data_var=data_var, max_iter=max_iter, gtol=gtol, fix_mean=fix_mean)
 
 
 def _fit_model_error(a: np.ndarray, y: np.ndarray, embed: np.ndarray | list[int] | None = None,
                     multiplicative: bool = False, likelihood: str = "iid", data_var: float | None = None,
-                    max_iter: int = 500, gtol: float = 1e-6) -> MerrResult:
+                    max_iter: int = 500, gtol: float = 1e-6, fix_mean: bool = False) -> MerrResult:
     """Fit the embedded model error to (weighted) rows ``a`` (n, p), ``y`` (n,).
 
     The unknowns are c and the model-error variances ``t_k = s_k^2 >= 0`` (in s, ``s_k = 0`` is a
@@ -277,6 +277,9 @@ def _fit_model_error(a: np.ndarray, y: np.ndarray, embed: np.ndarray | list[int]
         likelihood: ``iid``, ``abc`` or ``full``.
         data_var: data-noise variance of the rows; default FitSNAP ANL's ``sigmahat`` (as MERR).
         max_iter, gtol: optimizer limits; gtol on the projected gradient (scaled coordinates).
+        fix_mean: keep c at the least-squares solution of the rows as given (the user's weighted fit)
+            and fit the model-error variances alone; otherwise (FitSNAP MERR's objective) c and t are
+            fitted jointly, which re-weights the mean by the model error.
 
     Raises:
         InputError: an embedded index out of range.
@@ -309,7 +312,7 @@ def _fit_model_error(a: np.ndarray, y: np.ndarray, embed: np.ndarray | list[int]
     t0 = np.full(q, excess / max(float(np.mean(ae2.sum(axis=1))), 1e-300))
     history: list[float] = []
     iterations = 0
-    if likelihood == "iid":
+    if likelihood == "iid" and not fix_mean:
         # A few Fisher-scoring sweeps, then Newton on the profile likelihood.
         c0, t0, iterations = _irls_iid(a, y, embed, d, c0, t0, 8, 1e-3)
         c0, t0, more = _profile_newton_iid(a, y, embed, d, t0, max_iter, 1e-12)
@@ -322,7 +325,16 @@ def _fit_model_error(a: np.ndarray, y: np.ndarray, embed: np.ndarray | list[int]
     scale = np.concatenate([col, tscale])
     x0 = np.concatenate([c0, t0])
     lower = np.concatenate([np.full(p, -np.inf), -t0 * tscale])  # t >= 0
-    bounds = list(zip(lower, np.full(p + q, np.inf)))
+    upper = np.full(p + q, np.inf)
+    free = np.ones(p + q, dtype=bool)
+    if fix_mean:
+        free[:p] = False  # c stays the least-squares solution
+    bounds = list(zip(lower[free], upper[free]))
+
+    def full_u(u_free: np.ndarray) -> np.ndarray:
+        u = np.zeros(p + q)
+        u[free] = u_free
+        return u
 
     if likelihood == "full":
         st = GramStats.of(a, y)
@@ -333,36 +345,38 @@ def _fit_model_error(a: np.ndarray, y: np.ndarray, embed: np.ndarray | list[int]
         def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
             return nll_iid(x, a, y, embed, d, abc=likelihood == "abc")
 
-    def fun(u: np.ndarray) -> tuple[float, np.ndarray]:
-        val, grad = objective(x0 + u / scale)
+    def fun(u_free: np.ndarray) -> tuple[float, np.ndarray]:
+        val, grad = objective(x0 + full_u(u_free) / scale)
         history.append(val)
-        return val, grad / scale
+        return val, (grad / scale)[free]
 
     if likelihood == "abc":
-        def resid_jac(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            x = x0 + u / scale
+        def resid_jac(u_free: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            x = x0 + full_u(u_free) / scale
             c, t = x[:p], np.maximum(x[p:], 0.0)
             r = a @ c - y
             sd = np.sqrt(ae2 @ t + d)
             e = (np.abs(r) - sd) / ABC_EPS
             jac = np.hstack([a * (np.sign(r) / ABC_EPS)[:, None], -ae2 * (0.5 / (sd * ABC_EPS))[:, None]])
-            return e, jac / scale[None, :]
+            return e, (jac / scale[None, :])[:, free]
 
-        res = least_squares(lambda u: resid_jac(u)[0], np.zeros(p + q), jac=lambda u: resid_jac(u)[1],
-                            bounds=(lower, np.full(p + q, np.inf)), method="trf", x_scale="jac",
-                            xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=max_iter)
-        u, iterations = res.x, int(res.nfev)
+        res = least_squares(lambda u: resid_jac(u)[0], np.zeros(int(free.sum())),
+                            jac=lambda u: resid_jac(u)[1], bounds=(lower[free], upper[free]),
+                            method="trf", x_scale="jac", xtol=1e-12, ftol=1e-12, gtol=1e-12,
+                            max_nfev=max_iter)
+        u, iterations = full_u(res.x), int(res.nfev)
         converged, message = bool(res.status > 0), str(res.message)
     else:
-        res = minimize(fun, np.zeros(p + q), jac=True, method="L-BFGS-B", bounds=bounds,
+        res = minimize(fun, np.zeros(int(free.sum())), jac=True, method="L-BFGS-B", bounds=bounds,
                        options={"maxiter": max_iter, "gtol": gtol * 1e-3, "ftol": 1e-15, "maxcor": 50})
-        u = res.x
+        u = full_u(res.x)
         iterations += int(res.nit)
         converged, message = bool(res.success), str(res.message)
     x = x0 + u / scale
     c, t = x[:p], np.maximum(x[p:], 0.0)
     val, grad = objective(np.concatenate([c, t]))
     g = grad / scale
+    g[:p][~free[:p]] = 0.0  # a fixed mean has no gradient to follow
     at_bound = t <= 1e-12 * max(float(t.max()), float(t0.max()), 1e-300)
     t[at_bound] = 0.0
     g[p:][at_bound & (g[p:] > 0)] = 0.0  # projected gradient: variances held at their bound
