@@ -46,7 +46,7 @@ def test_ensemble_covers_interpolation(tmp_path):
     ens = Ensemble(mlp, members=8, epochs=800, lr=1e-2, seed=0).fit(x[:, None], y)
     cov = coverage(ens)
     assert cov >= 0.85
-    mean, std = ens.predict(np.array([[0.0], [3.0]]), noise=False)
+    mean, std = ens.predict_raw(np.array([[0.0], [3.0]]), with_noise=False)
     assert std[1] > 3 * std[0]  # extrapolation is less certain
     ens.save(tmp_path / "ens.pt")
     back = Ensemble.load(tmp_path / "ens.pt", mlp)
@@ -61,7 +61,7 @@ def test_variational_coverage_is_measured():
     cov = coverage(vi)
     print(f"variational 95% coverage on the 1-D toy: {cov:.3f}")
     assert 0.0 <= cov <= 1.0 and vi.noise_std_ > 0
-    _, std_model = vi.predict(x[:, None], noise=False)
+    _, std_model = vi.predict_raw(x[:, None], with_noise=False)
     assert np.all(std_model >= 0)
 
 
@@ -182,3 +182,23 @@ def test_load_keeps_every_setting_and_reads_weights_only(kind, tmp_path):
     other = next(k for k in KINDS if k != kind)
     with pytest.raises(ValueError, match=f"not a saved {other} learner"):
         {"Ensemble": Ensemble, "MCMC": MCMC, "Variational": Variational}[other].load(path, tiny)
+
+
+def test_predict_raw_and_the_deprecated_noise_keyword():
+    """``predict_raw`` names what it returns; ``predict`` is the same; ``noise=`` (a bool, while
+    ``noise`` names a noise class in Posterior.predict) still works with a DeprecationWarning."""
+    from fitsnap_uq.nn import Ensemble
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (40, 1))
+    y = np.sin(3 * x[:, 0])
+    ens = Ensemble(lambda: torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)),
+                   members=2, epochs=20, seed=1).fit(x, y)
+    raw = ens.predict_raw(x[:5])
+    np.testing.assert_array_equal(ens.predict(x[:5])[1], raw[1])
+    with pytest.warns(DeprecationWarning, match="with_noise"):
+        old = ens.predict(x[:5], noise=False)
+    np.testing.assert_array_equal(old[1], ens.predict_raw(x[:5], with_noise=False)[1])
+    assert np.all(old[1] < raw[1])
+    with pytest.raises(TypeError, match="unexpected"):
+        ens.predict(x[:5], nois=False)

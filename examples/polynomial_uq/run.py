@@ -77,8 +77,8 @@ def run_case(order: int, scenario: str, seed: int, quick: bool) -> dict:
     }
     for name, learner in learners.items():
         learner.fit(x[:, None], y)
-        mt, st = learner.predict(xt[:, None], noise=False)
-        mg, sg = learner.predict(grid[:, None], noise=False)
+        mt, st = learner.predict_raw(xt[:, None], with_noise=False)
+        mg, sg = learner.predict_raw(grid[:, None], with_noise=False)
         out[name] = (mt, st, mg, sg)
     me = fit_model_error(a, y, likelihood="iid", data_var=NOISE**2)
     var_t = (at**2) @ (me.sigma**2) + np.einsum("ij,jk,ik->i", at, me.coef_cov, at)

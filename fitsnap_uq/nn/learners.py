@@ -4,13 +4,15 @@ The seed talk's wrappers (``EnsRegr``, ``MCMCRegr``, ``VIRegr``; aliases below) 
 
     learner = Ensemble(lambda: MyNet(), members=10)   # or MCMC(MyNet()), Variational(MyNet())
     learner.fit(x, y)                                  # x (n, d), y (n,) or (n, 1): arrays or tensors
-    mean, std = learner.predict(x_new)                 # (m,), (m,): predictive mean and std
+    mean, std = learner.predict_raw(x_new)             # (m,), (m,): predictive mean and raw std
     draws = learner.sample(x_new, 100)                 # (100, m) predictive function draws
     learner.save("model.pt"); learner = Ensemble.load("model.pt", lambda: MyNet())
 
-Every learner also learns a homoscedastic noise std; ``predict(..., noise=True)`` (the default) adds it,
-``noise=False`` gives the model (epistemic) part alone. Float64 throughout; every random choice is
-seeded (same seed, same result).
+Every learner also learns a homoscedastic noise std; ``predict_raw(..., with_noise=True)`` (the default)
+adds it, ``with_noise=False`` gives the model (epistemic) part alone. The std is raw (the learners do
+not recalibrate; ``predict`` is the same, for duck typing): ``Posterior.predict``, by contrast, returns a
+calibrated half-width and ``Posterior.predict_raw`` the raw std, and there ``noise`` names a noise class.
+Float64 throughout; every random choice is seeded (same seed, same result).
 
 The estimator contract (as scikit-learn's): the constructor stores settings only; ``fit`` learns the
 attributes with a trailing underscore (and ``n_features_in_``); ``fit``, ``predict`` and ``sample``
@@ -169,16 +171,34 @@ class _Learner:
         with torch.no_grad():
             return self._draws(xt, int(n)).numpy()
 
-    def predict(self, x: Any, noise: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Predictive mean (m,) and std (m,) at ``x``; ``noise`` adds the learned noise variance."""
+    def predict_raw(self, x: Any, with_noise: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Predictive mean (m,) and raw (not recalibrated) std (m,) at ``x``; ``with_noise`` adds the
+        learned noise variance (False: the model's epistemic part alone)."""
         xt = self._inputs(x)
         with torch.no_grad():
             draws = self._draws(xt, None)
         mean = draws.mean(dim=0).numpy()
         var = draws.var(dim=0, unbiased=draws.shape[0] > 1).numpy()
-        if noise:
+        if with_noise:
             var = var + self.noise_std_**2
         return mean, np.sqrt(var)
+
+    def predict(self, x: Any, with_noise: bool = True, **deprecated: Any) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict_raw` (the learners are not recalibrated; the name ``predict`` is kept for
+        the scikit-learn-style duck typing of :mod:`fitsnap_uq.active.committee`).
+
+        ``noise=`` (a bool) is the old name of ``with_noise``: accepted with a DeprecationWarning, since
+        ``noise`` names a noise class everywhere else (``Posterior.predict``).
+        """
+        if "noise" in deprecated:
+            import warnings
+
+            warnings.warn("predict(noise=...) is deprecated: use with_noise=", DeprecationWarning,
+                          stacklevel=2)
+            with_noise = bool(deprecated.pop("noise"))
+        if deprecated:
+            raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(deprecated))}")
+        return self.predict_raw(x, with_noise=with_noise)
 
 
 class Ensemble(_Learner):
