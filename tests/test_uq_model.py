@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import CU_LJ_MD
 
 from fitsnap_uq.posterior import Posterior
 from lammps_hooks.flagging import QueryStore
@@ -90,21 +91,6 @@ def test_linear_model_numbers_and_rank_split():
     np.testing.assert_allclose(split.fingerprint, tot.fingerprint, rtol=1e-12)
     empty = model.per_atom(np.zeros((0, NCOEFF)), np.zeros(0, int))
     assert empty.estd.shape == (0,) and empty.partial.shape == (p,)
-
-
-CU_LJ_MD = """
-units metal
-lattice fcc 3.61
-region b block 0 2 0 2 0 2
-create_box 1 b
-create_atoms 1 box
-mass * 63.5
-displace_atoms all random 0.05 0.05 0.05 4321
-pair_style lj/cut 5.0
-pair_coeff * * 0.4 2.3
-velocity all create 600 87287 loop geom
-fix nve all nve
-"""
 
 
 def test_custom_model_runs_in_the_hook(tmp_path):
