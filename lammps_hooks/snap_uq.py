@@ -1,4 +1,5 @@
-"""The MD hook: per-atom and global SNAP uncertainty from a Posterior, inside a plain LAMMPS ``run``.
+"""The MD hook: per-atom and global SNAP uncertainty from a Posterior (or any uncertainty model of the
+:class:`~lammps_hooks.uq_model.UQModel` protocol), inside a plain LAMMPS ``run``.
 
 Attach it to a ``lammps`` object whose pair style is ``snap`` (alone or inside ``hybrid/overlay``)::
 
@@ -30,6 +31,10 @@ Flagging: above ``flag_above`` (of ``measure``, default ``uq_fstd_max``, or ``uq
 forces) the configuration goes to a :class:`~lammps_hooks.flagging.QueryStore`; above ``halt_above``
 the run stops cleanly (``fix halt ... error soft``) and :attr:`SnapUQHook.halted` gives the reason.
 Under MPI every rank must attach the hook (it is collective), as with any LAMMPS command.
+
+The hook is LAMMPS plumbing and flagging only; the numbers come from its model. A Posterior is wrapped
+in :class:`~lammps_hooks.uq_model.LinearSnapModel`; any other :class:`~lammps_hooks.uq_model.UQModel`
+(e.g. :class:`lammps_hooks.nn_uq.NNEnsembleModel`) plugs in the same way: ``SnapUQHook(lmp, model)``.
 """
 
 from __future__ import annotations
@@ -44,23 +49,30 @@ from fitsnap_uq.errors import InputError
 from fitsnap_uq.posterior import Posterior
 from lammps_hooks.flagging import Frame, QueryStore
 from lammps_hooks.parallel import mpi_max, mpi_min
-from lammps_hooks.uq_math import CoefficientSpread, energy_rows, force_rows, force_std, spread_of
+from lammps_hooks.uq_math import CoefficientSpread
+from lammps_hooks.uq_model import LinearSnapModel, UQModel
 
 GLOBALS = ("pe_std", "pe_atom_std", "estd_max", "estd_mean", "fstd_max", "fstd_mean", "nflagged", "halt")
 MEASURES = ("fstd_max", "fstd_mean", "estd_max", "estd_mean", "pe_atom_std", "pe_std")
+ENERGY_MEASURES = ("estd_max", "estd_mean", "pe_atom_std", "pe_std")
+"""What a model without a force std (``force_std = False``) can be thresholded by."""
 
 
 class SnapUQHook:
     """Per-atom and global uncertainty during LAMMPS MD (see the module docstring).
 
     Args:
-        lmp: a ``lammps.lammps`` instance with the box, atoms and a ``snap`` pair style defined.
-        posterior: the coefficients' posterior (its mean must be the pair style's coefficients).
+        lmp: a ``lammps.lammps`` instance with the box, atoms and a ``snap`` pair style defined (any
+            pair style when the model does not ``checks_pair_style``).
+        model: the uncertainty model (:class:`~lammps_hooks.uq_model.UQModel`), or the coefficients'
+            Posterior (its mean must be the pair style's coefficients), wrapped in
+            :class:`~lammps_hooks.uq_model.LinearSnapModel` with ``source``, ``nsamples``, ``seed``.
         every: compute every this many steps (also at the first step of each run).
-        forces: also the per-atom force std (needs ``compute snad/atom``, the costlier part).
-        source: ``auto``, ``analytic`` or ``samples`` (see :func:`spread_of`).
+        forces: also the per-atom force std (needs ``compute snad/atom``, the costlier part); always
+            off for a model without ``force_std``.
+        source: ``auto``, ``analytic`` or ``samples`` (see :func:`~lammps_hooks.uq_math.spread_of`).
         nsamples, seed: Gaussian draws when ``source = samples`` and the posterior has none.
-        type_elements: element of each LAMMPS atom type (default: the posterior's element order).
+        type_elements: element of each LAMMPS atom type (default: the model's element order).
         prefix: prefix of every LAMMPS name the hook defines (computes, fixes, variables).
         store, flag_above, halt_above, measure: flagging (see the module docstring); the store is
             needed on rank 0 only (frames are gathered there).
@@ -72,7 +84,7 @@ class SnapUQHook:
             when the plugin is there and the SNAP is linear, else ``lammps``). Same numbers.
     """
 
-    def __init__(self, lmp: Any, posterior: Posterior, every: int = 10, forces: bool = True,
+    def __init__(self, lmp: Any, model: UQModel | Posterior, every: int = 10, forces: bool = True,
                  source: str = "auto", nsamples: int = 1000, seed: int = 0,
                  type_elements: Sequence[str] | None = None, prefix: str = "uq",
                  store: QueryStore | None = None, flag_above: float | None = None,
@@ -85,10 +97,13 @@ class SnapUQHook:
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         self.lmp = lmp
-        self.posterior = posterior
+        if isinstance(model, Posterior):
+            model = LinearSnapModel(model, source, nsamples, seed)
+        self.model: UQModel = model
         self.every = int(every)
-        self.forces = bool(forces)
-        self.spread = self._make_spread(source, nsamples, seed)
+        self.forces = bool(forces) and bool(model.force_std)
+        self.measures = MEASURES if model.force_std else ENERGY_MEASURES
+        """What ``flag_above``/``halt_above`` may threshold."""
         self.prefix = prefix
         self.store = store
         self.flag_above = flag_above
@@ -119,11 +134,15 @@ class SnapUQHook:
         self._last_key: tuple[int, int, int] | None = None
         self._computes: list[str] = []  # the computes this hook defined (removed by detach)
 
-    measures: tuple[str, ...] = MEASURES
-    """What ``flag_above``/``halt_above`` may threshold."""
+    @property
+    def posterior(self) -> Posterior | None:
+        """The Posterior of a :class:`~lammps_hooks.uq_model.LinearSnapModel` (else None)."""
+        return getattr(self.model, "posterior", None)
 
-    def _make_spread(self, source: str, nsamples: int, seed: int) -> CoefficientSpread | None:
-        return spread_of(self.posterior, source, nsamples, seed)
+    @property
+    def spread(self) -> CoefficientSpread | None:
+        """The coefficient spread of a :class:`~lammps_hooks.uq_model.LinearSnapModel` (else None)."""
+        return getattr(self.model, "spread", None)
 
     def _compute(self, what: str, style: str) -> None:
         """Define the hook's compute ``what`` (``compute <prefix>_<what> all <style>``)."""
@@ -148,21 +167,22 @@ class SnapUQHook:
 
     def _map_types(self) -> None:
         ntypes = int(self.lmp.extract_global("ntypes"))
-        elements = self._type_elements or list(self.posterior.elements)
+        known = list(self.model.elements)
+        elements = self._type_elements or known
         if len(elements) != ntypes:
             raise InputError(f"LAMMPS has {ntypes} atom types but {len(elements)} elements were given "
                              f"({elements}); pass the element of each type (as in pair_coeff)")
-        unknown = [e for e in elements if e not in self.posterior.elements]
+        unknown = [e for e in elements if e not in known]
         if unknown:
-            raise InputError(f"elements {unknown} are not in the posterior ({self.posterior.elements})")
+            raise InputError(f"elements {unknown} are not in the posterior ({known})")
         self.type_elements = elements
-        self.type_to_element = np.array([self.posterior.elements.index(e) for e in elements])
+        self.type_to_element = np.array([known.index(e) for e in elements])
 
     def _descriptor_args(self) -> str:
-        s = self.posterior.snap
+        s = self.model.snap
         if int(s.get("chemflag", 0)):
             raise InputError("explicit multi-element SNAP (chemflag 1) is not supported by the hook yet")
-        nel = len(self.posterior.elements)
+        nel = len(self.model.elements)
         radelem = s["radelem"] if isinstance(s["radelem"], list) else [s["radelem"]] * nel
         wj = s["wj"] if isinstance(s["wj"], list) else [s["wj"]] * nel
         rad = " ".join(str(radelem[i]) for i in self.type_to_element)
@@ -182,8 +202,10 @@ class SnapUQHook:
         self._variables_defined = True
 
     def attach(self, verify: bool = True) -> SnapUQHook:
-        """Define the computes, per-atom columns, variables and the callback; verify the match."""
-        self._check_pair_style()
+        """Define the computes, per-atom columns, variables and the callback; verify the match (when
+        the model ``checks_pair_style``)."""
+        if self.model.checks_pair_style:
+            self._check_pair_style()
         self._map_types()
         args = self._descriptor_args()
         self.native = self._native_available()
@@ -194,7 +216,7 @@ class SnapUQHook:
             if self.forces:
                 self._compute("snad", f"snad/atom {args}")
         self._install()
-        if verify:
+        if verify and self.model.checks_pair_style:
             self.verify()
         return self
 
@@ -202,7 +224,7 @@ class SnapUQHook:
         """Whether to use ``compute snap/uq/atom`` (see ``descriptors``); loads the built plugin."""
         if self.descriptor_source == "lammps":
             return False
-        quadratic = bool(int(self.posterior.snap.get("quadraticflag", 0)))
+        quadratic = bool(int(self.model.snap.get("quadraticflag", 0)))
         if quadratic:
             if self.descriptor_source == "native":
                 raise InputError("descriptors='native' supports linear SNAP only (quadraticflag 0)")
@@ -230,7 +252,7 @@ class SnapUQHook:
     def descriptor_arrays(self, nlocal: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The local atoms' ``sna/atom`` descriptors (nlocal, ncoeff) and, with forces, their
         ``snad/atom`` force rows (nlocal, 3 * ntypes * ncoeff), from whichever computes are in use."""
-        ncoeff = self.posterior.block_size - 1
+        ncoeff = int(self.model.ncoeff)
         if self.native:
             a = self._peratom("desc", nlocal).reshape(nlocal, -1)
             return a[:, :ncoeff], (a[:, ncoeff:] if self.forces else None)
@@ -259,7 +281,10 @@ class SnapUQHook:
 
     def verify(self, rtol: float = 1e-8) -> float:
         """Run 0 steps and check the posterior mean reproduces the snap pair energy; returns the
-        relative difference. Raises InputError when it does not match."""
+        relative difference (0 when the model does not ``checks_pair_style``: nothing to compare).
+        Raises InputError when it does not match."""
+        if not self.model.checks_pair_style:
+            return 0.0
         self._active = False
         try:
             self.lmp.command("run 0 post no")
@@ -267,9 +292,8 @@ class SnapUQHook:
             self._active = True
         nlocal = int(self.lmp.extract_global("nlocal"))
         b, _ = self.descriptor_arrays(nlocal)
-        rows = energy_rows(b, self._elements_of_local(nlocal), len(self.posterior.elements),
-                           self.posterior.block_size)
-        ours = self.comm.allreduce(float(np.sum(rows @ self.posterior.mean)))
+        mine = self.model.mean_energies(b, self._elements_of_local(nlocal))
+        ours = self.comm.allreduce(float(np.sum(mine)))
         theirs = float(self.lmp.extract_compute(self.name("pair"), 0, 0))
         rel = abs(ours - theirs) / max(abs(theirs), 1e-300)
         if rel > rtol:
@@ -288,23 +312,20 @@ class SnapUQHook:
                  ) -> tuple[np.ndarray, np.ndarray, dict[str, float], np.ndarray, float]:
         """Per-atom energy std (nlocal,), force std (nlocal,) and the globals, now (collective).
 
-        Also returns the mean energy row over all atoms (p,), the configuration's fingerprint, and
-        the SNAP energy the posterior mean predicts (eV).
+        Also returns the configuration's fingerprint (:attr:`TotalUncertainty.fingerprint
+        <lammps_hooks.uq_model.TotalUncertainty>`; for a Posterior the mean energy row over all atoms,
+        (p,)) and the energy the model's mean predicts (eV). Without a force std, fstd is zeros.
         """
-        nel, block = len(self.posterior.elements), self.posterior.block_size
         b, d = self.descriptor_arrays(nlocal)
-        elems = self._elements_of_local(nlocal)
-        rows = energy_rows(b, elems, nel, block)
-        estd = self.spread.std(rows)
-        total_rows = np.empty_like(rows[0]) if nlocal else np.zeros(nel * block)
-        local_sum = rows.sum(axis=0) if nlocal else np.zeros(nel * block)
-        self.comm.Allreduce(local_sum, total_rows)
+        atoms = self.model.per_atom(b, self._elements_of_local(nlocal), d, self.type_to_element)
+        partial = np.asarray(atoms.partial, dtype=float)
+        summed = np.zeros_like(partial)
+        self.comm.Allreduce(partial, summed)
         natoms = self.comm.allreduce(nlocal)
-        pe_std = float(self.spread.std(total_rows))
-        fstd = np.zeros(nlocal)
-        if self.forces:
-            frows = force_rows(d, self.type_to_element, nel, block)
-            fstd = force_std(frows, self.spread)
+        tot = self.model.total(summed, natoms)
+        estd = np.asarray(atoms.estd, dtype=float)
+        fstd = np.zeros(nlocal) if atoms.fstd is None else np.asarray(atoms.fstd, dtype=float)
+        pe_std = float(tot.pe_std)
         g = {
             "pe_std": pe_std,
             "pe_atom_std": pe_std / max(natoms, 1),
@@ -313,8 +334,7 @@ class SnapUQHook:
             "fstd_max": self.comm.allreduce(float(fstd.max()) if nlocal else 0.0, op=mpi_max()),
             "fstd_mean": self.comm.allreduce(float(fstd.sum())) / max(natoms, 1),
         }
-        energy = float(total_rows @ self.posterior.mean)
-        return estd, fstd, g, total_rows / max(natoms, 1), energy
+        return estd, fstd, g, tot.fingerprint, float(tot.energy)
 
     def _callback(self, caller: Any, step: int, nlocal: int, tag: Any, x: Any, fext: Any) -> None:
         if not self._active:
@@ -374,7 +394,7 @@ class SnapUQHook:
               fingerprint: np.ndarray, energy: float, value: float) -> bool:
         """Gather the configuration on rank 0 and offer it to the store (collective).
 
-        ``energy`` is the posterior mean's SNAP energy from :meth:`evaluate` (the placeholder label).
+        ``energy`` is the model mean's energy from :meth:`evaluate` (the placeholder label).
         """
         lmp = self.lmp
         ids = np.asarray(lmp.numpy.extract_atom("id"))[:nlocal].copy()
@@ -390,7 +410,7 @@ class SnapUQHook:
             lo = np.asarray(boxlo)
             cell = np.array([[boxhi[0] - boxlo[0], 0, 0], [xy, boxhi[1] - boxlo[1], 0],
                              [xz, yz, boxhi[2] - boxlo[2]]])
-            names = [self.posterior.elements[i] for i in elems[order]]
+            names = [self.model.elements[i] for i in elems[order]]
             frame = Frame(symbols=names, positions=x[order] - lo, cell=cell,
                           pbc=np.asarray(periodicity, dtype=bool), energy=energy, forces=f[order],
                           estd=es[order], fstd=fs[order], fingerprint=fingerprint,

