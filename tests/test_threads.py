@@ -116,3 +116,49 @@ def test_results_identical_with_and_without_limits(two_threads, monkeypatch):
                                atol=1e-12)
     for q in limited_recal[1]:
         np.testing.assert_allclose(limited_recal[1][q], free_recal[1][q], rtol=1e-10)
+
+
+class _FakeRequest:
+    def __init__(self, ready_after: int) -> None:
+        self.tests, self.ready_after = 0, ready_after
+
+    def Test(self) -> bool:  # noqa: N802  (mpi4py's name)
+        self.tests += 1
+        return self.tests > self.ready_after
+
+
+class _FakeComm:
+    """Two ranks; the barrier completes after a few tests; a blocking Barrier is an error."""
+
+    def __init__(self) -> None:
+        self.request = _FakeRequest(5)
+
+    def Get_size(self) -> int:  # noqa: N802
+        return 2
+
+    def Ibarrier(self) -> _FakeRequest:  # noqa: N802
+        return self.request
+
+    def Barrier(self) -> None:  # noqa: N802
+        raise AssertionError("blocking barrier")
+
+    def bcast(self, obj, root=0):
+        return obj
+
+
+def test_waiting_ranks_sleep_between_tests(monkeypatch):
+    from fitsnap_uq import parallel
+
+    monkeypatch.delenv(parallel.WAIT_ENV, raising=False)
+    sleeps: list[float] = []
+    monkeypatch.setattr(parallel.time, "sleep", sleeps.append)
+    comm = _FakeComm()
+    assert parallel.sleeping_bcast(comm, "x") == "x"
+    assert comm.request.tests == 6 and len(sleeps) == 5
+    assert sleeps == sorted(sleeps) and sleeps[-1] <= parallel.LONGEST_SLEEP
+    parallel.sleeping_barrier(None)  # serial: nothing to wait for
+    monkeypatch.setenv(parallel.WAIT_ENV, "block")
+    with pytest.raises(AssertionError, match="blocking"):
+        parallel.sleeping_barrier(comm)
+    assert parallel.rank_thread_budget(threads.available_cores() * 2) == 1
+    assert parallel.rank_thread_budget(1) == threads.available_cores()
