@@ -12,6 +12,7 @@ writes a :class:`~fitsnap_uq.posterior.Posterior`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from fitsnap3lib.solvers.solver import Solver
 from fitsnap_uq import calibration
 from fitsnap_uq.errors import InputError
 from fitsnap_uq.io import atomic_write
-from fitsnap_uq.linear import mcmc
+from fitsnap_uq.linear import mcmc, threads
 from fitsnap_uq.linear.merr import fit_model_error
 from fitsnap_uq.linear.noise import quantity_noise_var
 from fitsnap_uq.linear.rows import (
@@ -33,6 +34,7 @@ from fitsnap_uq.linear.rows import (
     recalibration_map,
 )
 from fitsnap_uq.options import UQ_KEYS
+from fitsnap_uq.parallel import rank_thread_budget, sleeping_barrier
 from fitsnap_uq.posterior import Posterior, posterior_from_fit
 from fitsnap_uq.sections import uq_options
 
@@ -106,6 +108,16 @@ class UQSolverMixin:
         super().__init__(name, pt, config)  # type: ignore[call-arg]
         self.options = uq_options(config)
         self.posterior: Posterior | None = None
+
+    def run_on_rank_zero(self, work: Callable[[], None]) -> None:
+        """``work()`` on FitSNAP's head rank of each node (``pt.sub_rank_zero``), with the BLAS threads
+        of one rank of the node (cores // ranks on the node, :func:`~fitsnap_uq.parallel.rank_thread_budget`);
+        the other ranks sleep until it is done (:func:`~fitsnap_uq.parallel.sleeping_barrier`), not
+        spin in MPI. An error on the head rank skips the barrier: the command line aborts the run."""
+        pt = self.pt
+        threads.set_budget(rank_thread_budget(getattr(pt, "_sub_size", 1)))
+        pt.sub_rank_zero(work)()
+        sleeping_barrier(None if getattr(pt, "stubs", 1) else pt._comm)
 
     @property
     def infile(self) -> str | None:
@@ -227,7 +239,6 @@ class BAYES(UQSolverMixin, Solver):
     """
 
     def perform_fit(self, a: Any = None, b: Any = None, w: Any = None, trainall: bool = False) -> None:
-        @self.pt.sub_rank_zero
         def fit_on_rank_zero() -> None:
             self._check_output_free()
             rows = gather_rows(self.pt, self.infile)
@@ -287,7 +298,7 @@ class BAYES(UQSolverMixin, Solver):
             self.write_calibration(self.posterior, rows, names,
                                    compare_svd=opts["noise_classes"] != "one")
 
-        fit_on_rank_zero()
+        self.run_on_rank_zero(fit_on_rank_zero)
 
 
 def _markdown_rows(records: list[dict[str, Any]]) -> str:
@@ -329,7 +340,6 @@ class MODELERROR(UQSolverMixin, Solver):
     """
 
     def perform_fit(self, a: Any = None, b: Any = None, w: Any = None, trainall: bool = False) -> None:
-        @self.pt.sub_rank_zero
         def fit_on_rank_zero() -> None:
             self._check_output_free()
             rows, train = self.training_rows(trainall)
@@ -365,7 +375,7 @@ class MODELERROR(UQSolverMixin, Solver):
             self.write_posterior(self.posterior)
             self.write_calibration(self.posterior, rows, rows.row_types.astype(object))
 
-        fit_on_rank_zero()
+        self.run_on_rank_zero(fit_on_rank_zero)
 
 
 class BAYESMCMC(UQSolverMixin, Solver):
@@ -380,7 +390,6 @@ class BAYESMCMC(UQSolverMixin, Solver):
     """
 
     def perform_fit(self, a: Any = None, b: Any = None, w: Any = None, trainall: bool = False) -> None:
-        @self.pt.sub_rank_zero
         def fit_on_rank_zero() -> None:
             self._check_output_free()
             rows, train = self.training_rows(trainall)
@@ -415,7 +424,7 @@ class BAYESMCMC(UQSolverMixin, Solver):
             self.write_posterior(self.posterior)
             self.write_calibration(self.posterior, rows, base.noise_names(rows))
 
-        fit_on_rank_zero()
+        self.run_on_rank_zero(fit_on_rank_zero)
 
 
 def _write_text(path: Path, text: str) -> None:

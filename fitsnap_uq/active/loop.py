@@ -22,7 +22,8 @@ QM call whose file exists is never repeated; one interrupted before its file was
 Under ``mpirun -np N fitsnap-uq al CONFIG.toml`` the QM calls of each labelling step (initial
 structures, test set, flagged frames) are spread over the N ranks (round-robin; each rank writes the
 files it labelled, atomically); everything else (fits, MD, test errors, journal, report) runs on rank
-0 alone, as in a serial run, while the other ranks wait for the next labelling step. So the ranks pay
+0 alone, as in a serial run, while the other ranks wait for the next labelling step (asleep, not
+spinning in MPI: :func:`fitsnap_uq.parallel.sleeping_bcast`). So the ranks pay
 off where the QM calls dominate (xTB, DFT). With one rank the loop is exactly the serial one.
 """
 
@@ -50,6 +51,7 @@ from fitsnap_uq.active.oracles import (
 )
 from fitsnap_uq.errors import InputError
 from fitsnap_uq.fitsnap_json import atoms_record, write_record
+from fitsnap_uq.parallel import sleeping_bcast
 
 
 @dataclass
@@ -219,7 +221,7 @@ class Loop:
             return
         if self.progress:
             print(f"{desc}: {len(todo)} QM calls on {self.size} ranks", file=sys.stderr, flush=True)
-        self.comm.bcast(("label", todo), root=0)
+        sleeping_bcast(self.comm, ("label", todo), root=0)
         for rank, outcome in label_many(todo, self.oracle, self.comm):
             record: dict[str, Any] = {"file": str(Path(outcome.path).relative_to(self.work)),
                                       "set": set_name, "ok": outcome.ok, "rank": rank}
@@ -232,7 +234,7 @@ class Loop:
     def _serve(self) -> dict[str, Any]:
         """A rank other than 0: label its share of each batch rank 0 sends, until rank 0 stops."""
         while True:
-            kind, payload = self.comm.bcast(None, root=0)
+            kind, payload = sleeping_bcast(self.comm, None, root=0)
             if kind == "label":
                 label_many(payload, self.oracle, self.comm)
             elif kind == "stop":
@@ -392,7 +394,8 @@ class Loop:
             try:
                 summary = self._run()
             finally:
-                self.comm.bcast(("stop", summary), root=0)  # None tells the other ranks rank 0 failed
+                # None tells the other ranks rank 0 failed.
+                sleeping_bcast(self.comm, ("stop", summary), root=0)
             return summary
 
     def _run(self) -> dict[str, Any]:

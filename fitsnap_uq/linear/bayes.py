@@ -16,6 +16,10 @@ no prior the mean equals the SVD/least-squares solution to rounding.
 Hyperparameters maximize the log evidence with MacKay's fixed-point updates
 (``alpha_j = gamma_j / m_j^2``, ``beta_k = (n_k - beta_k tr(S G_k)) / ||r_k||^2``), which are the
 stationarity conditions of the evidence.
+
+BLAS threads: every entry point runs with one thread on matrices of fewer than
+:data:`~fitsnap_uq.linear.threads.PARALLEL_MIN_COLS` columns, else with the process's budget
+(:mod:`fitsnap_uq.linear.threads`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import numpy as np
 import scipy.linalg as sla
 
 from fitsnap_uq.errors import NumericalError
+from fitsnap_uq.linear.threads import limited
 
 PRIORS = ("none", "isotropic", "ard")
 
@@ -51,6 +56,13 @@ class ClassStats:
     wref2: float
 
 
+def _stats_cols(stats, *args, **kwargs) -> int:
+    """Columns of the factors in ``stats`` (a list or a dict of :class:`ClassStats`)."""
+    first = next(iter(stats.values())) if isinstance(stats, dict) else stats[0]
+    return first.r.shape[1] + 1
+
+
+@limited(lambda block: np.shape(block)[1])
 def _qr_r(block: np.ndarray) -> np.ndarray:
     """Upper-triangular R of ``block`` (m, q), padded with zero rows to (q, q)."""
     q = block.shape[1]
@@ -62,6 +74,7 @@ def _qr_r(block: np.ndarray) -> np.ndarray:
     return r
 
 
+@limited(lambda a, *args, **kwargs: np.shape(a)[1] + 1)
 def class_stats(a: np.ndarray, y: np.ndarray, w: np.ndarray | None = None,
                 block_rows: int = 16384, index: np.ndarray | None = None) -> ClassStats:
     """One pass over the rows of one noise class (a tall-skinny QR, block by block).
@@ -101,6 +114,7 @@ def class_stats(a: np.ndarray, y: np.ndarray, w: np.ndarray | None = None,
                       n=int(n), wref2=wref2)
 
 
+@limited(_stats_cols)
 def merge_stats(stats: list[ClassStats]) -> ClassStats:
     """Statistics of the union of several classes' rows (for pooled, one-class fits)."""
     p = stats[0].r.shape[0]
@@ -142,6 +156,7 @@ class BayesResult:
     history: list[float] = field(default_factory=list)
 
 
+@limited(_stats_cols)
 def _posterior(stats: list[ClassStats], alpha: np.ndarray, beta: np.ndarray):
     """Posterior factor R_post (p, p) with S^-1 = R_post^T R_post, and the mean m."""
     p = stats[0].r.shape[0]
@@ -175,6 +190,7 @@ def log_evidence(stats: list[ClassStats], alpha: np.ndarray, beta: np.ndarray,
                  - 0.5 * logdet_prec - 0.5 * n_tot * np.log(2 * np.pi))
 
 
+@limited(_stats_cols)
 def fit_bayes(stats: dict[str, ClassStats], prior: str = "isotropic", max_iter: int = 500,
               tol: float = 1e-8, alpha0: float | None = None,
               beta0: dict[str, float] | None = None, unpenalized: np.ndarray | None = None

@@ -34,6 +34,7 @@ from fitsnap_uq.errors import InputError, NumericalError
 from fitsnap_uq.linear import noise as noise_model
 from fitsnap_uq.linear.merr import fit_model_error
 from fitsnap_uq.linear.rows import Rows, RowsFit, fit_weights
+from fitsnap_uq.linear.threads import limited
 
 LogProb = Callable[[np.ndarray], np.ndarray]  # (W, d) -> (W,)
 
@@ -220,6 +221,7 @@ class PosteriorSamples:
         return np.cov(self.theta.T)
 
 
+@limited(lambda train, *args, **kwargs: train.ncols())
 def sample_posterior(train: Rows, base: RowsFit, likelihood: str = "gaussian", noise_classes: str = "group",
                      weights: str = "ratios", prior: str = "isotropic", student_nu: float = 4.0,
                      max_samples: int = 2000, seed: int = 0, nwalkers: int = 64, nsteps: int = 2000,
@@ -237,6 +239,9 @@ def sample_posterior(train: Rows, base: RowsFit, likelihood: str = "gaussian", n
         noise_classes, weights, prior: as given to the BAYES fit ``base``.
         max_samples: at most this many draws are kept (:attr:`PosteriorSamples.kept`).
         seed, nwalkers, nsteps, burn, thin, nchains: the sampler's settings (see :func:`sample`).
+
+    BLAS threads: one below ``PARALLEL_MIN_COLS`` columns (:mod:`fitsnap_uq.linear.threads`): each
+    step's products of the rows with the walkers' coefficients are small.
 
     Raises:
         InputError: ``model_error`` and the model-error fit found no model error to sample.

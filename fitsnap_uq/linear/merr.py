@@ -245,13 +245,14 @@ def fit_model_error(a: np.ndarray, y: np.ndarray, embed: np.ndarray | list[int] 
                     max_iter: int = 500, gtol: float = 1e-6, fix_mean: bool = False) -> MerrResult:
     """Fit the embedded model error to (weighted) rows ``a`` (n, p), ``y`` (n,).
 
-    Arguments and method: see :func:`_fit_model_error`. Runs with one BLAS thread: the tall-skinny
-    factorizations of a few dozen columns are faster so than with several (0.14 s vs 0.19 s measured
-    on the Ta rows).
+    Arguments and method: see :func:`_fit_model_error`. BLAS threads as
+    :func:`fitsnap_uq.linear.threads.blas_threads`: one for fewer than ``PARALLEL_MIN_COLS`` columns (the
+    tall-skinny factorizations of a few dozen columns are faster so than with several: 0.14 s vs
+    0.19 s measured on the Ta rows on idle cores, far more on busy ones).
     """
-    from threadpoolctl import threadpool_limits
+    from fitsnap_uq.linear.threads import blas_threads
 
-    with threadpool_limits(limits=1, user_api="blas"):
+    with blas_threads(np.shape(a)[1] + 1):
         return _fit_model_error(a, y, embed=embed, multiplicative=multiplicative, likelihood=likelihood,
                                 data_var=data_var, max_iter=max_iter, gtol=gtol, fix_mean=fix_mean)
 

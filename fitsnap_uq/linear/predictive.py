@@ -22,7 +22,10 @@ that did not see it). The mean is not touched: the model describes the errors of
 Everything is a covariance on the coefficients plus a per-quantity constant, so the same number
 comes out of ``Posterior.predict``, the LAMMPS hook and the native plugin (``Cov = c S + diag(s^2)``).
 
-Pure numpy/scipy.
+Pure numpy/scipy. BLAS threads: one for fewer than ``PARALLEL_MIN_COLS`` columns
+(:mod:`fitsnap_uq.linear.threads`): the L-BFGS objective's products of up to 50k x 110 rows with a
+vector are memory-bound and were slower with two threads (3.3 ms vs 13.9 ms per pair of products on
+the 2-core test machine while another job ran).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
+
+from fitsnap_uq.linear.threads import limited
 
 QUANTITIES = ("Energy", "Force", "Stress")
 SHARED = ("Energy", "Force")
@@ -73,6 +78,7 @@ class PredictiveModel:
         return np.diag(self.coef_var) + self.factor @ self.factor.T
 
 
+@limited(lambda a, *args, **kwargs: np.shape(a)[1] + 1)
 def fit_predictive(a: np.ndarray, resid: np.ndarray, post_var: np.ndarray, row_types: np.ndarray,
                    rank: int = 0, nu: float | None = None, balance: bool = True,
                    max_iter: int = 3000, seed: int = 0) -> PredictiveModel:
@@ -110,6 +116,7 @@ def _floor_ml(r2: np.ndarray, base: np.ndarray) -> float:
     return float(ms * np.exp(best.x))
 
 
+@limited(lambda a, *args, **kwargs: np.shape(a)[1] + 1)
 def fit_shared(a: np.ndarray, resid: np.ndarray, post_var: np.ndarray, row_types: np.ndarray,
                    rank: int = 0, nu: float | None = None, balance: bool = True,
                    max_iter: int = 3000, seed: int = 0) -> PredictiveModel:

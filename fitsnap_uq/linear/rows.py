@@ -9,6 +9,9 @@ heteroscedastic, so no Gaussian sigma meets both the 68% and the 95% coverage. F
 learn, by K-fold cross-validation over training *configurations*, the distribution of
 ``|error| / sigma_raw``; the half-width of the central interval at coverage ``level`` is then its
 ``level``-quantile times ``sigma_raw`` (quantile recalibration; monotone in ``level`` by construction).
+
+The fits and the cross-validation refits run under :mod:`fitsnap_uq.linear.threads`'s limits (one BLAS
+thread for fewer than ``PARALLEL_MIN_COLS`` columns).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from fitsnap_uq.linear import noise as noise_model
 from fitsnap_uq.linear.bayes import BayesResult, ClassStats, fit_bayes, merge_stats
 from fitsnap_uq.linear.gaussian import row_variance
 from fitsnap_uq.linear.predictive import PredictiveModel, fit_predictive
+from fitsnap_uq.linear.threads import limited
 
 RECAL_LEVELS = np.unique(np.concatenate([np.linspace(0.01, 0.99, 99), [0.682689492, 0.954499736]]))
 """Coverage levels at which the recalibration map is stored."""
@@ -59,6 +63,10 @@ class Rows:
         """The weighted system ``(w_i a_i, w_i b_i)``: (n, m), (n,)."""
         return self.w[:, None] * self.a, self.w * self.b
 
+    def ncols(self) -> int:
+        """Columns of the weighted system with its target (what sets the BLAS threads)."""
+        return int(self.a.shape[1]) + 1
+
     def config_keys(self) -> np.ndarray:
         """(n,) identifier of each row's configuration (group and file)."""
         return np.char.add(np.char.add(self.groups.astype(str), "/"), self.configs.astype(str))
@@ -95,6 +103,10 @@ class RowsFit:
         return mean, np.sqrt(np.maximum(coef_var, 0.0) + noise)
 
 
+def _rows_cols(rows: Rows, *args: object, **kwargs: object) -> int:
+    return rows.ncols()
+
+
 def fit_weights(rows: Rows, weights: str) -> np.ndarray:
     """Row weights as the fit uses them: FitSNAP's (``ratios``) or 1 for nonzero ones (``ignore``)."""
     if weights == "ratios":
@@ -116,6 +128,7 @@ def fit_stats(stats: dict[str, ClassStats], labels: np.ndarray, row_types: np.nd
     return RowsFit(result=result, classes=classes, noise_var=noise_var, mode=mode)
 
 
+@limited(_rows_cols)
 def fit_rows(rows: Rows, noise_classes: str = "group", prior: str = "isotropic", weights: str = "ratios",
              max_iter: int = 500, tol: float = 1e-8, unpenalized: np.ndarray | None = None) -> RowsFit:
     """Bayesian fit of all of ``rows`` (pass ``rows.training()`` to leave testing rows out)."""
@@ -165,6 +178,7 @@ def _folds_and_full_fit(rows: Rows, folds: int, seed: int, noise_classes: str, p
     return w, fold, labels, per_fold, full
 
 
+@limited(_rows_cols)
 def fit_and_recalibrate(rows: Rows, folds: int = 5, seed: int = 0, noise_classes: str = "group",
                         prior: str = "isotropic", weights: str = "ratios", max_iter: int = 500,
                         tol: float = 1e-8, max_scored_rows: int = 5000,
@@ -231,6 +245,7 @@ class CrossValidated:
     post_var: np.ndarray
 
 
+@limited(_rows_cols)
 def fit_with_model_error(rows: Rows, folds: int = 5, seed: int = 0, noise_classes: str = "one",
                          prior: str = "isotropic", weights: str = "ratios", max_iter: int = 500,
                          tol: float = 1e-8, max_rows: int = 50000,
@@ -293,6 +308,7 @@ def fit_with_model_error(rows: Rows, folds: int = 5, seed: int = 0, noise_classe
     return full, model, ratios
 
 
+@limited(_rows_cols)
 def cross_validate(rows: Rows, fold: np.ndarray, per_fold: list[dict[str, ClassStats]],
                    labels: np.ndarray, w: np.ndarray, noise_classes: str, prior: str, max_iter: int,
                    tol: float, unpenalized: np.ndarray | None, scored: np.ndarray) -> CrossValidated:
@@ -315,6 +331,7 @@ def cross_validate(rows: Rows, fold: np.ndarray, per_fold: list[dict[str, ClassS
     return CrossValidated(np.concatenate(index), np.concatenate(resid), np.concatenate(post_var))
 
 
+@limited(_rows_cols)
 def group_rmse_against(rows: Rows, mean: np.ndarray) -> list[dict[str, object]]:
     """Each group's RMSE of predictions ``mean`` (n,) beside weighted least squares (FitSNAP's SVD
     with its weights) fitted on the training rows of nonzero weight.
