@@ -274,14 +274,14 @@ class BAYES(UQSolverMixin, Solver):
                 "active_columns": int(result.active.sum()), "alpha": result.alpha.tolist(),
             }
             if pm is not None:
-                info["predictive_model"] = {"cov_scale": pm.cov_scale, "floor_std": {
-                    q: float(np.sqrt(v)) for q, v in pm.floor_var.items()}, "nll": pm.nll,
-                    "rows": pm.n_rows, "converged": pm.converged, "message": pm.message}
+                info["predictive_model"] = {"cov_scale": pm.cov_scale, "floor_std": pm.floor_std,
+                                            "nll": pm.nll, "rows": pm.n_rows, "converged": pm.converged,
+                                            "message": pm.message}
                 self.pt.single_print(
                     f"fitsnap-uq BAYES: predictive model of new configurations from {folds}-fold "
                     f"cross-validation: posterior covariance x {pm.cov_scale:.4g}, model error on the "
                     f"{opts['model_error_basis']} axes, floors "
-                    + ", ".join(f"{q} {np.sqrt(v):.3g}" for q, v in pm.floor_var.items()))
+                    + ", ".join(f"{q} {v:.3g}" for q, v in pm.floor_std.items()))
             self.posterior = posterior_from_fit(result.mean, result.cov, elements, snap,
                                                 noise_var=noise_var,
                                                 log_evidence=result.log_evidence,

@@ -73,6 +73,11 @@ class PredictiveModel:
         low = np.sum((a @ self.factor) ** 2, axis=1) if self.factor.size else 0.0
         return self.cov_scale * post_var + (a**2) @ self.coef_var + low + floor
 
+    @property
+    def floor_std(self) -> dict[str, float]:
+        """{quantity: ``sigma_q``} in eV/atom, eV/A, bar."""
+        return {q: float(np.sqrt(v)) for q, v in self.floor_var.items()}
+
     def model_error_cov(self) -> np.ndarray:
         """(m, m) ``diag(s^2) + U U^T``, the model-error covariance of the coefficients."""
         return np.diag(self.coef_var) + self.factor @ self.factor.T
