@@ -48,7 +48,7 @@ import numpy as np
 from fitsnap_uq.errors import InputError, NumericalError
 from fitsnap_uq.io import atomic_write as _atomic_write
 from fitsnap_uq.io import json_default as _json_default
-from fitsnap_uq.linear.gaussian import ONE_SIGMA, interval_multiplier, live_cholesky, row_variance
+from fitsnap_uq.linear.gaussian import ONE_SIGMA, interval_multiplier, live_cholesky
 
 FORMAT_VERSION = 2
 QUANTITIES = ("Energy", "Force", "Stress")
@@ -138,6 +138,31 @@ class Posterior:
             self.model_error = {"cov_scale": scale, "coef_var": coef_var, "factor": factor}
         self._factor: tuple[np.ndarray, np.ndarray] | None = None
         self._predictive_cov: np.ndarray | None = None
+        self._pred_factor: np.ndarray | None = None
+
+    def predictive_factor(self) -> np.ndarray:
+        """(p, r) factor ``L`` with ``L L^T = predictive_cov``, r <= p, built without factorizing the
+        (possibly singular) predictive covariance itself: ``sqrt(c)`` times the Cholesky factor of
+        the live block of ``cov``, beside ``diag(sqrt(coef_var))`` and the model error's factor,
+        compressed to at most p columns by a QR decomposition (exact to rounding)."""
+        p = self.n_coefficients
+        live, chol = live_cholesky(self.cov)
+        base = np.zeros((p, chol.shape[1]))
+        base[live] = chol
+        if self.model_error is None:
+            return base
+        me = self.model_error
+        parts = [np.sqrt(me["cov_scale"]) * base, me["factor"]]
+        nz = np.flatnonzero(me["coef_var"] > 0)
+        if nz.size:
+            diag = np.zeros((p, nz.size))
+            diag[nz, np.arange(nz.size)] = np.sqrt(me["coef_var"][nz])
+            parts.append(diag)
+        factor = np.hstack(parts)
+        factor = factor[:, np.any(factor != 0, axis=0)]
+        if factor.shape[1] > p:
+            factor = np.linalg.qr(factor.T, mode="r").T  # L L^T = (Q R)^T (Q R) = R^T R
+        return factor
 
     @property
     def predictive_cov(self) -> np.ndarray:
@@ -216,10 +241,14 @@ class Posterior:
     def predict_raw(self, a: np.ndarray, noise: str | Sequence[str] | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
         """Mean (n,) and uncalibrated Gaussian std (n,) for descriptor rows ``a``: the predictive
-        covariance's part (:attr:`predictive_cov`) plus the noise variance of ``noise``."""
+        covariance's part (:attr:`predictive_cov`, as ``||a L||^2`` with its factor
+        :meth:`predictive_factor`, the same numbers the MD hook and the plugin compute) plus the noise
+        variance of ``noise``."""
         full = self.to_layout(a)
         mean = full @ self.mean
-        var = np.maximum(row_variance(full, self.predictive_cov), 0.0)
+        if self._pred_factor is None:
+            self._pred_factor = self.predictive_factor()
+        var = np.sum((full @ self._pred_factor) ** 2, axis=1)
         var = var + self._noise_variance(noise, full.shape[0])
         return mean, np.sqrt(var)
 

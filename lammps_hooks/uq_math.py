@@ -127,13 +127,14 @@ def spread_of(posterior: Posterior, source: str = "auto", nsamples: int = 1000,
     if source == "auto":
         source = "samples" if posterior.samples is not None else "analytic"
     if source == "analytic":
-        return CoefficientSpread.from_covariance(posterior.mean, posterior.predictive_cov)
+        return CoefficientSpread(mean=np.asarray(posterior.mean, float),
+                                 factor=posterior.predictive_factor(), source="analytic")
     if source == "samples":
         if posterior.samples is not None:
             draws = posterior.samples
         else:  # Gaussian draws with the predictive covariance (model error included)
-            gauss = CoefficientSpread.from_covariance(posterior.mean, posterior.predictive_cov)
-            z = np.random.default_rng(seed).standard_normal((nsamples, gauss.factor.shape[1]))
-            draws = posterior.mean + z @ gauss.factor.T
+            factor = posterior.predictive_factor()
+            z = np.random.default_rng(seed).standard_normal((nsamples, factor.shape[1]))
+            draws = posterior.mean + z @ factor.T
         return CoefficientSpread.from_samples(draws, mean=posterior.mean)
     raise ValueError(f"source must be auto, analytic or samples, not {source!r}")

@@ -72,10 +72,10 @@ def max_rel(a, b) -> float:
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300)))
 
 
-def direct(lmp, hook: SnapUQHook, cov: np.ndarray):
-    """Per-atom energy/force std and total-energy std computed here from LAMMPS' descriptors."""
+def direct(lmp, hook: SnapUQHook, post: Posterior):
+    """Per-atom energy/force std and total-energy std of the configuration, from
+    ``Posterior.predict_raw`` (no noise) on its descriptor rows computed here from LAMMPS' computes."""
     n = lmp.get_natoms()
-    post = hook.posterior
     b, d = (np.array(a) for a in hook.descriptor_arrays(n))
     types = np.array(lmp.numpy.extract_atom("type"))[:n]
     elems = hook.type_to_element[types - 1]
@@ -84,11 +84,10 @@ def direct(lmp, hook: SnapUQHook, cov: np.ndarray):
     # independent of the layout assumed above: the rows reproduce the snap pair style's forces
     f = np.array(lmp.numpy.extract_atom("f"))[:n]
     np.testing.assert_allclose(fr @ post.mean, f, rtol=0, atol=1e-9 * max(1.0, np.abs(f).max()))
-    estd = np.sqrt(np.einsum("ij,jk,ik->i", x, cov, x))
-    fcov = np.einsum("nip,pq,njq->nij", fr, cov, fr)
-    fstd = np.sqrt(np.trace(fcov, axis1=1, axis2=2))
-    xs = x.sum(0)
-    return x, estd, fstd, float(np.sqrt(xs @ cov @ xs))
+    estd = post.predict_raw(x)[1]
+    fstd = np.sqrt(np.sum(post.predict_raw(fr.reshape(-1, post.n_coefficients))[1].reshape(n, 3) ** 2,
+                          axis=1))
+    return x, estd, fstd, float(post.predict_raw(x.sum(0)[None, :])[1][0])
 
 
 def plugin_for(descriptors: str, request) -> Path | None:
@@ -103,7 +102,7 @@ def test_peratom_energies_equal_pe_atom(cu_posterior, descriptors, request):
     lmp.command("run 10")
     n = lmp.get_natoms()
     pe = np.array(lmp.numpy.extract_compute("pe", 1, 1))[:n]
-    x, *_ = direct(lmp, hook, hook.posterior.predictive_cov)
+    x, *_ = direct(lmp, hook, hook.posterior)
     print(f"\n[{descriptors}] B_i . beta vs compute pe/atom: max relative difference "
           f"{max_rel(x @ hook.posterior.mean, pe):.1e}")
     np.testing.assert_allclose(x @ hook.posterior.mean, pe, rtol=1e-10, atol=0)
@@ -117,7 +116,7 @@ def test_hook_stds_equal_direct_numpy(cu_posterior, descriptors, request):
     assert hook.native == (descriptors == "native")
     lmp.command("run 10")
     n = lmp.get_natoms()
-    _, estd, fstd, pe_std = direct(lmp, hook, post.predictive_cov)
+    _, estd, fstd, pe_std = direct(lmp, hook, post)
     got = {k: np.array(lmp.numpy.extract_atom(f"d_uq_{k}"))[:n] for k in ("estd", "fstd")}
     print(f"\n[{descriptors}] hook vs numpy: estd {max_rel(got['estd'], estd):.1e}"
           f", fstd {max_rel(got['fstd'], fstd):.1e}"
@@ -191,7 +190,7 @@ def test_two_elements_with_types_in_another_order(tmp_path):
     hook = SnapUQHook(lmp, post, every=5, type_elements=["Ag", "Cu"]).attach()
     lmp.command("run 5")
     n = lmp.get_natoms()
-    x, estd, fstd, _ = direct(lmp, hook, post.predictive_cov)
+    x, estd, fstd, _ = direct(lmp, hook, post)
     pe = np.array(lmp.numpy.extract_compute("pe", 1, 1))[:n]
     np.testing.assert_allclose(x @ post.mean, pe, rtol=1e-10)
     np.testing.assert_allclose(np.array(lmp.numpy.extract_atom("d_uq_fstd"))[:n], fstd, rtol=1e-10)
@@ -209,7 +208,7 @@ def test_two_types_of_one_element(cu_posterior):
     two.command("run 5")
     n = two.get_natoms()
     # also checks D . mean = the pair style's forces
-    x, estd, fstd, _ = direct(two, hook, post.predictive_cov)
+    x, estd, fstd, _ = direct(two, hook, post)
     got = np.array(two.numpy.extract_atom("d_uq_fstd"))[:n]
     np.testing.assert_allclose(got, fstd, rtol=1e-10)
     # the same physical system as with one type: the same stds

@@ -141,3 +141,26 @@ def test_posterior_keeps_the_model_error_and_reads_version_1(tmp_path):
     old = Posterior.load(path)
     assert old.model_error is None
     np.testing.assert_array_equal(old.predictive_cov, cov)
+
+
+def test_predictive_factor_is_exact_when_the_predictive_covariance_is_singular():
+    """c = 0 and a rank-1 model error: predictive_cov is singular (no Cholesky factor), yet the hook
+    and the plugin need a factor L with L L^T = predictive_cov."""
+    rng = np.random.default_rng(2)
+    p = 6
+    u = rng.standard_normal((p, 1))
+    cov = np.diag(rng.uniform(0.1, 1.0, p))
+    post = Posterior(np.zeros(p), cov, ["Ta"], {"twojmax": 2, "bzeroflag": 0},
+                     model_error={"cov_scale": 0.0, "coef_var": np.zeros(p), "factor": u})
+    with pytest.raises(np.linalg.LinAlgError):
+        np.linalg.cholesky(post.predictive_cov)
+    factor = post.predictive_factor()
+    assert factor.shape[0] == p and factor.shape[1] <= p
+    np.testing.assert_allclose(factor @ factor.T, post.predictive_cov, atol=1e-14)
+    # Many parts (more columns than coefficients) are compressed to p columns, exactly.
+    full = Posterior(np.zeros(p), cov, ["Ta"], {"twojmax": 2, "bzeroflag": 0},
+                     model_error={"cov_scale": 2.0, "coef_var": rng.uniform(0, 1, p),
+                                  "factor": rng.standard_normal((p, 4))})
+    factor = full.predictive_factor()
+    assert factor.shape == (p, p)
+    np.testing.assert_allclose(factor @ factor.T, full.predictive_cov, rtol=1e-12, atol=1e-14)
