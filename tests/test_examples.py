@@ -84,7 +84,7 @@ def test_md_hook(examples):
 
     assert 0 < summary["nflagged"] <= 5
     frames = ase.io.read(folder / "flagged" / "flagged.extxyz", ":")
-    assert len(frames) == summary["nflagged"] and all(f.info["value"] > 0.03 for f in frames)
+    assert len(frames) == summary["nflagged"] and all(f.info["value"] > 1.1 for f in frames)
     # the same uncertainty under mpirun -np 2 (thermo column of the last step)
     def last_thermo(log: Path) -> list[str]:
         lines = log.read_text().splitlines()
