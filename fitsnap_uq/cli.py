@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,10 +44,49 @@ def _cmd_fit(rest: Sequence[str]) -> int:
     return _collective(lambda: run_fit(rest, comm=comm), comm)[1]
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse names the option and exits with status 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _check_flag_dir(path: str | None) -> None:
+    """--flag-dir must be a writable folder, or creatable: checked before LAMMPS starts."""
+    if path is None:
+        return
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"--flag-dir {path} is a file, not a folder")
+    parent = folder if folder.exists() else next((p for p in folder.absolute().parents if p.exists()),
+                                                 Path("/"))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"--flag-dir {path}: folder {parent} is not writable")
+
+
 def _cmd_md(args: argparse.Namespace) -> int:
     from lammps_hooks.md import run_md
 
     comm = _mpi_comm()
+    try:
+        _check_flag_dir(args.flag_dir)
+    except InputError as exc:
+        return _fail(str(exc), comm)
     result, code = _collective(lambda: run_md(
         args.script, args.posterior, every=args.every, forces=not args.energy_only,
         flag_dir=args.flag_dir, flag_above=args.flag_above, halt_above=args.halt_above,
@@ -199,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "v_uq_fstd_mean, v_uq_nflagged for thermo and fix halt. Works under mpirun.")
     md.add_argument("script", help="LAMMPS input script")
     md.add_argument("--posterior", required=True, help="posterior file (.posterior.npz)")
-    md.add_argument("--every", type=int, default=10, help="compute every N steps (default 10)")
+    md.add_argument("--every", type=_positive_int, default=10, help="compute every N steps (default 10)")
     md.add_argument("--energy-only", action="store_true",
                     help="per-atom energy std only (no snad/atom: cheaper)")
     md.add_argument("--flag-dir", help="folder of flagged frames (extxyz + FitSNAP JSON)")
@@ -208,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--measure", choices=["fstd_max", "fstd_mean", "estd_max", "estd_mean",
                                           "pe_atom_std", "pe_std"],
                     help="what the thresholds apply to (default fstd_max; estd_max with --energy-only)")
-    md.add_argument("--max-flags", type=int, default=100, help="most frames flagged per run")
+    md.add_argument("--max-flags", type=_non_negative_int, default=100,
+                    help="most frames flagged per run (default 100)")
     md.add_argument("--min-distance", type=float, default=1e-3,
                     help="relative descriptor distance under which a frame is a near-duplicate")
     md.add_argument("--source", default="auto", choices=["auto", "analytic", "samples"],
@@ -229,10 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "the end (table, summary, plot).")
     ens.add_argument("script", help="LAMMPS input script with pair_style snap")
     ens.add_argument("--posterior", required=True, help="posterior file (.posterior.npz)")
-    ens.add_argument("--samples", type=int, default=4, help="number of replicas K (default 4)")
+    ens.add_argument("--samples", type=_positive_int, default=4, help="number of replicas K (default 4)")
     ens.add_argument("--observables", nargs="+", default=["vol/atoms", "press", "pe/atoms", "temp"],
                      help="LAMMPS equal-style expressions (default: vol/atoms press pe/atoms temp)")
-    ens.add_argument("--every", type=int, default=10, help="record every N steps (default 10)")
+    ens.add_argument("--every", type=_positive_int, default=10, help="record every N steps (default 10)")
     ens.add_argument("--outdir", default="ensemble", help="output folder (default ./ensemble)")
     ens.add_argument("--seed", type=int, default=0, help="seed of the coefficient draws")
     ens.add_argument("--ranks-per-replica", type=int, default=1,

@@ -18,6 +18,9 @@ from typing import Any
 from fitsnap_uq.errors import InputError
 from fitsnap_uq.options import parse_uq
 
+UQ_SOLVERS = ("BAYES", "MODELERROR", "BAYESMCMC", "NNENSEMBLE")
+"""The solvers that read ``[UQ]``."""
+
 # [GROUPS] keys that are settings rather than group names (FitSNAP 3.1.0.4, io/sections/groups.py).
 GROUP_SETTINGS = {"group_sections", "group_types", "smartweights", "random_sampling", "random_seed",
                   "vasp_use_TOTEN", "vasp_json_pathname", "vasp_ignore_incomplete",
@@ -78,6 +81,11 @@ def validate_input(infile: str, keyword_replacements: Sequence[Sequence[str]] = 
                              file=infile, section="SOLVER", key="solver")
     if "UQ" in cfg:
         parse_uq(dict(cfg["UQ"]), file=infile)
+        name = cfg["SOLVER"].get("solver", "SVD") if "SOLVER" in cfg else "SVD"
+        if name.upper() not in UQ_SOLVERS:
+            raise InputError(f"a [UQ] section has no effect with solver {name}: choose one of "
+                             f"{', '.join(UQ_SOLVERS)} in [SOLVER], or remove [UQ]", file=infile,
+                             section="SOLVER", key="solver")
     if "BISPECTRUM" in cfg:
         check_bispectrum(cfg["BISPECTRUM"], infile)
     scraper = cfg["SCRAPER"].get("scraper", "JSON").upper() if "SCRAPER" in cfg else None
@@ -96,7 +104,12 @@ def validate_input(infile: str, keyword_replacements: Sequence[Sequence[str]] = 
                 raise InputError(f"no folder {data / group} for this group under the data "
                                  f"directory", file=infile, section="GROUPS", key=group)
             if scraper == "JSON":
-                for path in sorted((data / group).glob("*.json")):
+                files = sorted((data / group).glob("*.json"))
+                if not files:
+                    raise InputError(f"folder {data / group} holds no configuration (*.json): the group "
+                                     f"would drop out of the fit and the reports", file=infile,
+                                     section="GROUPS", key=group)
+                for path in files:
                     check_json_file(path, infile)
     return cfg
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -360,7 +361,7 @@ class Posterior:
             with np.load(path, allow_pickle=False) as data:
                 header = json.loads(str(data["header"]))
                 arrays = {k: data[k] for k in data.files}
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise InputError(f"not a fitsnap-uq posterior file ({exc})", file=str(path)) from None
         if header.get("format") != "fitsnap-uq posterior":
             raise InputError("not a fitsnap-uq posterior file (no header)", file=str(path))
