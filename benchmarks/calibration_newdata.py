@@ -60,8 +60,6 @@ DATASETS = {  # key: (folder, input file, MPI ranks for the descriptors)
     "wbe": ("WBe_PRB2019_subset", "WBe-example.in", 2),
 }
 DEFAULT_OUT = ROOT / "benchmarks" / "out" / "calibration_newdata"
-RANK = [0]  # rank of ours' correlated model error (set by --rank)
-BASIS = ["posterior"]  # axes of ours' diagonal model error (set by --basis)
 SCORED = ("Energy", "Force")
 GROUP_MIN_FORCE_ROWS = 200
 PYTUQ_MERR_MAX_ROWS = 20000
@@ -225,7 +223,8 @@ class Peers:
 
 def run_methods(train: Rows, test: Rows, unpen: np.ndarray | None, peers: Peers, key: str,
                 seed: int, pops_max_rows: int, pytuq_merr: bool, timings: dict[str, list[float]],
-                prev_default: bool = True, svd: bool = True) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+                prev_default: bool = True, svd: bool = True, ours: dict | None = None
+                ) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
     """Fit every method on ``train``; predict ``test`` (no group used).
 
     Returns:
@@ -240,8 +239,8 @@ def run_methods(train: Rows, test: Rows, unpen: np.ndarray | None, peers: Peers,
         timings.setdefault(name, []).append(time.perf_counter() - t0)
 
     t0 = time.perf_counter()
-    full, pm, ratios = fit_with_model_error(train, folds=5, seed=0, unpenalized=unpen, rank=RANK[0],
-                                            basis=BASIS[0])
+    full, pm, ratios = fit_with_model_error(train, folds=5, seed=0, unpenalized=unpen,
+                                            **(ours or {}))
     mean = a @ full.result.mean
     sigma = np.sqrt(pm.variance(a, _quad(a, full.result.cov), types))
     out["ours raw"] = {"mean": mean, "sigma": sigma, "mult": gauss}
@@ -482,6 +481,11 @@ def acceptance(scores: dict, check: dict) -> list[tuple[str, str, bool]]:
     return out
 
 
+def ours_options(args: argparse.Namespace) -> dict:
+    """Keyword arguments of ours' ``fit_with_model_error`` from the command line."""
+    return {"rank": args.rank, "basis": args.basis}
+
+
 def run_dataset(key: str, args: argparse.Namespace, peers: Peers, report: dict, md: list[str]) -> None:
     loaded = load_rows(key, args.outdir, args.recompute)
     if loaded is None:
@@ -508,7 +512,7 @@ def run_dataset(key: str, args: argparse.Namespace, peers: Peers, report: dict, 
         test = rows.subset(held & np.isin(rows.row_types.astype(str), SCORED))
         t0 = time.perf_counter()
         methods, extra = run_methods(train, test, unpen, peers, key, seed, args.pops_max_rows,
-                                     pytuq_merr, timings)
+                                     pytuq_merr, timings, ours=ours_options(args))
         scores = score(methods, test)
         check = mean_check(methods, extra, test)
         elapsed = time.perf_counter() - t0
@@ -582,7 +586,7 @@ def run_dataset(key: str, args: argparse.Namespace, peers: Peers, report: dict, 
             test = rows.subset(in_g & np.isin(rows.row_types.astype(str), SCORED))
             methods, _ = run_methods(train, test, unpen, peers, key, 0, args.pops_max_rows,
                                      pytuq_merr and args.logo_pytuq_merr, timings, prev_default=prev,
-                                     svd=False)
+                                     svd=False, ours=ours_options(args))
             scores = score(methods, test)
             res["logo"][g] = {name: rec["all"] for name, rec in scores.items()}
             rec = {"group": g, "n_E": int(np.sum(test.row_types == "Energy")),
@@ -633,8 +637,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="rank of the correlated model-error part of ours (fit_with_model_error's rank)")
     ap.add_argument("--_dump-rows", nargs=2, metavar=("INFILE", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    RANK[0] = args.rank
-    BASIS[0] = args.basis
     if args._dump_rows:
         _dump_rows_main(*args._dump_rows)
         return 0

@@ -15,11 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fitsnap_uq import SOLVERS
 from fitsnap_uq.errors import InputError
 from fitsnap_uq.options import parse_uq
-
-UQ_SOLVERS = ("BAYES", "MODELERROR", "BAYESMCMC", "NNENSEMBLE")
-"""The solvers that read ``[UQ]``."""
 
 # [GROUPS] keys that are settings rather than group names (FitSNAP 3.1.0.4, io/sections/groups.py).
 GROUP_SETTINGS = {"group_sections", "group_types", "smartweights", "random_sampling", "random_seed",
@@ -82,9 +80,9 @@ def validate_input(infile: str, keyword_replacements: Sequence[Sequence[str]] = 
     if "UQ" in cfg:
         parse_uq(dict(cfg["UQ"]), file=infile)
         name = cfg["SOLVER"].get("solver", "SVD") if "SOLVER" in cfg else "SVD"
-        if name.upper() not in UQ_SOLVERS:
+        if name.upper() not in SOLVERS:
             raise InputError(f"a [UQ] section has no effect with solver {name}: choose one of "
-                             f"{', '.join(UQ_SOLVERS)} in [SOLVER], or remove [UQ]", file=infile,
+                             f"{', '.join(SOLVERS)} in [SOLVER], or remove [UQ]", file=infile,
                              section="SOLVER", key="solver")
     if "BISPECTRUM" in cfg:
         check_bispectrum(cfg["BISPECTRUM"], infile)

@@ -146,10 +146,13 @@ class Posterior:
         (possibly singular) predictive covariance itself: ``sqrt(c)`` times the Cholesky factor of
         the live block of ``cov``, beside ``diag(sqrt(coef_var))`` and the model error's factor,
         compressed to at most p columns by a QR decomposition (exact to rounding)."""
+        if self._pred_factor is not None:
+            return self._pred_factor
         p = self.n_coefficients
-        live, chol = live_cholesky(self.cov)
+        live, chol = self._cov_cholesky()
         base = np.zeros((p, chol.shape[1]))
         base[live] = chol
+        self._pred_factor = base
         if self.model_error is None:
             return base
         me = self.model_error
@@ -163,7 +166,14 @@ class Posterior:
         factor = factor[:, np.any(factor != 0, axis=0)]
         if factor.shape[1] > p:
             factor = np.linalg.qr(factor.T, mode="r").T  # L L^T = (Q R)^T (Q R) = R^T R
+        self._pred_factor = factor
         return factor
+
+    def _cov_cholesky(self) -> tuple[np.ndarray, np.ndarray]:
+        """The live coefficients of ``cov`` and the Cholesky factor of their block (cached)."""
+        if self._factor is None:
+            self._factor = live_cholesky(self.cov)
+        return self._factor
 
     @property
     def predictive_cov(self) -> np.ndarray:
@@ -247,9 +257,7 @@ class Posterior:
         variance of ``noise``."""
         full = self.to_layout(a)
         mean = full @ self.mean
-        if self._pred_factor is None:
-            self._pred_factor = self.predictive_factor()
-        var = np.sum((full @ self._pred_factor) ** 2, axis=1)
+        var = np.sum((full @ self.predictive_factor()) ** 2, axis=1)
         var = var + self._noise_variance(noise, full.shape[0])
         return mean, np.sqrt(var)
 
@@ -306,10 +314,8 @@ class Posterior:
             ns = self.samples.shape[0]
             idx = rng.choice(ns, size=n, replace=n > ns)
             return self.samples[idx].copy()
-        if self._factor is None:
-            # Cholesky of the live block: coefficients held fixed (zero variance) stay exact.
-            self._factor = live_cholesky(self.cov)
-        live, factor = self._factor
+        # Cholesky of the live block: coefficients held fixed (zero variance) stay exact.
+        live, factor = self._cov_cholesky()
         out = np.tile(self.mean, (n, 1))
         out[:, live] += rng.standard_normal((n, int(live.sum()))) @ factor.T
         return out

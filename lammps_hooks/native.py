@@ -17,7 +17,7 @@ Plugin posterior file (text, version 1; ``#`` starts a comment; whitespace-separ
     fitsnap-uq-plugin-posterior 1
     elements NELEM E1 .. En          element names, in the order of the coefficient blocks
     block B                          coefficients per element block: constant + descriptors
-    source analytic|samples          where the factor comes from (Cholesky factor or samples)
+    source analytic|samples          where the factor comes from (predictive factor or samples)
     rcutfac X  rfac0 X  twojmax N  rmin0 X  bzeroflag N  quadraticflag N  switchflag N
     bnormflag N  wselfallflag N  chemflag N
     radelem R1 .. Rn                 per element, in element order
@@ -78,8 +78,9 @@ def write_plugin_posterior(posterior: LinearSnapModel | Posterior | str | os.Pat
         posterior: a :class:`~lammps_hooks.uq_model.LinearSnapModel`, a Posterior or the path of its
             ``.posterior.npz`` (wrapped in a LinearSnapModel with ``source``, ``nsamples``, ``seed``).
         path: the output file (conventionally ``*.uq``).
-        source: ``auto`` (samples if the posterior has any, else analytic), ``analytic`` (the Cholesky
-            factor of the covariance) or ``samples``; the same choice as the Python hook's.
+        source: ``auto`` (samples if the posterior has any, else analytic), ``analytic`` (the factor of
+            the predictive covariance, ``Posterior.predictive_factor``) or ``samples``; the same
+            choice as the Python hook's.
         nsamples, seed: Gaussian draws when ``source = samples`` and the posterior stores none.
 
     Returns the path written. The mean and the factor L (P, R) are the model's

@@ -7,9 +7,10 @@ Layout: coefficients in the ``.snapcoeff`` layout of a :class:`fitsnap_uq.Poster
   ``[1, B_i]`` in block t and 0 elsewhere; ``B_i`` is LAMMPS' ``compute sna/atom`` (N, ncoeff).
 * The force on atom j is ``F_j = D_j theta`` (LAMMPS ``compute snad/atom``, (N, 3 * ntypes * ncoeff),
   laid out [x | y | z], each ntypes blocks of ncoeff; checked against ``pair_style snap``: F = +D theta).
-* A coefficient spread is a factor ``L`` (p, r) with ``Cov(theta) = L L^T``: the Cholesky factor of a
-  Gaussian posterior's covariance, or the centred samples divided by sqrt(K - 1), so analytic and
-  sample-based uncertainties are the same computation: ``var(x . theta) = ||x L||^2``.
+* A coefficient spread is a factor ``L`` (p, r) with ``Cov(theta) = L L^T``: a Gaussian
+  posterior's :meth:`~fitsnap_uq.posterior.Posterior.predictive_factor`, or the centred samples
+  divided by sqrt(K - 1), so analytic and sample-based uncertainties are the same computation:
+  ``var(x . theta) = ||x L||^2``.
 
 Units: energies eV, forces eV/A (LAMMPS ``metal``).
 """
@@ -20,8 +21,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from fitsnap_uq.linear.gaussian import live_cholesky
 
 if TYPE_CHECKING:
     from fitsnap_uq.posterior import Posterior
@@ -40,14 +39,6 @@ class CoefficientSpread:
     mean: np.ndarray
     factor: np.ndarray
     source: str
-
-    @classmethod
-    def from_covariance(cls, mean: np.ndarray, cov: np.ndarray) -> CoefficientSpread:
-        """Cholesky factor of the live block (coefficients held fixed have zero rows)."""
-        live, chol = live_cholesky(cov)
-        factor = np.zeros((mean.shape[0], chol.shape[1]))
-        factor[live] = chol
-        return cls(mean=np.asarray(mean, float), factor=factor, source="analytic")
 
     @classmethod
     def from_samples(cls, samples: np.ndarray, mean: np.ndarray | None = None) -> CoefficientSpread:

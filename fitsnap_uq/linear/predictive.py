@@ -5,22 +5,24 @@ FitSNAP group, so its uncertainty must come from the configuration itself. We mo
 the fitted potential on a row ``a`` (unweighted descriptors, FitSNAP layout; an energy row per atom
 or a force component) as Gaussian with variance
 
-    var(a) = c * a^T S a  +  sum_k a_k^2 s_k^2  +  sigma_q^2
+    var(a) = c * a^T S a  +  a^T (diag(s^2) + U U^T) a  +  sigma_q^2
 
 * ``a^T S a``: the posterior variance of the mean fit (``S``: its coefficient covariance), scaled by
   ``c`` because FitSNAP's weights are hand-set ratios, not noise levels, so ``S`` has no reliable
   absolute scale;
-* ``sum_k a_k^2 s_k^2``: the embedded model error (Sargsyan, Huan, Najm 2019): each coefficient
-  carries a random offset of std ``s_k``, so the spread follows the descriptors (large where the
+* ``a^T (diag(s^2) + U U^T) a``: the embedded model error (Sargsyan, Huan, Najm 2019): the
+  coefficients carry random offsets, so the spread follows the descriptors (large where the
   environment drives the basis hard, zero where symmetry zeroes a force) and does not shrink with
-  more data (it is what the functional form cannot fit);
+  more data (it is what the functional form cannot fit). ``diag(s^2)`` is diagonal in the columns of
+  the rows given; :func:`fitsnap_uq.linear.rows.fit_with_model_error` passes rows rotated onto the
+  principal axes of ``S`` by default. ``U`` (rank 0 by default) is an optional correlated part;
 * ``sigma_q^2``: a floor per quantity (``Energy``, ``Force``, ``Stress``).
 
-``c``, ``s`` and ``sigma_q`` maximize the Gaussian likelihood of the residuals of held-out rows in
-K-fold cross-validation over configurations (each row's residual and ``a^T S_f a`` from the fit
-that did not see it). The mean is not touched: the model describes the errors of the user's fit.
-Everything is a covariance on the coefficients plus a per-quantity constant, so the same number
-comes out of ``Posterior.predict``, the LAMMPS hook and the native plugin (``Cov = c S + diag(s^2)``).
+``c``, the model error and ``sigma_q`` maximize the Gaussian likelihood of the residuals of held-out
+rows in K-fold cross-validation over configurations (each row's residual and ``a^T S_f a`` from the
+fit that did not see it). The mean is not touched: the model describes the errors of the user's fit.
+Everything but the floors is a covariance on the coefficients, so the same number comes out of
+``Posterior.predict``, the LAMMPS hook and the native plugin.
 
 Pure numpy/scipy. BLAS threads: one for fewer than ``PARALLEL_MIN_COLS`` columns
 (:mod:`fitsnap_uq.linear.threads`): the L-BFGS objective's products of up to 50k x 110 rows with a
@@ -78,19 +80,15 @@ class PredictiveModel:
         """{quantity: ``sigma_q``} in eV/atom, eV/A, bar."""
         return {q: float(np.sqrt(v)) for q, v in self.floor_var.items()}
 
-    def model_error_cov(self) -> np.ndarray:
-        """(m, m) ``diag(s^2) + U U^T``, the model-error covariance of the coefficients."""
-        return np.diag(self.coef_var) + self.factor @ self.factor.T
-
 
 @limited(lambda a, *args, **kwargs: np.shape(a)[1] + 1)
 def fit_predictive(a: np.ndarray, resid: np.ndarray, post_var: np.ndarray, row_types: np.ndarray,
-                   rank: int = 0, nu: float | None = None, balance: bool = True,
-                   max_iter: int = 3000, seed: int = 0) -> PredictiveModel:
+                   rank: int = 0, balance: bool = True, max_iter: int = 3000, seed: int = 0
+                   ) -> PredictiveModel:
     """The predictive model of held-out rows: ``c`` and the model error from the rows of
     :data:`SHARED` quantities, then a floor for each other quantity given those.
 
-    Arguments as :func:`fit_shared`.
+    Arguments as :func:`_fit_shared`.
     """
     types = np.asarray(row_types).astype(str)
     shared = np.isin(types, SHARED)
@@ -99,8 +97,8 @@ def fit_predictive(a: np.ndarray, resid: np.ndarray, post_var: np.ndarray, row_t
     a = np.asarray(a, dtype=float)
     resid = np.asarray(resid, dtype=float)
     post_var = np.asarray(post_var, dtype=float)
-    model = fit_shared(a[shared], resid[shared], post_var[shared], types[shared], rank=rank, nu=nu,
-                       balance=balance, max_iter=max_iter, seed=seed)
+    model = _fit_shared(a[shared], resid[shared], post_var[shared], types[shared], rank=rank,
+                        balance=balance, max_iter=max_iter, seed=seed)
     for q in sorted(set(types[~shared].tolist())):
         sel = types == q
         base = model.variance(a[sel], post_var[sel], types[sel])
@@ -121,10 +119,9 @@ def _floor_ml(r2: np.ndarray, base: np.ndarray) -> float:
     return float(ms * np.exp(best.x))
 
 
-@limited(lambda a, *args, **kwargs: np.shape(a)[1] + 1)
-def fit_shared(a: np.ndarray, resid: np.ndarray, post_var: np.ndarray, row_types: np.ndarray,
-                   rank: int = 0, nu: float | None = None, balance: bool = True,
-                   max_iter: int = 3000, seed: int = 0) -> PredictiveModel:
+def _fit_shared(a: np.ndarray, resid: np.ndarray, post_var: np.ndarray, row_types: np.ndarray,
+                rank: int = 0, balance: bool = True, max_iter: int = 3000, seed: int = 0
+                ) -> PredictiveModel:
     """Maximum-likelihood ``c``, model-error covariance and floors from held-out residuals.
 
     Args:
@@ -133,9 +130,6 @@ def fit_shared(a: np.ndarray, resid: np.ndarray, post_var: np.ndarray, row_types
             bar).
         post_var: (n,) ``a^T S_f a`` of that fit (same units squared).
         row_types: (n,) ``Energy``/``Force``/``Stress``.
-        nu: None for a Gaussian likelihood, else the degrees of freedom of a Student-t likelihood
-            of the residuals (robust: a few huge errors do not inflate every row's variance; the
-            interval's shape is then set by the recalibration).
         rank: besides the diagonal ``diag(s^2)``, a low-rank part ``U U^T`` with ``U`` (m, rank):
             correlated model error of several coefficients.
         balance: weigh each quantity's rows so every quantity counts as much as the others (force
@@ -187,13 +181,8 @@ def fit_shared(a: np.ndarray, resid: np.ndarray, post_var: np.ndarray, row_types
         if k:
             var = var + np.sum(au**2, axis=1)
         var = np.maximum(var, 1e-300)
-        if nu is None:
-            f = 0.5 * float(np.sum(weight * (np.log(var) + rt2 / var)))
-            g_var = 0.5 * weight * (1.0 / var - rt2 / var**2)  # d f / d var_i
-        else:
-            z = rt2 / (nu * var)
-            f = float(np.sum(weight * (0.5 * np.log(var) + 0.5 * (nu + 1) * np.log1p(z))))
-            g_var = weight * (0.5 / var - 0.5 * (nu + 1) * z / (var * (1 + z)))
+        f = 0.5 * float(np.sum(weight * (np.log(var) + rt2 / var)))
+        g_var = 0.5 * weight * (1.0 / var - rt2 / var**2)  # d f / d var_i
         grad = np.empty_like(x)
         grad[0] = float(g_var @ vt) * c
         grad[1:1 + q] = (g_var @ at2) * s2
