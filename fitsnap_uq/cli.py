@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,10 +69,11 @@ def _check_flag_dir(path: str | None) -> None:
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"--flag-dir {path} is a file, not a folder")
-    parent = folder if folder.exists() else next((p for p in folder.absolute().parents if p.exists()),
-                                                 Path("/"))
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"--flag-dir {path}: folder {parent} is not writable")
+    from fitsnap_uq.io import unwritable_reason
+
+    reason = unwritable_reason(folder / "probe")
+    if reason:
+        raise InputError(f"--flag-dir {path}: {reason}")
 
 
 def _cmd_md(args: argparse.Namespace) -> int:

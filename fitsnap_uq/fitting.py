@@ -88,6 +88,7 @@ def validate_input(infile: str, keyword_replacements: Sequence[Sequence[str]] = 
         check_bispectrum(cfg["BISPECTRUM"], infile)
     scraper = cfg["SCRAPER"].get("scraper", "JSON").upper() if "SCRAPER" in cfg else None
     if scraper in FOLDER_SCRAPERS:
+        needs = required_quantities(cfg, infile)
         base = Path(infile).parent
         data = base / (cfg["PATH"].get("dataPath", "JSON") if "PATH" in cfg else "JSON")
         if not data.is_dir():
@@ -108,7 +109,7 @@ def validate_input(infile: str, keyword_replacements: Sequence[Sequence[str]] = 
                                      f"would drop out of the fit and the reports", file=infile,
                                      section="GROUPS", key=group)
                 for path in files:
-                    check_json_file(path, infile)
+                    check_json_file(path, infile, needs=needs)
     return cfg
 
 
@@ -116,11 +117,35 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"non-finite number {name}")
 
 
-def check_json_file(path: Path, infile: str | None = None) -> None:
+def _flag(cfg: configparser.ConfigParser, section: str, key: str, default: bool, infile: str) -> bool:
+    """A FitSNAP boolean (``strtobool``: 1/0, true/false, yes/no, on/off)."""
+    text = cfg[section].get(key, str(default)) if section in cfg else str(default)
+    value = text.strip().lower()
+    if value in {"1", "true", "t", "yes", "y", "on"}:
+        return True
+    if value in {"0", "false", "f", "no", "n", "off"}:
+        return False
+    raise InputError(f"{text!r} is not a boolean (1/0, true/false)", file=infile, section=section,
+                     key=key)
+
+
+def required_quantities(cfg: configparser.ConfigParser, infile: str) -> tuple[str, ...]:
+    """The quantities every training configuration must hold for this input: ``Energy`` when
+    ``[CALCULATOR] energy``, ``Forces`` when ``force``, ``Stress`` when ``stress`` (FitSNAP's
+    defaults: all three on)."""
+    return tuple(name for name, key in (("Energy", "energy"), ("Forces", "force"), ("Stress", "stress"))
+                 if _flag(cfg, "CALCULATOR", key, True, infile))
+
+
+def check_json_file(path: Path, infile: str | None = None,
+                    needs: Sequence[str] = ("Energy",)) -> None:
     """Parse a FitSNAP JSON file as FitSNAP's scraper will, but strictly.
 
     FitSNAP 3.1.0.4 prints a warning for a file it cannot parse (a ``NaN`` literal, a truncated file)
-    and goes on with the previous configuration's data in its place; we stop with the file named.
+    and goes on with the previous configuration's data in its place, and fails with a bare
+    ``KeyError`` deep in its calculator on a missing quantity; we stop with the file named. Checked:
+    ``Positions`` (N, 3), ``AtomTypes`` (N), ``Lattice`` (3, 3), each quantity in ``needs``
+    (``Energy`` a number, ``Forces`` (N, 3), ``Stress`` (3, 3)), all finite.
     """
     text = path.read_text()
     if not text.lstrip().startswith("{"):
@@ -128,16 +153,35 @@ def check_json_file(path: Path, infile: str | None = None) -> None:
     try:
         record = json.loads(text, parse_constant=_reject_constant)
         data = record["Dataset"]["Data"][0]
-        for key in ("Positions", "Energy"):
-            if key not in data:
-                raise ValueError(f"no {key!r}")
         if not record["Dataset"].get("fitsnap_uq", {}).get("labelled", True):
             raise ValueError("unlabelled frame flagged by the MD hook (its energy and forces are "
                              "model predictions); label it with an oracle first, e.g. "
                              "fitsnap_uq.active.oracles.label_folder")
+        _check_arrays(data, needs)
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise InputError(f"bad training configuration {path}: {exc}", file=infile, section="PATH",
                          key="dataPath") from None
+
+
+def _check_arrays(data: dict[str, Any], needs: Sequence[str]) -> None:
+    """Raise ValueError naming the first missing or misshapen entry of one configuration's data."""
+    import numpy as np
+
+    for key in ("Positions", "AtomTypes", "Lattice", *needs):
+        if key not in data:
+            hint = (" (set [CALCULATOR] force = 0 to fit energies only)" if key == "Forces" else
+                    " (set [CALCULATOR] stress = 0 to fit without stresses)" if key == "Stress" else "")
+            raise ValueError(f"no {key!r}{hint}")
+    natoms = len(data["AtomTypes"])
+    shapes = {"Positions": (natoms, 3), "Lattice": (3, 3), "Energy": (), "Forces": (natoms, 3),
+              "Stress": (3, 3)}
+    for key in ("Positions", "Lattice", *needs):
+        value = np.asarray(data[key], dtype=float)
+        if value.shape != shapes[key]:
+            raise ValueError(f"{key!r} has shape {value.shape}, expected {shapes[key]} for "
+                             f"{natoms} atoms (len(AtomTypes))")
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"{key!r} holds a non-finite number")
 
 
 def check_bispectrum(section: Any, infile: str) -> None:
@@ -151,6 +195,50 @@ def check_bispectrum(section: Any, infile: str) -> None:
         if key in section and len(section[key].split()) != ntypes:
             raise InputError(f"{len(section[key].split())} value(s) for numTypes = {ntypes}: give one "
                              f"per element type", file=infile, section="BISPECTRUM", key=key)
+
+
+def output_files(cfg: configparser.ConfigParser, infile: str, relative: bool = False
+                 ) -> list[tuple[str, str, Path]]:
+    """The files a fit will write, as (section, key, path): FitSNAP's metrics and potential files and
+    ours (posterior, NN ensemble, calibration report). FitSNAP puts its outputs in the current folder
+    (the input file's with ``--relative``); ours follow :meth:`~fitsnap_uq.solvers.UQSolverMixin.output_path`.
+    """
+    base = Path(infile).parent if relative else Path.cwd()
+
+    def get(section: str, key: str, default: str) -> str:
+        return cfg[section].get(key, default) if section in cfg else default
+
+    files: list[tuple[str, str, Path]] = []
+    metrics = get("OUTFILE", "metrics", "fitsnap_metrics")
+    potential = get("OUTFILE", "potential", "fitsnap_potential")
+    if metrics != "None":
+        stem = metrics[:-3] if metrics.endswith(".md") else metrics
+        files += [("OUTFILE", "metrics", base / metrics), ("OUTFILE", "metrics", base / f"{stem}.uq.md")]
+    if potential != "None":
+        files += [("OUTFILE", "potential", base / f"{potential}{suffix}")
+                  for suffix in (".snapcoeff", ".snapparam")]
+    solver = get("SOLVER", "solver", "SVD").upper()
+    if solver in SOLVERS:
+        key, suffix = (("nn_ensemble", ".nnensemble.json") if solver == "NNENSEMBLE"
+                       else ("posterior", ".posterior.npz"))
+        given = get("UQ", key, "")
+        if given:
+            path = Path(given)
+            files.append(("UQ", key, path if path.is_absolute() or not relative else base / path))
+        elif potential != "None":
+            files.append(("OUTFILE", "potential", base / f"{potential}{suffix}"))
+    return files
+
+
+def check_outputs(cfg: configparser.ConfigParser, infile: str, relative: bool = False) -> None:
+    """Every output file can be written: checked before the descriptors (minutes), not after the fit."""
+    from fitsnap_uq.io import unwritable_reason
+
+    for section, key, path in output_files(cfg, infile, relative):
+        reason = unwritable_reason(path)
+        if reason:
+            raise InputError(f"cannot write the output file {path}: {reason}", file=infile,
+                             section=section, key=key)
 
 
 def split_arguments(argv: Sequence[str]) -> tuple[list[str], bool]:
@@ -227,7 +315,8 @@ def run_fit(argv: Sequence[str], comm: Any = None) -> Any:
     if not fs_argv or fs_argv[0].startswith("-"):
         raise InputError("no input file given: fitsnap-uq fit INPUT.in [FitSNAP flags]")
     args = fitsnap_arguments(fs_argv)
-    validate_input(args.infile, args.keyword_replacements or ())
+    cfg = validate_input(args.infile, args.keyword_replacements or ())
+    check_outputs(cfg, args.infile, bool(getattr(args, "relative", False)))
     snap = FitSnap(comm=comm, arglist=fs_argv)
     if printlammps and snap.calculator is not None:
         calc = snap.calculator

@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["atomic_path", "atomic_write", "current_umask", "json_default"]
+__all__ = ["atomic_path", "atomic_write", "current_umask", "json_default", "unwritable_reason"]
 
 
 def current_umask() -> int:
@@ -77,6 +77,27 @@ def atomic_write(path: str | os.PathLike, content: bytes | str | Callable[[IO[by
         fh.flush()
         os.fsync(fh.fileno())
     return path
+
+
+def unwritable_reason(path: str | os.PathLike) -> str | None:
+    """Why a file cannot be written at ``path`` (None when it can), found without writing ``path``.
+
+    The nearest existing folder above ``path`` (missing folders are created by :func:`atomic_path`) is
+    probed by creating and removing a temp file in it: unlike :func:`os.access` this also answers
+    for read-only mounts, immutable folders and root.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return f"{path} is a folder, not a file"
+    folder = next((p for p in path.absolute().parents if p.exists()), Path("/"))
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return f"folder {folder} is not writable ({exc.strerror or exc})"
+    return None
 
 
 def json_default(obj: Any) -> Any:

@@ -47,6 +47,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _outlier_ratio(text: str) -> float:
+    value = float(text)
+    if value != 0.0 and not value > 1.0:
+        raise ValueError(f"must be 0 (off) or above 1, got {value}")
+    return value
+
+
 def _optional_path(text: str) -> str | None:
     return None if text.strip() in ("", "None", "none") else text.strip()
 
@@ -55,6 +62,11 @@ UQ_KEYS: dict[str, Key] = {
     "posterior": Key("", _optional_path,
                      "Posterior file to write; default <potential>.posterior.npz next to FitSNAP's "
                      "potential output."),
+    "outlier_ratio": Key("10", _outlier_ratio,
+                         "Name in the log and the calibration report every training configuration whose "
+                         "rms weighted residual (per quantity) exceeds this many times that of the rest "
+                         "of its group (fitsnap_uq.linear.outliers); 0 switches the check off. Outliers "
+                         "are named, never removed."),
     "noise_classes": Key("one", str,
                          "Noise classes of the mean fit: one (default: FitSNAP's weights are kept as "
                          "fixed relative precisions, so the mean is the user's weighted fit, as SVD/ANL "

@@ -25,6 +25,7 @@ from fitsnap_uq.io import atomic_write
 from fitsnap_uq.linear import mcmc, threads
 from fitsnap_uq.linear.merr import fit_model_error
 from fitsnap_uq.linear.noise import quantity_noise_var
+from fitsnap_uq.linear.outliers import gross_outliers
 from fitsnap_uq.linear.rows import (
     Rows,
     fit_and_recalibrate,
@@ -192,15 +193,42 @@ class UQSolverMixin:
         """
         mean, sigma = posterior.predict_raw(rows.a, noise=list(names))
         multiplier = posterior.multiplier if posterior.recalibration is not None else None
-        extra = ""
+        extra = self.report_outliers(rows)
         if compare_svd:
             table = group_rmse_against(rows, mean)
-            extra = ("\n## Mean fit against FitSNAP SVD (the learned noise classes re-weight the mean)\n\n"
+            extra += ("\n## Mean fit against FitSNAP SVD (the learned noise classes re-weight the mean)\n\n"
                      "RMSE of this fit's mean and of weighted least squares with FitSNAP's weights on the "
                      "same training rows (eV/atom, eV/A, bar); ratio > 1: the re-weighting made the group "
                      "worse than the user's weights.\n\n" + _markdown_rows(table) + "\n")
         self.write_calibration_report(rows.b, mean, sigma, rows.groups, rows.row_types, rows.testing,
                                       keep=rows.w != 0, multiplier=multiplier, extra=extra)
+
+    def report_outliers(self, rows: Rows) -> str:
+        """Name the training configurations whose residuals dwarf their group's (``[UQ]
+        outlier_ratio``; :func:`~fitsnap_uq.linear.outliers.gross_outliers`) in the log; return the
+        report's Markdown section (empty when none)."""
+        ratio = self.options["outlier_ratio"]
+        fitted = ~rows.testing & (rows.w != 0)
+        if not ratio or not fitted.any():
+            return ""
+        train = rows.subset(fitted)
+        aw, bw = train.weighted()
+        found = gross_outliers(aw, bw, train.groups, train.row_types, train.configs, ratio=ratio)
+        for outlier in found:
+            self.pt.single_print(f"fitsnap-uq {self.name}: WARNING gross outlier: {outlier.line()}")
+        if not found:
+            return ""
+        lines = [f"\n## Gross outliers among the training configurations ({len(found)})\n",
+                 f"Configurations whose rms weighted residual (per quantity), predicted by a weighted "
+                 f"least-squares fit of all other configurations, is above {ratio:g} times that of the "
+                 "other configurations of their group under the same fit ([UQ] outlier_ratio; "
+                 "fitsnap_uq.linear.outliers). They were fitted (nothing is removed) and widen their "
+                 "group's uncertainty: check their data. rms: weighted units (residual x weight).\n",
+                 "| group | quantity | configuration | ratio | rms | rms of the others |",
+                 "|---|---|---|---|---|---|"]
+        lines += [f"| {o.group} | {o.quantity} | {o.config} | {o.ratio:.3g} | {o.rms:.4g} "
+                  f"| {o.rms_others:.4g} |" for o in found]
+        return "\n".join(lines) + "\n"
 
     def write_calibration_report(self, truth: np.ndarray, mean: np.ndarray, sigma: np.ndarray,
                                  groups: np.ndarray, row_types: np.ndarray, testing: np.ndarray,

@@ -81,7 +81,15 @@ def run_md(script: str | Path, posterior: Posterior | str | Path, every: int = 1
         for cmd in commands:
             if not hook.attached and needs_hook(cmd, hook.prefix):
                 hook.attach()
-            execute(lmp, cmd)
+            try:
+                execute(lmp, cmd)
+            except Exception:
+                if hook.mismatch:
+                    raise InputError(hook.mismatch) from None
+                raise
+            if hook.mismatch:  # a run 0 has no step at which the halt fires
+                raise InputError(hook.mismatch)
+            hook.end_check()
             if hook.halted:
                 break
         nflagged = int(hook.last.get("nflagged", 0))

@@ -39,6 +39,7 @@ in :class:`~lammps_hooks.uq_model.LinearSnapModel`; any other :class:`~lammps_ho
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -133,6 +134,10 @@ class SnapUQHook:
         self._active = True
         self._last_key: tuple[int, int, int] | None = None
         self._computes: list[str] = []  # the computes this hook defined (removed by detach)
+        self.mismatch: str | None = None
+        """Why the model does not match the pair style (found at the first step of a run), or None."""
+        self.checked = False
+        self._checking = False
 
     @property
     def posterior(self) -> Posterior | None:
@@ -202,8 +207,9 @@ class SnapUQHook:
         self._variables_defined = True
 
     def attach(self, verify: bool = True) -> SnapUQHook:
-        """Define the computes, per-atom columns, variables and the callback; verify the match (when
-        the model ``checks_pair_style``)."""
+        """Define the computes, per-atom columns, variables and the callback; with ``verify`` (and a
+        model that ``checks_pair_style``), check the match at the first step of the next run
+        (:meth:`check_at_first_step`: no extra run in the user's log)."""
         if self.model.checks_pair_style:
             self._check_pair_style()
         self._map_types()
@@ -217,7 +223,7 @@ class SnapUQHook:
                 self._compute("snad", f"snad/atom {args}")
         self._install()
         if verify and self.model.checks_pair_style:
-            self.verify()
+            self.check_at_first_step()
         return self
 
     def _native_available(self) -> bool:
@@ -279,9 +285,44 @@ class SnapUQHook:
                         "error soft message yes")
         self.attached = True
 
+    def check_at_first_step(self, rtol: float = 1e-8) -> None:
+        """Check the model against the snap pair style at the setup of the next run, where LAMMPS has
+        the pair energy anyway: no ``run 0`` of our own (which would add a step-0 thermo block to the
+        user's log). A mismatch stops that run after its first step (``fix halt ... error hard``, an
+        exception in Python) and is kept in :attr:`mismatch`; :meth:`end_check` removes the two
+        fixes once the check has run."""
+        lmp = self.lmp
+        self.mismatch, self.checked = None, False
+        lmp.command(f"variable {self.name('mismatch')} internal 0.0")
+        lmp.command(f"fix {self.name('check')} all external pf/callback 1 1")
+        lmp.set_fix_external_callback(self.name("check"), self._check_callback, rtol)
+        lmp.command(f"fix {self.name('checkhalt')} all halt 1 v_{self.name('mismatch')} > 0.5 "
+                    "error hard message yes")
+        self._checking = True
+
+    def _check_callback(self, rtol: float, step: int, nlocal: int, tag: Any, x: Any, fext: Any) -> None:
+        if self.checked:
+            return
+        self.checked = True
+        try:
+            self.compare_energy(rtol)
+        except InputError as exc:
+            self.mismatch = str(exc)
+            if self.comm.Get_rank() == 0:
+                print(f"fitsnap-uq: ERROR {exc}", file=sys.stderr, flush=True)
+            self.lmp.set_internal_variable(self.name("mismatch"), 1.0)
+
+    def end_check(self) -> None:
+        """Remove the first-step check's fixes once it has run (between runs; idempotent)."""
+        if self._checking and self.checked:
+            self.lmp.command(f"unfix {self.name('check')}")
+            self.lmp.command(f"unfix {self.name('checkhalt')}")
+            self._checking = False
+
     def verify(self, rtol: float = 1e-8) -> float:
-        """Run 0 steps and check the posterior mean reproduces the snap pair energy; returns the
-        relative difference (0 when the model does not ``checks_pair_style``: nothing to compare).
+        """Run 0 steps now and check the posterior mean reproduces the snap pair energy (an immediate
+        check for Python users; :meth:`attach` checks at the next run's first step instead); returns
+        the relative difference (0 when the model does not ``checks_pair_style``).
         Raises InputError when it does not match."""
         if not self.model.checks_pair_style:
             return 0.0
@@ -290,6 +331,11 @@ class SnapUQHook:
             self.lmp.command("run 0 post no")
         finally:
             self._active = True
+        return self.compare_energy(rtol)
+
+    def compare_energy(self, rtol: float = 1e-8) -> float:
+        """The relative difference of the model mean's SNAP energy and the pair style's, on this step
+        (collective; the pair energy must have been tallied on it). Raises InputError above ``rtol``."""
         nlocal = int(self.lmp.extract_global("nlocal"))
         b, _ = self.descriptor_arrays(nlocal)
         mine = self.model.mean_energies(b, self._elements_of_local(nlocal))

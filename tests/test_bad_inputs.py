@@ -70,10 +70,118 @@ def test_flag_dir_that_is_a_file(tmp_path):
     refused(proc, "--flag-dir flags is a file")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes everywhere: no read-only folder for root")
-def test_flag_dir_not_writable(tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
+
+def _without_key(path, key: str) -> None:
+    """Remove ``key`` from the configuration in a FitSNAP JSON file (which may start with a comment line)."""
+    import json
+
+    text = path.read_text()
+    head, body = ("", text) if text.lstrip().startswith("{") else text.split("\n", 1)
+    record = json.loads(body)
+    del record["Dataset"]["Data"][0][key]
+    path.write_text((head + "\n" if head else "") + json.dumps(record))
+
+
+def test_json_without_forces(cu_run):
+    victim = sorted((cu_run / "JSON").rglob("*.json"))[0]
+    _without_key(victim, "Forces")
+    write_cu_input(cu_run, solver="BAYES")
+    proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run)
+    refused(proc, "Cu.in", "[PATH]", "dataPath", victim.name, "no 'Forces'", "[CALCULATOR] force = 0")
+    assert "'process_configs' took" not in proc.stdout
+
+
+def test_json_forces_of_the_wrong_shape(cu_run):
+    import json
+
+    victim = sorted((cu_run / "JSON").rglob("*.json"))[0]
+    text = victim.read_text()
+    head, body = ("", text) if text.lstrip().startswith("{") else text.split("\n", 1)
+    record = json.loads(body)
+    record["Dataset"]["Data"][0]["Forces"] = record["Dataset"]["Data"][0]["Forces"][:-1]
+    victim.write_text((head + "\n" if head else "") + json.dumps(record))
+    write_cu_input(cu_run, solver="BAYES")
+    proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run)
+    refused(proc, victim.name, "'Forces' has shape")
+
+
+def test_json_without_forces_is_fine_for_an_energy_only_fit(cu_run):
+    from fitsnap_uq.fitting import validate_input
+
+    victim = sorted((cu_run / "JSON").rglob("*.json"))[0]
+    _without_key(victim, "Forces")
+    path = write_cu_input(cu_run, solver="BAYES")
+    path.write_text(path.read_text().replace("force = 1", "force = 0"))
+    validate_input(str(path))  # no error: forces are not fitted
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder nobody, root included, can create files in (``chattr +i`` as root, mode 0500 else)."""
+    import subprocess
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() == 0:
+        if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)]).returncode:
+            pytest.skip("running as root without chattr +i: no read-only folder can be made here")
+        yield folder
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    else:
+        folder.chmod(0o500)
+        yield folder
+        folder.chmod(0o700)
+
+
+def test_fit_into_a_read_only_folder(cu_run, read_only_folder):
+    rel = os.path.relpath(read_only_folder, cu_run)
+    path = write_cu_input(cu_run, solver="BAYES")
+    path.write_text(path.read_text().replace("potential = Cu_pot", f"potential = {rel}/Cu_pot"))
+    proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run)
+    refused(proc, "Cu.in", "[OUTFILE]", "potential", "not writable")
+    assert "'process_configs' took" not in proc.stdout  # refused before any descriptor
+
+
+def test_metrics_path_that_is_a_folder(cu_run):
+    (cu_run / "Cu_metrics.md").mkdir()
+    write_cu_input(cu_run, solver="BAYES")
+    proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run)
+    refused(proc, "Cu.in", "[OUTFILE]", "metrics", "is a folder")
+
+
+def test_posterior_path_in_a_read_only_folder(cu_run, read_only_folder):
+    write_cu_input(cu_run, solver="BAYES", extra=f"[UQ]\nposterior = {read_only_folder}/p.posterior.npz\n")
+    proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run)
+    refused(proc, "Cu.in", "[UQ]", "posterior", "not writable")
+
+
+def test_flag_dir_in_a_read_only_folder(tmp_path, read_only_folder):
     proc = run_cli(["md", "in.md", "--posterior", "p.npz", "--flag-dir", "ro/flags"], cwd=tmp_path)
     refused(proc, "--flag-dir ro/flags", "not writable")
+
+
+def test_gross_outlier_is_named_in_log_and_report(cu_run):
+    """Forces given in the wrong unit (x50) in one configuration: fitted, but named."""
+    import json
+
+    victim = cu_run / "JSON" / "Strained" / "Strained_1.json"
+    text = victim.read_text()
+    head, body = ("", text) if text.lstrip().startswith("{") else text.split("\n", 1)
+    record = json.loads(body)
+    data = record["Dataset"]["Data"][0]
+    data["Forces"] = (50 * np.asarray(data["Forces"])).tolist()
+    victim.write_text((head + "\n" if head else "") + json.dumps(record))
+    write_cu_input(cu_run, solver="BAYES")
+    proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stdout.splitlines() if "gross outlier" in ln]
+    assert len(lines) == 1 and "Strained_1.json" in lines[0] and "Force" in lines[0], proc.stdout[-3000:]
+    report = (cu_run / "Cu_metrics.uq.md").read_text()
+    assert "Gross outliers" in report and "Strained_1.json" in report
+
+
+def test_clean_fit_names_no_outlier(cu_run):
+    write_cu_input(cu_run, solver="BAYES")
+    proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run)
+    assert proc.returncode == 0 and "gross outlier" not in proc.stdout
+    assert "Gross outliers" not in (cu_run / "Cu_metrics.uq.md").read_text()

@@ -160,8 +160,22 @@ def test_refuses_a_posterior_that_is_not_the_pair_style(cu_posterior):
     post = Posterior.load(cu_posterior)
     other = Posterior(post.mean * 1.01, post.cov, post.elements, post.snap)
     lmp = new_md(cu_posterior)
+    hook = SnapUQHook(lmp, other).attach()  # checked at the first step of the next run
+    with pytest.raises(Exception, match="halt"):
+        lmp.command("run 5")
+    assert "does not match the running snap pair style" in hook.mismatch
+    assert lmp.extract_global("ntimestep") == 1  # stopped after the first step
+    lmp.close()
+    lmp = new_md(cu_posterior)
     with pytest.raises(InputError, match="does not match the running snap pair style"):
-        SnapUQHook(lmp, other).attach()
+        SnapUQHook(lmp, other).attach(verify=False).verify()  # the immediate check
+    lmp.close()
+    lmp = new_md(cu_posterior)
+    hook = SnapUQHook(lmp, post).attach()
+    lmp.command("run 2")
+    assert hook.checked and hook.mismatch is None
+    hook.end_check()
+    lmp.command("run 2")  # the check's fixes are gone
     lmp.close()
     lmp = new_md(cu_posterior)
     lmp.command("pair_style zero 4.0")
@@ -261,6 +275,9 @@ def test_md_command_halts_cleanly_and_skips_the_rest(cu_posterior, tmp_path):
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["halted"] and summary["last"]["step"] <= 5
     assert "d_uq_fstd" in (folder / "dump.uq").read_text()
+    log = (folder / "log.lammps").read_text()
+    assert log.count("Loop time") == 1  # the user's run only: the hook checks at its first step
+    assert "run 0" not in log
 
 
 @pytest.mark.mpi
