@@ -18,7 +18,7 @@ from typing import Any
 from fitsnap_uq.errors import InputError
 from fitsnap_uq.posterior import Posterior
 from lammps_hooks.flagging import QueryStore
-from lammps_hooks.script import execute, needs_hook, snap_script
+from lammps_hooks.script import RUN_COMMANDS, execute, needs_hook, snap_script
 from lammps_hooks.snap_uq import SnapUQHook
 
 
@@ -81,6 +81,8 @@ def run_md(script: str | Path, posterior: Posterior | str | Path, every: int = 1
         for cmd in commands:
             if not hook.attached and needs_hook(cmd, hook.prefix):
                 hook.attach()
+            elif cmd.word in RUN_COMMANDS and hook.model.checks_pair_style and not hook.checked:
+                hook.check_at_first_step()  # the previous run ended before the hook's first step
             try:
                 execute(lmp, cmd)
             except Exception:

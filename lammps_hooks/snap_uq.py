@@ -208,8 +208,8 @@ class SnapUQHook:
 
     def attach(self, verify: bool = True) -> SnapUQHook:
         """Define the computes, per-atom columns, variables and the callback; with ``verify`` (and a
-        model that ``checks_pair_style``), check the match at the first step of the next run
-        (:meth:`check_at_first_step`: no extra run in the user's log)."""
+        model that ``checks_pair_style``), check the match at the hook's first evaluation in the next
+        run (:meth:`check_at_first_step`: no extra run in the user's log)."""
         if self.model.checks_pair_style:
             self._check_pair_style()
         self._map_types()
@@ -286,26 +286,25 @@ class SnapUQHook:
         self.attached = True
 
     def check_at_first_step(self, rtol: float = 1e-8) -> None:
-        """Check the model against the snap pair style at the setup of the next run, where LAMMPS has
-        the pair energy anyway: no ``run 0`` of our own (which would add a step-0 thermo block to the
-        user's log). A mismatch stops that run after its first step (``fix halt ... error hard``, an
-        exception in Python) and is kept in :attr:`mismatch`; :meth:`end_check` removes the two
-        fixes once the check has run."""
+        """Check the model against the snap pair style at the hook's first evaluation of the next run,
+        instead of a ``run 0`` of our own (which would add a step-0 thermo block to the user's log).
+        ``fix ave/time`` on the pair energy makes LAMMPS tally it on the hook's steps (cheap next to
+        the forces); a mismatch stops the run at that step (``fix halt ... error hard``, an exception
+        in Python) and is kept in :attr:`mismatch`. :meth:`end_check` removes the two fixes."""
         lmp = self.lmp
-        self.mismatch, self.checked = None, False
+        self.mismatch, self.checked, self._rtol = None, False, rtol
         lmp.command(f"variable {self.name('mismatch')} internal 0.0")
-        lmp.command(f"fix {self.name('check')} all external pf/callback 1 1")
-        lmp.set_fix_external_callback(self.name("check"), self._check_callback, rtol)
+        lmp.command(f"fix {self.name('tally')} all ave/time {self.every} 1 {self.every} "
+                    f"c_{self.name('pair')}")
         lmp.command(f"fix {self.name('checkhalt')} all halt 1 v_{self.name('mismatch')} > 0.5 "
                     "error hard message yes")
         self._checking = True
 
-    def _check_callback(self, rtol: float, step: int, nlocal: int, tag: Any, x: Any, fext: Any) -> None:
-        if self.checked:
-            return
+    def _check_now(self) -> None:
+        """The first-evaluation check (collective; inside the callback)."""
         self.checked = True
         try:
-            self.compare_energy(rtol)
+            self.compare_energy(self._rtol)
         except InputError as exc:
             self.mismatch = str(exc)
             if self.comm.Get_rank() == 0:
@@ -313,9 +312,11 @@ class SnapUQHook:
             self.lmp.set_internal_variable(self.name("mismatch"), 1.0)
 
     def end_check(self) -> None:
-        """Remove the first-step check's fixes once it has run (between runs; idempotent)."""
-        if self._checking and self.checked:
-            self.lmp.command(f"unfix {self.name('check')}")
+        """Remove the first-evaluation check's fixes (between runs; idempotent). ``reset_timestep``
+        refuses to run while they exist (``fix ave/time``); :meth:`check_at_first_step` re-arms the
+        check when it has not run yet."""
+        if self._checking:
+            self.lmp.command(f"unfix {self.name('tally')}")
             self.lmp.command(f"unfix {self.name('checkhalt')}")
             self._checking = False
 
@@ -385,6 +386,8 @@ class SnapUQHook:
     def _callback(self, caller: Any, step: int, nlocal: int, tag: Any, x: Any, fext: Any) -> None:
         if not self._active:
             return
+        if self._checking and not self.checked:
+            self._check_now()
         t0 = time.perf_counter()
         self._descriptor_s = 0.0
         if self._evaluate_step(step, nlocal):

@@ -160,11 +160,12 @@ def test_refuses_a_posterior_that_is_not_the_pair_style(cu_posterior):
     post = Posterior.load(cu_posterior)
     other = Posterior(post.mean * 1.01, post.cov, post.elements, post.snap)
     lmp = new_md(cu_posterior)
-    hook = SnapUQHook(lmp, other).attach()  # checked at the first step of the next run
+    lmp.command("reset_timestep 1")  # the run starts between the hook's steps: first one is 3
+    hook = SnapUQHook(lmp, other, every=3).attach()  # checked at its first evaluation of a run
     with pytest.raises(Exception, match="halt"):
         lmp.command("run 5")
     assert "does not match the running snap pair style" in hook.mismatch
-    assert lmp.extract_global("ntimestep") == 1  # stopped after the first step
+    assert lmp.extract_global("ntimestep") == 3  # stopped at its first evaluation
     lmp.close()
     lmp = new_md(cu_posterior)
     with pytest.raises(InputError, match="does not match the running snap pair style"):
@@ -316,3 +317,21 @@ def test_coefficient_spread_from_samples_is_the_sample_variance():
     spread = CoefficientSpread.from_samples(samples)
     x = rng.normal(size=(7, 4))
     np.testing.assert_allclose(spread.std(x), np.std(samples @ x.T, axis=0, ddof=1), rtol=1e-12)
+
+
+def test_md_checks_at_the_first_evaluation_across_timestep_resets(cu_posterior):
+    """The first run ends before the hook's first step; reset_timestep still works; the check runs
+    in the next run, and a wrong posterior is refused there."""
+    from lammps_hooks.md import run_md
+
+    folder = cu_posterior.parent
+    (folder / "in.reset").write_text(CU_MD.format(coeff="Cu_pot.snapcoeff", param="Cu_pot.snapparam",
+                                                  temp=300, ntypes=1, set_types="", elements="Cu")
+                                     + "reset_timestep 5\nrun 2\nreset_timestep 0\nrun 10\n")
+    result = run_md(folder / "in.reset", cu_posterior, every=10, log=None, screen=False)
+    assert result.hook.checked and result.hook.mismatch is None
+    assert [h["step"] for h in result.hook.history] == [0.0, 10.0]
+    post = Posterior.load(cu_posterior)
+    other = Posterior(post.mean * 1.01, post.cov, post.elements, post.snap)
+    with pytest.raises(InputError, match="does not match the running snap pair style"):
+        run_md(folder / "in.reset", other, every=10, log=None, screen=False)
