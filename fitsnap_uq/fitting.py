@@ -96,6 +96,7 @@ def validate_input(infile: str, keyword_replacements: Sequence[Sequence[str]] = 
                              f"input file's folder)", file=infile, section="PATH", key="dataPath")
         group_file = cfg["PATH"].get("groupFile", "None") if "PATH" in cfg else "None"
         groups = cfg["GROUPS"] if "GROUPS" in cfg and group_file == "None" else {}
+        nfiles = 0
         for group in groups:
             if group in GROUP_SETTINGS:
                 continue
@@ -110,7 +111,22 @@ def validate_input(infile: str, keyword_replacements: Sequence[Sequence[str]] = 
                                      section="GROUPS", key=group)
                 for path in files:
                     check_json_file(path, infile, needs=needs)
+                nfiles += len(files)
+        if "UQ" in cfg and nfiles:
+            check_folds_bound(cfg, infile, nfiles)
     return cfg
+
+
+def check_folds_bound(cfg: configparser.ConfigParser, infile: str, nconfigs: int) -> None:
+    """``[UQ] cv_folds`` against the configurations found, before any work (the solver checks the
+    exact number of training configurations again after FitSNAP's train/test split)."""
+    text = cfg["UQ"].get("cv_folds")
+    if text is None:
+        return  # the default adapts (leave-one-out on fewer configurations)
+    folds = parse_uq({"cv_folds": text}, file=infile)["cv_folds"]
+    if folds > nconfigs:
+        raise InputError(f"{folds} folds for {nconfigs} configurations in the data: use at most "
+                         f"{nconfigs}", file=infile, section="UQ", key="cv_folds")
 
 
 def _reject_constant(name: str) -> float:

@@ -21,6 +21,13 @@ def refused(proc, *words: str) -> None:
         assert word in proc.stderr, proc.stderr[-2000:]
 
 
+def test_more_folds_than_configurations_is_refused(cu_run):
+    write_cu_input(cu_run, solver="BAYES", extra="[UQ]\ncv_folds = 10000\n")
+    proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run)
+    refused(proc, "Cu.in", "[UQ]", "cv_folds", "10000 folds")
+    assert "'process_configs' took" not in proc.stdout  # no hang: refused before any work
+
+
 def test_uq_section_with_a_solver_that_ignores_it(cu_run):
     write_cu_input(cu_run, solver="SVD", extra="[UQ]\nnsamples = 3\n")
     proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run)
@@ -185,3 +192,24 @@ def test_clean_fit_names_no_outlier(cu_run):
     proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run)
     assert proc.returncode == 0 and "gross outlier" not in proc.stdout
     assert "Gross outliers" not in (cu_run / "Cu_metrics.uq.md").read_text()
+
+
+def test_energy_of_a_larger_cell_on_a_one_atom_configuration_is_named(cu_run):
+    """The issue's example: a configuration holding 1 atom with the energy of the cell it was cut from."""
+    import json
+
+    victim = cu_run / "JSON" / "Bulk" / "Bulk_1.json"
+    text = victim.read_text()
+    head, body = ("", text) if text.lstrip().startswith("{") else text.split("\n", 1)
+    record = json.loads(body)
+    data = record["Dataset"]["Data"][0]
+    for key in ("Positions", "Forces", "AtomTypes"):
+        data[key] = data[key][:1]
+    data["NumAtoms"] = 1
+    victim.write_text((head + "\n" if head else "") + json.dumps(record))
+    write_cu_input(cu_run, solver="BAYES")
+    proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    named = [ln for ln in proc.stdout.splitlines() if "gross outlier" in ln]
+    assert named and all("Bulk_1.json" in ln for ln in named), proc.stdout[-3000:]
+    assert "Bulk_1.json" in (cu_run / "Cu_metrics.uq.md").read_text()

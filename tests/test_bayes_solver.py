@@ -52,13 +52,6 @@ def test_bayes_group_noise_is_opt_in_and_reported_against_svd(cu_run):
     assert "Mean fit against FitSNAP SVD" in report and "rmse_svd" in report
 
 
-def test_more_folds_than_configurations_is_refused(cu_run):
-    write_cu_input(cu_run, solver="BAYES", extra="[UQ]\ncv_folds = 10000\n")
-    proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "cv_folds" in proc.stderr and "10000 folds" in proc.stderr
-
-
 def test_nan_truth_names_the_configuration(cu_run):
     bad = cu_run / "JSON" / "Bulk" / "Bulk_2.json"
     bad.write_text(bad.read_text().replace('"Energy": ', '"Energy": NaN, "Old": ', 1))
