@@ -197,7 +197,7 @@ def _check_arrays(data: dict[str, Any], needs: Sequence[str]) -> None:
             raise ValueError(f"{key!r} has shape {value.shape}, expected {shapes[key]} for "
                              f"{natoms} atoms (len(AtomTypes))")
         if not np.all(np.isfinite(value)):
-            raise ValueError(f"{key!r} holds a non-finite number")
+            raise ValueError(f"{key!r} holds a NaN or infinite number")
 
 
 def check_bispectrum(section: Any, infile: str) -> None:

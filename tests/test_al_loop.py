@@ -45,6 +45,7 @@ def completed_calls(workdir: Path) -> list[dict]:
     return [json.loads(ln) for ln in (workdir / "journal.jsonl").read_text().splitlines() if ln.strip()]
 
 
+@pytest.mark.slow  # ~1 min quiet; CI runs it (.ci/run runs the slow tests too)
 def test_loop_end_to_end(tmp_path):
     (tmp_path / "cu.toml").write_text(CU_TOML)
     proc = run_cli(["al", "cu.toml", "--no-progress"], cwd=tmp_path)
@@ -60,6 +61,7 @@ def test_loop_end_to_end(tmp_path):
     assert groups == ["Flagged0", "Flagged1", "Initial"]
 
 
+@pytest.mark.slow  # ~1 min quiet; CI runs it (.ci/run runs the slow tests too)
 def test_kill_and_resume_repeats_no_qm_call(tmp_path):
     (tmp_path / "cu.toml").write_text(CU_TOML)
     work = tmp_path / "cu_al"
