@@ -59,6 +59,14 @@ def test_ta_bayes(examples):
     for name in ("Ta_pot.posterior.npz", "Ta_pot.snapcoeff", "Ta_metrics.uq.md", "Ta_metrics.calibration.png",
                  "Ta_pot.sample3.snapcoeff"):
         assert (folder / name).exists(), name
+    # the README's promise: calibration on held-out testing rows (20% of each group), raw and recalibrated
+    report = (folder / "Ta_metrics.uq.md").read_text()
+    raw, recal = report.split("## Recalibrated", 1)
+    for table in (raw, recal):
+        for quantity in ("Energy", "Force"):
+            row = re.search(rf"^\| \*ALL\s+\| {quantity}\s+\| Testing\s+\|\s+(\d+) \|\s+([0-9.]+)", table,
+                            flags=re.M)
+            assert row and int(row.group(1)) > 0 and 0 < float(row.group(2)) <= 1, quantity
 
 
 @NEEDS_TA
