@@ -108,10 +108,12 @@ def test_md_hook(examples):
 def test_ensemble(examples):
     folder = examples / "ensemble"
     (proc,) = run_readme(folder)
-    assert "vol/atoms: final" in proc.stdout
+    assert "vol/atoms [A^3/atom]: " in proc.stdout and "press [bar]: " in proc.stdout
+    assert "4 replicas run, 4 kept" in proc.stdout
     data = json.loads((folder / "ensemble" / "ensemble.json").read_text())
     avg = data["second_half_average"]["vol/atoms"]
-    assert avg["std"] > 0 and avg["lo"] < avg["mean"] < avg["hi"]
+    assert avg["std"] > 0 and avg["lo"] < avg["mean"] < avg["hi"] and avg["t"] > 2
+    assert data["units"]["pe/atoms"] == "eV/atom"
     parts = {t["partition"] for t in data["timings"]}
     assert parts == {0, 1}  # two partitions ran replicas
 
