@@ -192,7 +192,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     except InputError as exc:
         return _fail(str(exc), None)
     curve = result.summary["curve"]
-    print(f"fitsnap-uq demo: done in {result.timings['total']:.0f} s; test force RMSE "
+    when = "already done (nothing to do; --overwrite runs it again): it took" if result.already_done \
+        else "done in"
+    print(f"fitsnap-uq demo: {when} {result.timings['total']:.0f} s; test force RMSE "
           f"{curve[0]['force_rmse']:.3f} -> {curve[-1]['force_rmse']:.3f} eV/A with "
           f"{curve[0]['qm_calls']} -> {curve[-1]['qm_calls']} labelled configurations")
     print(f"fitsnap-uq demo: report: {result.report_html} (and {result.report_md.name})")
@@ -312,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build crystals with ASE, label them with GFN1-xTB (tblite), fit a Bayesian SNAP, "
                     "run MD with the uncertainty hook, label the flagged frames, refit, run a posterior "
                     "ensemble of NPT MD, and write report.md/report.html with plots into --outdir. "
-                    "Rerunning the same command resumes (no QM call is repeated).")
+                    "Rerunning the same command resumes where it stopped (no QM call, fit or MD run "
+                    "that finished is repeated) and does nothing once the demo is done.")
     demo.add_argument("--element", default="W", help="W (default), Ta, or Cu (with --oracle emt)")
     demo.add_argument("--cells", type=int, default=3,
                       help="QM and MD cells of N x N x N cubic unit cells (default 3: 54 bcc atoms)")

@@ -150,3 +150,15 @@ def test_no_progress_silences_the_fit(cu_run, where):
     assert "fitsnap-uq fit:" not in proc.stderr and "BAYES:" not in proc.stderr
     assert "descriptors" not in proc.stderr and "\r" not in proc.stderr
     assert "log evidence" in proc.stdout  # results are still printed
+
+
+@pytest.mark.mpi
+def test_only_rank_zero_reports_under_mpirun(cu_run):
+    write_cu_input(cu_run, solver="BAYES")
+    proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run, mpi=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stderr.splitlines()
+    assert lines.count("fitsnap-uq fit: reading the configurations") == 1
+    assert lines.count("fitsnap-uq fit: descriptors of 8 configurations (rank 0 computes 4 of them; "
+                       "2 ranks)") == 1
+    assert sum(ln.startswith("fitsnap-uq BAYES: evidence optimization") for ln in lines) == 1
