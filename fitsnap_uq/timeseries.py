@@ -21,9 +21,10 @@ K replicas pin down the average over the posterior; it shrinks to zero with more
 potential's uncertainty.) Replicas that start from the same velocities (a fixed seed in the script)
 share much of their MD sampling error, which their spread then does not show; so the replicas'
 sampling variance (mean of se_k^2) is added to the interval's variance, with the Welch-Satterthwaite
-degrees of freedom of the sum. When the replicas' noise is independent this counts it twice
-(conservative). The two parts are reported separately too (``posterior_half``, ``sampling_se``): a
-sampling error as large as the spread says the run is too short to resolve the potential's effect.
+degrees of freedom of the sum (and never narrower than the interval from the spread alone). When the
+replicas' noise is independent this counts it twice (conservative). The two parts are reported
+separately too (``posterior_half``, ``sampling_se``): a sampling error as large as the spread says the
+run is too short to resolve the potential's effect.
 
 Numpy and scipy only (core layer).
 """
@@ -93,7 +94,8 @@ def replica_interval(values: np.ndarray, level: float = 0.95, sampling_se: np.nd
     with ``sampling_se`` the replicas' MD sampling variance ``V_md = mean(se_k^2)`` is added (with
     ``mean(N_eff) - 1`` degrees of freedom), since replicas that start from the same velocities share
     their sampling error, which their spread then does not show. The interval is ``mean +- t_nu
-    sqrt(V_post + V_md)`` with the Welch-Satterthwaite degrees of freedom ``nu`` of the sum.
+    sqrt(V_post + V_md)`` with the Welch-Satterthwaite degrees of freedom ``nu`` of the sum, and never
+    narrower than ``t_{K-1} sqrt(V_post)``, the interval from the spread alone.
 
     Args:
         values: (K,) each replica's value (K >= 2), any unit.
@@ -127,10 +129,13 @@ def replica_interval(values: np.ndarray, level: float = 0.95, sampling_se: np.nd
     denom = var_post**2 / (k - 1) + (var_md**2 / dof_md if np.isfinite(dof_md) else 0.0)
     dof = var**2 / denom if denom > 0 else float(k - 1)
     tq = float(student_t.ppf(q, dof))
-    half = tq * np.sqrt(var)
-    return {"n": k, "mean": mean, "std": std, "sem": std / np.sqrt(k),
-            "posterior_half": float(student_t.ppf(q, k - 1)) * np.sqrt(var_post), "sampling_se": se,
-            "dof": float(dof), "t": tq, "lo": mean - half, "hi": mean + half, "level": level}
+    posterior_half = float(student_t.ppf(q, k - 1)) * np.sqrt(var_post)
+    # never narrower than the interval from the spread alone (more degrees of freedom must not make
+    # an added variance shrink it)
+    half = max(tq * np.sqrt(var), posterior_half)
+    return {"n": k, "mean": mean, "std": std, "sem": std / np.sqrt(k), "posterior_half": posterior_half,
+            "sampling_se": se, "dof": float(dof), "t": tq, "lo": mean - half, "hi": mean + half,
+            "level": level}
 
 
 def prediction_band(values: np.ndarray, level: float = 0.95, axis: int = 0) -> dict[str, np.ndarray]:

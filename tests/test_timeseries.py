@@ -62,6 +62,10 @@ def test_four_replicas_give_a_student_t_prediction_interval_not_min_max():
     wide = replica_interval(values, sampling_se=np.full(4, 0.05), neff=np.full(4, 10.0))
     assert wide["hi"] - wide["lo"] > out["hi"] - out["lo"] and 3 < wide["dof"] < 4 * 10
     assert wide["sampling_se"] == pytest.approx(0.05)
+    # adding sampling error never narrows the interval, whatever the degrees of freedom do
+    halves = [replica_interval(values, sampling_se=np.full(4, se), neff=np.full(4, 50.0))["hi"]
+              for se in np.linspace(0.0, 0.1, 41)]
+    assert np.all(np.diff(halves) >= -1e-15) and halves[0] == pytest.approx(out["hi"])
     with pytest.raises(ValueError):
         replica_interval(values[:1])
 
