@@ -175,7 +175,7 @@ def screen_replicas(averages: np.ndarray, observables: Sequence[str], z_max: flo
 INTERVAL = ("95% prediction interval for one more posterior draw (how far to trust the observable): "
             "mean +- t x sqrt(std^2 (1 + 1/K) + se^2) over the K replicas kept, std their spread, se their "
             "MD sampling error, t the Student-t quantile for the Welch-Satterthwaite degrees of freedom "
-            "(K - 1 from the spread)")
+            "(K - 1 from the spread); never narrower than from the spread alone")
 
 # Units of LAMMPS thermo keywords by units style (https://docs.lammps.org/units.html, thermo_style).
 _DIMENSIONS = {
