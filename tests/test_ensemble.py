@@ -183,3 +183,13 @@ def test_a_user_unit_reaches_the_output(cu_run):
     data = json.loads((cu_run / "ens" / "ensemble.json").read_text())
     assert data["units"] == {"press/10000": "GPa", "pe*0+1": None}
     assert proc.stderr == ""  # --no-progress: no stage lines
+    # with progress (stderr a pipe: plain lines), the MD-step counter (a fix external callback) changes
+    # no trajectory
+    shown = run_cli(["ensemble", "in.nvt", "--posterior", "Cu_pot.posterior.npz", "--samples", "2",
+                     "--observables", "press/10000 [GPa]", "pe*0+1", "--every", "10", "--outdir", "ens2"],
+                    cwd=cu_run)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "fitsnap-uq ensemble: 2 replicas of in.nvt (40 MD steps each), one after another" in shown.stderr
+    assert "ensemble: replicas: 2/2 replicas done in" in shown.stderr and "\r" not in shown.stderr
+    again = json.loads((cu_run / "ens2" / "ensemble.json").read_text())
+    assert again["values"] == data["values"]
