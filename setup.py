@@ -33,7 +33,7 @@ setup(
         "tblite",
         "torch",
         "pyro-ppl",  # NUTS for the MCMC learner of fitsnap_uq.nn (the suggested library)
-        "tqdm",  # progress bars of the active-learning loop
+        "tqdm",  # progress bars of every long step (descriptors, folds, MCMC, members, MD replicas, QM)
         "tomli; python_version < '3.11'",  # TOML configs (tomllib is in the standard library from 3.11)
         "scikit-learn",  # KMeans of the query-by-committee strategy (FitSNAP requires it too)
     ],

@@ -40,6 +40,7 @@ def _cmd_fit(rest: Sequence[str]) -> int:
     from fitsnap_uq.fitting import run_fit
 
     comm = _mpi_comm()
+    _progress_rank(comm)
     return _collective(lambda: run_fit(rest, comm=comm), comm)[1]
 
 
@@ -80,6 +81,7 @@ def _cmd_md(args: argparse.Namespace) -> int:
     from lammps_hooks.md import run_md
 
     comm = _mpi_comm()
+    _progress_rank(comm)
     try:
         _check_flag_dir(args.flag_dir)
     except InputError as exc:
@@ -130,9 +132,10 @@ def write_summary(path: str, result) -> None:
 
 
 def _cmd_ensemble(args: argparse.Namespace) -> int:
-    from lammps_hooks.ensemble import run_ensemble
+    from lammps_hooks.ensemble import INTERVAL, run_ensemble
 
     comm = _mpi_comm()
+    _progress_rank(comm)
     result, code = _collective(lambda: run_ensemble(
         args.script, args.posterior, samples=args.samples, observables=args.observables,
         every=args.every, outdir=args.outdir, seed=args.seed,
@@ -140,15 +143,23 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     if code:
         return code
     if result is not None:
-        print(f"fitsnap-uq ensemble: {len(result.timings)} replicas; results in {args.outdir}/")
+        print(f"fitsnap-uq ensemble: {result.samples} replicas run, {len(result.kept)} kept, "
+              f"{len(result.excluded)} left out by the runaway screen; results in {args.outdir}/")
         for k, reason in result.excluded.items():
             print(f"fitsnap-uq ensemble: WARNING replica {k} left out of the error bars: {reason}")
+        print(f"fitsnap-uq ensemble: time averages over the second half of each replica (from step "
+              f"{result.first_step:.0f}); interval: {INTERVAL}")
         for obs in result.observables:
-            f, a = result.final[obs], result.average[obs]
-            print(f"  {obs}: final {f['mean']:.6g} +- {f['std']:.3g} (95% [{f['lo']:.6g}, {f['hi']:.6g}]); "
-                  f"second-half average {a['mean']:.6g} +- {a['std']:.3g} "
-                  f"(95% [{a['lo']:.6g}, {a['hi']:.6g}])")
+            print(f"  {result.describe(obs)}")
     return 0
+
+
+def _progress_rank(comm) -> None:
+    """Only MPI rank 0 reports progress."""
+    from fitsnap_uq import progress
+
+    if comm is not None:
+        progress.configure(rank=comm.Get_rank())
 
 
 def _cmd_al(args: argparse.Namespace) -> int:
@@ -159,7 +170,7 @@ def _cmd_al(args: argparse.Namespace) -> int:
     except InputError as exc:
         return _fail(str(exc), None)
     workdir = args.workdir or str(Path(args.config).with_suffix("")) + "_al"
-    loop = Loop(cfg, workdir, progress=not args.no_progress)
+    loop = Loop(cfg, workdir)
     summary = loop.run()
     if loop.rank != 0:
         return 0
@@ -177,11 +188,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                             iterations=args.iterations, qm_budget=args.qm_budget, samples=args.samples,
                             md_steps=args.md_steps, ensemble_steps=args.ensemble_steps, seed=args.seed)
     try:
-        result = run_demo(settings, args.outdir, overwrite=args.overwrite, progress=not args.no_progress)
+        result = run_demo(settings, args.outdir, overwrite=args.overwrite)
     except InputError as exc:
         return _fail(str(exc), None)
     curve = result.summary["curve"]
-    print(f"fitsnap-uq demo: done in {result.timings['total']:.0f} s; test force RMSE "
+    when = "already done (nothing to do; --overwrite runs it again): it took" if result.already_done \
+        else "done in"
+    print(f"fitsnap-uq demo: {when} {result.timings['total']:.0f} s; test force RMSE "
           f"{curve[0]['force_rmse']:.3f} -> {curve[-1]['force_rmse']:.3f} eV/A with "
           f"{curve[0]['qm_calls']} -> {curve[-1]['qm_calls']} labelled configurations")
     print(f"fitsnap-uq demo: report: {result.report_html} (and {result.report_md.name})")
@@ -207,6 +220,10 @@ def _cmd_build_plugin(args: argparse.Namespace) -> int:
     return 0
 
 
+NO_PROGRESS_HELP = ("no stage lines or progress bars on stderr (bars are drawn only when stderr is a "
+                    "terminal; otherwise each step is reported as plain lines)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fitsnap-uq`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -216,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fitsnap_uq import __version__
 
     parser.add_argument("--version", action="version", version=f"fitsnap-uq {__version__}")
+    parser.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     fit = sub.add_parser(
         "fit", help="run FitSNAP on an input file with the fitsnap-uq solvers available",
@@ -263,13 +281,19 @@ def build_parser() -> argparse.ArgumentParser:
         "ensemble", help="posterior ensemble of MD: error bars on MD observables",
         description="Run K replicas of an unmodified LAMMPS input script, each with coefficients "
                     "drawn from the posterior, as MPI partitions under mpirun (in sequence on one "
-                    "rank); report mean, std and 95%% interval of the observables over time and at "
-                    "the end (table, summary, plot).")
+                    "rank); report each observable (with its unit) as the mean over the replicas of "
+                    "their time averages over the second half of the run, with the 95%% Student-t "
+                    "prediction interval for one more posterior draw (how far to trust the value) "
+                    "and the MD sampling error from the autocorrelation; also over time and at the "
+                    "end (table, summary, plot).")
     ens.add_argument("script", help="LAMMPS input script with pair_style snap")
     ens.add_argument("--posterior", required=True, help="posterior file (.posterior.npz)")
     ens.add_argument("--samples", type=_positive_int, default=4, help="number of replicas K (default 4)")
     ens.add_argument("--observables", nargs="+", default=["vol/atoms", "press", "pe/atoms", "temp"],
-                     help="LAMMPS equal-style expressions (default: vol/atoms press pe/atoms temp)")
+                     help="LAMMPS equal-style expressions, each optionally with its unit in brackets "
+                          "after a space ('press/10000 [GPa]'; thermo keywords and KEYWORD/atoms get "
+                          "theirs from the script's units style) (default: vol/atoms press pe/atoms "
+                          "temp)")
     ens.add_argument("--every", type=_positive_int, default=10, help="record every N steps (default 10)")
     ens.add_argument("--outdir", default="ensemble", help="output folder (default ./ensemble)")
     ens.add_argument("--seed", type=int, default=0, help="seed of the coefficient draws")
@@ -283,7 +307,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "command continues where it stopped without repeating a completed QM call.")
     al.add_argument("config", help="TOML config")
     al.add_argument("--workdir", help="work folder (default: <config without .toml>_al)")
-    al.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     demo = sub.add_parser(
         "demo", help="the whole idea on an embedded default: xTB labels -> Bayesian SNAP -> MD with "
@@ -291,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build crystals with ASE, label them with GFN1-xTB (tblite), fit a Bayesian SNAP, "
                     "run MD with the uncertainty hook, label the flagged frames, refit, run a posterior "
                     "ensemble of NPT MD, and write report.md/report.html with plots into --outdir. "
-                    "Rerunning the same command resumes (no QM call is repeated).")
+                    "Rerunning the same command resumes where it stopped (no QM call, fit or MD run "
+                    "that finished is repeated) and does nothing once the demo is done.")
     demo.add_argument("--element", default="W", help="W (default), Ta, or Cu (with --oracle emt)")
     demo.add_argument("--cells", type=int, default=3,
                       help="QM and MD cells of N x N x N cubic unit cells (default 3: 54 bcc atoms)")
@@ -305,7 +329,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed of structures, MD and draws")
     demo.add_argument("--outdir", default="fitsnap-uq-demo", help="output folder (default ./fitsnap-uq-demo)")
     demo.add_argument("--overwrite", action="store_true", help="start over in an existing demo folder")
-    demo.add_argument("--no-progress", action="store_true", help="no progress bars or stage lines")
 
     plug = sub.add_parser(
         "build-plugin", help="compile the native LAMMPS plugin (fix snap/uq) for plain 'lmp -in' runs",
@@ -324,15 +347,25 @@ def build_parser() -> argparse.ArgumentParser:
                       help="coefficient spread written (as the hook's --source; default auto)")
     plug.add_argument("--no-build", action="store_true", help="only write the posterior file")
     plug.add_argument("--verbose", action="store_true", help="print the compiler command")
+    for command in (md, ens, al, demo, plug):
+        # also after the command; SUPPRESS: an absent option does not override the global one
+        command.add_argument("--no-progress", action="store_true", default=argparse.SUPPRESS,
+                             help=NO_PROGRESS_HELP)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fitsnap-uq`` console script."""
+    from fitsnap_uq import progress
+
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if argv and argv[0] == "fit":
-        rest = argv[1:]
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command == "fit" and all(a == "--no-progress" for a in argv[:argv.index("fit")]):
+        # FitSNAP's arguments follow 'fit' unparsed: take --no-progress out of them
+        rest = argv[argv.index("fit") + 1:]
+        progress.configure(enabled="--no-progress" not in argv)
+        rest = [a for a in rest if a != "--no-progress"]
         if not rest or rest[0] in ("-h", "--help"):
             from fitsnap_uq.fitting import print_fitsnap_help
 
@@ -342,6 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0 if rest else 2
         return _cmd_fit(rest)
     args = parser.parse_args(argv)
+    progress.configure(enabled=not args.no_progress)
     if args.command is None:
         parser.print_help()
         return 2

@@ -9,11 +9,13 @@
    calibration curve and table);
 4. runs MD at the hottest active-learning temperature with the first and the final posterior and
    records the per-atom force std of every atom along the run;
-5. runs a small posterior ensemble of NPT MD at 300 K (coefficients drawn from the posterior) and puts
-   an interval on the volume per atom;
+5. runs a small posterior ensemble of NPT MD at 300 K in the MD cell (coefficients drawn from the
+   posterior) and puts an interval on the volume per atom;
 6. writes ``report.md`` and ``report.html`` with the PNG plots beside them.
 
-Everything goes to one output folder (default ``fitsnap-uq-demo``); see :data:`OUTPUTS`.
+Everything goes to one output folder (default ``fitsnap-uq-demo``); see :data:`OUTPUTS`. The stages
+(:data:`STAGES`) are recorded in ``demo.json`` as they finish: rerunning the same command resumes the
+first unfinished one and does nothing once all are done.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from fitsnap_uq import progress as _progress
 from fitsnap_uq.active.loop import ALConfig, Loop
 from fitsnap_uq.errors import InputError
 from fitsnap_uq.io import atomic_write
@@ -58,7 +61,8 @@ OUTPUTS = {
     "learning_curve.png": "test RMSE against labelled configurations",
     "ensemble_volume.png": "volume per atom over the posterior ensemble of NPT MD",
     "calibration_test.md": "calibration metrics of the final potential on the test set",
-    "demo.json": "the demo's settings and stage timings (a rerun with other settings is refused)",
+    "demo.json": "the demo's settings, the stages done with their wall-clock and CPU seconds and the "
+                 "load average (a rerun skips the stages done; one with other settings is refused)",
     "al/": "the active-learning run: data/JSON (labelled configurations), testset/, journal.jsonl, "
            "iter<k>/fit (FitSNAP inputs, posteriors, .snapcoeff), iter<k>/md_<T>K (MD, flagged frames)",
     "md/": "the two MD runs of the uncertainty plot: LAMMPS inputs, logs, uq.dump (per-atom stds)",
@@ -78,7 +82,7 @@ class DemoSettings:
         qm_budget: most training QM calls.
         samples: replicas of the posterior ensemble of MD.
         md_steps: steps of each active-learning MD run (the uncertainty runs take 3x as many).
-        ensemble_steps: steps of each ensemble replica (NPT, 300 K, 2 fs).
+        ensemble_steps: steps of each ensemble replica (NPT, 300 K, 2 fs, in the MD cell).
         seed: seed of the structures, MD velocities and posterior draws.
         temperatures: NVT temperatures (K) of the active-learning MD; default: the element's.
     """
@@ -127,18 +131,26 @@ class DemoSettings:
 
 @dataclass
 class DemoResult:
-    """Where the demo wrote its report and how long each stage took (s)."""
+    """Where the demo wrote its report and how long each stage took.
+
+    Attributes:
+        timings: {stage: wall-clock seconds} over every session that worked on the folder, and
+            ``total``, their sum.
+        already_done: the folder held a finished demo: nothing was run.
+        ran: the stages this call ran (the others were done before).
+    """
 
     outdir: Path
     report_md: Path
     report_html: Path
     timings: dict[str, float]
     summary: dict[str, Any]
+    already_done: bool = False
+    ran: list[str] = field(default_factory=list)
 
 
-def _say(message: str, progress: bool) -> None:
-    if progress:
-        print(f"fitsnap-uq demo: {message}", flush=True)
+def _say(message: str, show: bool) -> None:
+    _progress.stage(f"fitsnap-uq demo: {message}", show)
 
 
 def prepare_outdir(settings: DemoSettings, outdir: Path, overwrite: bool) -> None:
@@ -162,7 +174,8 @@ def prepare_outdir(settings: DemoSettings, outdir: Path, overwrite: bool) -> Non
         raise InputError("folder exists and is not a demo output folder; choose another --outdir",
                          file=str(outdir), key="--outdir")
     outdir.mkdir(parents=True, exist_ok=True)
-    _write_json(marker, {"settings": asdict(settings), "timings": {}})
+    if not marker.exists():
+        _write_json(marker, {"settings": asdict(settings), "stages": {}, "complete": False})
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -226,9 +239,11 @@ def read_uq_dump(path: Path, column: str = "d_uq_fstd") -> tuple[np.ndarray, np.
     return steps_arr, values
 
 
-def md_uncertainty(loop: Loop, iteration: int, folder: Path, steps: int, every: int) -> tuple[Path, Path]:
+def md_uncertainty(loop: Loop, iteration: int, folder: Path, steps: int, every: int, redo: bool = False
+                   ) -> tuple[Path, Path]:
     """MD at the hottest temperature with posterior ``iteration``; per-atom stds dumped every
-    ``every`` steps. Returns the dump and the summary file."""
+    ``every`` steps. Returns the dump and the summary file. A run that finished before (its summary file
+    exists) is not repeated unless ``redo``."""
     from lammps_hooks.md import run_md
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -239,6 +254,8 @@ def md_uncertainty(loop: Loop, iteration: int, folder: Path, steps: int, every: 
     (folder / "in.md").write_text(script)
     dump = folder / "uq.dump"
     done = folder / "done.json"
+    if redo:
+        done.unlink(missing_ok=True)
     if not done.exists():
         dump.unlink(missing_ok=True)
         res = run_md(folder / "in.md", loop.work / f"iter{iteration}" / "fit" / "pot.posterior.npz",
@@ -262,9 +279,194 @@ def ensemble_script(cfg: ALConfig, fit: Path, cells: int, steps: int, seed: int)
 
 
 # ------------------------------------------------------------------- main
+STAGES = ("active learning (QM, fits, MD)", "test-set predictions", "MD with the uncertainty hook",
+          "posterior ensemble of MD", "report")
+"""The demo's stages, in order; each is recorded in ``demo.json`` when it completes and skipped on a
+rerun (a stage that runs again invalidates the ones after it)."""
+
+
+class _Stages:
+    """Runs the demo's stages once: each completed stage is recorded in ``demo.json`` (atomically, with
+    its wall-clock and CPU seconds and the load average), and a rerun skips the recorded ones."""
+
+    def __init__(self, marker: Path, show: bool) -> None:
+        self.marker = marker
+        self.state = json.loads(marker.read_text())
+        self.state.setdefault("stages", {})
+        self.show = show
+        self.ran: list[str] = []
+
+    def done(self, name: str) -> bool:
+        return name in self.state["stages"]
+
+    def start(self, name: str, message: str, missing: bool = False) -> bool:
+        """Announce stage ``name``; True when it must run, False to skip it: it is recorded as done, no
+        stage before it ran in this call, and its output is not ``missing``."""
+        k = STAGES.index(name) + 1
+        if self.done(name) and not self.ran and not missing:
+            seconds = self.state["stages"][name]["seconds"]
+            _say(f"[{k}/{len(STAGES)}] {name}: done earlier ({seconds:.0f} s), skipped", self.show)
+            return False
+        _say(f"[{k}/{len(STAGES)}] {message}", self.show)
+        for later in STAGES[k - 1:]:  # this stage runs (again): the ones after it are stale
+            self.state["stages"].pop(later, None)
+        self.state["complete"] = False
+        self._t0, self._cpu0, self._load0 = time.time(), _cpu_seconds(), _load()
+        return True
+
+    def finish(self, name: str, **extra: Any) -> None:
+        """Record stage ``name`` as done (and anything in ``extra`` at the top level of demo.json)."""
+        self.state["stages"][name] = {"seconds": time.time() - self._t0,
+                                      "cpu_seconds": _cpu_seconds() - self._cpu0,
+                                      "load_start": self._load0, "load_end": _load()}
+        self.state.update(extra)
+        self.ran.append(name)
+        self.write()
+
+    def timings(self) -> dict[str, float]:
+        out = {name: float(self.state["stages"][name]["seconds"]) for name in STAGES
+               if name in self.state["stages"]}
+        out["total"] = float(sum(out.values()))
+        return out
+
+    def write(self) -> None:
+        self.state["timings"] = self.timings()
+        _write_json(self.marker, self.state)
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children (the fits)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _load() -> float | None:
+    """The 1-minute load average (None where the system has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def _save_predictions(path: Path, pred: dict[str, Any]) -> None:
+    arrays = {k: np.asarray(v) for k, v in pred.items() if k != "multiplier"}
+    with io.BytesIO() as buf:
+        np.savez(buf, **arrays)
+        atomic_write(path, buf.getvalue())
+
+
+def _load_predictions(path: Path, posterior_path: Path) -> dict[str, Any]:
+    from fitsnap_uq.posterior import Posterior
+
+    with np.load(path) as data:
+        pred: dict[str, Any] = {k: data[k] for k in data.files}
+    pred["multiplier"] = Posterior.load(posterior_path).multiplier
+    return pred
+
+
+def _finished(outdir: Path, show: bool) -> DemoResult | None:
+    """The result of a finished demo in ``outdir`` (said on stderr), or None when work is left."""
+    marker = outdir / "demo.json"
+    state = json.loads(marker.read_text())
+    md_path, html_path = outdir / "report.md", outdir / "report.html"
+    if not (state.get("complete") and md_path.exists() and html_path.exists()
+            and all(name in state.get("stages", {}) for name in STAGES)):
+        return None
+    timings = {name: float(state["stages"][name]["seconds"]) for name in STAGES}
+    timings["total"] = float(sum(timings.values()))
+    _say(f"already done in {outdir} (the stages took {timings['total']:.0f} s); nothing to do. "
+         "Pass --overwrite to run it again.", show)
+    return DemoResult(outdir, md_path, html_path, timings, state.get("summary", {}), already_done=True)
+
+
 def run_demo(settings: DemoSettings, outdir: str | Path = "fitsnap-uq-demo", overwrite: bool = False,
              progress: bool = True) -> DemoResult:
-    """Run the demo (see the module docstring) into ``outdir``; resumable."""
+    """Run the demo (see the module docstring) into ``outdir``.
+
+    Resumable: the stages (:data:`STAGES`) are recorded in ``demo.json`` as they complete; a rerun with
+    the same settings skips those and resumes the first unfinished one (the active-learning loop within
+    its stage resumes without repeating a QM call or a completed fit or MD run), and a rerun of a
+    finished demo does nothing (``DemoResult.already_done``). ``progress``: stage lines and bars
+    (:mod:`fitsnap_uq.progress`; False: none whatever the global setting).
+    """
+    from lammps_hooks.ensemble import EnsembleResult, run_ensemble
+
+    settings.check()
+    outdir = Path(outdir).resolve()
+    prepare_outdir(settings, outdir, overwrite)
+    finished = _finished(outdir, progress)
+    if finished is not None:
+        return finished
+    stages = _Stages(outdir / "demo.json", progress)
+    cfg = settings.al_config()
+    loop = Loop(cfg, outdir / "al", progress=progress)
+    natoms = len(loop.structures(1, 0)[0])
+
+    name = STAGES[0]
+    summary_file = outdir / "al" / "summary.json"
+    if stages.start(name, f"active learning: {settings.element} with the {cfg.oracle} oracle, "
+                          f"{natoms}-atom cells (QM labels -> BAYES fit -> MD with the hook -> flagged "
+                          "frames -> QM -> refit)", missing=not summary_file.exists()):
+        summary = loop.run()
+        stages.finish(name, summary=summary)
+    summary = json.loads(summary_file.read_text())
+    last = summary["curve"][-1]["iteration"]
+    final_fit = outdir / "al" / f"iter{last}" / "fit"
+    final_post = final_fit / "pot.posterior.npz"
+
+    name = STAGES[1]
+    pred_file = outdir / "testset_rows" / "predictions.npz"
+    if stages.start(name, "test set: predictions and intervals of the final potential",
+                    missing=not pred_file.exists()):
+        _save_predictions(pred_file, test_set_predictions(loop, final_post, outdir / "testset_rows"))
+        stages.finish(name)
+    pred = _load_predictions(pred_file, final_post)
+
+    name = STAGES[2]
+    md_steps = 3 * settings.md_steps
+    # an earlier stage that ran in this call may have changed the posteriors: the MD runs are redone
+    redo = bool(stages.ran)
+    todo = stages.start(name, f"MD at {max(cfg.temperatures):g} K with the first and the final "
+                              f"potential ({md_steps} steps, per-atom force std every {cfg.every} steps)")
+    runs, md_last = {}, {}
+    for label, k in _progress.bar((("first fit", 0), ("final fit", last)), desc="demo: MD runs", unit="runs",
+                                  show=progress and todo):
+        dump, done = md_uncertainty(loop, k, outdir / "md" / f"iter{k}", md_steps, cfg.every,
+                                    redo=redo)
+        steps, fstd = read_uq_dump(dump)
+        runs[f"{label} ({summary['curve'][k]['qm_calls']} configs)"] = (steps * cfg.timestep, fstd)
+        md_last[label] = json.loads(done.read_text())
+    if todo:
+        stages.finish(name, md_last=md_last)
+
+    name = STAGES[3]
+    ens_dir = outdir / "ensemble"
+    ens_cells = settings.cells
+    if stages.start(name, f"posterior ensemble: {settings.samples} NPT replicas at 300 K, "
+                          f"{natoms} atoms, {settings.ensemble_steps} steps",
+                    missing=not (ens_dir / "ensemble.json").exists()):
+        ens_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(ens_dir / "in.npt", ensemble_script(cfg, final_fit, ens_cells, settings.ensemble_steps,
+                                                         settings.seed))
+        run_ensemble(ens_dir / "in.npt", final_post, samples=settings.samples,
+                     observables=["vol/atoms", "pe/atoms", "press"], every=20, outdir=ens_dir,
+                     seed=settings.seed, progress=progress)
+        stages.finish(name)
+    ens = EnsembleResult.load(ens_dir)
+
+    name = STAGES[4]
+    stages.start(name, "report")
+    md_path, html_path = write_report(outdir, settings, cfg, loop, summary, pred, runs, ens,
+                                      stages.timings())
+    stages.finish(name, complete=True)
+    timings = stages.timings()
+    return DemoResult(outdir, md_path, html_path, timings, summary, ran=list(stages.ran))
+
+
+def write_report(outdir: Path, settings: DemoSettings, cfg: ALConfig, loop: Loop, summary: dict[str, Any],
+                 pred: dict[str, Any], runs: dict[str, tuple[np.ndarray, np.ndarray]], ens: Any,
+                 timings: dict[str, float]) -> tuple[Path, Path]:
+    """``report.md``/``report.html`` and the plots, from the stages' results; returns the two paths."""
     from fitsnap_uq import calibration
     from fitsnap_uq.report import (
         Report,
@@ -273,62 +475,7 @@ def run_demo(settings: DemoSettings, outdir: str | Path = "fitsnap-uq-demo", ove
         md_uncertainty_plot,
         parity_plot,
     )
-    from lammps_hooks.ensemble import run_ensemble
 
-    settings.check()
-    outdir = Path(outdir).resolve()
-    prepare_outdir(settings, outdir, overwrite)
-    cfg = settings.al_config()
-    timings: dict[str, float] = {}
-    t0 = time.time()
-
-    _say(f"[1/4] active learning: {settings.element} with the {cfg.oracle} oracle, "
-         f"{len(Loop(cfg, outdir / 'al', progress=False).structures(1, 0)[0])}-atom cells "
-         f"(QM labels -> BAYES fit -> MD with the hook -> flagged frames -> QM -> refit)", progress)
-    loop = Loop(cfg, outdir / "al", progress=progress)
-    summary = loop.run()
-    timings["active learning (QM, fits, MD)"] = time.time() - t0
-    last = summary["curve"][-1]["iteration"]
-    final_fit = outdir / "al" / f"iter{last}" / "fit"
-    final_post = final_fit / "pot.posterior.npz"
-
-    t = time.time()
-    _say("[2/4] test set: predictions and intervals of the final potential", progress)
-    pred = test_set_predictions(loop, final_post, outdir / "testset_rows")
-    timings["test-set predictions"] = time.time() - t
-
-    t = time.time()
-    _say(f"[3/4] MD at {max(cfg.temperatures):g} K with the first and the final potential "
-         "(per-atom force std every 10 steps)", progress)
-    md_steps = 3 * settings.md_steps
-    runs = {}
-    md_last = {}
-    from tqdm import tqdm
-
-    for label, k in tqdm((("first fit", 0), ("final fit", last)), desc="MD: uncertainty runs",
-                         disable=not progress):
-        dump, done = md_uncertainty(loop, k, outdir / "md" / f"iter{k}", md_steps, cfg.every)
-        steps, fstd = read_uq_dump(dump)
-        runs[f"{label} ({summary['curve'][k]['qm_calls']} configs)"] = (steps * cfg.timestep, fstd)
-        md_last[label] = json.loads(done.read_text())
-    timings["MD with the uncertainty hook"] = time.time() - t
-
-    t = time.time()
-    ens_cells = max(settings.cells, 4)
-    _say(f"[4/4] posterior ensemble: {settings.samples} NPT replicas at 300 K, "
-         f"{ens_cells ** 3 * (2 if cfg.lattice == 'bcc' else 4)} atoms, {settings.ensemble_steps} steps",
-         progress)
-    ens_dir = outdir / "ensemble"
-    ens_dir.mkdir(parents=True, exist_ok=True)
-    (ens_dir / "in.npt").write_text(ensemble_script(cfg, final_fit, ens_cells, settings.ensemble_steps,
-                                                    settings.seed))
-    ens = run_ensemble(ens_dir / "in.npt", final_post, samples=settings.samples,
-                       observables=["vol/atoms", "pe/atoms", "press"], every=20, outdir=ens_dir,
-                       seed=settings.seed, progress=progress)
-    timings["posterior ensemble of MD"] = time.time() - t
-
-    # ------------------------------------------------------------ report
-    t = time.time()
     report = Report(f"fitsnap-uq demo: {settings.element}, {cfg.oracle} oracle")
     curve = pd.DataFrame(summary["curve"])
     n0, n1 = int(curve["qm_calls"].iloc[0]), int(curve["qm_calls"].iloc[-1])
@@ -384,7 +531,7 @@ def run_demo(settings: DemoSettings, outdir: str | Path = "fitsnap-uq-demo", ove
                                       multiplier=pred["multiplier"])
     table = table.reset_index()
     table = table[table["Group"] == "*ALL"].drop(columns=["Group", "Set"])
-    (outdir / "calibration_test.md").write_text(calibration.markdown(
+    atomic_write(outdir / "calibration_test.md", calibration.markdown(
         table.set_index("Subsystem"), title="Final potential on the QM test set") + "\n")
     report.text("Calibration metrics (energy eV/atom, force eV/A; cov68/cov95 ideal 0.683/0.954, "
                 "miscal_area ideal 0):")
@@ -401,28 +548,35 @@ def run_demo(settings: DemoSettings, outdir: str | Path = "fitsnap-uq-demo", ove
         "in `md/iter<k>/uq.dump` (columns `d_uq_estd`, `d_uq_fstd`; open it in OVITO).")
 
     report.heading("4. Error bars on an MD observable: a posterior ensemble")
-    assert ens is not None
-    vol = ens.values[:, :, 0]
+    vol = ens.values[:, :, ens.observables.index("vol/atoms")]
     ensemble_plot(outdir / "ensemble_volume.png", ens.steps * cfg.timestep, vol, "volume per atom",
-                  "A^3")
-    report.image("ensemble_volume.png", f"NPT at 300 K and 0 bar: {settings.samples} replicas, each with "
-                 "coefficients drawn from the final posterior.")
+                  "A^3", average=ens.average["vol/atoms"], average_from=ens.first_step * cfg.timestep)
+    k = len(ens.kept)
+    report.image("ensemble_volume.png", f"NPT at 300 K and 0 bar: {ens.samples} replicas, each with "
+                 f"coefficients drawn from the final posterior ({k} kept). Red: the 95% prediction "
+                 "interval of the replicas' time averages over the second half.")
     rows = []
-    names = {"vol/atoms": ("volume per atom", "A^3"), "pe/atoms": ("potential energy per atom", "eV"),
-             "press": ("pressure", "bar")}
+    names = {"vol/atoms": "volume per atom", "pe/atoms": "potential energy per atom", "press": "pressure"}
     for obs in ens.observables:
         d = ens.average[obs]
-        rows.append({"observable": names[obs][0], "unit": names[obs][1], "mean": d["mean"],
-                     "std": d["std"], "95% low": d["lo"], "95% high": d["hi"]})
-    report.text("Second-half time average of each replica; mean, std and 95% interval over the replicas:")
+        rows.append({"observable": names.get(obs, obs), "unit": ens.units.get(obs) or "?",
+                     "mean": d["mean"], "std over replicas": d["std"], "95% low": d["lo"],
+                     "95% high": d["hi"], "MD sampling error": d["sampling_se"]})
+    report.text(f"{ens.samples} replicas ran, {k} kept ({len(ens.excluded)} left out by the runaway "
+                "screen). Each replica's time average over the second half of its run (from "
+                f"{ens.first_step * cfg.timestep:g} ps); over the replicas, the mean, the std and the 95% "
+                "Student-t prediction interval for one more posterior draw: where the observable of the "
+                "true potential falls if it is another plausible fit, i.e. how far to trust the value "
+                f"(from the spread of {k} replicas, {k - 1} degrees of freedom, widened by their MD "
+                "sampling error). The MD sampling error is a replica's standard error from the "
+                "autocorrelation of its time series; the replicas start from the same velocities, so "
+                "they share much of it and their spread does not show it. When it is as large as the "
+                "std over replicas, the run is too short to resolve the potential's effect.")
     report.table(pd.DataFrame(rows), floatfmt=".5g")
     report.heading("Files", 2)
     report.table(pd.DataFrame([{"file": k, "what": v} for k, v in OUTPUTS.items()]))
-    timings["report"] = time.time() - t
-    timings["total"] = time.time() - t0
     report.heading("Timings", 2)
+    report.text("Wall-clock seconds of each stage before this report (over every session that worked "
+                "on this folder; `demo.json` has the CPU seconds and the load average too):")
     report.table(pd.DataFrame([{"stage": k, "seconds": round(v, 1)} for k, v in timings.items()]))
-    md_path, html_path = report.write(outdir)
-    _write_json(outdir / "demo.json", {"settings": asdict(settings), "timings": timings,
-                                       "summary": summary, "md_last": md_last})
-    return DemoResult(outdir, md_path, html_path, timings, summary)
+    return report.write(outdir)

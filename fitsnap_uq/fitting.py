@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import contextlib
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from fitsnap_uq import SOLVERS
+from fitsnap_uq import SOLVERS, progress
 from fitsnap_uq.errors import InputError
 from fitsnap_uq.options import parse_uq
 
@@ -337,12 +338,57 @@ def run_fit(argv: Sequence[str], comm: Any = None) -> Any:
     if printlammps and snap.calculator is not None:
         calc = snap.calculator
         calc._initialize_lammps = functools.partial(type(calc)._initialize_lammps, calc, 1)
-    snap.scrape_configs(delete_scraper=True)
-    snap.process_configs(delete_data=True)
-    snap.pt.all_barrier()
-    snap.perform_fit()
-    snap.write_output()
+    scrape_and_describe(snap, comm)
+    solver = snap.solver.__class__.__name__ if snap.solver is not None else "?"
+    with progress.timed(f"fitsnap-uq fit: fit ({solver})", show=bool(args.perform_fit)):
+        snap.perform_fit()
+    with progress.timed("fitsnap-uq fit: outputs (potential files, error tables)"):
+        snap.write_output()
     return snap
+
+
+def scrape_and_describe(snap: Any, comm: Any = None) -> None:
+    """FitSNAP's scrape and descriptor stages, with stage lines and a bar over rank 0's configurations
+    (:mod:`fitsnap_uq.progress`)."""
+    with progress.timed("fitsnap-uq fit: reading the configurations"):
+        snap.scrape_configs(delete_scraper=True)
+    mine = len(getattr(snap, "data", []) or [])
+    size = comm.Get_size() if comm is not None else 1
+    total = comm.allreduce(mine) if size > 1 else mine
+    share = f" (rank 0 computes {mine} of them; {size} ranks)" if size > 1 else ""
+    with progress.timed(f"fitsnap-uq fit: descriptors of {total} configurations{share}"), \
+            progress.bar(total=mine, desc="descriptors", unit="configs", leave=False) as bar, \
+            _count_calls(snap.calculator, ("process_configs", "process_configs_nonlinear"), bar):
+        snap.process_configs(delete_data=True)
+    snap.pt.all_barrier()
+
+
+@contextlib.contextmanager
+def _count_calls(obj: Any, names: Sequence[str], bar: Any) -> Iterator[None]:
+    """Advance ``bar`` by one after each call of the methods ``names`` of ``obj`` (FitSNAP's calculator
+    processes one configuration per call); the methods are restored afterwards."""
+    wrapped = []
+    for name in names:
+        original = getattr(obj, name, None)
+        if original is None:
+            continue
+
+        def counting(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            out = _original(*args, **kwargs)
+            bar.update(1)
+            return out
+
+        own = name in vars(obj)
+        wrapped.append((name, original, own))
+        setattr(obj, name, counting)
+    try:
+        yield
+    finally:
+        for name, original, own in wrapped:
+            if own:
+                setattr(obj, name, original)
+            else:
+                delattr(obj, name)
 
 
 def descriptor_rows(infile: str, extra_args: Sequence[str] = (), comm: Any = None) -> Any:
@@ -361,8 +407,6 @@ def descriptor_rows(infile: str, extra_args: Sequence[str] = (), comm: Any = Non
     args = [infile, "--nofit", "--overwrite", *extra_args]
     validate_input(infile)
     snap = FitSnap(comm=comm, arglist=args)
-    snap.scrape_configs(delete_scraper=True)
-    snap.process_configs(delete_data=True)
-    snap.pt.all_barrier()
+    scrape_and_describe(snap, comm)
     rows = gather_rows(snap.pt, infile) if snap.pt.get_subrank() == 0 else None
     return rows, snap

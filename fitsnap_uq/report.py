@@ -190,20 +190,31 @@ def learning_curve_plot(path: str | Path, qm_calls: np.ndarray, force_rmse: np.n
     return save(fig, path, dpi=110)
 
 
-def ensemble_plot(path: str | Path, time: np.ndarray, values: np.ndarray, label: str, unit: str) -> Path:
-    """One MD observable over a posterior ensemble: each replica, the mean and the 95% band.
+def ensemble_plot(path: str | Path, time: np.ndarray, values: np.ndarray, label: str, unit: str,
+                  average: dict[str, float] | None = None, average_from: float | None = None) -> Path:
+    """One MD observable over a posterior ensemble: each replica, the mean and the 95% prediction band
+    (:func:`fitsnap_uq.timeseries.prediction_band`: Student t over the K replicas, not their quantiles).
 
     Args:
         time: (T,) ps. values: (K, T) the observable of each replica.
+        average: optional interval of the replicas' time averages (``mean``, ``lo``, ``hi``), drawn
+            over the averaging window from ``average_from`` (ps) to the end.
     """
+    from fitsnap_uq.timeseries import prediction_band
+
     plt = pyplot()
     values = np.asarray(values, dtype=float)
+    band = prediction_band(values, axis=0)
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for k, row in enumerate(values):
         ax.plot(time, row, color="0.6", lw=0.7, label="replicas" if k == 0 else None)
-    ax.fill_between(time, np.percentile(values, 2.5, axis=0), np.percentile(values, 97.5, axis=0),
-                    color="tab:blue", alpha=0.25, lw=0, label="95% band over replicas")
-    ax.plot(time, values.mean(axis=0), color="tab:blue", lw=1.8, label="ensemble mean")
+    ax.fill_between(time, band["lo"], band["hi"], color="tab:blue", alpha=0.2, lw=0,
+                    label="95% prediction band over replicas")
+    ax.plot(time, band["mean"], color="tab:blue", lw=1.8, label="ensemble mean")
+    if average is not None and average_from is not None:
+        ax.fill_between([average_from, float(time[-1])], average["lo"], average["hi"], color="tab:red",
+                        alpha=0.3, lw=0, label="time average: 95% prediction interval")
+        ax.hlines(average["mean"], average_from, float(time[-1]), color="tab:red", lw=1.5)
     ax.set_xlabel("time (ps)")
     ax.set_ylabel(f"{label} ({unit})")
     ax.legend(fontsize=8)

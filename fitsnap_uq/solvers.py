@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from fitsnap3lib.solvers.solver import Solver
 
-from fitsnap_uq import calibration
+from fitsnap_uq import calibration, progress
 from fitsnap_uq.errors import InputError
 from fitsnap_uq.io import atomic_write
 from fitsnap_uq.linear import mcmc, threads
@@ -278,22 +278,36 @@ class BAYES(UQSolverMixin, Solver):
             fit_opts = self.bayes_fit_options()
             folds = check_folds(train, opts["cv_folds"], self.infile, self.pt.single_print)
             recal, model_error, pm = None, None, None
-            if opts["predictive"] == "model_error":
-                model, pm, ratios = fit_with_model_error(train, folds=folds, seed=opts["seed"],
-                                                         basis=opts["model_error_basis"],
-                                                         rank=opts["model_error_rank"], **fit_opts)
-                noise_var = dict(pm.floor_var)
-                model_error = {"cov_scale": pm.cov_scale, "coef_var": pm.coef_var, "factor": pm.factor}
-                if opts["recalibration"] == "quantile":
+            cv = opts["predictive"] == "model_error" or opts["recalibration"] == "quantile"
+            what = ("mean fit (evidence), " + (f"{folds}-fold cross-validation" if cv else "")
+                    + (" and the predictive model of new configurations"
+                       if opts["predictive"] == "model_error" else "")).rstrip(", ")
+            with progress.timed(f"fitsnap-uq BAYES: {what} on {train.b.shape[0]} rows x "
+                                f"{train.a.shape[1]} coefficients"), \
+                    progress.bar(total=folds if cv else None, desc="BAYES: cross-validation folds",
+                                 unit="folds", leave=False, show=cv) as bar:
+                on_fold = lambda f: bar.update(1)  # noqa: E731
+                if opts["predictive"] == "model_error":
+                    model, pm, ratios = fit_with_model_error(train, folds=folds, seed=opts["seed"],
+                                                             basis=opts["model_error_basis"],
+                                                             rank=opts["model_error_rank"],
+                                                             on_fold=on_fold, **fit_opts)
+                    noise_var = dict(pm.floor_var)
+                    model_error = {"cov_scale": pm.cov_scale, "coef_var": pm.coef_var,
+                                   "factor": pm.factor}
+                    if opts["recalibration"] == "quantile":
+                        recal = recalibration_map(ratios)
+                elif opts["recalibration"] == "quantile":
+                    model, ratios = fit_and_recalibrate(train, folds=folds, seed=opts["seed"],
+                                                        on_fold=on_fold, **fit_opts)
+                    noise_var = model.noise_var
                     recal = recalibration_map(ratios)
-            elif opts["recalibration"] == "quantile":
-                model, ratios = fit_and_recalibrate(train, folds=folds, seed=opts["seed"], **fit_opts)
-                noise_var = model.noise_var
-                recal = recalibration_map(ratios)
-            else:
-                model = fit_rows(train, **fit_opts)
-                noise_var = model.noise_var
+                else:
+                    model = fit_rows(train, **fit_opts)
+                    noise_var = model.noise_var
             result = model.result
+            progress.stage(f"fitsnap-uq BAYES: evidence optimization: {result.iterations} "
+                           f"iterations ({result.message})")
             elements, snap = snap_parameters(self.config)
             info = {
                 "solver": "BAYES", "options": {k: v for k, v in opts.items() if k != "posterior"},
@@ -323,8 +337,9 @@ class BAYES(UQSolverMixin, Solver):
                                      f"{result.iterations} iterations ({result.message})")
             self.write_posterior(self.posterior)
             names = rows.row_types.astype(object) if pm is not None else model.noise_names(rows)
-            self.write_calibration(self.posterior, rows, names,
-                                   compare_svd=opts["noise_classes"] != "one")
+            with progress.timed("fitsnap-uq BAYES: calibration report"):
+                self.write_calibration(self.posterior, rows, names,
+                                       compare_svd=opts["noise_classes"] != "one")
 
         self.run_on_rank_zero(fit_on_rank_zero)
 
@@ -376,9 +391,12 @@ class MODELERROR(UQSolverMixin, Solver):
             embed = None if opts["merr_embed"] == "all" else opts["merr_embed"]
             data_var = None if opts["merr_data_var"] == "anl" else opts["merr_data_var"]
             try:
-                res = fit_model_error(aw, bw, embed=embed, multiplicative=opts["merr_multiplicative"],
-                                      likelihood=opts["merr_likelihood"], data_var=data_var,
-                                      max_iter=opts["max_iter"], fix_mean=opts["merr_mean"] == "weights")
+                with progress.timed(f"fitsnap-uq MODELERROR: {opts['merr_likelihood']} model-error fit on "
+                                    f"{bw.shape[0]} rows x {aw.shape[1]} coefficients"):
+                    res = fit_model_error(aw, bw, embed=embed, multiplicative=opts["merr_multiplicative"],
+                                          likelihood=opts["merr_likelihood"], data_var=data_var,
+                                          max_iter=opts["max_iter"],
+                                          fix_mean=opts["merr_mean"] == "weights")
             except InputError as exc:
                 raise InputError(exc.detail, file=self.infile, section="UQ", key="merr_embed") from None
             report = {"iterations": res.iterations, "converged": res.converged, "message": res.message,
@@ -401,7 +419,8 @@ class MODELERROR(UQSolverMixin, Solver):
             self.fit = res.coef.copy()
             self.cov = cov
             self.write_posterior(self.posterior)
-            self.write_calibration(self.posterior, rows, rows.row_types.astype(object))
+            with progress.timed("fitsnap-uq MODELERROR: calibration report"):
+                self.write_calibration(self.posterior, rows, rows.row_types.astype(object))
 
         self.run_on_rank_zero(fit_on_rank_zero)
 
@@ -422,14 +441,22 @@ class BAYESMCMC(UQSolverMixin, Solver):
             self._check_output_free()
             rows, train = self.training_rows(trainall)
             opts = self.options
-            base = fit_rows(train, **self.bayes_fit_options())
+            with progress.timed(f"fitsnap-uq BAYESMCMC: BAYES fit (noise model, starting point) on "
+                                f"{train.b.shape[0]} rows x {train.a.shape[1]} coefficients"):
+                base = fit_rows(train, **self.bayes_fit_options())
             like = opts["mcmc_likelihood"]
+            steps = opts["mcmc_chains"] * opts["mcmc_steps"]
             try:
-                drawn = mcmc.sample_posterior(
-                    train, base, like, noise_classes=opts["noise_classes"], weights=opts["weights"],
-                    prior=opts["prior"], student_nu=opts["student_nu"], max_samples=opts["max_samples"],
-                    seed=opts["seed"], nwalkers=opts["mcmc_walkers"], nsteps=opts["mcmc_steps"],
-                    burn=opts["mcmc_burn"], thin=opts["mcmc_thin"], nchains=opts["mcmc_chains"])
+                with progress.timed(f"fitsnap-uq BAYESMCMC: sampling ({like}): {opts['mcmc_chains']} chains "
+                                    f"x {opts['mcmc_steps']} steps"), \
+                        progress.bar(total=steps, desc="BAYESMCMC: sampling", unit="steps",
+                                     leave=False) as bar:
+                    drawn = mcmc.sample_posterior(
+                        train, base, like, noise_classes=opts["noise_classes"], weights=opts["weights"],
+                        prior=opts["prior"], student_nu=opts["student_nu"],
+                        max_samples=opts["max_samples"], seed=opts["seed"], nwalkers=opts["mcmc_walkers"],
+                        nsteps=opts["mcmc_steps"], burn=opts["mcmc_burn"], thin=opts["mcmc_thin"],
+                        nchains=opts["mcmc_chains"], on_step=lambda: bar.update(1))
             except InputError as exc:
                 raise InputError(exc.detail, file=self.infile, section="UQ", key="mcmc_likelihood") from None
             res, noise_var = drawn.mcmc, drawn.noise_var
@@ -450,7 +477,8 @@ class BAYESMCMC(UQSolverMixin, Solver):
             self.fit = mean
             self.cov = cov
             self.write_posterior(self.posterior)
-            self.write_calibration(self.posterior, rows, base.noise_names(rows))
+            with progress.timed("fitsnap-uq BAYESMCMC: calibration report"):
+                self.write_calibration(self.posterior, rows, base.noise_names(rows))
 
         self.run_on_rank_zero(fit_on_rank_zero)
 

@@ -2,9 +2,11 @@
 
 Layout of ``DIR``:
 
-* ``flagged.extxyz``: every stored frame (``ase.io.read(path, ":")`` reads them), with the per-atom
-  arrays ``uq_estd`` (eV) and ``uq_fstd`` (eV/A) and, in ``atoms.info``, the MD step, the run, the
-  measure that was thresholded and its value;
+* ``flagged.extxyz``: every stored frame (``ase.io.read(path, ":")`` reads them): species, positions
+  (A), the cell, the forces on the atoms during the MD (LAMMPS' ``f``, eV/A: the potential's, not QM;
+  ``atoms.get_forces()``), the per-atom arrays ``uq_estd`` (eV) and ``uq_fstd`` (eV/A) and, in
+  ``atoms.info``, the MD step, the measure that was thresholded and its value. The native plugin's
+  ``flag`` file (``fix snap/uq``) holds the same columns and keys;
 * ``json/<group>/<name>.json``: each frame as a FitSNAP JSON file, *unlabelled*: its energy and
   forces are the SNAP model's own prediction, kept as placeholders, and the dataset carries
   ``"fitsnap_uq": {"labelled": false, ...}``. ``fitsnap-uq fit`` refuses unlabelled files until an
@@ -57,13 +59,16 @@ class Frame:
     info: dict[str, Any] = field(default_factory=dict)
 
     def to_atoms(self) -> Any:
-        """An ASE ``Atoms`` with the stds as per-atom arrays and the info."""
+        """An ASE ``Atoms`` with the MD forces (as a single-point calculator's, so extended XYZ writes
+        them as the ``forces`` column), the stds as per-atom arrays and the info."""
         from ase import Atoms
+        from ase.calculators.singlepoint import SinglePointCalculator
 
         atoms = Atoms(self.symbols, positions=self.positions, cell=self.cell, pbc=self.pbc)
         atoms.set_array("uq_estd", np.asarray(self.estd, float))
         atoms.set_array("uq_fstd", np.asarray(self.fstd, float))
         atoms.info.update({k: v for k, v in self.info.items() if np.isscalar(v)})
+        atoms.calc = SinglePointCalculator(atoms, forces=np.asarray(self.forces, float))
         return atoms
 
 

@@ -37,9 +37,53 @@ def test_demo_writes_report_with_plots_and_resumes(tmp_path):
     assert "volume per atom" in md and "Largest per-atom force std" in md
 
     calls = journal_lines(out)
-    again = run_cli(QUICK, cwd=tmp_path)  # same command: resumes, no QM call repeated
+    outputs = [out / "report.md", out / "demo.json", out / "ensemble" / "ensemble.json",
+               out / "al" / "iter1" / "fit" / "pot.posterior.npz", out / "md" / "iter1" / "uq.dump"]
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in outputs}
+
+    # A finished demo: the same command says so and does nothing.
+    again = run_cli(QUICK, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
+    assert "already done" in again.stdout and "report:" in again.stdout
     assert journal_lines(out) == calls
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in outputs} == before
+    stages = info["stages"]
+    assert list(stages) == ["active learning (QM, fits, MD)", "test-set predictions",
+                            "MD with the uncertainty hook", "posterior ensemble of MD", "report"]
+    assert all(v["seconds"] > 0 and v["cpu_seconds"] >= 0 for v in stages.values()) and info["complete"]
+
+    # Killed during the ensemble: a rerun redoes the ensemble and the report only.
+    info["complete"] = False
+    for name in ("posterior ensemble of MD", "report"):
+        del info["stages"][name]
+    (out / "demo.json").write_text(json.dumps(info))
+    (out / "ensemble" / "ensemble.json").unlink()
+    resumed = run_cli(QUICK[:-1], cwd=tmp_path)  # with progress: stage lines on stderr
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "[1/5] active learning (QM, fits, MD): done earlier" in resumed.stderr
+    assert "[3/5] MD with the uncertainty hook: done earlier" in resumed.stderr
+    assert "[4/5] posterior ensemble" in resumed.stderr and "[5/5] report" in resumed.stderr
+    for p in outputs[3:]:  # fits and MD untouched
+        assert (p.stat().st_mtime_ns, p.read_bytes()) == before[p], p
+    resumed_info = json.loads((out / "demo.json").read_text())
+    assert resumed_info["complete"] and (out / "ensemble" / "ensemble.json").exists()
+    name = "active learning (QM, fits, MD)"
+    assert resumed_info["stages"][name] == stages[name]
+
+    # Killed in the active-learning stage after its last fit: the loop resumes without repeating a QM
+    # call, a fit or an MD run; the stages after it run again.
+    (out / "al" / "summary.json").unlink()
+    resumed_info["stages"], resumed_info["complete"] = {}, False
+    (out / "demo.json").write_text(json.dumps(resumed_info))
+    resumed = run_cli(QUICK[:-1], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "fitsnap-uq al: fit 0 on 6 configurations: done earlier" in resumed.stderr
+    assert "fitsnap-uq al: fit 1 on 14 configurations: done earlier" in resumed.stderr
+    assert "QM calls done" not in resumed.stderr and "MD 0 at" not in resumed.stderr
+    assert journal_lines(out) == calls
+    post = out / "al" / "iter1" / "fit" / "pot.posterior.npz"
+    assert (post.stat().st_mtime_ns, post.read_bytes()) == before[post]
+    assert json.loads((out / "demo.json").read_text())["complete"]
 
 
 def test_demo_refuses_other_settings_in_same_folder(tmp_path):

@@ -50,7 +50,9 @@ def test_serial_ensemble_of_sampled_replicas(cu_run):
     proc = run_cli(["ensemble", "in.nvt", "--posterior", "Cu_pot.posterior.npz", "--samples", "3",
                     "--observables", "pe/atoms", "temp", "--every", "20", "--outdir", "ens"], cwd=cu_run)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "pe/atoms: final" in proc.stdout
+    assert "3 replicas run, 3 kept, 0 left out by the runaway screen" in proc.stdout
+    assert "pe/atoms [eV/atom]: " in proc.stdout and "temp [K]: " in proc.stdout
+    assert "95% prediction interval for one more posterior draw" in proc.stdout
     out = cu_run / "ens"
     data = json.loads((out / "ensemble.json").read_text())
     values = np.array(data["values"])  # (K, T, M)
@@ -62,11 +64,17 @@ def test_serial_ensemble_of_sampled_replicas(cu_run):
     final = data["final"]["pe/atoms"]
     np.testing.assert_allclose(final["mean"], values[:, -1, 0].mean())
     assert final["lo"] <= final["mean"] <= final["hi"]
+    # the final frame's interval: Student t over the 3 replicas (2 degrees of freedom), not quantiles
+    half = 4.302652729911275 * np.std(values[:, -1, 0], ddof=1) * np.sqrt(1 + 1 / 3)
+    np.testing.assert_allclose([final["lo"], final["hi"]], [final["mean"] - half, final["mean"] + half])
+    assert data["units"] == {"pe/atoms": "eV/atom", "temp": "K"} and data["samples"] == 3
     assert not (cu_run / "dump.cu").exists()  # replicas' own outputs are left out
     csv = (out / "ensemble_timeseries.csv").read_text().splitlines()
     assert csv[0].startswith("step,pe_atoms_mean,pe_atoms_std,pe_atoms_lo95") and len(csv) == 5
     assert (out / "ensemble.png").stat().st_size > 5000
-    assert "95% interval" in (out / "ensemble_summary.md").read_text()
+    summary = (out / "ensemble_summary.md").read_text()
+    assert "95% prediction interval" in summary and "| `temp` | K |" in summary
+    assert "3 replicas ran; 0 left out by the runaway screen" in summary
 
 
 @NEEDS_TA
@@ -86,7 +94,12 @@ def test_ta_ensemble_under_mpirun(ta_run):
     assert timings[0]["start"] < timings[1]["end"] and timings[1]["start"] < timings[0]["end"]
     vol = data["second_half_average"]["vol/atoms"]
     assert 17.0 < vol["mean"] < 19.5 and vol["std"] > 0 and vol["lo"] < vol["mean"] < vol["hi"]
-    assert "vol/atoms: final" in proc.stdout and "95% [" in proc.stdout
+    assert "vol/atoms [A^3/atom]: " in proc.stdout and "95% prediction interval [" in proc.stdout
+    # the interval of the time averages: at least the t-interval of 4 replicas (3 degrees of freedom),
+    # so wider than their range
+    avg = np.array([r["mean"] for r in data["per_replica"]["vol/atoms"]])
+    half = 3.182446305284263 * np.std(avg, ddof=1) * np.sqrt(1 + 1 / 4)
+    assert vol["hi"] - vol["mean"] >= half * (1 - 1e-12) and vol["lo"] < avg.min() and vol["hi"] > avg.max()
 
 
 def test_screen_replicas_flags_what_left_the_physical_region():
@@ -131,7 +144,52 @@ def test_a_runaway_replica_is_reported_and_left_out(cu_run):
     print(f"\nreplica {k} (bad draw): {data['excluded']}")
     assert list(data["excluded"]) == [str(k)] and data["kept"] == [j for j in range(4) if j != k]
     assert f"WARNING replica {k} left out" in proc.stdout
+    assert "4 replicas run, 3 kept, 1 left out by the runaway screen" in proc.stdout
     values = np.array(data["values"])  # kept replicas only
     assert values.shape[0] == 3
     np.testing.assert_allclose(data["final"]["pe/atoms"]["mean"], values[:, -1, 0].mean())
     assert "Left out" in (cu_run / "ens" / "ensemble_summary.md").read_text()
+
+
+def test_observable_units_from_the_units_style_or_the_user():
+    from lammps_hooks.ensemble import observable_unit, split_unit, units_style
+    from lammps_hooks.script import split_commands
+
+    metal = {"vol/atoms": "A^3/atom", "press": "bar", "pe/atoms": "eV/atom", "temp": "K", "vol": "A^3",
+             "etotal": "eV", "lx": "A", "density": "g/cm^3", "pxy": "bar", "fmax": "eV/A", "atoms": "count"}
+    for expr, unit in metal.items():
+        assert observable_unit(expr, "metal") == unit, expr
+    assert observable_unit("pe", "real") == "kcal/mol" and observable_unit("press", "real") == "atm"
+    # an expression we cannot read is not given a unit it may not have
+    for expr in ("press/10000", "v_myvar", "c_msd[4]", "pe*2"):
+        assert observable_unit(expr, "metal") is None, expr
+    assert split_unit("press/10000 [GPa]") == ("press/10000", "GPa")
+    assert split_unit("c_msd[4]") == ("c_msd[4]", None)  # a LAMMPS index is not a unit
+    assert split_unit("c_msd[4] [A^2]") == ("c_msd[4]", "A^2")
+    assert units_style(split_commands("units real\nrun 10\n")) == "real"
+    assert units_style(split_commands("run 10\n")) == "lj"  # LAMMPS' default
+
+
+def test_a_user_unit_reaches_the_output(cu_run):
+    """``--observables 'EXPR [UNIT]'``: the unit is shown and the expression recorded without it."""
+    write_cu_input(cu_run, solver="BAYES")
+    assert run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run).returncode == 0
+    (cu_run / "in.nvt").write_text(CU_NVT.replace("run 60", "run 40"))
+    proc = run_cli(["--no-progress", "ensemble", "in.nvt", "--posterior", "Cu_pot.posterior.npz",
+                    "--samples", "2", "--observables", "press/10000 [GPa]", "pe*0+1",
+                    "--every", "10", "--outdir", "ens"], cwd=cu_run)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "press/10000 [GPa]: " in proc.stdout and "[unit not known]" in proc.stdout
+    data = json.loads((cu_run / "ens" / "ensemble.json").read_text())
+    assert data["units"] == {"press/10000": "GPa", "pe*0+1": None}
+    assert proc.stderr == ""  # --no-progress: no stage lines
+    # with progress (stderr a pipe: plain lines), the MD-step counter (a fix external callback) changes
+    # no trajectory
+    shown = run_cli(["ensemble", "in.nvt", "--posterior", "Cu_pot.posterior.npz", "--samples", "2",
+                     "--observables", "press/10000 [GPa]", "pe*0+1", "--every", "10", "--outdir", "ens2"],
+                    cwd=cu_run)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "fitsnap-uq ensemble: 2 replicas of in.nvt (40 MD steps each), one after another" in shown.stderr
+    assert "ensemble: replicas: 2/2 replicas done in" in shown.stderr and "\r" not in shown.stderr
+    again = json.loads((cu_run / "ens2" / "ensemble.json").read_text())
+    assert again["values"] == data["values"]

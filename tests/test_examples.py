@@ -59,6 +59,14 @@ def test_ta_bayes(examples):
     for name in ("Ta_pot.posterior.npz", "Ta_pot.snapcoeff", "Ta_metrics.uq.md", "Ta_metrics.calibration.png",
                  "Ta_pot.sample3.snapcoeff"):
         assert (folder / name).exists(), name
+    # the README's promise: calibration on held-out testing rows (20% of each group), raw and recalibrated
+    report = (folder / "Ta_metrics.uq.md").read_text()
+    raw, recal = report.split("## Recalibrated", 1)
+    for table in (raw, recal):
+        for quantity in ("Energy", "Force"):
+            row = re.search(rf"^\| \*ALL\s+\| {quantity}\s+\| Testing\s+\|\s+(\d+) \|\s+([0-9.]+)", table,
+                            flags=re.M)
+            assert row and int(row.group(1)) > 0 and 0 < float(row.group(2)) <= 1, quantity
 
 
 @NEEDS_TA
@@ -100,10 +108,12 @@ def test_md_hook(examples):
 def test_ensemble(examples):
     folder = examples / "ensemble"
     (proc,) = run_readme(folder)
-    assert "vol/atoms: final" in proc.stdout
+    assert "vol/atoms [A^3/atom]: " in proc.stdout and "press [bar]: " in proc.stdout
+    assert "4 replicas run, 4 kept" in proc.stdout
     data = json.loads((folder / "ensemble" / "ensemble.json").read_text())
     avg = data["second_half_average"]["vol/atoms"]
-    assert avg["std"] > 0 and avg["lo"] < avg["mean"] < avg["hi"]
+    assert avg["std"] > 0 and avg["lo"] < avg["mean"] < avg["hi"] and avg["t"] > 2
+    assert data["units"]["pe/atoms"] == "eV/atom"
     parts = {t["partition"] for t in data["timings"]}
     assert parts == {0, 1}  # two partitions ran replicas
 

@@ -35,6 +35,31 @@ LEFT_OUT = ("Displaced_A15", "Displaced_FCC", "Elastic_FCC", "GSF_110", "GSF_112
             "Volume_A15", "Volume_BCC", "Volume_FCC")
 
 
+def check_flag_file_matches_json_and_plugin(folder):
+    """The hook's flagged.extxyz holds, per frame, the forces of its JSON file (the MD's forces) and the
+    same columns and info keys as the native plugin's flag file (fix snap/uq)."""
+    import re
+
+    import ase.io
+    from conftest import ROOT
+
+    frames = ase.io.read(folder / "flagged.extxyz", ":")
+    files = sorted((folder / "json" / "Flagged").glob("*.json"))
+    assert frames and len(frames) == len(files)
+    for atoms, path in zip(frames, files):
+        data = json.loads(path.read_text())["Dataset"]["Data"][0]
+        assert atoms.info["step"] == json.loads(path.read_text())["Dataset"]["fitsnap_uq"]["step"]
+        forces = atoms.get_forces()  # extxyz keeps 8 decimals
+        np.testing.assert_allclose(forces, np.asarray(data["Forces"]), atol=1e-7)
+        assert np.abs(forces).max() > 0.1
+        assert {"step", "measure", "value"} <= set(atoms.info)
+    header = (folder / "flagged.extxyz").read_text().splitlines()[1]
+    ours = set(re.search(r"Properties=(\S+)", header).group(1).split(":")[0::3])
+    source = (ROOT / "lammps_hooks" / "native" / "fix_snap_uq.cpp").read_text()
+    plugin = set(re.search(r"Properties=(\S+) ", source).group(1).split(":")[0::3])
+    assert ours == plugin == {"species", "pos", "forces", "uq_estd", "uq_fstd"}, (ours, plugin)
+
+
 def reference_oracle():
     from ase.calculators.lammpslib import LAMMPSlib
 
@@ -66,6 +91,7 @@ def test_flagged_frames_go_back_into_a_fit(ta_run):
           f"{max(fstd):.3f} eV/A; above 0.1 at steps {[int(s) for s in flagged_steps]}; "
           f"{summary['nflagged']} frames flagged")
     assert flagged_steps and min(flagged_steps) > 0
+    check_flag_file_matches_json_and_plugin(ta_run / "flagged")
 
     # Unlabelled frames are refused by the fit.
     group = ta_run / "JSON" / "Flagged"

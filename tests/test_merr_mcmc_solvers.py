@@ -35,6 +35,7 @@ def test_bayesmcmc_solver(cu_run, likelihood):
     proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "R-hat max" in proc.stdout and "ESS min" in proc.stdout
+    assert f"fitsnap-uq BAYESMCMC: sampling ({likelihood}): 2 chains x 800 steps" in proc.stderr
     post = Posterior.load(cu_run / "Cu_pot.posterior.npz")
     assert post.samples.shape == (500, 15)
     diag = post.info["diagnostics"]

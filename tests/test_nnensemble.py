@@ -167,6 +167,10 @@ def test_mpi_spreads_members_and_matches_serial(serial_fit, tmp_path):
     proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=tmp_path, mpi=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "3 members on 2 rank(s)" in proc.stdout
+    # progress on stderr, from rank 0 only: a stage line and its bar's end line (stderr is a pipe)
+    lines = proc.stderr.splitlines()
+    assert lines.count("fitsnap-uq NNENSEMBLE: training 3 members on 2 ranks (rank 0 trains 2)") == 1
+    assert sum(ln.startswith("NNENSEMBLE: members: 2/2 members done in") for ln in lines) == 1
     desc = json.loads((tmp_path / "Cu_pot.nnensemble.json").read_text())
     assert [m["rank"] for m in desc["members"]] == [0, 1, 0]
     serial = json.loads((serial_fit / "Cu_pot.nnensemble.json").read_text())

@@ -17,7 +17,13 @@ the data mix energy scales.
 
 Resuming: rerunning the same command after a crash (even ``kill -9``) redoes only what is missing. A
 QM call whose file exists is never repeated; one interrupted before its file was written is redone
-(its result was not stored). Fits and MD are deterministic (seeded) and cheap to redo.
+(its result was not stored). A fit is not repeated when its ``done.json`` records the same input and
+the same labelled files (names and sizes); otherwise it is redone (deterministic, seeded), and then
+the MD runs and test errors of that iteration are redone too. A finished MD run (``done.json``) is not
+repeated.
+
+Progress (:mod:`fitsnap_uq.progress`, rank 0): a stage line per labelling step, fit, test and MD run,
+and a bar over each step's QM calls.
 
 Under ``mpirun -np N fitsnap-uq al CONFIG.toml`` the QM calls of each labelling step (initial
 structures, test set, flagged frames) are spread over the N ranks (round-robin; each rank writes the
@@ -39,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from fitsnap_uq import progress as _progress
 from fitsnap_uq.active.oracles import (
     MPI_LAUNCHER_ENV,
     ASEOracle,
@@ -51,6 +58,7 @@ from fitsnap_uq.active.oracles import (
 )
 from fitsnap_uq.errors import InputError
 from fitsnap_uq.fitsnap_json import atoms_record, write_record
+from fitsnap_uq.io import atomic_write
 from fitsnap_uq.parallel import sleeping_bcast
 
 
@@ -173,8 +181,18 @@ class Loop:
         energy = float(record["Dataset"]["Data"][0]["Energy"])
         self._log_call({"file": name, "set": set_name, "ok": True, "energy": energy, "recovered": True})
 
-    def _budget_left(self) -> int:
-        return self.cfg.qm_budget - sum(1 for c in self.qm_calls() if c.get("set") == "train")
+    def _budget_left(self, before: int | None = None) -> int:
+        """QM calls left in the training budget; with ``before = k``, as it was when fit k ran (calls
+        for the initial structures and the frames flagged before iteration k only: a resumed run's
+        journal already holds the later ones)."""
+        allowed = None if before is None else {"Initial", *(f"Flagged{j}" for j in range(before))}
+
+        def counts(call: dict[str, Any]) -> bool:  # files are data/JSON/<group>/<name>.json
+            parts = Path(call.get("file", "")).parts
+            return allowed is None or (len(parts) > 2 and parts[2] in allowed)
+
+        used = sum(1 for c in self.qm_calls() if c.get("set") == "train" and counts(c))
+        return self.cfg.qm_budget - used
 
     def label(self, atoms: Any, path: Path, set_name: str = "train") -> bool:
         """Label ``atoms`` into ``path`` unless that file already holds a label; journal the call."""
@@ -198,14 +216,6 @@ class Loop:
         """Label (atoms, path) tasks in order, skipping files that hold a label; with ``budget``, stop
         when the QM budget is spent. Several ranks: the calls are spread over them (rank 0 only calls
         this; the others serve in :meth:`run`), results journalled by rank 0 in task order."""
-        if self.size == 1:
-            from tqdm import tqdm
-
-            for atoms, path in tqdm(tasks, desc=desc, disable=not self.progress):
-                if budget and self._budget_left() <= 0:
-                    break
-                self.label(atoms, path, set_name)
-            return
         todo: list[tuple[Any, Path]] = []
         left = self._budget_left() if budget else len(tasks)
         for atoms, path in tasks:
@@ -218,9 +228,16 @@ class Loop:
                 break
             todo.append((atoms, path))
         if not todo:
+            if tasks:
+                _progress.stage(f"{desc}: labelled earlier", self.progress)
             return
-        if self.progress:
-            print(f"{desc}: {len(todo)} QM calls on {self.size} ranks", file=sys.stderr, flush=True)
+        if self.size == 1:
+            for atoms, path in _progress.bar(todo, desc=desc, unit="QM calls", show=self.progress):
+                if budget and self._budget_left() <= 0:  # failed calls count too
+                    break
+                self.label(atoms, path, set_name)
+            return
+        _progress.stage(f"{desc}: {len(todo)} QM calls on {self.size} ranks", self.progress)
         sleeping_bcast(self.comm, ("label", todo), root=0)
         for rank, outcome in label_many(todo, self.oracle, self.comm):
             record: dict[str, Any] = {"file": str(Path(outcome.path).relative_to(self.work)),
@@ -299,21 +316,50 @@ class Loop:
         lines += [f"{g} = 1.0 0.0 1.0 1.0 1e-6" for g in groups]
         return "\n".join(lines) + "\n"
 
+    def fit_groups(self, k: int) -> list[str]:
+        """The labelled groups fit k is on: the initial structures and the frames flagged by the MD of
+        iterations 0..k-1 (not later ones, which a resumed run may already hold)."""
+        data = self.work / "data" / "JSON"
+        return [g for g in ["Initial", *(f"Flagged{j}" for j in range(k))]
+                if (data / g).is_dir() and any((data / g).glob("*.json"))]
+
     def fit(self, k: int) -> Path:
-        """Fit k on every labelled group; returns the posterior file."""
+        """Fit k on its labelled groups (:meth:`fit_groups`); returns the posterior file. Not repeated
+        when its ``done.json`` records the same input and labelled files; a fit that runs (again)
+        removes the iteration's MD results and test errors, which depend on it."""
         folder = self.work / f"iter{k}" / "fit"
         folder.mkdir(parents=True, exist_ok=True)
-        groups = sorted(p.name for p in (self.work / "data" / "JSON").iterdir()
-                        if p.is_dir() and any(p.glob("*.json")))
-        (folder / "al.in").write_text(self.fitsnap_input(groups))
+        data = self.work / "data" / "JSON"
+        groups = self.fit_groups(k)
+        text = self.fitsnap_input(groups)
+        files = [[str(f.relative_to(data)), f.stat().st_size] for g in groups
+                 for f in sorted((data / g).glob("*.json"))]
+        record = {"input": text, "files": files}
+        done = folder / "done.json"
+        posterior = folder / "pot.posterior.npz"
+        if done.exists() and posterior.exists() and json.loads(done.read_text()) == record:
+            _progress.stage(f"fitsnap-uq al: fit {k} on {len(files)} configurations: done earlier",
+                            self.progress)
+            return posterior
+        done.unlink(missing_ok=True)
+        for stale in [folder / "test_errors.json", *(self.work / f"iter{k}").glob("md_*K/done.json")]:
+            stale.unlink(missing_ok=True)
+        (folder / "al.in").write_text(text)
         env = self._subprocess_env() if self.size > 1 else dict(
             os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]),
                                                     os.environ.get("PYTHONPATH", "")]))
-        proc = subprocess.run([sys.executable, "-m", "fitsnap_uq", "fit", "al.in", "--overwrite"],
-                              cwd=folder, env=env, capture_output=True, text=True)
+        with _progress.timed(f"fitsnap-uq al: fit {k} (BAYES) on {len(files)} configurations",
+                             show=self.progress):
+            proc = subprocess.run([sys.executable, "-m", "fitsnap_uq", "--no-progress", "fit", "al.in",
+                                   "--overwrite"], cwd=folder, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"fit {k} failed:\n{proc.stderr[-3000:]}")
-        return folder / "pot.posterior.npz"
+        atomic_write(done, json.dumps(record))
+        return posterior
+
+    def training_configurations(self, k: int) -> int:
+        """How many labelled configurations fit k was on (from its ``done.json``)."""
+        return len(json.loads((self.work / f"iter{k}" / "fit" / "done.json").read_text())["files"])
 
     def md_script(self, temperature: float, k: int) -> str:
         from ase.data import atomic_masses, atomic_numbers
@@ -346,20 +392,31 @@ class Loop:
                 import shutil
 
                 shutil.rmtree(folder / "flagged", ignore_errors=True)  # a run cut short starts over
-                res = run_md(folder / "in.md", posterior, every=self.cfg.every,
-                             flag_dir=folder / "flagged", flag_above=self.cfg.flag_above,
-                             halt_above=self.cfg.halt_above, max_flags=self.cfg.max_flags,
-                             log=str(folder / "log.lammps"), screen=False, comm=self._lammps_comm())
+                with _progress.timed(f"fitsnap-uq al: MD {k} at {temperature:g} K ({self.cfg.md_steps} "
+                                     "steps with the uncertainty hook)", show=self.progress):
+                    res = run_md(folder / "in.md", posterior, every=self.cfg.every,
+                                 flag_dir=folder / "flagged", flag_above=self.cfg.flag_above,
+                                 halt_above=self.cfg.halt_above, max_flags=self.cfg.max_flags,
+                                 log=str(folder / "log.lammps"), screen=False, comm=self._lammps_comm())
                 text = json.dumps({"nflagged": res.nflagged, "halted": res.halted,
                                    "last": res.hook.last if res.hook else {}})
-                tmp = done.with_suffix(".tmp")
-                tmp.write_text(text)
-                tmp.replace(done)
+                atomic_write(done, text)
+                _progress.stage(f"fitsnap-uq al: MD {k} at {temperature:g} K: {res.nflagged} frame(s) "
+                                f"flagged above {self.cfg.flag_above:g} eV/A", self.progress)
             flagged += sorted((folder / "flagged" / "json").rglob("*.json"))
         return flagged
 
     def test_errors(self, posterior: Path) -> dict[str, float]:
-        """Energy (eV/atom) and force (eV/A) RMSE of the posterior mean on the QM test set."""
+        """Energy (eV/atom) and force (eV/A) RMSE of the posterior mean on the QM test set; kept in
+        ``test_errors.json`` beside the posterior (removed when the fit is redone)."""
+        cache = posterior.parent / "test_errors.json"
+        if cache.exists():
+            return json.loads(cache.read_text())
+        errors = self._test_errors(posterior)
+        atomic_write(cache, json.dumps(errors))
+        return errors
+
+    def _test_errors(self, posterior: Path) -> dict[str, float]:
         from ase.calculators.lammpslib import LAMMPSlib
         from ase.data import atomic_numbers
 
@@ -410,11 +467,13 @@ class Loop:
                          desc="QM: test set")
         curve, reason = [], "iterations done"
         for k in range(cfg.iterations):
+            _progress.stage(f"fitsnap-uq al: iteration {k + 1} of {cfg.iterations}: fit, MD with the "
+                            "uncertainty hook, QM labels of the flagged frames", self.progress)
             posterior = self.fit(k)
             errors = self.test_errors(posterior)
-            n_train = sum(1 for c in self.qm_calls() if c.get("set") == "train" and c.get("ok"))
-            curve.append({"iteration": k, "qm_calls": n_train, **errors})
-            if self._budget_left() <= 0:
+            curve.append({"iteration": k, "qm_calls": self.training_configurations(k), **errors})
+            self._say_errors(k, errors)
+            if self._budget_left(before=k) <= 0:
                 reason = "QM budget spent"
                 break
             flagged = self.md(k, posterior)
@@ -429,14 +488,20 @@ class Loop:
                 tasks.append((atoms, group / f"{md_folder}_{path.stem}.json"))
             self.label_batch(tasks, desc=f"QM: flagged frames, iteration {k}")
         else:
+            _progress.stage("fitsnap-uq al: final fit", self.progress)
             posterior = self.fit(cfg.iterations)
             errors = self.test_errors(posterior)
-            n_train = sum(1 for c in self.qm_calls() if c.get("set") == "train" and c.get("ok"))
+            n_train = self.training_configurations(cfg.iterations)
             curve.append({"iteration": cfg.iterations, "qm_calls": n_train, **errors})
+            self._say_errors(cfg.iterations, errors)
         summary = {"curve": curve, "stopped": reason, "qm_calls": len(self.qm_calls()),
                    "failed_qm_calls": sum(1 for c in self.qm_calls() if not c.get("ok"))}
         self.report(summary)
         return summary
+
+    def _say_errors(self, k: int, errors: dict[str, float]) -> None:
+        _progress.stage(f"fitsnap-uq al: fit {k}: test force RMSE {errors['force_rmse']:.4f} eV/A, "
+                        f"energy RMSE {errors['energy_rmse']:.4f} eV/atom", self.progress)
 
     def report(self, summary: dict[str, Any]) -> None:
         """``report.md``, ``summary.json`` and ``learning_curve.png`` in the work folder."""
@@ -449,8 +514,8 @@ class Loop:
                  "test force RMSE (eV/A) |", "|---|---|---|---|"]
         lines += [f"| {c['iteration']} | {c['qm_calls']} | {c['energy_rmse']:.4f} | "
                   f"{c['force_rmse']:.4f} |" for c in summary["curve"]]
-        (self.work / "report.md").write_text("\n".join(lines) + "\n")
-        (self.work / "summary.json").write_text(json.dumps(summary, indent=1))
+        atomic_write(self.work / "report.md", "\n".join(lines) + "\n")
+        atomic_write(self.work / "summary.json", json.dumps(summary, indent=1))
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.plot([c["qm_calls"] for c in summary["curve"]], [c["force_rmse"] for c in summary["curve"]],

@@ -84,11 +84,12 @@ def split_rhat(chains: np.ndarray) -> np.ndarray:
 
 def sample(log_prob: LogProb, x0: np.ndarray, chol: np.ndarray, nwalkers: int = 64, nsteps: int = 2000,
            burn: int = 500, thin: int = 1, nchains: int = 4, seed: int = 0,
-           init_scale: float = 1.0) -> MCMCResult:
+           init_scale: float = 1.0, on_step: Callable[[], None] | None = None) -> MCMCResult:
     """Sample ``log_prob`` (vectorized over walkers) around ``x0`` in coordinates whitened by ``chol``.
 
     ``nchains`` independent ensemble runs (>= 2 for R-hat), each ``nwalkers`` walkers (at least
     2 d + 2) for ``nsteps`` steps, of which ``burn`` are discarded and every ``thin``-th kept.
+    ``on_step()`` is called after every step of every chain (progress reporting; the draws are the same).
 
     Raises:
         NumericalError: the log density is not finite at the starting walkers (the sampler cannot
@@ -121,7 +122,11 @@ def sample(log_prob: LogProb, x0: np.ndarray, chol: np.ndarray, nwalkers: int = 
                                         moves=[(emcee.moves.DEMove(), 0.8),
                                                (emcee.moves.DESnookerMove(), 0.2)])
         sampler._random = np.random.RandomState(np.random.SeedSequence([seed, k]).generate_state(1)[0])
-        sampler.run_mcmc(z0, nsteps, progress=False)
+        if on_step is None:
+            sampler.run_mcmc(z0, nsteps, progress=False)
+        else:  # what run_mcmc does, one step at a time
+            for _ in sampler.sample(z0, iterations=nsteps):
+                on_step()
         chain = sampler.get_chain(discard=burn, thin=thin)  # (n, W, d)
         kept.append(chain)
         acc.append(float(np.mean(sampler.acceptance_fraction)))
@@ -225,7 +230,8 @@ class PosteriorSamples:
 def sample_posterior(train: Rows, base: RowsFit, likelihood: str = "gaussian", noise_classes: str = "group",
                      weights: str = "ratios", prior: str = "isotropic", student_nu: float = 4.0,
                      max_samples: int = 2000, seed: int = 0, nwalkers: int = 64, nsteps: int = 2000,
-                     burn: int = 500, thin: int = 1, nchains: int = 4) -> PosteriorSamples:
+                     burn: int = 500, thin: int = 1, nchains: int = 4,
+                     on_step: Callable[[], None] | None = None) -> PosteriorSamples:
     """MCMC samples of the coefficients of the training rows ``train`` (unweighted, nonzero weight).
 
     ``gaussian``/``student_t``: the noise model of the BAYES fit ``base`` fixes each row's noise std
@@ -238,7 +244,8 @@ def sample_posterior(train: Rows, base: RowsFit, likelihood: str = "gaussian", n
     Args:
         noise_classes, weights, prior: as given to the BAYES fit ``base``.
         max_samples: at most this many draws are kept (:attr:`PosteriorSamples.kept`).
-        seed, nwalkers, nsteps, burn, thin, nchains: the sampler's settings (see :func:`sample`).
+        seed, nwalkers, nsteps, burn, thin, nchains, on_step: the sampler's settings (see
+            :func:`sample`).
 
     BLAS threads: one below ``PARALLEL_MIN_COLS`` columns (:mod:`fitsnap_uq.linear.threads`): each
     step's products of the rows with the walkers' coefficients are small.
@@ -249,7 +256,7 @@ def sample_posterior(train: Rows, base: RowsFit, likelihood: str = "gaussian", n
     live = base.result.active
     rng = np.random.default_rng(seed)
     kw = {"nwalkers": nwalkers, "nsteps": nsteps, "burn": burn, "thin": thin, "nchains": nchains,
-          "seed": seed}
+          "seed": seed, "on_step": on_step}
     p = train.a.shape[1]
     kappa = None
     if likelihood in ("gaussian", "student_t"):

@@ -16,6 +16,7 @@ thread for fewer than ``PARALLEL_MIN_COLS`` columns).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -182,13 +183,16 @@ def _folds_and_full_fit(rows: Rows, folds: int, seed: int, noise_classes: str, p
 def fit_and_recalibrate(rows: Rows, folds: int = 5, seed: int = 0, noise_classes: str = "group",
                         prior: str = "isotropic", weights: str = "ratios", max_iter: int = 500,
                         tol: float = 1e-8, max_scored_rows: int = 5000,
-                        unpenalized: np.ndarray | None = None) -> tuple[RowsFit, dict[str, np.ndarray]]:
+                        unpenalized: np.ndarray | None = None,
+                        on_fold: Callable[[int], None] | None = None
+                        ) -> tuple[RowsFit, dict[str, np.ndarray]]:
     """Fit all of ``rows`` and learn the recalibration by K-fold CV over configurations.
 
     The rows enter once: statistics are computed per (fold, class); the full fit merges all folds
     and each CV fit the others, so the K refits cost O(K * classes * p^3), not K passes over the rows.
     Each fold's ``|error| / sigma_raw`` is scored on at most ``max_scored_rows`` of its held-out rows
     (a seeded random subset: quantiles need no more, and scoring costs O(p^2) per row).
+    ``on_fold(f)`` is called after fold f is scored (progress reporting).
 
     Returns:
         The full fit, and ``{quantity: (n_q,) ratios}`` over the scored held-out rows.
@@ -210,6 +214,8 @@ def fit_and_recalibrate(rows: Rows, folds: int = 5, seed: int = 0, noise_classes
         for q in np.unique(held.row_types.astype(str)):
             sel = held.row_types.astype(str) == q
             ratios.setdefault(q, []).append(np.abs(held.b[sel] - mean[sel]) / std[sel])
+        if on_fold is not None:
+            on_fold(f)
     return full, {q: np.concatenate(v) for q, v in ratios.items()}
 
 
@@ -250,7 +256,7 @@ def fit_with_model_error(rows: Rows, folds: int = 5, seed: int = 0, noise_classe
                          prior: str = "isotropic", weights: str = "ratios", max_iter: int = 500,
                          tol: float = 1e-8, max_rows: int = 50000,
                          unpenalized: np.ndarray | None = None, rank: int = 0,
-                         basis: str = "posterior"
+                         basis: str = "posterior", on_fold: Callable[[int], None] | None = None
                          ) -> tuple[RowsFit, PredictiveModel, dict[str, np.ndarray]]:
     """Fit the mean of ``rows`` and learn the predictive model of new configurations by K-fold CV.
 
@@ -270,6 +276,7 @@ def fit_with_model_error(rows: Rows, folds: int = 5, seed: int = 0, noise_classe
             the fit, well or poorly determined by the weighted data, gets its own model error; this
             contains ``c S`` as the case of equal variances), or ``coefficients`` (each SNAP
             coefficient its own, the embedded model error of Sargsyan et al. as written).
+        on_fold: called with f after the fit of fold f (progress reporting).
 
     Returns:
         The full fit, the predictive model (with ``basis = posterior`` its ``factor`` holds the
@@ -286,7 +293,7 @@ def fit_with_model_error(rows: Rows, folds: int = 5, seed: int = 0, noise_classe
         idx = np.flatnonzero(types == q)
         scored[idx if idx.size <= max_rows else rng.choice(idx, size=max_rows, replace=False)] = True
     cv = cross_validate(rows, fold, per_fold, labels, w, noise_classes, prior, max_iter, tol,
-                        unpenalized, scored)
+                        unpenalized, scored, on_fold=on_fold)
     a = rows.a[cv.index]
     t = types[cv.index]
     if basis == "coefficients":
@@ -311,14 +318,17 @@ def fit_with_model_error(rows: Rows, folds: int = 5, seed: int = 0, noise_classe
 @limited(_rows_cols)
 def cross_validate(rows: Rows, fold: np.ndarray, per_fold: list[dict[str, ClassStats]],
                    labels: np.ndarray, w: np.ndarray, noise_classes: str, prior: str, max_iter: int,
-                   tol: float, unpenalized: np.ndarray | None, scored: np.ndarray) -> CrossValidated:
+                   tol: float, unpenalized: np.ndarray | None, scored: np.ndarray,
+                   on_fold: Callable[[int], None] | None = None) -> CrossValidated:
     """Residuals and fit variances of the ``scored`` rows, each from the fold fit that left its
-    configuration out (see :func:`fit_with_model_error`)."""
+    configuration out (see :func:`fit_with_model_error`); ``on_fold(f)`` after fold f."""
     nfold = len(per_fold)
     index, resid, post_var = [], [], []
     for f in range(nfold):
         held = np.flatnonzero((fold == f) & scored)
         if held.size == 0:
+            if on_fold is not None:
+                on_fold(f)
             continue
         keep = fold != f
         model = fit_stats(_merged(per_fold, [g for g in range(nfold) if g != f]), labels[keep],
@@ -328,6 +338,8 @@ def cross_validate(rows: Rows, fold: np.ndarray, per_fold: list[dict[str, ClassS
         index.append(held)
         resid.append(rows.b[held] - a @ model.result.mean)
         post_var.append(row_variance(a, model.result.cov))
+        if on_fold is not None:
+            on_fold(f)
     return CrossValidated(np.concatenate(index), np.concatenate(resid), np.concatenate(post_var))
 
 

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fitsnap_uq import progress
 from fitsnap_uq.io import atomic_path, atomic_write
 
 RESAMPLING = ("bootstrap", "fraction", "none")
@@ -377,8 +378,11 @@ def train_members(pt: Any, config: Any, plans: Sequence[MemberPlan], prefix: Pat
     configs = build_configs(PYTORCH, pt, config)
     mine: list[MemberResult] = []
     error = None
+    own = members_of_rank(len(plans), rank, size)
+    progress.stage(f"fitsnap-uq NNENSEMBLE: training {len(plans)} members"
+                   + (f" on {size} ranks (rank 0 trains {len(own)})" if size > 1 else ""), rank == 0)
     try:
-        for m in members_of_rank(len(plans), rank, size):
+        for m in progress.bar(own, desc="NNENSEMBLE: members", unit="members", show=rank == 0):
             result = train_member(PYTORCH, pt, config, configs, plans[m], prefix, early_stopping)
             result.info["rank"] = rank
             mine.append(result)
