@@ -137,6 +137,13 @@ class NNEnsembleModel:
                                 fingerprint=partial[k:] / max(natoms, 1))
 
 
+def _box(lmp: Any) -> tuple[list[float], list[float], float, float, float, list[int]]:
+    """``lmp.extract_box()`` as Python floats: lo (3,), hi (3,), xy, yz, xz (A) and periodicity (3,)."""
+    boxlo, boxhi, xy, yz, xz, periodicity, _ = lmp.extract_box()
+    return ([float(v) for v in boxlo], [float(v) for v in boxhi], float(xy), float(yz), float(xz),
+            [int(p) for p in periodicity])
+
+
 class MemberForceProbes:
     """Each member's force on the local atoms of a running LAMMPS, computed by LAMMPS' ML-IAP in K helper
     instances (one per member, ``pair_style mliap model nn``) that mirror it (see the module docstring).
@@ -199,7 +206,7 @@ class MemberForceProbes:
         from fitsnap_uq.compat import import_lammps
 
         lmp = self.lmp
-        boxlo, boxhi, xy, yz, xz, periodicity, _ = lmp.extract_box()
+        boxlo, boxhi, xy, yz, xz, periodicity = _box(lmp)
         probe = import_lammps().lammps(comm=self.comm, cmdargs=["-screen", "none", "-log", "none",
                                                                  "-nocite"])
         bounds = " ".join(f"{lo!r} {hi!r}" for lo, hi in zip(boxlo, boxhi))
@@ -250,7 +257,7 @@ thermo_style custom step pe
 
     def _box_command(self) -> str | None:
         """``change_box`` to the running instance's box (the positions come next), None when unchanged."""
-        boxlo, boxhi, xy, yz, xz, _, _ = self.lmp.extract_box()
+        boxlo, boxhi, xy, yz, xz, _ = _box(self.lmp)
         key = (tuple(boxlo), tuple(boxhi), xy, yz, xz)
         if key == getattr(self, "_box", None):
             return None

@@ -119,11 +119,15 @@ def mean_layers(members: Sequence[Sequence[DenseLayer]]) -> list[DenseLayer]:
     """One network computing the mean of K networks of equal layer sizes and activations.
 
     The first layers side by side (same input), the others block-diagonal, then a ``linear`` layer of
-    weights 1/K over the K outputs.
+    weights 1/K over the K outputs. A member's first layer without activation (FitSNAP's standardization
+    layer) is first folded into the next one (``W2 (W1 x + b1) + b2 = (W2 W1) x + (W2 b1 + b2)``; equal
+    up to rounding): this saves the K d-wide layer, and the next layer reads the d descriptors instead of
+    K d values.
     """
     k = len(members)
     if k == 0:
         raise UnsupportedNetwork("no members")
+    members = [fold_first_linear(layers) for layers in members]
     shape = _architecture(members[0])
     for m, layers in enumerate(members):
         if _architecture(layers) != shape:
@@ -143,6 +147,18 @@ def mean_layers(members: Sequence[Sequence[DenseLayer]]) -> list[DenseLayer]:
         out.append(DenseLayer(w, np.concatenate([ls[i].bias for ls in members]), members[0][i].activation))
     out.append(DenseLayer(np.full((1, k), 1.0 / k), np.zeros(1), "linear"))
     return out
+
+
+def fold_first_linear(layers: Sequence[DenseLayer]) -> list[DenseLayer]:
+    """The layers with a first ``linear`` layer merged into the second (unchanged when the first has an
+    activation or is the only layer)."""
+    layers = list(layers)
+    if len(layers) < 2 or layers[0].activation != "linear":
+        return layers
+    first, second = layers[0], layers[1]
+    merged = DenseLayer(second.weight @ first.weight, second.weight @ first.bias + second.bias,
+                        second.activation)
+    return [merged, *layers[2:]]
 
 
 def _architecture(layers: Sequence[DenseLayer]) -> list[tuple[int, int, str]]:
@@ -318,6 +334,16 @@ def pair_lines(elements: Sequence[str], snap: dict[str, Any], model_file: str | 
             + [f"pair_coeff * * mliap {names}"])
 
 
+def display_path(path: Path) -> str:
+    """``path`` relative to the working folder when it is inside it (LAMMPS opens files from where it
+    runs), else absolute."""
+    absolute = path.resolve()
+    try:
+        return str(absolute.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(absolute)
+
+
 @dataclass
 class ExportedEnsemble:
     """The files :func:`export_ensemble` wrote.
@@ -343,8 +369,8 @@ def export_ensemble(ensemble: Any, outdir: str | Path | None = None, prefix: str
     Files (``PREFIX`` = the description's name without ``.json``, in ``outdir``, default its folder):
     ``PREFIX.mliap.descriptor``, ``PREFIX.member<m>.mliap.model``, ``PREFIX.mean.mliap.model``,
     ``PREFIX.member<m>.pair.lmp`` and ``PREFIX.mean.pair.lmp`` (``include`` them after the box is
-    defined). The paths inside are ``outdir``'s as given (relative paths are relative to where LAMMPS
-    runs).
+    defined). The paths inside are relative to the working folder when the files are inside it (run
+    LAMMPS from there), else absolute.
 
     Raises:
         InputError: a member or setting ML-IAP cannot represent (see :func:`ensemble_layers`,
@@ -370,7 +396,8 @@ def export_ensemble(ensemble: Any, outdir: str | Path | None = None, prefix: str
                                                      f"members of {path.name}"))
     pair_files, lines = {}, {}
     for key, model in models.items():
-        lines[key] = pair_lines(ensemble.elements, ensemble.snap, model, descriptor)
+        lines[key] = pair_lines(ensemble.elements, ensemble.snap, display_path(model),
+                                display_path(descriptor))
         pair_files[key] = folder / f"{stem}.{key}.pair.lmp"
         header = f"# fitsnap-uq nn-export: {key} of {path.name}\n"
         atomic_write(pair_files[key], header + "\n".join(lines[key]) + "\n")
@@ -378,12 +405,6 @@ def export_ensemble(ensemble: Any, outdir: str | Path | None = None, prefix: str
                             mean=models["mean"], pair_files=pair_files, lines=lines)
 
 
-def descriptor_cutoff(snap: dict[str, Any]) -> float:
-    """The largest descriptor cutoff (A): ``2 * max(radelem) * rcutfac``."""
-    radelem = snap["radelem"] if isinstance(snap["radelem"], list) else [snap["radelem"]]
-    return 2.0 * max(float(r) for r in radelem) * float(snap["rcutfac"])
-
-
 __all__ = ["DenseLayer", "ExportedEnsemble", "MLIAP_ACTIVATIONS", "UnsupportedNetwork", "dense_layers",
-           "descriptor_cutoff", "descriptor_text", "element_networks", "ensemble_layers", "evaluate_layers",
-           "export_ensemble", "mean_layers", "model_nn_text", "pair_lines"]
+           "descriptor_text", "display_path", "element_networks", "ensemble_layers", "evaluate_layers",
+           "export_ensemble", "fold_first_linear", "mean_layers", "model_nn_text", "pair_lines"]

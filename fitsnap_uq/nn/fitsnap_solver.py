@@ -154,12 +154,12 @@ class NNENSEMBLE(UQSolverMixin, Solver):
         self.pt.single_print(f"fitsnap-uq NNENSEMBLE: {len(results)} members on {nranks} rank(s) in "
                              f"{elapsed:.1f} s; wrote {desc_path} and {prefix.name}.member*.pt")
         if opts["nn_activation"] != "softplus":  # ML-IAP has the activation: write the LAMMPS files
-            from fitsnap_uq.nn.fitsnap_mliap import export_ensemble
+            from fitsnap_uq.nn.fitsnap_mliap import display_path, export_ensemble
 
             exported = export_ensemble(fe.NNEnsemble(desc_path))
             self.pt.single_print(f"fitsnap-uq NNENSEMBLE: wrote the members and their mean for plain LAMMPS "
-                                 f"(ML-IAP model nn): include {exported.pair_files['mean']} (the mean) or "
-                                 f"{prefix.name}.member<m>.pair.lmp")
+                                 f"(ML-IAP model nn): include {display_path(exported.pair_files['mean'])} "
+                                 f"(the mean) or {prefix.name}.member<m>.pair.lmp")
         self.write_calibration_report(rows.truth, rows.mean, sigma, rows.groups, rows.row_types,
                                       rows.testing, keep=rows.keep, multiplier=multiplier,
                                       recalibration="quantile recalibration on out-of-bag errors")
