@@ -316,9 +316,16 @@ lmp.close()
 """
 
 
-def check_hook(folder: Path, out: Path, mpi: int = 0) -> list[dict]:
+# The same copper in a triclinic cell whose shape NPT changes between the hook's evaluations (the force
+# probes must follow the box).
+CU_LJ_TRICLINIC_NPT = CU_LJ_MD.replace("create_atoms 1 box", "create_atoms 1 box\nchange_box all triclinic\n"
+                                       "change_box all xy final 0.4 xz final -0.3 remap units box").replace(
+    "fix nve all nve", "fix npt all npt temp 600 600 0.05 tri 0 0 0.2")
+
+
+def check_hook(folder: Path, out: Path, mpi: int = 0, md: str = CU_LJ_MD) -> list[dict]:
     script = folder / "hook_check.py"
-    script.write_text(HOOK_CHECK.format(md=CU_LJ_MD))
+    script.write_text(HOOK_CHECK.format(md=md))
     cmd = [sys.executable, str(script), str(folder / "Cu_pot.nnensemble.json"), str(out)]
     if mpi:
         cmd = [MPIRUN, "-np", str(mpi), *cmd]
@@ -351,8 +358,8 @@ def assert_hook_parts(parts: list[dict]) -> None:
 
 def test_hook_force_spread_equals_torch_autograd(tanh_fit, tmp_path):
     """d_nnuq_fstd = std over members of the forces torch autograd gives on LAMMPS' per-pair derivatives
-    (compute snap dgradflag 1) of the same configuration, to 1e-8 relative."""
-    assert_hook_parts(check_hook(tanh_fit, tmp_path / "hook.json"))
+    (compute snap dgradflag 1) of the same configuration, to 1e-8 relative (a triclinic cell under NPT)."""
+    assert_hook_parts(check_hook(tanh_fit, tmp_path / "hook.json", md=CU_LJ_TRICLINIC_NPT))
 
 
 @pytest.mark.mpi
@@ -395,9 +402,9 @@ def test_hook_refuses_forces_of_a_softplus_ensemble_and_an_energy_only_hook_has_
 def test_ta_nnensemble_in_plain_lammps(tmp_path):
     """The example's 4-member Ta ensemble (tanh): members in LAMMPS equal FitSNAP's evaluation on all Ta
     configurations to 1e-8; 10 ps NVE of the mean with 'lmp -in' and 'mpirun -np 2 lmp -in'."""
-    example = ROOT / "examples" / "ta_nnensemble"
+    example = ROOT / "examples" / "ta_nnensemble_lammps"
     text = re.sub(r"dataPath = .*", f"dataPath = {SHARED_TA / 'JSON'}",
-                  (example / "Ta-nnensemble.in").read_text())
+                  (example / "Ta-nnensemble-tanh.in").read_text())
     (tmp_path / "Ta.in").write_text(text)
     proc = run_cli(["fit", "Ta.in", "--overwrite"], cwd=tmp_path, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
