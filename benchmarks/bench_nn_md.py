@@ -45,18 +45,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-SETUP = """
-units metal
-lattice bcc 3.316
-region b block 0 10 0 10 0 10
-create_box 1 b
-create_atoms 1 box
-mass 1 180.88
-{pair}
-velocity all create 600 4928459 loop geom
-fix nve all nve
-thermo 100
-"""
+from bench_hook import SETUP as SNAP_SETUP  # noqa: E402  (benchmarks/ on the path above)
+from bench_hook import fit_posterior  # noqa: E402
+
+# bench_hook's 2000-atom Ta MD, with the pair style lines left to each case.
+SETUP = re.sub(r"pair_style .*? Ta\n", "{pair}\n", SNAP_SETUP, flags=re.S)
+assert "{pair}" in SETUP and "snap" not in SETUP
 EXAMPLE = ROOT / "examples" / "ta_nnensemble_lammps" / "Ta-nnensemble-tanh.in"
 
 
@@ -97,8 +91,6 @@ def main() -> int:
                     default="plugin" if shutil.which(os.environ.get("CXX") or "g++") else "hook",
                     help="linear SNAP uncertainty by the plugin's fix snap/uq or the Python hook")
     args = ap.parse_args()
-    from bench_hook import fit_posterior
-
     from fitsnap_uq.nn.fitsnap_ensemble import NNEnsemble
     from fitsnap_uq.nn.fitsnap_mliap import export_ensemble
     from fitsnap_uq.posterior import Posterior
