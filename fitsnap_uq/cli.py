@@ -220,6 +220,29 @@ def _cmd_build_plugin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_nn_export(args: argparse.Namespace) -> int:
+    """``fitsnap-uq nn-export``: an NNENSEMBLE's members and mean as ML-IAP ``model nn`` files."""
+    from fitsnap_uq.nn.fitsnap_ensemble import NNEnsemble
+    from fitsnap_uq.nn.fitsnap_mliap import export_ensemble
+
+    try:
+        ensemble = NNEnsemble(args.ensemble)
+        if args.member is not None and not 0 <= args.member < len(ensemble):
+            raise InputError(f"--member {args.member}: the ensemble has members 0..{len(ensemble) - 1}",
+                             file=args.ensemble)
+        out = export_ensemble(ensemble, outdir=args.outdir)
+    except (InputError, OSError) as exc:
+        return _fail(str(exc), None)
+    key = "mean" if args.member is None else f"member{args.member}"
+    print(f"fitsnap-uq nn-export: wrote {out.descriptor}, {len(out.members)} member models "
+          f"({out.members[0].name} ...) and the mean {out.mean.name}")
+    print(f"fitsnap-uq nn-export: LAMMPS lines of the {'ensemble mean' if key == 'mean' else key} "
+          f"(also in {out.pair_files[key]}, for 'include'; {len(out.members)} more files *.pair.lmp):")
+    for line in out.lines[key]:
+        print(f"  {line}")
+    return 0
+
+
 NO_PROGRESS_HELP = ("no stage lines or progress bars on stderr (bars are drawn only when stderr is a "
                     "terminal; otherwise each step is reported as plain lines)")
 
@@ -351,6 +374,19 @@ def build_parser() -> argparse.ArgumentParser:
         # also after the command; SUPPRESS: an absent option does not override the global one
         command.add_argument("--no-progress", action="store_true", default=argparse.SUPPRESS,
                              help=NO_PROGRESS_HELP)
+
+
+    nnx = sub.add_parser(
+        "nn-export", help="write an NNENSEMBLE's members and mean for plain LAMMPS (ML-IAP model nn)",
+        description="Write every member of an NNENSEMBLE, and the ensemble mean as one network, in "
+                    "LAMMPS ML-IAP's 'model nn' format, the 'descriptor sna' file, and include files "
+                    "with the pair_style/pair_coeff lines (on the fit's reference potential); print the "
+                    "lines of the mean or of --member M. Needs members with ML-IAP's activations ([UQ] "
+                    "nn_activation = tanh, sigmoid or relu).")
+    nnx.add_argument("ensemble", help="the ensemble description (<potential>.nnensemble.json)")
+    nnx.add_argument("--member", type=_int_at_least(0), help="print the lines of this member (default: "
+                                                              "the ensemble mean)")
+    nnx.add_argument("--outdir", help="folder of the files (default: the description's)")
     return parser
 
 
@@ -389,4 +425,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_demo(args)
     if args.command == "build-plugin":
         return _cmd_build_plugin(args)
+    if args.command == "nn-export":
+        return _cmd_nn_export(args)
     return 0

