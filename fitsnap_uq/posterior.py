@@ -137,6 +137,8 @@ class Posterior:
                     and np.all(coef_var >= 0) and np.all(np.isfinite(factor))):
                 raise ValueError("model error must be finite and non-negative")
             self.model_error = {"cov_scale": scale, "coef_var": coef_var, "factor": factor}
+        self.path: str | None = None
+        """The file this posterior was read from (:meth:`load`), for messages; None if built here."""
         self._factor: tuple[np.ndarray, np.ndarray] | None = None
         self._predictive_cov: np.ndarray | None = None
         self._pred_factor: np.ndarray | None = None
@@ -389,12 +391,14 @@ class Posterior:
                            "coef_var": arrays["me_coef_var"],
                            "factor": arrays.get("me_factor", np.zeros((p, 0)))}
         try:
-            return cls(arrays["mean"], arrays["cov"], header["elements"], header["snap"],
+            post = cls(arrays["mean"], arrays["cov"], header["elements"], header["snap"],
                        noise_var={k: v**2 for k, v in header.get("noise_std", {}).items()},
                        log_evidence=header.get("log_evidence"), samples=arrays.get("samples"),
                        recalibration=recal, info=header.get("info"), model_error=model_error)
         except (ValueError, KeyError, TypeError, NumericalError) as exc:
             raise InputError(f"posterior file is inconsistent: {exc}", file=str(path)) from None
+        post.path = str(path)
+        return post
 
     def snapcoeff_text(self, coefficients: np.ndarray | None = None, comment: str = "") -> str:
         """A LAMMPS ``.snapcoeff`` file's text for ``coefficients`` (default: the mean)."""
