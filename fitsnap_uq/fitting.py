@@ -141,7 +141,9 @@ def check_json_file(path: Path, infile: str | None = None) -> None:
 
 
 def check_bispectrum(section: Any, infile: str) -> None:
-    """Per-element keys of [BISPECTRUM] must have one value per type (FitSNAP fails obscurely)."""
+    """Per-element keys of [BISPECTRUM] must have one value per type, and explicit multi-element SNAP
+    (``chemflag``) takes one ``twojmax`` and no ``quadraticflag`` (FitSNAP fails obscurely or with a
+    traceback)."""
     try:
         ntypes = int(section.get("numTypes", "1"))
     except ValueError:
@@ -151,6 +153,19 @@ def check_bispectrum(section: Any, infile: str) -> None:
         if key in section and len(section[key].split()) != ntypes:
             raise InputError(f"{len(section[key].split())} value(s) for numTypes = {ntypes}: give one "
                              f"per element type", file=infile, section="BISPECTRUM", key=key)
+    flags = {}
+    for key in ("chemflag", "quadraticflag"):
+        try:
+            flags[key] = section.getboolean(key, fallback=False)
+        except ValueError:
+            raise InputError(f"{key} must be 0 or 1, not {section[key]!r}", file=infile,
+                             section="BISPECTRUM", key=key) from None
+    if flags["chemflag"] and flags["quadraticflag"]:
+        raise InputError("FitSNAP has no quadratic explicit multi-element SNAP: set chemflag = 0 or "
+                         "quadraticflag = 0", file=infile, section="BISPECTRUM", key="quadraticflag")
+    if flags["chemflag"] and len(set(section.get("twojmax", "6").split())) > 1:
+        raise InputError("explicit multi-element SNAP (chemflag = 1) takes one twojmax for all elements "
+                         "in FitSNAP", file=infile, section="BISPECTRUM", key="twojmax")
 
 
 def split_arguments(argv: Sequence[str]) -> tuple[list[str], bool]:

@@ -54,7 +54,7 @@ from fitsnap_uq.linear.gaussian import ONE_SIGMA, interval_multiplier, live_chol
 FORMAT_VERSION = 2
 QUANTITIES = ("Energy", "Force", "Stress")
 SNAP_KEYS = ("twojmax", "rcutfac", "rfac0", "rmin0", "radelem", "wj", "bzeroflag", "switchflag",
-             "wselfallflag", "chemflag", "quadraticflag", "bnormflag")
+             "wselfallflag", "chemflag", "quadraticflag", "bnormflag", "switchinnerflag")
 
 
 def quantity_of(noise_class: str) -> str:

@@ -74,7 +74,7 @@ def snap_parameters(config: Any) -> tuple[list[str], dict[str, Any]]:
         "bzeroflag": int(bs.bzeroflag), "switchflag": int(bs.switchflag),
         "wselfallflag": int(bs.wselfallflag), "chemflag": int(bs.chemflag != 0),
         "quadraticflag": int(bs.quadraticflag), "bnormflag": int(bs.bnormflag),
-        "ncoeff": int(bs.ncoeff),
+        "switchinnerflag": int(bs.switchinnerflag), "ncoeff": int(bs.ncoeff),
     }
     if "REFERENCE" in config.sections:
         ref = config.sections["REFERENCE"]

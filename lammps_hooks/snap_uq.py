@@ -179,7 +179,7 @@ class SnapUQHook:
                              file=self._model_file())
         check_supported(self.model.snap, self._model_file())
         check_chem_order(self.model.snap, known, elements, self._model_file(),
-                         "the atom types' elements" if self._type_elements is None else "type_elements")
+                         "pair_coeff")
         self.type_elements = elements
         self.type_to_element = np.array([known.index(e) for e in elements])
 
