@@ -82,7 +82,7 @@ class SnapUQHook:
             of the fitsnap-uq plugin, B and its gradients in one pass, about half the cost; the
             plugin must be loaded in ``lmp`` or built in :func:`lammps_hooks.native.default_outdir`),
             ``lammps`` (``compute sna/atom`` and ``compute snad/atom``), or ``auto`` (``native``
-            when the plugin is there and the SNAP is linear, else ``lammps``). Same numbers.
+            when the plugin is there, else ``lammps``). Same numbers.
     """
 
     def __init__(self, lmp: Any, model: UQModel | Posterior, every: int = 10, forces: bool = True,

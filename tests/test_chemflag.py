@@ -261,6 +261,51 @@ def test_ensemble_runs_the_sampled_potentials(fitted, tmp_path):
     assert np.all(np.isfinite(pe)) and not np.allclose(pe[0], pe[1])
 
 
+@pytest.mark.parametrize("fitted", ["chemflag"], indirect=True)
+def test_tied_coefficients_are_spread_for_lammps(fitted, tmp_path):
+    """chemflag SNAP has pairs of descriptor columns that agree on every row (30 per element block
+    at 2J = 4 with two elements). The fit carries each pair's spread on one column; a posterior sample
+    written for LAMMPS spreads the pair's combination evenly, and LAMMPS' forces are then D . theta;
+    written as drawn, LAMMPS' energies are right but its forces are not their gradient."""
+    from lammps_hooks.uq_math import energy_rows, force_rows
+
+    flag, stem = fitted
+    post = posterior(stem)
+    assert len(post.ties) == 60 and post.info["tied_columns"] == 60
+    assert all(abs(abs(f) - 1.0) < 1e-9 for _, _, f in post.ties)
+    theta = post.sample(1, seed=11)[0]
+    dup = [j for j, _, _ in post.ties]
+    # the spread of a pair is on its earlier column: a draw is not spread evenly over the pair
+    assert np.all(theta[dup] == post.mean[dup]) and not np.allclose(post.tied(theta), theta)
+    np.testing.assert_allclose(post.tied(post.mean), post.mean, rtol=1e-12)
+    raw = Posterior(post.mean, post.cov, post.elements, post.snap)  # no ties: writes theta as it is
+    out = {}
+    for name, writer in (("tied", post), ("as_drawn", raw)):
+        writer.write_snapcoeff(tmp_path / f"{name}.snapcoeff", theta)
+        lmp = new_lammps(stem)
+        lmp.command(f"pair_coeff * * {tmp_path / (name + '.snapcoeff')} {stem}.snapparam Cu Ag")
+        lmp.command("compute pe all pe/atom")
+        hook = SnapUQHook(lmp, post, every=1, descriptors="lammps")
+        hook._map_types()
+        lmp.command(f"compute sna all sna/atom {hook._descriptor_args()}")
+        lmp.command(f"compute snad all snad/atom {hook._descriptor_args()}")
+        lmp.command("run 0")
+        n = lmp.get_natoms()
+        types = np.array(lmp.numpy.extract_atom("type"))[:n]
+        x = energy_rows(np.array(lmp.numpy.extract_compute("sna", 1, 2))[:n], types - 1, 2,
+                        post.block_size)
+        fr = force_rows(np.array(lmp.numpy.extract_compute("snad", 1, 2))[:n], np.array([0, 1]), 2,
+                        post.block_size)
+        f = np.array(lmp.numpy.extract_atom("f"))[:n]
+        pe = np.array(lmp.numpy.extract_compute("pe", 1, 1))[:n]
+        lmp.close()
+        out[name] = (max_rel(pe, x @ theta), np.abs(f - fr @ theta).max() / np.abs(f).max())
+    print(f"\nposterior sample in pair_style snap, relative difference of energies and forces to "
+          f"x . theta and D . theta: {out}")
+    assert out["tied"][0] < 1e-10 and out["tied"][1] < 1e-10
+    assert out["as_drawn"][0] < 1e-10 and out["as_drawn"][1] > 1e-3
+
+
 # ------------------------------------------------------------------------------------- refusals
 CHEM_ORDER = "numbers the elements in the order they first appear in pair_coeff"
 
