@@ -359,9 +359,17 @@ def test_unsupported_switchinnerflag_is_refused_with_one_message(fitted, tmp_pat
     assert not (tmp_path / "inner.uq").exists()
 
 
-def test_fit_refuses_quadratic_chemflag_in_one_line(tmp_path):
+@pytest.mark.parametrize("flags, solver, key", [
+    ("chemflag = 1\nquadraticflag = 1", "BAYES", "quadraticflag"),  # FitSNAP has no quadratic chemflag
+    ("chemflag = 1\ntwojmax = 4 2", "BAYES", "twojmax"),
+    ("chemflag = 1", "MODELERROR", "chemflag"),
+    ("chemflag = 1", "BAYESMCMC", "chemflag"),
+])
+def test_fit_refuses_what_chemflag_does_not_support_in_one_line(tmp_path, flags, solver, key):
     make_alloy_dataset(tmp_path)
-    cuag_input(tmp_path, "chemflag = 1\nquadraticflag = 1")
+    path = cuag_input(tmp_path, flags)
+    path.write_text(path.read_text().replace("solver = BAYES", f"solver = {solver}"))
     proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert "section [BISPECTRUM], key 'quadraticflag'" in proc.stderr and "Cu.in" in proc.stderr
+    assert f"file Cu.in, section [BISPECTRUM], key '{key}'" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "Cu_pot.posterior.npz").exists()
