@@ -87,6 +87,12 @@ def validate_input(infile: str, keyword_replacements: Sequence[Sequence[str]] = 
                              section="SOLVER", key="solver")
     if "BISPECTRUM" in cfg:
         check_bispectrum(cfg["BISPECTRUM"], infile)
+        solver = cfg["SOLVER"].get("solver", "SVD").upper() if "SOLVER" in cfg else "SVD"
+        if solver in CHEMFLAG_REFUSED and cfg["BISPECTRUM"].getboolean("chemflag", fallback=False):
+            raise InputError(f"explicit multi-element SNAP (chemflag = 1) is not supported by solver "
+                             f"{solver}: its descriptors have columns that agree on every configuration, "
+                             f"which only BAYES ties (with {solver} the fit fails on them); use solver = "
+                             "BAYES", file=infile, section="BISPECTRUM", key="chemflag")
     scraper = cfg["SCRAPER"].get("scraper", "JSON").upper() if "SCRAPER" in cfg else None
     if scraper in FOLDER_SCRAPERS:
         needs = required_quantities(cfg, infile)
@@ -201,8 +207,15 @@ def _check_arrays(data: dict[str, Any], needs: Sequence[str]) -> None:
             raise ValueError(f"{key!r} holds a NaN or infinite number")
 
 
+CHEMFLAG_REFUSED = ("MODELERROR", "BAYESMCMC")
+"""Our solvers that refuse ``chemflag = 1`` (measured on two-element EMT data: MODELERROR stopped on
+a singular matrix, BAYESMCMC on a covariance that is not positive definite)."""
+
+
 def check_bispectrum(section: Any, infile: str) -> None:
-    """Per-element keys of [BISPECTRUM] must have one value per type (FitSNAP fails obscurely)."""
+    """Per-element keys of [BISPECTRUM] must have one value per type, and explicit multi-element SNAP
+    (``chemflag``) takes one ``twojmax`` and no ``quadraticflag`` (FitSNAP fails obscurely or with a
+    traceback)."""
     try:
         ntypes = int(section.get("numTypes", "1"))
     except ValueError:
@@ -212,6 +225,19 @@ def check_bispectrum(section: Any, infile: str) -> None:
         if key in section and len(section[key].split()) != ntypes:
             raise InputError(f"{len(section[key].split())} value(s) for numTypes = {ntypes}: give one "
                              f"per element type", file=infile, section="BISPECTRUM", key=key)
+    flags = {}
+    for key in ("chemflag", "quadraticflag"):
+        try:
+            flags[key] = section.getboolean(key, fallback=False)
+        except ValueError:
+            raise InputError(f"{key} must be 0 or 1, not {section[key]!r}", file=infile,
+                             section="BISPECTRUM", key=key) from None
+    if flags["chemflag"] and flags["quadraticflag"]:
+        raise InputError("FitSNAP has no quadratic explicit multi-element SNAP: set chemflag = 0 or "
+                         "quadraticflag = 0", file=infile, section="BISPECTRUM", key="quadraticflag")
+    if flags["chemflag"] and len(set(section.get("twojmax", "6").split())) > 1:
+        raise InputError("explicit multi-element SNAP (chemflag = 1) takes one twojmax for all elements "
+                         "in FitSNAP", file=infile, section="BISPECTRUM", key="twojmax")
 
 
 def output_files(cfg: configparser.ConfigParser, infile: str, relative: bool = False

@@ -33,6 +33,14 @@ Noise std are in physical units: eV/atom for energies, eV/A for forces, bar for 
 
 Prediction takes unweighted descriptor rows in FitSNAP's layout (energy rows per atom), either
 with the constant columns (width p) or without them as FitSNAP builds A when ``bzeroflag = 1``.
+
+Tied coefficients (header ``ties``, optional): descriptor columns that are a multiple of another
+on every row (explicit multi-element SNAP has such pairs by construction), ``[column, earlier column,
+factor]`` in the snapcoeff layout. The fit carries each group on its earlier column (the others have
+mean and variance 0); only the group's combination enters a prediction. Coefficients written for
+LAMMPS are first spread over the group in proportion to the factors (:meth:`Posterior.tied`): LAMMPS'
+``pair_style snap`` computes explicit multi-element forces that are the gradient of its energy only
+for coefficients spread that way.
 """
 
 from __future__ import annotations
@@ -54,7 +62,7 @@ from fitsnap_uq.linear.gaussian import ONE_SIGMA, interval_multiplier, live_chol
 FORMAT_VERSION = 2
 QUANTITIES = ("Energy", "Force", "Stress")
 SNAP_KEYS = ("twojmax", "rcutfac", "rfac0", "rmin0", "radelem", "wj", "bzeroflag", "switchflag",
-             "wselfallflag", "chemflag", "quadraticflag", "bnormflag")
+             "wselfallflag", "chemflag", "quadraticflag", "bnormflag", "switchinnerflag")
 
 
 def quantity_of(noise_class: str) -> str:
@@ -98,6 +106,8 @@ class Posterior:
         model_error: the predictive model of new configurations, if learned:
             ``{"cov_scale": c, "coef_var": (p,), "factor": (p, r)}`` (snapcoeff layout); the
             predictive covariance is ``c * cov + diag(coef_var) + factor factor^T``.
+        ties: ``(column, earlier column, factor)`` of tied coefficients (see the module docstring),
+            snapcoeff layout.
     """
 
     def __init__(self, mean: np.ndarray, cov: np.ndarray, elements: Sequence[str],
@@ -105,7 +115,8 @@ class Posterior:
                  log_evidence: float | None = None, samples: np.ndarray | None = None,
                  recalibration: dict[str, np.ndarray] | None = None,
                  info: dict[str, Any] | None = None,
-                 model_error: dict[str, Any] | None = None) -> None:
+                 model_error: dict[str, Any] | None = None,
+                 ties: Sequence[Sequence[float]] | None = None) -> None:
         self.mean = np.asarray(mean, dtype=float).copy()
         self.cov = np.asarray(cov, dtype=float).copy()
         p = self.mean.shape[0]
@@ -137,6 +148,13 @@ class Posterior:
                     and np.all(coef_var >= 0) and np.all(np.isfinite(factor))):
                 raise ValueError("model error must be finite and non-negative")
             self.model_error = {"cov_scale": scale, "coef_var": coef_var, "factor": factor}
+        self.ties = [(int(j), int(i), float(f)) for j, i, f in (ties or [])]
+        for j, i, f in self.ties:
+            if not (0 <= i < j < p and np.isfinite(f) and f != 0):
+                raise ValueError(f"tie ({j}, {i}, {f}) must name two coefficients i < j < {p} and a "
+                                 "finite non-zero factor")
+        self.path: str | None = None
+        """The file this posterior was read from (:meth:`load`), for messages; None if built here."""
         self._factor: tuple[np.ndarray, np.ndarray] | None = None
         self._predictive_cov: np.ndarray | None = None
         self._pred_factor: np.ndarray | None = None
@@ -224,6 +242,23 @@ class Posterior:
             return full
         raise ValueError(f"descriptor rows have {a.shape[1]} columns; this posterior takes "
                          f"{self.n_coefficients} (snapcoeff layout) or {cols.size} (FitSNAP's A)")
+
+    def tied(self, coefficients: np.ndarray) -> np.ndarray:
+        """Coefficients (p,) or (n, p) with each tied group's combination spread over the group in
+        proportion to its factors (the least-norm coefficients that make the same predictions):
+        what LAMMPS runs (see the module docstring). Without ties, the coefficients themselves."""
+        out = np.array(coefficients, dtype=float)
+        if not self.ties:
+            return out
+        groups: dict[int, list[tuple[int, float]]] = {}
+        for j, i, f in self.ties:
+            groups.setdefault(i, []).append((j, f))
+        for i, members in groups.items():
+            idx = np.array([i] + [j for j, _ in members])
+            fac = np.array([1.0] + [f for _, f in members])
+            total = out[..., idx] @ fac  # the combination every prediction sees
+            out[..., idx] = total[..., None] * fac / float(fac @ fac)
+        return out
 
     # ------------------------------------------------------------------ noise
     @property
@@ -334,6 +369,7 @@ class Posterior:
             "info": self.info,
             "model_error": (None if self.model_error is None
                             else {"cov_scale": self.model_error["cov_scale"]}),
+            "ties": [list(t) for t in self.ties],
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -389,18 +425,23 @@ class Posterior:
                            "coef_var": arrays["me_coef_var"],
                            "factor": arrays.get("me_factor", np.zeros((p, 0)))}
         try:
-            return cls(arrays["mean"], arrays["cov"], header["elements"], header["snap"],
+            post = cls(arrays["mean"], arrays["cov"], header["elements"], header["snap"],
                        noise_var={k: v**2 for k, v in header.get("noise_std", {}).items()},
                        log_evidence=header.get("log_evidence"), samples=arrays.get("samples"),
-                       recalibration=recal, info=header.get("info"), model_error=model_error)
+                       recalibration=recal, info=header.get("info"), model_error=model_error,
+                       ties=header.get("ties"))
         except (ValueError, KeyError, TypeError, NumericalError) as exc:
             raise InputError(f"posterior file is inconsistent: {exc}", file=str(path)) from None
+        post.path = str(path)
+        return post
 
     def snapcoeff_text(self, coefficients: np.ndarray | None = None, comment: str = "") -> str:
-        """A LAMMPS ``.snapcoeff`` file's text for ``coefficients`` (default: the mean)."""
+        """A LAMMPS ``.snapcoeff`` file's text for ``coefficients`` (default: the mean), tied
+        coefficients spread over their groups (:meth:`tied`)."""
         coeffs = self.mean if coefficients is None else np.asarray(coefficients, dtype=float)
         if coeffs.shape != (self.n_coefficients,):
             raise ValueError(f"coefficients must have shape ({self.n_coefficients},), got {coeffs.shape}")
+        coeffs = self.tied(coeffs)
         radelem = per_element(self.snap.get("radelem", 0.5), len(self.elements))
         wj = per_element(self.snap.get("wj", 1.0), len(self.elements))
         lines = [f"# fitsnap-uq {comment}".rstrip(), "", f"{len(self.elements)} {self.block_size}"]
@@ -431,8 +472,9 @@ def posterior_from_fit(mean: np.ndarray, cov: np.ndarray, elements: list[str], s
 
     Args:
         mean: (m,) and cov: (m, m) over FitSNAP's A columns (:attr:`Posterior.fit_columns`).
-        kwargs: the other arguments of :class:`Posterior`; ``model_error`` and ``samples`` (k, m) (if
-            any) in FitSNAP's layout.
+        kwargs: the other arguments of :class:`Posterior`; ``model_error``, ``samples`` (k, m) and
+            ``ties`` (if any) in FitSNAP's layout. With ties, the mean is spread over each tied group
+            (:meth:`Posterior.tied`): the posterior's mean is the coefficients LAMMPS runs.
     """
     p = len(elements) * (snap["ncoeff"] + 1)
     layout = Posterior(np.zeros(p), np.zeros((p, p)), elements, snap)
@@ -453,4 +495,7 @@ def posterior_from_fit(mean: np.ndarray, cov: np.ndarray, elements: list[str], s
         factor = np.zeros((p, np.asarray(model_error["factor"]).shape[1]))
         factor[cols] = model_error["factor"]
         model_error = {"cov_scale": model_error["cov_scale"], "coef_var": coef_var, "factor": factor}
-    return Posterior(full_mean, full_cov, elements, snap, model_error=model_error, **kwargs)
+    ties = [(int(cols[j]), int(cols[i]), float(f)) for j, i, f in kwargs.pop("ties", None) or []]
+    post = Posterior(full_mean, full_cov, elements, snap, model_error=model_error, ties=ties, **kwargs)
+    post.mean = post.tied(post.mean)
+    return post

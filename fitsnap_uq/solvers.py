@@ -75,7 +75,7 @@ def snap_parameters(config: Any) -> tuple[list[str], dict[str, Any]]:
         "bzeroflag": int(bs.bzeroflag), "switchflag": int(bs.switchflag),
         "wselfallflag": int(bs.wselfallflag), "chemflag": int(bs.chemflag != 0),
         "quadraticflag": int(bs.quadraticflag), "bnormflag": int(bs.bnormflag),
-        "ncoeff": int(bs.ncoeff),
+        "switchinnerflag": int(bs.switchinnerflag), "ncoeff": int(bs.ncoeff),
     }
     if "REFERENCE" in config.sections:
         ref = config.sections["REFERENCE"]
@@ -313,7 +313,8 @@ class BAYES(UQSolverMixin, Solver):
                 "solver": "BAYES", "options": {k: v for k, v in opts.items() if k != "posterior"},
                 "converged": result.converged, "iterations": result.iterations,
                 "message": result.message, "n_train_rows": int(train.b.shape[0]),
-                "active_columns": int(result.active.sum()), "alpha": result.alpha.tolist(),
+                "active_columns": int(result.active.sum()), "tied_columns": len(result.ties),
+                "alpha": result.alpha.tolist(),
             }
             if pm is not None:
                 info["predictive_model"] = {"cov_scale": pm.cov_scale, "floor_std": pm.floor_std,
@@ -327,8 +328,9 @@ class BAYES(UQSolverMixin, Solver):
             self.posterior = posterior_from_fit(result.mean, result.cov, elements, snap,
                                                 noise_var=noise_var,
                                                 log_evidence=result.log_evidence,
-                                                recalibration=recal, info=info, model_error=model_error)
-            self.fit = result.mean.copy()
+                                                recalibration=recal, info=info, model_error=model_error,
+                                                ties=result.ties)
+            self.fit = self.posterior.mean[self.posterior.fit_columns].copy()  # tied coefficients spread
             self.cov = result.cov
             if result.log_evidence is not None:
                 self.pt.single_print(f"fitsnap-uq BAYES: log evidence {result.log_evidence:.6g}")

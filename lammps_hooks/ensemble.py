@@ -66,6 +66,7 @@ from fitsnap_uq.io import atomic_write
 from fitsnap_uq.posterior import Posterior
 from fitsnap_uq.timeseries import prediction_band, replica_interval, time_average
 from lammps_hooks.script import RUN_COMMANDS, execute, replace_coeff_file, snap_script
+from lammps_hooks.snap_params import check_chem_order
 
 OUTPUT_COMMANDS = ("dump", "dump_modify", "undump", "write_restart", "write_data", "write_dump",
                    "write_coeff", "restart", "log")
@@ -281,6 +282,7 @@ def run_ensemble(script: str | Path, posterior: Posterior | str | Path, samples:
         raise InputError(f"{size} MPI ranks do not split into partitions of {ranks_per_replica}")
     post = posterior if isinstance(posterior, Posterior) else Posterior.load(posterior)
     script, commands, snap = snap_script(script, "a posterior ensemble (it swaps the coefficient file)")
+    check_chem_order(post.snap, post.elements, snap.elements, post.path, f"{script.name}")
     if not any(c.word in RUN_COMMANDS for c in commands):
         raise InputError("the script has no run command", file=str(script))
     outdir = Path(outdir).resolve()

@@ -43,6 +43,7 @@ from pathlib import Path
 from fitsnap_uq.errors import InputError
 from fitsnap_uq.io import atomic_path, atomic_write
 from fitsnap_uq.posterior import Posterior, per_element
+from lammps_hooks.snap_params import check_supported
 from lammps_hooks.uq_model import LinearSnapModel
 
 NATIVE_DIR = Path(__file__).resolve().parent / "native"
@@ -90,12 +91,13 @@ def write_plugin_posterior(posterior: LinearSnapModel | Posterior | str | os.Pat
     if not isinstance(posterior, (Posterior, LinearSnapModel)):
         posterior = Posterior.load(posterior)
     snap = dict(posterior.snap)
-    if int(snap.get("chemflag", 0)):
-        raise InputError("explicit multi-element SNAP (chemflag 1) is not supported by the plugin",
-                         key="chemflag")
+    source_file = getattr(posterior if isinstance(posterior, Posterior) else posterior.posterior,
+                          "path", None)
+    check_supported(snap, source_file)
     for key in ("rcutfac", "rfac0", "twojmax", "radelem", "wj"):
         if key not in snap:
-            raise InputError(f"the posterior's SNAP parameters have no '{key}'", key=key)
+            raise InputError(f"the posterior's SNAP parameters have no '{key}'", file=source_file,
+                             section="BISPECTRUM", key=key)
     model = posterior if isinstance(posterior, LinearSnapModel) else \
         LinearSnapModel(posterior, source, nsamples, seed)
     nel = len(model.elements)

@@ -50,6 +50,7 @@ from fitsnap_uq.errors import InputError
 from fitsnap_uq.posterior import Posterior
 from lammps_hooks.flagging import Frame, QueryStore
 from lammps_hooks.parallel import mpi_max, mpi_min
+from lammps_hooks.snap_params import check_chem_order, check_supported, compute_args
 from lammps_hooks.uq_math import CoefficientSpread
 from lammps_hooks.uq_model import LinearSnapModel, UQModel
 
@@ -82,7 +83,7 @@ class SnapUQHook:
             of the fitsnap-uq plugin, B and its gradients in one pass, about half the cost; the
             plugin must be loaded in ``lmp`` or built in :func:`lammps_hooks.native.default_outdir`),
             ``lammps`` (``compute sna/atom`` and ``compute snad/atom``), or ``auto`` (``native``
-            when the plugin is there and the SNAP is linear, else ``lammps``). Same numbers.
+            when the plugin is there, else ``lammps``). Same numbers.
     """
 
     def __init__(self, lmp: Any, model: UQModel | Posterior, every: int = 10, forces: bool = True,
@@ -179,23 +180,21 @@ class SnapUQHook:
                              f"({elements}); pass the element of each type (as in pair_coeff)")
         unknown = [e for e in elements if e not in known]
         if unknown:
-            raise InputError(f"elements {unknown} are not in the posterior ({known})")
+            raise InputError(f"elements {unknown} are not in the posterior ({known})",
+                             file=self._model_file())
+        check_supported(self.model.snap, self._model_file())
+        check_chem_order(self.model.snap, known, elements, self._model_file(),
+                         "pair_coeff")
         self.type_elements = elements
         self.type_to_element = np.array([known.index(e) for e in elements])
 
+    def _model_file(self) -> str | None:
+        """The file the model was read from (for messages), if it knows."""
+        return getattr(getattr(self.model, "posterior", None), "path", None) or \
+            getattr(self.model, "path", None)
+
     def _descriptor_args(self) -> str:
-        s = self.model.snap
-        if int(s.get("chemflag", 0)):
-            raise InputError("explicit multi-element SNAP (chemflag 1) is not supported by the hook yet")
-        nel = len(self.model.elements)
-        radelem = s["radelem"] if isinstance(s["radelem"], list) else [s["radelem"]] * nel
-        wj = s["wj"] if isinstance(s["wj"], list) else [s["wj"]] * nel
-        rad = " ".join(str(radelem[i]) for i in self.type_to_element)
-        wjs = " ".join(str(wj[i]) for i in self.type_to_element)
-        opts = (f"rmin0 {s['rmin0']} bzeroflag {int(s['bzeroflag'])} quadraticflag "
-                f"{int(s['quadraticflag'])} switchflag {int(s.get('switchflag', 1))} "
-                f"bnormflag {int(s.get('bnormflag', 0))} wselfallflag {int(s.get('wselfallflag', 0))}")
-        return f"{s['rcutfac']} {s['rfac0']} {s['twojmax']} {rad} {wjs} {opts}"
+        return compute_args(self.model.snap, len(self.model.elements), self.type_to_element)
 
     def define_variables(self) -> None:
         """Define the global internal variables (possible before the box exists, so an input script's
@@ -229,11 +228,6 @@ class SnapUQHook:
     def _native_available(self) -> bool:
         """Whether to use ``compute snap/uq/atom`` (see ``descriptors``); loads the built plugin."""
         if self.descriptor_source == "lammps":
-            return False
-        quadratic = bool(int(self.model.snap.get("quadraticflag", 0)))
-        if quadratic:
-            if self.descriptor_source == "native":
-                raise InputError("descriptors='native' supports linear SNAP only (quadraticflag 0)")
             return False
         if not self.lmp.has_style("compute", "snap/uq/atom"):
             from lammps_hooks.native import PLUGIN_NAME, default_outdir
@@ -347,7 +341,7 @@ class SnapUQHook:
             raise InputError(f"the posterior does not match the running snap pair style: its mean "
                              f"coefficients give a SNAP energy of {ours:.10g} eV, the pair style "
                              f"{theirs:.10g} eV (relative difference {rel:.2e}); use the .snapcoeff/"
-                             ".snapparam written with this posterior")
+                             ".snapparam written with this posterior", file=self._model_file())
         return rel
 
     def _elements_of_local(self, nlocal: int) -> np.ndarray:

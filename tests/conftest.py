@@ -199,3 +199,38 @@ def built_plugin(tmp_path_factory) -> Path:
     from lammps_hooks.native import build_plugin
 
     return build_plugin(tmp_path_factory.mktemp("plugin"))
+
+
+def predicted_on(lmp, post) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per-atom energy and force sigma (atom-id order; eV, eV/A) and the total-energy sigma (eV) of the
+    configuration in ``lmp`` (box, atoms and snap pair style defined), from ``Posterior.predict`` on its
+    descriptor rows (LAMMPS' sna/atom and snad/atom, serial). With ``pair_style snap`` alone, checks first
+    that the rows reproduce its per-atom energies and forces, so the rows' layout is LAMMPS' (in
+    ``hybrid/overlay`` the hook's check of the snap energy is what there is). Closes ``lmp``."""
+    from lammps_hooks.snap_uq import SnapUQHook
+    from lammps_hooks.uq_math import energy_rows, force_rows
+
+    lmp.command("compute predicted_pe all pe/atom")
+    hook = SnapUQHook(lmp, post, every=1, descriptors="lammps").attach()
+    lmp.command("run 0")
+    n = lmp.get_natoms()
+    b, d = (np.array(a) for a in hook.descriptor_arrays(n))
+    types = np.array(lmp.numpy.extract_atom("type"))[:n]
+    ids = np.array(lmp.numpy.extract_atom("id"))[:n]
+    f = np.array(lmp.numpy.extract_atom("f"))[:n]
+    pe = np.array(lmp.numpy.extract_compute("predicted_pe", 1, 1))[:n]
+    snap_alone = lmp.extract_global("pair_style") == "snap"
+    lmp.close()
+    nelem = len(post.elements)
+    x = energy_rows(b, hook.type_to_element[types - 1], nelem, post.block_size)
+    fr = force_rows(d, hook.type_to_element, nelem, post.block_size)
+    if snap_alone:
+        np.testing.assert_allclose(x @ post.mean, pe, rtol=1e-10)
+        np.testing.assert_allclose(fr @ post.mean, f, rtol=0, atol=1e-10 * np.abs(f).max())
+    _, estd = post.predict(x)
+    _, fcomp = post.predict(fr.reshape(-1, post.n_coefficients))
+    fstd = np.sqrt(np.sum(fcomp.reshape(n, 3) ** 2, axis=1))
+    _, pe_std = post.predict(x.sum(axis=0)[None, :])
+    order = np.argsort(ids)
+    assert np.all(fstd > 1e-6) and np.ptp(fstd) > 0  # off the lattice: not round-off
+    return estd[order], fstd[order], float(pe_std[0])

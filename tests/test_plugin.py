@@ -207,6 +207,13 @@ SNAP_OPTIONS = {
     "2J=8 bzero": "4.2 0.99363 8 0.5 0.45 1.0 0.8 rmin0 0.0 bzeroflag 1 switchflag 1",
     "rmin0 bnorm": "4.2 0.95 5 0.5 0.45 1.0 0.8 rmin0 0.3 bzeroflag 1 bnormflag 1",
     "no switch": "4.0 0.99 4 0.5 0.45 1.0 0.8 switchflag 0 bzeroflag 0",
+    # explicit multi-element SNAP: element-resolved densities, Z and B (2 elements: 8 x 14 components)
+    "chem bnorm": "4.2 0.99363 4 0.5 0.45 1.0 0.8 bzeroflag 1 bnormflag 1 chem 2 0 1",
+    "chem types swapped": "4.2 0.99363 4 0.5 0.45 1.0 0.8 rmin0 0.2 bzeroflag 0 bnormflag 0 chem 2 1 0",
+    "chem wselfall": "4.2 0.99363 3 0.5 0.45 1.0 0.8 bzeroflag 1 bnormflag 1 wselfallflag 1 chem 2 0 1",
+    "chem one element": "4.2 0.99363 4 0.5 0.45 1.0 0.8 bzeroflag 1 bnormflag 1 chem 1 0 0",
+    "quadratic": "4.2 0.99363 4 0.5 0.45 1.0 0.8 bzeroflag 1 quadraticflag 1",
+    "quadratic chem": "4.0 0.99363 2 0.5 0.45 1.0 0.8 quadraticflag 1 bnormflag 1 chem 2 0 1",
 }
 # 54 atoms, two types at random, displaced off the bcc lattice
 BINARY_CELL = """
@@ -234,7 +241,8 @@ write_dump all custom descriptors.txt id c_one[*] c_energy[*] c_sna[*] c_snad[*]
 
 
 def descriptor_columns(path: Path) -> tuple[np.ndarray, ...]:
-    """(B and D of snap/uq/atom, B of snap/uq/atom forces no, B of sna/atom, D of snad/atom)."""
+    """(B and D of snap/uq/atom, B of snap/uq/atom forces no, B of sna/atom, D of snad/atom); B is
+    every per-atom value of sna/atom (with quadraticflag, the products of the components too)."""
     rows = np.loadtxt(path, skiprows=9)[:, 1:]
     ncoeff = rows.shape[1] // 15  # [B | 2 types x 3 x ncoeff] + B + B + 2 x 3 x ncoeff
     one, rest = rows[:, :7 * ncoeff], rows[:, 7 * ncoeff:]
@@ -254,9 +262,10 @@ def test_compute_snap_uq_atom_equals_sna_and_snad_atom(plugin, options, tmp_path
 
 
 @pytest.mark.mpi
-def test_compute_snap_uq_atom_under_mpirun(plugin, tmp_path):
+@pytest.mark.parametrize("options", ["Ta example", "chem bnorm", "quadratic"])
+def test_compute_snap_uq_atom_under_mpirun(plugin, options, tmp_path):
     """Under domain decomposition the ghost atoms' force rows go back to their owners."""
-    proc = run_lmp(DESCRIPTOR_SCRIPT.format(plugin=plugin, args=SNAP_OPTIONS["Ta example"]), tmp_path,
+    proc = run_lmp(DESCRIPTOR_SCRIPT.format(plugin=plugin, args=SNAP_OPTIONS[options]), tmp_path,
                    ranks=2)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "by 2 MPI" in proc.stdout, proc.stdout[:2000]
@@ -375,6 +384,34 @@ def test_refuses_a_posterior_that_is_not_the_pair_style(plugin, ta_stem, tmp_pat
     proc = run_lmp(script, tmp_path)
     assert proc.returncode != 0
     assert "does not match the running snap pair style" in proc.stdout + proc.stderr
+
+
+def test_posterior_file_of_another_element_is_refused(plugin, ta_stem, tmp_path):
+    """Issue 19: a .uq file that says W for the Ta potential (same coefficients: the energy check
+    passes) would label flagged frames W. The fix takes each type's element from the snap pair_coeff
+    and refuses the file, naming it; fitsnap-uq md refuses the posterior likewise."""
+    post = posterior_of(ta_stem)
+    w = Posterior(post.mean, post.cov, ["W"], post.snap)
+    uq = write_plugin_posterior(w, tmp_path / "W.uq")
+    assert "elements 1 W" in uq.read_text()
+    setup = SETUP.format(stem=ta_stem)
+    for fix, message in ((f"fix uq all snap/uq 5 {uq}", f"atom type 1 is element Ta (snap pair_coeff), "
+                                                           f"which is not in posterior file {uq}"),
+                         (f"fix uq all snap/uq 5 {uq} elements W",
+                          "'elements' gives atom type 1 as W, but the snap pair_coeff maps it to Ta")):
+        proc = run_lmp(f"plugin load {plugin}\n" + setup + fix + "\nrun 0\n", tmp_path)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0 and message in out, out[-1500:]
+    # before the snap pair_coeff the fix cannot know the elements
+    early = setup.replace(f"pair_coeff * * snap {ta_stem}.snapcoeff", f"fix uq all snap/uq 5 {uq}\n"
+                          f"pair_coeff * * snap {ta_stem}.snapcoeff")
+    proc = run_lmp(f"plugin load {plugin}\n" + early, tmp_path)
+    assert proc.returncode != 0 and "must come after the pair_coeff command" in proc.stdout + proc.stderr
+    path = w.save(tmp_path / "W.posterior.npz")
+    (tmp_path / "in.md").write_text(setup + "run 0\n")
+    proc = run_cli(["md", "in.md", "--posterior", str(path)], cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"file {path}" in proc.stderr and "elements ['Ta'] are not in the posterior" in proc.stderr
 
 
 @pytest.mark.parametrize("edit, message", [

@@ -1,23 +1,27 @@
-"""Two elements at their real size: a BAYES fit of the W-Be DFT data (predictive model of new
+"""Two elements at their real size: BAYES fits of the W-Be DFT data (predictive model of new
 configurations included), then the per-atom and per-configuration sigma of an MD configuration from
 the Python hook and from the native plugin, both under ``mpirun -np 2``, against
-``Posterior.predict`` on that configuration's descriptor rows (slow: the fit takes about a minute)."""
+``Posterior.predict`` on that configuration's descriptor rows (slow: a fit takes one to two minutes).
+
+Three potentials: the published linear SNAP (2J = 8, all groups); explicit multi-element SNAP
+(``chemflag = 1``, ``bnormflag = 1``, 2J = 6: 240 coefficients per element) and quadratic SNAP
+(``quadraticflag = 1``, 2J = 4: 119 per element), both on a subset of the groups (W, Be and W-Be
+structures, 1,000 configurations, about 16,000 atoms) to keep the memory and the time of the fit small."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, predicted_on, run_cli
 from test_plugin import run_lmp
 
 from fitsnap_uq.posterior import Posterior
 from lammps_hooks.native import write_plugin_posterior
-from lammps_hooks.snap_uq import SnapUQHook
-from lammps_hooks.uq_math import energy_rows, force_rows
 
 SHARED_WBE = ROOT.parent / "shared" / "data" / "WBe_PRB2019_subset"
 RTOL = 1e-8
@@ -46,47 +50,75 @@ pair_coeff * * snap {stem}.snapcoeff {stem}.snapparam W Be
 DUMP = "write_dump all custom peratom.txt id {cols} modify sort id format float %.17g\n"
 
 
-@pytest.fixture(scope="module")
-def wbe_stem(tmp_path_factory) -> Path:
-    dest = tmp_path_factory.mktemp("wbe") / "WBe"
+GROUPS = ("DFT_MD_1000K", "DFT_MD_300K", "EOS", "EOS_BCC", "EOS_Data", "EOS_FCC", "EOS_HCP",
+          "Elast_BCC_Vol", "ElasticDeform_Shear", "ElasticDeform_Vol", "Divacancy", "gamma_surface",
+          "surface", "DFTMD_300K", "Disordered_Struc", "slice_sample")
+"""The groups of the chemflag and quadratic fits: pure W, pure Be and W-Be configurations."""
+VARIANTS = {
+    "linear": {},
+    "chemflag": {"twojmax": "6 6", "chemflag": "1", "bnormflag": "1"},
+    "quadratic": {"twojmax": "4 4", "quadraticflag": "1"},
+}
+
+
+def wbe_input(text: str, variant: str) -> str:
+    """The published W-Be input with solver BAYES; for a variant, its [BISPECTRUM] values and the
+    subset of groups :data:`GROUPS`."""
+    text = text.replace("solver = SVD", "solver = BAYES")
+    values = dict(VARIANTS[variant])
+    if not values:
+        return text
+    lines = []
+    in_groups = False
+    for line in text.splitlines():
+        key = line.split("=")[0].strip()
+        if line.startswith("["):
+            in_groups = line.strip() == "[GROUPS]"
+        if "=" in line and key in values:
+            line = f"{key} = {values.pop(key)}"
+        elif in_groups and "=" in line and key not in GROUPS and not key.startswith(
+                ("group_", "smartweights", "random_sampling")):
+            continue
+        lines.append(line)
+    at = lines.index("[BISPECTRUM]") + 1
+    lines[at:at] = [f"{k} = {v}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def wbe_fit(request, tmp_path_factory) -> tuple[str, Path]:
+    """(variant, stem of its fit)."""
+    dest = tmp_path_factory.mktemp(f"wbe_{request.param}") / "WBe"
     shutil.copytree(SHARED_WBE, dest, ignore=shutil.ignore_patterns("full_data_reference_fit"))
     for p in [dest, *dest.rglob("*")]:
         p.chmod(p.stat().st_mode | 0o200)
-    text = (dest / "WBe-example.in").read_text().replace("solver = SVD", "solver = BAYES")
+    text = wbe_input((dest / "WBe-example.in").read_text(), request.param)
     (dest / "WBe-example.in").write_text(text)
+    if request.param != "linear":
+        assert set(re.findall(r"^(\w+)\s+=\s+1\.0 0\.0", text, re.M)) == set(GROUPS)
     proc = run_cli(["fit", "WBe-example.in", "--overwrite"], cwd=dest, mpi=2, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return dest / "WBe_pot"
+    post = Posterior.load(dest / "WBe_pot.posterior.npz")
+    for key, value in VARIANTS[request.param].items():
+        if key != "twojmax":
+            assert int(post.snap[key]) == int(value), key
+    return request.param, dest / "WBe_pot"
 
 
 def predicted(stem: Path) -> tuple[np.ndarray, np.ndarray, float]:
     """Per-atom energy and force sigma and the total-energy sigma of the configuration, from
-    ``Posterior.predict`` on its descriptor rows (LAMMPS' sna/atom and snad/atom, serial)."""
+    ``Posterior.predict`` on its descriptor rows (:func:`conftest.predicted_on`)."""
     from fitsnap_uq.compat import import_lammps
 
     post = Posterior.load(f"{stem}.posterior.npz")
     assert post.model_error is not None and post.elements == ["W", "Be"]
     lmp = import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none"])
     lmp.commands_string(SETUP.format(stem=stem))
-    hook = SnapUQHook(lmp, post, every=1, descriptors="lammps").attach()
-    lmp.command("run 0")
-    n = lmp.get_natoms()
-    b, d = (np.array(a) for a in hook.descriptor_arrays(n))
-    types = np.array(lmp.numpy.extract_atom("type"))[:n]
-    ids = np.array(lmp.numpy.extract_atom("id"))[:n]
-    lmp.close()
-    x = energy_rows(b, hook.type_to_element[types - 1], 2, post.block_size)
-    fr = force_rows(d, hook.type_to_element, 2, post.block_size)
-    _, estd = post.predict(x)
-    _, fcomp = post.predict(fr.reshape(-1, post.n_coefficients))
-    fstd = np.sqrt(np.sum(fcomp.reshape(n, 3) ** 2, axis=1))
-    _, pe = post.predict(x.sum(axis=0)[None, :])
-    order = np.argsort(ids)
-    assert np.all(fstd > 0) and np.ptp(fstd) > 0
-    return estd[order], fstd[order], float(pe[0])
+    return predicted_on(lmp, post)
 
 
-def test_hook_and_plugin_equal_posterior_predict_under_mpirun(wbe_stem, built_plugin, tmp_path):
+def test_hook_and_plugin_equal_posterior_predict_under_mpirun(wbe_fit, built_plugin, tmp_path):
+    variant, wbe_stem = wbe_fit
     estd, fstd, pe_std = predicted(wbe_stem)
     # The Python hook, fitsnap-uq md under mpirun -np 2.
     folder = tmp_path / "hook"
@@ -113,5 +145,5 @@ def test_hook_and_plugin_equal_posterior_predict_under_mpirun(wbe_stem, built_pl
                             ("plugin estd", plugin[:, 1], estd), ("plugin fstd", plugin[:, 2], fstd),
                             ("hook pe_std", [hook_pe], [pe_std]), ("plugin pe_std", [plugin_pe], [pe_std])):
         rel = np.max(np.abs(np.asarray(got) - want) / np.abs(want))
-        print(f"{name} vs Posterior.predict: max relative difference {rel:.2e}")
+        print(f"[W-Be {variant}] {name} vs Posterior.predict: max relative difference {rel:.2e}")
         np.testing.assert_allclose(got, want, rtol=RTOL)

@@ -33,6 +33,9 @@ from fitsnap_uq.errors import NumericalError
 from fitsnap_uq.linear.threads import limited
 
 PRIORS = ("none", "isotropic", "ard")
+DUPLICATE_TOL = 1e-9
+"""Two descriptor columns are the same (up to sign) when their weighted rows, each scaled to unit
+norm, differ by less than this (the round-off of the QR factor is ~1e-15 of it)."""
 
 
 @dataclass
@@ -127,6 +130,39 @@ def merge_stats(stats: list[ClassStats]) -> ClassStats:
                       rho2=float(r_aug[p, p] ** 2 + sum(s.rho2 for s in stats)), n=n, wref2=wref2)
 
 
+def duplicate_columns(r: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ``candidates`` columns of the data (given by a factor ``r`` (k, p) with Gram
+    ``r^T r = A^T W^2 A``) that equal +- an earlier candidate column on every row, to
+    :data:`DUPLICATE_TOL` relative: (p,) the earlier column of each (-1 where none) and (p,) the sign
+    (column j = sign[j] * column rep[j]).
+
+    Explicit multi-element SNAP (``chemflag = 1``) has such columns by construction (e.g. with j1 = j2
+    the components of element triples (e1, e2, e3) and (e2, e1, e3) agree). The data cannot tell the
+    coefficients of such a pair apart (only ``theta_rep + sign * theta_dup`` enters any prediction);
+    with both in the fit the posterior covariance has exact null directions of the data, along which
+    its spread is the prior's alone, and whose conditioning no Cholesky factor survives.
+    """
+    p = r.shape[1]
+    rep = np.full(p, -1)
+    sign = np.ones(p)
+    cols = np.flatnonzero(candidates)
+    if cols.size < 2:
+        return rep, sign
+    u = r[:, cols]
+    norms = np.linalg.norm(u, axis=0)
+    live = norms > 0
+    u = u[:, live] / norms[live]
+    cols = cols[live]
+    gram = u.T @ u
+    for i, j in np.argwhere(np.triu(np.abs(gram) > 1.0 - 1e-8, k=1)):  # i < j, by i then j
+        if rep[cols[j]] >= 0 or rep[cols[i]] >= 0:  # j already tied; or i is, and so is j to i's rep
+            continue
+        sg = 1.0 if gram[i, j] > 0 else -1.0
+        if np.linalg.norm(u[:, j] - sg * u[:, i]) <= DUPLICATE_TOL:
+            rep[cols[j]], sign[cols[j]] = cols[i], sg * norms[live][j] / norms[live][i]
+    return rep, sign
+
+
 @dataclass
 class BayesResult:
     """Outcome of :func:`fit_bayes` (arrays over the p columns given to it).
@@ -138,9 +174,13 @@ class BayesResult:
         beta: (K,) noise precisions of the weighted rows, one per class.
         noise_var: {class: physical noise variance}, ``wref2 / beta``.
         log_evidence: log marginal likelihood at the optimum (None for an improper prior).
-        active: (p,) bool, columns that enter the fit (all-zero columns are left out: mean 0, var 0).
+        active: (p,) bool, columns that enter the fit (all-zero columns and duplicates are left out:
+            mean 0, var 0).
         iterations, converged, message: optimizer report.
         history: log evidence per iteration.
+        ties: the duplicate columns left out, ``(column, its earlier column, factor)``: column =
+            factor * earlier column on every row, so ``theta_earlier`` stands for
+            ``theta_earlier + factor * theta_column`` (:func:`duplicate_columns`).
     """
 
     mean: np.ndarray
@@ -154,6 +194,7 @@ class BayesResult:
     converged: bool
     message: str
     history: list[float] = field(default_factory=list)
+    ties: list[tuple[int, int, float]] = field(default_factory=list)
 
 
 @limited(_stats_cols)
@@ -213,6 +254,9 @@ def fit_bayes(stats: dict[str, ClassStats], prior: str = "isotropic", max_iter: 
 
     Returns:
         A :class:`BayesResult`; ``converged`` False with ``message`` if ``max_iter`` was reached.
+        Columns the data leave at zero, and penalized columns that are a multiple of an earlier one
+        (:func:`duplicate_columns`; ``ties`` lists them), are left out of the fit: mean 0, variance 0,
+        the earlier column carries the pair, which is all any prediction sees.
     """
     if prior not in PRIORS:
         raise ValueError(f"prior must be one of {PRIORS}, not {prior!r}")
@@ -222,10 +266,13 @@ def fit_bayes(stats: dict[str, ClassStats], prior: str = "isotropic", max_iter: 
     # Columns no class touches (all-zero descriptors) are left out of the fit.
     colnorm = np.sqrt(sum(np.sum(s.r**2, axis=0) for s in st_all))
     active = colnorm > 1e-300
+    flat_all = np.zeros(p, dtype=bool) if unpenalized is None else np.asarray(unpenalized, bool)
+    rep, factor = duplicate_columns(merge_stats(st_all).r, active & ~flat_all)
+    active &= rep < 0
     q = int(active.sum())
     if q == 0:
         raise NumericalError("every descriptor column is zero: nothing to fit")
-    flat = np.zeros(q, dtype=bool) if unpenalized is None else np.asarray(unpenalized, bool)[active]
+    flat = flat_all[active]
     pen = ~flat
     st = st_all
     if q < p:
@@ -313,4 +360,5 @@ def fit_bayes(stats: dict[str, ClassStats], prior: str = "isotropic", max_iter: 
     noise_var = {name: s.wref2 / b for name, s, b in zip(names, st, beta)}
     return BayesResult(mean=full_mean, cov=full_cov, alpha=full_alpha, beta=beta, noise_var=noise_var,
                        log_evidence=logev, active=active, iterations=iterations, converged=converged,
-                       message=message, history=history)
+                       message=message, history=history,
+                       ties=[(int(j), int(rep[j]), float(factor[j])) for j in np.flatnonzero(rep >= 0)])

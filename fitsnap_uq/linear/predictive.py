@@ -40,6 +40,11 @@ from scipy.optimize import minimize, minimize_scalar
 from fitsnap_uq.linear.threads import limited
 
 QUANTITIES = ("Energy", "Force", "Stress")
+NULL_COLUMN = 1e-10
+"""A column whose RMS over the rows is below this fraction of the largest column's is numerically
+zero (round-off of a direction the rows do not reach: ~1e-16 relative; the weakest directions the
+rows do reach were above 4e-5 relative in the Ta and the two-element chemflag fits we checked) and gets
+no model error."""
 SHARED = ("Energy", "Force")
 """Quantities whose rows train the model error; the others (stresses, which FitSNAP inputs often
 weight out) get only a floor of their own."""
@@ -138,7 +143,11 @@ def _fit_shared(a: np.ndarray, resid: np.ndarray, post_var: np.ndarray, row_type
         seed: seed of the low-rank part's starting point.
 
     Returns:
-        A :class:`PredictiveModel`. Columns that are zero in every row get no model error.
+        A :class:`PredictiveModel`. Columns that are zero in every row, or numerically zero (RMS over
+        the rows below :data:`NULL_COLUMN` times the largest column's), get no model error: the data
+        cannot see them, so their variance is not determined and, unbounded, it would turn the
+        round-off of new rows along them into any std (the differences of the duplicate columns of
+        explicit multi-element SNAP are such directions).
     """
     a = np.asarray(a, dtype=float)
     r2 = np.asarray(resid, dtype=float) ** 2
@@ -154,11 +163,12 @@ def _fit_shared(a: np.ndarray, resid: np.ndarray, post_var: np.ndarray, row_type
     counts = np.bincount(qidx, minlength=len(quants)).astype(float)
     weight = (n / (len(quants) * counts))[qidx] if balance else np.ones(n)
     weight /= weight.sum()
-    live = np.any(a != 0, axis=0)
+    rms = np.sqrt(np.mean(a**2, axis=0))
+    live = rms > NULL_COLUMN * float(rms.max()) if rms.size else np.zeros(0, dtype=bool)
     # Scale-free coordinates: each quantity's residuals in units of its RMS (a row's variance is
     # divided by ms_q), each column in units of its RMS over the rows.
     ms = np.array([max(float(np.mean(r2[qidx == j])), 1e-300) for j in range(len(quants))])
-    col = np.sqrt(np.maximum(np.mean(a[:, live] ** 2, axis=0), 1e-300))
+    col = rms[live]
     rs = 1.0 / np.sqrt(ms[qidx])
     at = a[:, live] / col * rs[:, None]  # (n, q) scaled rows, row-scaled by 1/rms_q
     at2 = at**2

@@ -4,11 +4,14 @@
    compute ID group snap/uq/atom rcutfac rfac0 twojmax R_1 .. R_ntypes w_1 .. w_ntypes keyword value ...
 
    The arguments and keywords of LAMMPS' compute sna/atom (rmin0, switchflag, bzeroflag, bnormflag,
-   wselfallflag; quadraticflag 0 and chemflag 0 only), plus `forces yes|no` (default yes).
-   Per-atom array, ncoeff + 3 * ntypes * ncoeff columns (ncoeff only with forces no):
-     columns 1 .. ncoeff: B_i, as compute sna/atom;
-     then the force rows, as compute snad/atom: column ncoeff + (t * 3 + c) * ncoeff + k holds
-     -d(sum over atoms i of type t+1 of B_ik) / d r_jc, so that a linear SNAP's force is D . beta.
+   wselfallflag, quadraticflag, chem NELEM map_1 .. map_ntypes; not switchinnerflag), plus
+   `forces yes|no` (default yes). With nvalues = ncoeff (+ ncoeff (ncoeff + 1) / 2 with quadraticflag),
+   a per-atom array of nvalues + 3 * ntypes * nvalues columns (nvalues only with forces no):
+     columns 1 .. nvalues: as compute sna/atom (B_i, then 0.5 B_ik^2 and B_ik B_il, l > k, row by row);
+     then the force rows, as compute snad/atom: column nvalues + (t * 3 + c) * nvalues + k holds
+     -d(sum over atoms i of type t+1 of value k of i) / d r_jc, so that a linear SNAP's force is D . beta.
+   With chem, the neighbours' elements resolve the components (explicit multi-element SNAP, see
+   snap_bispectrum.h), map_t being the element (0 .. NELEM - 1) of type t.
    One pass over the neighbours computes both, where compute sna/atom and compute snad/atom each build
    the atoms' densities and Z again; the numbers equal theirs to rounding (tests/test_plugin.py). */
 
@@ -32,7 +35,8 @@ using namespace LAMMPS_NS;
 /* ---------------------------------------------------------------------- */
 
 ComputeSnapUQAtom::ComputeSnapUQAtom(LAMMPS *lmp, int narg, char **arg) :
-    Compute(lmp, narg, arg), ncoeff(0), forces(1), nmax(0), ncols(0), values(nullptr), list(nullptr)
+    Compute(lmp, narg, arg), ncoeff(0), nvalues(0), quadraticflag(0), forces(1), nmax(0), ncols(0),
+    values(nullptr), list(nullptr)
 {
   const int ntypes = atom->ntypes;
   if (narg < 6 + 2 * ntypes)
@@ -51,30 +55,49 @@ ComputeSnapUQAtom::ComputeSnapUQAtom(LAMMPS *lmp, int narg, char **arg) :
   }
 
   double rmin0 = 0.0;
-  int switchflag = 1, bzeroflag = 1, bnormflag = 0;
+  int switchflag = 1, bzeroflag = 1, bnormflag = 0, wselfallflag = 0, nelem = 1;
+  elem.assign(ntypes + 1, 0);
   int iarg = 6 + 2 * ntypes;
   while (iarg < narg) {
     const std::string key = arg[iarg];
     if (iarg + 2 > narg) error->all(FLERR, "compute snap/uq/atom: keyword {} needs a value", key);
     const char *value = arg[iarg + 1];
+    if (key == "chem") {
+      if (iarg + 2 + ntypes > narg)
+        error->all(FLERR, "compute snap/uq/atom: chem needs the number of elements and the element "
+                          "(0-based) of each of the {} atom types", ntypes);
+      nelem = utils::inumeric(FLERR, value, false, lmp);
+      if (nelem < 1) error->all(FLERR, "compute snap/uq/atom: chem needs at least one element");
+      for (int t = 1; t <= ntypes; t++) {
+        elem[t] = utils::inumeric(FLERR, arg[iarg + 1 + t], false, lmp);
+        if (elem[t] < 0 || elem[t] >= nelem)
+          error->all(FLERR, "compute snap/uq/atom: chem: element {} of atom type {} is not in 0 .. {}",
+                     elem[t], t, nelem - 1);
+      }
+      iarg += 2 + ntypes;
+      continue;
+    }
     if (key == "rmin0") rmin0 = utils::numeric(FLERR, value, false, lmp);
     else if (key == "switchflag") switchflag = utils::inumeric(FLERR, value, false, lmp);
     else if (key == "bzeroflag") bzeroflag = utils::inumeric(FLERR, value, false, lmp);
     else if (key == "bnormflag") bnormflag = utils::inumeric(FLERR, value, false, lmp);
-    else if (key == "wselfallflag") utils::inumeric(FLERR, value, false, lmp);    // one element: no effect
+    else if (key == "wselfallflag") wselfallflag = utils::inumeric(FLERR, value, false, lmp);
+    else if (key == "quadraticflag") quadraticflag = utils::inumeric(FLERR, value, false, lmp);
     else if (key == "forces") forces = utils::logical(FLERR, value, false, lmp);
-    else if (key == "quadraticflag" || key == "chemflag" || key == "switchinnerflag") {
+    else if (key == "switchinnerflag") {
       if (utils::inumeric(FLERR, value, false, lmp) != 0)
-        error->all(FLERR, "compute snap/uq/atom: {} 1 is not supported (use compute sna/atom and "
-                          "compute snad/atom)", key);
+        error->all(FLERR, "compute snap/uq/atom: switchinnerflag 1 is not supported (use compute "
+                          "sna/atom and compute snad/atom)");
     } else
       error->all(FLERR, "compute snap/uq/atom: unknown keyword {}", key);
     iarg += 2;
   }
 
   kernel = std::make_unique<fitsnap_uq::SnapBispectrum>(twojmax, rfac0, rmin0, switchflag != 0,
-                                                        bzeroflag != 0, bnormflag != 0);
+                                                        bzeroflag != 0, bnormflag != 0, nelem,
+                                                        wselfallflag != 0);
   ncoeff = kernel->ncoeff();
+  nvalues = ncoeff + (quadraticflag ? ncoeff * (ncoeff + 1) / 2 : 0);
   cutsq.assign(ntypes + 1, std::vector<double>(ntypes + 1, 0.0));
   cutmax = 0.0;
   for (int i = 1; i <= ntypes; i++)
@@ -84,10 +107,10 @@ ComputeSnapUQAtom::ComputeSnapUQAtom(LAMMPS *lmp, int narg, char **arg) :
       cutmax = std::max(cutmax, cut);
     }
 
-  ncols = ncoeff + (forces ? 3 * ntypes * ncoeff : 0);
+  ncols = nvalues + (forces ? 3 * ntypes * nvalues : 0);
   peratom_flag = 1;
   size_peratom_cols = ncols;
-  comm_reverse = forces ? 3 * ntypes * ncoeff : 0;
+  comm_reverse = forces ? 3 * ntypes * nvalues : 0;
   dbdr.assign(3 * ncoeff, 0.0);
 }
 
@@ -134,8 +157,6 @@ void ComputeSnapUQAtom::compute_peratom()
   double **x = atom->x;
   const int *type = atom->type;
   const int *mask = atom->mask;
-  const int dcols = 3 * ncoeff;
-
   for (int ii = 0; ii < list->inum; ii++) {
     const int i = list->ilist[ii];
     if (!(mask[i] & groupbit)) continue;
@@ -150,21 +171,46 @@ void ComputeSnapUQAtom::compute_peratom()
       const double rsq = dx * dx + dy * dy + dz * dz;
       const int jtype = type[j];
       if (rsq < cutsq[itype][jtype] && rsq > 1e-20) {
-        kernel->add_neighbor(dx, dy, dz, (radelem[itype] + radelem[jtype]) * rcutfac, wjelem[jtype]);
+        kernel->add_neighbor(dx, dy, dz, (radelem[itype] + radelem[jtype]) * rcutfac, wjelem[jtype],
+                             elem[jtype]);
         neighbors.push_back(j);
       }
     }
-    kernel->compute(values[i]);
+    double *bi = values[i];
+    kernel->compute(bi, elem[itype]);
+    if (quadraticflag) {    // 0.5 B_k^2, then B_k B_l (l > k), row by row
+      double *q = bi + ncoeff;
+      for (int k = 0; k < ncoeff; k++) {
+        *q++ = 0.5 * bi[k] * bi[k];
+        for (int l = k + 1; l < ncoeff; l++) *q++ = bi[k] * bi[l];
+      }
+    }
     if (!forces) continue;
-    // d B_i / d r_ij goes to i (+) and to j (-), in the block of i's type
-    const int offset = ncoeff + (itype - 1) * dcols;
+    // d(values of i) / d r_ij goes to i (+) and to j (-), in the block of i's type
+    const int offset = nvalues + (itype - 1) * 3 * nvalues;
     double *di = values[i] + offset;
     for (int k = 0; k < (int) neighbors.size(); k++) {
       kernel->gradient(k, dbdr.data());
       double *dj = values[neighbors[k]] + offset;
-      for (int c = 0; c < dcols; c++) {
-        di[c] += dbdr[c];
-        dj[c] -= dbdr[c];
+      for (int c = 0; c < 3; c++) {
+        const double *g = dbdr.data() + c * ncoeff;
+        double *ti = di + c * nvalues, *tj = dj + c * nvalues;
+        for (int l = 0; l < ncoeff; l++) {
+          ti[l] += g[l];
+          tj[l] -= g[l];
+        }
+        if (!quadraticflag) continue;
+        int m = ncoeff;
+        for (int a = 0; a < ncoeff; a++) {
+          const double v = bi[a] * g[a];
+          ti[m] += v;
+          tj[m++] -= v;
+          for (int l = a + 1; l < ncoeff; l++) {
+            const double w = bi[a] * g[l] + g[a] * bi[l];
+            ti[m] += w;
+            tj[m++] -= w;
+          }
+        }
       }
     }
   }
@@ -177,7 +223,7 @@ int ComputeSnapUQAtom::pack_reverse_comm(int n, int first, double *buf)
 {
   int m = 0;
   for (int i = first; i < first + n; i++)
-    for (int c = ncoeff; c < ncols; c++) buf[m++] = values[i][c];
+    for (int c = nvalues; c < ncols; c++) buf[m++] = values[i][c];
   return m;
 }
 
@@ -186,7 +232,7 @@ void ComputeSnapUQAtom::unpack_reverse_comm(int n, int *list_in, double *buf)
   int m = 0;
   for (int i = 0; i < n; i++) {
     const int j = list_in[i];
-    for (int c = ncoeff; c < ncols; c++) values[j][c] += buf[m++];
+    for (int c = nvalues; c < ncols; c++) values[j][c] += buf[m++];
   }
 }
 

@@ -24,13 +24,16 @@ class ComputeSnapUQAtom : public Compute {
   void unpack_reverse_comm(int, int *, double *) override;
   double memory_usage() override;
 
-  int ncoeff;    // bispectrum components per atom
-  int forces;    // 1: columns ncoeff .. also hold the force rows
+  int ncoeff;           // bispectrum components per atom
+  int nvalues;          // descriptors per atom: ncoeff, + ncoeff (ncoeff + 1) / 2 with quadraticflag
+  int quadraticflag;    // 1: the quadratic products of the components follow them
+  int forces;           // 1: columns nvalues .. also hold the force rows
 
  private:
   int nmax, ncols;
   double rcutfac, cutmax;
   std::vector<double> radelem, wjelem;    // per type, 1-based
+  std::vector<int> elem;                  // per type, 1-based: element (chem), else 0
   std::vector<std::vector<double>> cutsq;
   double **values;
   class NeighList *list;

@@ -4,10 +4,9 @@
    fix ID group snap/uq N posterior.uq keyword value ...
 
    Every N steps (and at the start of a run on a step that is a multiple of N) the fix evaluates
-   the per-atom descriptors B_i and force rows D_i with the SNAP parameters of the posterior file,
-   in one pass with this plugin's `compute snap/uq/atom` (linear SNAP), or with LAMMPS'
-   `compute sna/atom` and `compute snad/atom` (quadratic SNAP), which it defines, and computes,
-   with Cov(theta) = L L^T from the file:
+   the per-atom descriptors B_i and force rows D_i with the SNAP parameters of the posterior file
+   (linear or quadratic, chemflag 0 or 1), in one pass with this plugin's `compute snap/uq/atom`,
+   which it defines, and computes, with Cov(theta) = L L^T from the file:
      per atom i (f_ID[1], f_ID[2]; dumpable):
        estd_i = sqrt(x_i^T Cov x_i),  x_i = [1, B_i] in the block of i's element   (eV)
        fstd_i = sqrt(trace(D_i Cov D_i^T)), D_i (3, p) the force rows from snad/atom (eV/A)
@@ -23,6 +22,8 @@
 
    Keywords: forces yes|no, measure NAME, flag THRESHOLD FILE.xyz, halt THRESHOLD,
              elements E1 .. Entypes, verify yes|no.
+   The element of each atom type is the one the snap pair_coeff gives it (which must come before the
+   fix); `elements`, if given, must agree with it, and every element must be in the posterior file.
 */
 
 #include "fix_snap_uq.h"
@@ -37,6 +38,7 @@
 #include "force.h"
 #include "memory.h"
 #include "modify.h"
+#include "pair.h"
 #include "timer.h"
 #include "update.h"
 
@@ -57,12 +59,22 @@ static const char *const POSTERIOR_MAGIC = "fitsnap-uq-plugin-posterior";
 static const int POSTERIOR_VERSION = 1;
 static const long MAX_FACTOR_RANK = 100000;    // columns of the factor L (live coefficients or samples)
 
+namespace {
+// The elements that pair_coeff gave the snap pair style (Pair::nelements, elements, map: protected,
+// filled by Pair::map_element2type), read through a class derived from Pair that is never created.
+struct PairElements : public Pair {
+  static int count(Pair *p) { return p->*(&PairElements::nelements); }
+  static char **names(Pair *p) { return p->*(&PairElements::elements); }
+  static int *type_map(Pair *p) { return p->*(&PairElements::map); }
+};
+}    // namespace
+
 /* ---------------------------------------------------------------------- */
 
 FixSnapUQ::FixSnapUQ(LAMMPS *lmp, int narg, char **arg) :
     Fix(lmp, narg, arg), block(0), rank(0), forces(1), measure(FSTD_MAX), flagflag(0), haltflag(0),
     verifyflag(1), flag_above(0.0), halt_above(0.0), flag_fp(nullptr), c_sna(nullptr),
-    c_snad(nullptr), c_pair(nullptr), uq(nullptr), verified(0), have_key(false), last_key(0),
+    c_pair(nullptr), uq(nullptr), verified(0), have_key(false), last_key(0),
     last_step(-1)
 {
   if (narg < 5) error->all(FLERR, "Illegal fix snap/uq command: fix ID group snap/uq N posterior.uq ...");
@@ -70,7 +82,8 @@ FixSnapUQ::FixSnapUQ(LAMMPS *lmp, int narg, char **arg) :
   if (nevery < 1) error->all(FLERR, "fix snap/uq: N must be >= 1, got {}", arg[3]);
   posterior_file = arg[4];
 
-  if (force->pair == nullptr || force->pair_match("snap", 1) == nullptr)
+  Pair *snap = force->pair ? force->pair_match("snap", 1) : nullptr;
+  if (snap == nullptr)
     error->all(FLERR, "fix snap/uq needs pair_style snap (alone or inside hybrid/overlay), "
                       "defined before this fix");
 
@@ -127,54 +140,80 @@ FixSnapUQ::FixSnapUQ(LAMMPS *lmp, int narg, char **arg) :
   if ((measure == FSTD_MAX || measure == FSTD_MEAN) && !forces)
     error->all(FLERR, "fix snap/uq: measure {} needs forces yes", GLOBAL_NAMES[measure]);
 
-  // LAMMPS type -> posterior element
+  // LAMMPS type -> posterior element: the snap pair_coeff's element of each type (types it maps
+  // to NULL from the 'elements' keyword), which must be in the posterior
 
-  if (type_elements.empty()) {
-    if (ntypes != nelem)
-      error->all(FLERR, "fix snap/uq: LAMMPS has {} atom types but posterior {} has {} elements; "
-                        "give the element of each type with 'elements E1 .. E{}'",
-                 ntypes, posterior_file, nelem, ntypes);
-    type_elements = elements;
-  }
+  char **pair_names = PairElements::names(snap);
+  const int *pair_map = PairElements::type_map(snap);
+  const int pair_nelem = PairElements::count(snap);
+  if (pair_names == nullptr || pair_map == nullptr)
+    error->all(FLERR, "fix snap/uq must come after the pair_coeff command of pair_style snap (it "
+                      "reads the element of each atom type from it)");
+  std::vector<std::string> pair_elements(ntypes + 1, "NULL");
+  for (int t = 1; t <= ntypes; t++)
+    if (pair_map[t] >= 0 && pair_map[t] < pair_nelem) pair_elements[t] = pair_names[pair_map[t]];
   type2elem.assign(ntypes + 1, -1);
   for (int t = 1; t <= ntypes; t++) {
-    auto it = std::find(elements.begin(), elements.end(), type_elements[t - 1]);
-    if (it == elements.end())
-      error->all(FLERR, "fix snap/uq: element {} of atom type {} is not in posterior {}",
-                 type_elements[t - 1], t, posterior_file);
+    std::string name = pair_elements[t];
+    if (!type_elements.empty()) {
+      if (name != "NULL" && type_elements[t - 1] != name)
+        error->all(FLERR, "fix snap/uq: 'elements' gives atom type {} as {}, but the snap pair_coeff "
+                          "maps it to {}", t, type_elements[t - 1], name);
+      name = type_elements[t - 1];
+    } else if (name == "NULL")
+      error->all(FLERR, "fix snap/uq: atom type {} is NULL in the snap pair_coeff; give the element of "
+                        "each atom type with 'elements E1 .. E{}'", t, ntypes);
+    auto it = std::find(elements.begin(), elements.end(), name);
+    if (it == elements.end()) {
+      std::string names;
+      for (const auto &e : elements) names += " " + e;
+      error->all(FLERR, "fix snap/uq: atom type {} is element {} (snap pair_coeff{}), which is not in "
+                        "posterior file {} (elements{}): it is not the posterior of this potential",
+                 t, name, type_elements.empty() ? "" : " and 'elements'", posterior_file, names);
+    }
     type2elem[t] = (int) (it - elements.begin());
   }
 
-  // the descriptor computes, with the pair style's parameters for each type (as the hook does)
+  // explicit multi-element SNAP: LAMMPS numbers the elements in their order of first appearance in
+  // pair_coeff, and the descriptor columns were fitted in the posterior's order: the two must agree
 
-  std::string rad, wjs;
+  if (chemflag) {
+    bool same = (pair_nelem == nelem);
+    for (int t = 1; t <= ntypes; t++)
+      if (pair_map[t] >= 0 && pair_map[t] != type2elem[t]) same = false;
+    if (!same) {
+      std::string order, mine;
+      for (int e = 0; e < pair_nelem; e++) order += fmt::format(" {}", pair_names[e]);
+      for (const auto &e : elements) mine += " " + e;
+      error->all(FLERR, "fix snap/uq: posterior file {}: section [BISPECTRUM], key 'chemflag': "
+                        "explicit multi-element SNAP (chemflag 1) numbers the elements in the order "
+                        "they first appear in pair_coeff ({}), and its descriptors were fitted with "
+                        "the posterior's order ({}): number the atom types so that the elements "
+                        "first appear in that order and every element has a type",
+                 posterior_file, utils::trim(order), utils::trim(mine));
+    }
+  }
+
+  // the descriptor compute, with the pair style's parameters for each type (as the hook does)
+
+  std::string rad, wjs, chem;
   for (int t = 1; t <= ntypes; t++) {
     rad += " " + radelem_txt[type2elem[t]];
     wjs += " " + wj_txt[type2elem[t]];
+    chem += fmt::format(" {}", type2elem[t]);
   }
   snap_args = fmt::format("{} {} {}{}{} {}", rcutfac_txt, rfac0_txt, twojmax_txt, rad, wjs, options_txt);
+  if (chemflag) snap_args += fmt::format(" chem {}{}", nelem, chem);
   id_sna = std::string(id) + "_sna";
-  id_snad = std::string(id) + "_snad";
   id_pair = std::string(id) + "_pair";
-  // linear SNAP: B and the force rows in one pass (compute snap/uq/atom of this plugin, B in the
-  // first ncoeff columns, then the snad/atom layout); quadratic SNAP: LAMMPS' two computes
-  onepass = (std::stod(quadratic_txt) == 0.0);
-  if (onepass) {
-    c_sna = modify->add_compute(fmt::format("{} all snap/uq/atom {} forces {}", id_sna, snap_args,
-                                            forces ? "yes" : "no"));
-    c_snad = forces ? c_sna : nullptr;
-    doffset = block - 1;
-  } else {
-    c_sna = modify->add_compute(fmt::format("{} all sna/atom {}", id_sna, snap_args));
-    if (forces) c_snad = modify->add_compute(fmt::format("{} all snad/atom {}", id_snad, snap_args));
-    doffset = 0;
-  }
+  // B (and its products with quadraticflag) in the first block - 1 columns, then the snad/atom layout
+  c_sna = modify->add_compute(fmt::format("{} all snap/uq/atom {} forces {}", id_sna, snap_args,
+                                          forces ? "yes" : "no"));
   c_pair = modify->add_compute(fmt::format("{} all pair snap", id_pair));
-  if (c_sna->size_peratom_cols != block - 1 + (onepass && forces ? 3 * (block - 1) * ntypes : 0))
+  if (c_sna->size_peratom_cols != (block - 1) * (forces ? 1 + 3 * ntypes : 1))
     error->all(FLERR, "fix snap/uq: posterior {} has blocks of {} coefficients but compute sna/atom "
                       "gives {} descriptors: the SNAP parameters do not match",
-               posterior_file, block, onepass && forces ? c_sna->size_peratom_cols / (1 + 3 * ntypes)
-                                                       : c_sna->size_peratom_cols);
+               posterior_file, block, c_sna->size_peratom_cols / (forces ? 1 + 3 * ntypes : 1));
 
   // outputs
 
@@ -216,7 +255,7 @@ FixSnapUQ::~FixSnapUQ()
   memory->destroy(uq);
   if (flag_fp) fclose(flag_fp);
   if (modify) {
-    for (const auto &cid : {id_sna, id_snad, id_pair})
+    for (const auto &cid : {id_sna, id_pair})
       if (!cid.empty() && modify->get_compute_by_id(cid)) modify->delete_compute(cid);
   }
 }
@@ -233,13 +272,11 @@ int FixSnapUQ::setmask()
 void FixSnapUQ::init()
 {
   c_sna = modify->get_compute_by_id(id_sna);
-  c_snad = forces ? (onepass ? c_sna : modify->get_compute_by_id(id_snad)) : nullptr;
   c_pair = modify->get_compute_by_id(id_pair);
-  if (!c_sna || (forces && !c_snad) || !c_pair)
-    error->all(FLERR, "fix snap/uq: its computes {} were deleted", id_sna);
-  if (forces && c_snad->size_peratom_cols != doffset + 3 * (block - 1) * atom->ntypes)
-    error->all(FLERR, "fix snap/uq: compute {} gives {} columns, expected {}", c_snad->style,
-               c_snad->size_peratom_cols, doffset + 3 * (block - 1) * atom->ntypes);
+  if (!c_sna || !c_pair) error->all(FLERR, "fix snap/uq: its computes {} were deleted", id_sna);
+  if (c_sna->size_peratom_cols != (block - 1) * (forces ? 1 + 3 * atom->ntypes : 1))
+    error->all(FLERR, "fix snap/uq: compute {} gives {} columns, expected {}", c_sna->style,
+               c_sna->size_peratom_cols, (block - 1) * (forces ? 1 + 3 * atom->ntypes : 1));
   // the pair energy is needed once, at the first setup, to check the posterior mean
   if (verifyflag && !verified) c_pair->addstep(update->ntimestep);
 }
@@ -389,12 +426,7 @@ void FixSnapUQ::evaluate(double &descriptor_seconds)
 
   const double t0 = MPI_Wtime();
   current(c_sna);
-  double **b = c_sna->array_atom;
-  double **d = nullptr;
-  if (forces) {
-    current(c_snad);    // the same compute in one-pass mode: then already current
-    d = c_snad->array_atom;
-  }
+  double **b = c_sna->array_atom;    // B_i in the first ncoeff columns, then the force rows D_i
   descriptor_seconds = MPI_Wtime() - t0;
 
   // per atom: v = x_i^T L (r,), estd = |v|; force rows per component c: v = D_i[c] L, fstd^2 = sum |v|^2
@@ -422,10 +454,10 @@ void FixSnapUQ::evaluate(double &descriptor_seconds)
 
     double fstd = 0.0;
     if (forces) {
-      // snad/atom layout (after doffset): for LAMMPS type T, columns 3*ncoeff*(T-1) + [x|y|z]*ncoeff
+      // snad/atom layout (after B): for LAMMPS type T, columns 3*ncoeff*(T-1) + [x|y|z]*ncoeff
       std::fill(vf.begin(), vf.end(), 0.0);
       for (int t = 1; t <= ntypes; t++)
-        add_force_rows(d[i] + doffset + 3 * ncoeff * (t - 1), ncoeff,
+        add_force_rows(bi + ncoeff + 3 * ncoeff * (t - 1), ncoeff,
                        L + (size_t) (type2elem[t] * block + 1) * r, r, vf.data());
       double fvar = 0.0;
       for (int c = 0; c < 3 * r; c++) fvar += vf[c] * vf[c];
@@ -785,8 +817,6 @@ void FixSnapUQ::read_posterior(const std::string &file)
   if (wj_txt.size() != elements.size()) bad("missing key 'wj'");
   for (const char *k : {"rcutfac", "rfac0", "twojmax", "rmin0", "bzeroflag", "quadraticflag"})
     if (!scalars.count(k)) bad(fmt::format("missing key '{}'", k));
-  if (scalars.count("chemflag") && std::stod(scalars["chemflag"]) != 0.0)
-    bad("explicit multi-element SNAP (chemflag 1) is not supported");
   for (double val : mean)
     if (!std::isfinite(val)) bad("'mean' has a non-finite value");
   for (double val : factor)
@@ -798,7 +828,7 @@ void FixSnapUQ::read_posterior(const std::string &file)
   auto flag = [&](const char *k, const char *dflt) {
     return scalars.count(k) ? scalars[k] : std::string(dflt);
   };
-  quadratic_txt = scalars["quadraticflag"];
+  chemflag = scalars.count("chemflag") && std::stod(scalars["chemflag"]) != 0.0;
   options_txt = fmt::format("rmin0 {} bzeroflag {} quadraticflag {} switchflag {} bnormflag {} "
                             "wselfallflag {}",
                             scalars["rmin0"], scalars["bzeroflag"], scalars["quadraticflag"],

@@ -45,7 +45,8 @@ class FixSnapUQ : public Fix {
   std::vector<double> factor;            // (p, rank), row-major
   std::string source;                    // analytic | samples
   std::string snap_args;                 // rcutfac rfac0 twojmax radelem.. wj.. options, per type
-  std::string rcutfac_txt, rfac0_txt, twojmax_txt, options_txt, quadratic_txt;  // as written in the file
+  std::string rcutfac_txt, rfac0_txt, twojmax_txt, options_txt;  // as written in the file
+  int chemflag;                          // explicit multi-element SNAP: chem keyword of the compute
   std::vector<std::string> radelem_txt, wj_txt;                  // per element, as written
 
   // options
@@ -57,11 +58,9 @@ class FixSnapUQ : public Fix {
   FILE *flag_fp;
   std::vector<int> type2elem;  // (ntypes + 1), element index of each LAMMPS type
 
-  // the computes this fix owns
-  std::string id_sna, id_snad, id_pair;
-  class Compute *c_sna, *c_snad, *c_pair;
-  int onepass;    // c_sna == c_snad is compute snap/uq/atom: B, then the force rows
-  int doffset;    // first column of the force rows in c_snad's per-atom array
+  // the computes this fix owns: compute snap/uq/atom (B, then the force rows) and compute pair snap
+  std::string id_sna, id_pair;
+  class Compute *c_sna, *c_pair;
 
   double **uq;                 // (nmax, 2): per-atom energy std (eV), force std (eV/A)
   double gvec[NGLOBAL];

@@ -49,11 +49,12 @@ double clebsch_gordan(int j1, int m1, int j2, int m2, int j, int m)
 /* ---------------------------------------------------------------------- */
 
 SnapBispectrum::SnapBispectrum(int twojmax_in, double rfac0_in, double rmin0_in, bool switch_in,
-                               bool bzero_in, bool bnorm_in) :
+                               bool bzero_in, bool bnorm_in, int nelem_in, bool wselfall_in) :
     twojmax(twojmax_in), rfac0(rfac0_in), rmin0(rmin0_in), switchflag(switch_in),
-    bzeroflag(bzero_in), bnormflag(bnorm_in)
+    bzeroflag(bzero_in), bnormflag(bnorm_in), nelem(nelem_in), wselfall(wselfall_in)
 {
   if (twojmax < 0) throw std::invalid_argument("twojmax must be >= 0");
+  if (nelem < 1) throw std::invalid_argument("the number of elements must be >= 1");
 
   uoffset.resize(twojmax + 1);
   usize = 0;
@@ -94,37 +95,59 @@ SnapBispectrum::SnapBispectrum(int twojmax_in, double rfac0_in, double rmin0_in,
         t.grad[1] = {j1, ztriple_offset(j, j2, j1), bnormflag ? 1.0 : (j + 1.0) / (j1 + 1.0)};
         t.grad[2] = {j2, ztriple_offset(j, j1, j2), bnormflag ? 1.0 : (j + 1.0) / (j2 + 1.0)};
         btriples.push_back(t);
-        bzero.push_back(bzeroflag ? (bnormflag ? 1.0 : j + 1.0) : 0.0);
+        bzero.push_back(bnormflag ? 1.0 : j + 1.0);    // B of an isolated atom
       }
 
-  grad_rows.resize(twojmax + 1);
-  for (size_t k = 0; k < btriples.size(); k++)
-    for (const BTerm &term : btriples[k].grad) {
-      auto &rows = grad_rows[term.j];
-      auto it = std::find_if(rows.begin(), rows.end(),
-                             [&](const GradRow &row) { return row.zoffset == term.zoffset; });
-      if (it == rows.end()) it = rows.insert(rows.end(), GradRow{term.zoffset, {}});
-      auto target = std::find_if(it->targets.begin(), it->targets.end(),
-                                 [&](const std::pair<int, double> &t) { return t.first == (int) k; });
-      if (target == it->targets.end()) it->targets.emplace_back((int) k, term.factor);
+  // the gradient rows for a neighbour of element e: component k of B_{e1 e2 e3} is
+  // ((e1 nelem + e2) nelem + e3) nb + k; Z of the element pair (e1, e2) starts at (e1 nelem + e2) zsize
+
+  const int nb = (int) btriples.size();
+  auto triple = [&](int e1, int e2, int e3) { return ((e1 * nelem + e2) * nelem + e3) * nb; };
+  auto pair = [&](int e1, int e2) { return (e1 * nelem + e2) * zsize; };
+  grad_rows.assign(nelem, std::vector<std::vector<GradRow>>(twojmax + 1));
+  for (int e = 0; e < nelem; e++) {
+    std::vector<std::map<int, int>> row_of(twojmax + 1);    // per j: Z offset -> its row
+    auto add = [&](const BTerm &term, int zpair, int component) {
+      auto &rows = grad_rows[e][term.j];
+      const int zoffset = zpair + term.zoffset;
+      auto found = row_of[term.j].find(zoffset);
+      if (found == row_of[term.j].end()) {
+        found = row_of[term.j].emplace(zoffset, (int) rows.size()).first;
+        rows.push_back(GradRow{zoffset, {}});
+      }
+      auto &targets = rows[found->second].targets;
+      auto target = std::find_if(targets.begin(), targets.end(),
+                                 [&](const std::pair<int, double> &t) { return t.first == component; });
+      if (target == targets.end()) targets.emplace_back(component, term.factor);
       else target->second += term.factor;
+    };
+    for (int k = 0; k < nb; k++) {
+      const BTriple &t = btriples[k];
+      for (int e1 = 0; e1 < nelem; e1++)
+        for (int e2 = 0; e2 < nelem; e2++) {
+          add(t.grad[0], pair(e1, e2), triple(e1, e2, e) + k);    // through U^j of B_{e1 e2 e}
+          add(t.grad[1], pair(e1, e2), triple(e, e2, e1) + k);    // through U^j1 of B_{e e2 e1}
+          add(t.grad[2], pair(e2, e1), triple(e1, e, e2) + k);    // through U^j2 of B_{e1 e e2}
+        }
     }
-  grad_offset.assign(twojmax + 1, 0);
-  int gsize = 0, hmax = 0;
-  for (int j = 0; j <= twojmax; j++) {
-    grad_offset[j] = gsize;
-    gsize += (int) (grad_rows[j].size() * half_index[j].size());
-    hmax = std::max(hmax, (int) half_index[j].size());
   }
+  grad_offset.assign(nelem, std::vector<int>(twojmax + 1, 0));
+  int gsize = 0, hmax = 0;
+  for (int e = 0; e < nelem; e++)
+    for (int j = 0; j <= twojmax; j++) {
+      grad_offset[e][j] = gsize;
+      gsize += (int) (grad_rows[e][j].size() * half_index[j].size());
+      hmax = std::max(hmax, (int) half_index[j].size());
+    }
   gm_r.assign(gsize, 0.0);
   gm_i.assign(gsize, 0.0);
   half_r.assign(3 * hmax, 0.0);
   half_i.assign(3 * hmax, 0.0);
 
-  utot_r.assign(usize, 0.0);
-  utot_i.assign(usize, 0.0);
-  zw_r.assign(zsize, 0.0);
-  zw_i.assign(zsize, 0.0);
+  utot_r.assign((size_t) nelem * usize, 0.0);
+  utot_i.assign((size_t) nelem * usize, 0.0);
+  zw_r.assign((size_t) nelem * nelem * zsize, 0.0);
+  zw_i.assign((size_t) nelem * nelem * zsize, 0.0);
   for (int c = 0; c < 3; c++) {
     du_r[c].assign(usize, 0.0);
     du_i[c].assign(usize, 0.0);
@@ -174,15 +197,19 @@ void SnapBispectrum::clear_neighbors()
   nb_z.clear();
   nb_rcut.clear();
   nb_w.clear();
+  nb_elem.clear();
 }
 
-void SnapBispectrum::add_neighbor(double x, double y, double z, double rcut, double weight)
+void SnapBispectrum::add_neighbor(double x, double y, double z, double rcut, double weight,
+                                  int element)
 {
+  if (element < 0 || element >= nelem) throw std::out_of_range("neighbour element out of range");
   nb_x.push_back(x);
   nb_y.push_back(y);
   nb_z.push_back(z);
   nb_rcut.push_back(rcut);
   nb_w.push_back(weight);
+  nb_elem.push_back(element);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -253,16 +280,21 @@ void SnapBispectrum::wigner(double ar, double ai, double br, double bi, double *
 
 /* ---------------------------------------------------------------------- */
 
-void SnapBispectrum::compute(double *b)
+void SnapBispectrum::compute(double *b, int ielem)
 {
+  if (ielem < 0 || ielem >= nelem) throw std::out_of_range("element of the centre out of range");
   const int nnb = nneighbors();
   nb_ur.resize((size_t) nnb * usize);
   nb_ui.resize((size_t) nnb * usize);
 
   std::fill(utot_r.begin(), utot_r.end(), 0.0);
   std::fill(utot_i.begin(), utot_i.end(), 0.0);
-  for (int j = 0; j <= twojmax; j++)
-    for (int ma = 0; ma <= j; ma++) utot_r[uoffset[j] + ma * (j + 1) + ma] = 1.0;    // the centre
+  for (int e = 0; e < nelem; e++) {    // the centre, in its element's density (or in all)
+    if (e != ielem && !wselfall) continue;
+    double *ur = utot_r.data() + (size_t) e * usize;
+    for (int j = 0; j <= twojmax; j++)
+      for (int ma = 0; ma <= j; ma++) ur[uoffset[j] + ma * (j + 1) + ma] = 1.0;
+  }
 
   for (int k = 0; k < nnb; k++) {
     double r, z0, ar, ai, br, bi, dfc;
@@ -270,52 +302,73 @@ void SnapBispectrum::compute(double *b)
     double *ur = &nb_ur[(size_t) k * usize], *ui = &nb_ui[(size_t) k * usize];
     wigner(ar, ai, br, bi, ur, ui);
     const double w = nb_w[k] * switching(r, nb_rcut[k], dfc);
+    double *tr = utot_r.data() + (size_t) nb_elem[k] * usize;
+    double *ti = utot_i.data() + (size_t) nb_elem[k] * usize;
     for (int i = 0; i < usize; i++) {
-      utot_r[i] += w * ur[i];
-      utot_i[i] += w * ui[i];
+      tr[i] += w * ur[i];
+      ti[i] += w * ui[i];
     }
   }
 
-  // Z (half matrices), with the half-sum weights folded in
-  for (const auto &z : ztriples) {
-    const auto &weight = half_weight[z.j];
-    for (size_t e = 0; e < weight.size(); e++) {
-      const int el = z.offset + (int) e;
-      double sr = 0.0, si = 0.0;
-      for (int t = zterm_start[el]; t < zterm_start[el + 1]; t++) {
-        const double u1r = utot_r[zterm_i1[t]], u1i = utot_i[zterm_i1[t]];
-        const double u2r = utot_r[zterm_i2[t]], u2i = utot_i[zterm_i2[t]];
-        sr += zterm_cg[t] * (u1r * u2r - u1i * u2i);
-        si += zterm_cg[t] * (u1r * u2i + u1i * u2r);
+  // Z (half matrices) of every element pair, with the half-sum weights folded in
+  for (int e1 = 0; e1 < nelem; e1++)
+    for (int e2 = 0; e2 < nelem; e2++) {
+      const double *u1r = utot_r.data() + (size_t) e1 * usize, *u1i = utot_i.data() + (size_t) e1 * usize;
+      const double *u2r = utot_r.data() + (size_t) e2 * usize, *u2i = utot_i.data() + (size_t) e2 * usize;
+      double *zr = zw_r.data() + (size_t) (e1 * nelem + e2) * zsize;
+      double *zi = zw_i.data() + (size_t) (e1 * nelem + e2) * zsize;
+      for (const auto &z : ztriples) {
+        const auto &weight = half_weight[z.j];
+        for (size_t e = 0; e < weight.size(); e++) {
+          const int el = z.offset + (int) e;
+          double sr = 0.0, si = 0.0;
+          for (int t = zterm_start[el]; t < zterm_start[el + 1]; t++) {
+            const double ar = u1r[zterm_i1[t]], ai = u1i[zterm_i1[t]];
+            const double br = u2r[zterm_i2[t]], bi = u2i[zterm_i2[t]];
+            sr += zterm_cg[t] * (ar * br - ai * bi);
+            si += zterm_cg[t] * (ar * bi + ai * br);
+          }
+          zr[el] = weight[e] * sr;
+          zi[el] = weight[e] * si;
+        }
       }
-      zw_r[el] = weight[e] * sr;
-      zw_i[el] = weight[e] * si;
     }
-  }
 
-  // the gradient rows: Zw, contiguous per U^j
-  for (int j = 0; j <= twojmax; j++) {
-    const int hs = (int) half_index[j].size();
-    double *gr = gm_r.data() + grad_offset[j], *gi = gm_i.data() + grad_offset[j];
-    for (const GradRow &row : grad_rows[j]) {
-      for (int e = 0; e < hs; e++) {
-        gr[e] = zw_r[row.zoffset + e];
-        gi[e] = zw_i[row.zoffset + e];
+  // the gradient rows of a neighbour of each element: Zw, contiguous per U^j
+  for (int e = 0; e < nelem; e++)
+    for (int j = 0; j <= twojmax; j++) {
+      const int hs = (int) half_index[j].size();
+      double *gr = gm_r.data() + grad_offset[e][j], *gi = gm_i.data() + grad_offset[e][j];
+      for (const GradRow &row : grad_rows[e][j]) {
+        for (int h = 0; h < hs; h++) {
+          gr[h] = zw_r[row.zoffset + h];
+          gi[h] = zw_i[row.zoffset + h];
+        }
+        gr += hs;
+        gi += hs;
       }
-      gr += hs;
-      gi += hs;
     }
-  }
 
-  for (size_t k = 0; k < btriples.size(); k++) {
-    const BTerm &t = btriples[k].value;
-    const auto &idx = half_index[t.j];
-    const double *ur = utot_r.data() + uoffset[t.j], *ui = utot_i.data() + uoffset[t.j];
-    double s = 0.0;
-    for (size_t e = 0; e < idx.size(); e++)
-      s += ur[idx[e]] * zw_r[t.zoffset + e] + ui[idx[e]] * zw_i[t.zoffset + e];
-    b[k] = s - bzero[k];
-  }
+  const int nb = (int) btriples.size();
+  for (int e1 = 0; e1 < nelem; e1++)
+    for (int e2 = 0; e2 < nelem; e2++) {
+      const double *zr = zw_r.data() + (size_t) (e1 * nelem + e2) * zsize;
+      const double *zi = zw_i.data() + (size_t) (e1 * nelem + e2) * zsize;
+      for (int e3 = 0; e3 < nelem; e3++) {
+        const int triple = (e1 * nelem + e2) * nelem + e3;
+        const bool shifted = bzeroflag && (wselfall || (e1 == ielem && e2 == ielem && e3 == ielem));
+        const double *u3r = utot_r.data() + (size_t) e3 * usize, *u3i = utot_i.data() + (size_t) e3 * usize;
+        for (int k = 0; k < nb; k++) {
+          const BTerm &t = btriples[k].value;
+          const auto &idx = half_index[t.j];
+          const double *ur = u3r + uoffset[t.j], *ui = u3i + uoffset[t.j];
+          double s = 0.0;
+          for (size_t h = 0; h < idx.size(); h++)
+            s += ur[idx[h]] * zr[t.zoffset + h] + ui[idx[h]] * zi[t.zoffset + h];
+          b[triple * nb + k] = shifted ? s - bzero[k] : s;
+        }
+      }
+    }
 }
 
 /* ---------------------------------------------------------------------- */
@@ -385,6 +438,7 @@ void SnapBispectrum::gradient(int k, double *db)
     }
   }
   const double w = nb_w[k];
+  const int e = nb_elem[k];    // the neighbour moves the density of its element only
 
   for (int i = 0; i < 3 * nc; i++) db[i] = 0.0;
   for (int j = 0; j <= twojmax; j++) {    // (U^0 is constant, but its weight fc(r) is not)
@@ -396,24 +450,24 @@ void SnapBispectrum::gradient(int k, double *db)
       const double *qr = dr[c] + uoffset[j], *qi = di[c] + uoffset[j];
       double *hr = half_r.data() + c * hs, *hi = half_i.data() + c * hs;
       const double a0 = w * dfc * unit[c], a1 = w * fc;
-      for (int e = 0; e < hs; e++) {
-        hr[e] = a0 * u0r[idx[e]] + a1 * qr[idx[e]];
-        hi[e] = a0 * u0i[idx[e]] + a1 * qi[idx[e]];
+      for (int h = 0; h < hs; h++) {
+        hr[h] = a0 * u0r[idx[h]] + a1 * qr[idx[h]];
+        hi[h] = a0 * u0i[idx[h]] + a1 * qi[idx[h]];
       }
     }
-    const double *gr = gm_r.data() + grad_offset[j], *gi = gm_i.data() + grad_offset[j];
+    const double *gr = gm_r.data() + grad_offset[e][j], *gi = gm_i.data() + grad_offset[e][j];
     const double *hr = half_r.data(), *hi = half_i.data();
-    for (const GradRow &row : grad_rows[j]) {
+    for (const GradRow &row : grad_rows[e][j]) {
       double sx = 0.0, sy = 0.0, sz = 0.0;
-      for (int e = 0; e < hs; e++) {
-        sx += gr[e] * hr[e] + gi[e] * hi[e];
-        sy += gr[e] * hr[hs + e] + gi[e] * hi[hs + e];
-        sz += gr[e] * hr[2 * hs + e] + gi[e] * hi[2 * hs + e];
+      for (int h = 0; h < hs; h++) {
+        sx += gr[h] * hr[h] + gi[h] * hi[h];
+        sy += gr[h] * hr[hs + h] + gi[h] * hi[hs + h];
+        sz += gr[h] * hr[2 * hs + h] + gi[h] * hi[2 * hs + h];
       }
-      for (const auto &[k, factor] : row.targets) {
-        db[k] += factor * sx;
-        db[nc + k] += factor * sy;
-        db[2 * nc + k] += factor * sz;
+      for (const auto &[comp, factor] : row.targets) {
+        db[comp] += factor * sx;
+        db[nc + comp] += factor * sy;
+        db[2 * nc + comp] += factor * sz;
       }
       gr += hs;
       gi += hs;
