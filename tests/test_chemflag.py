@@ -226,6 +226,7 @@ def test_fix_snap_uq_under_mpirun_equals_posterior_predict(fitted, built_plugin,
     report(f"[{flag}] fix snap/uq, mpirun -np 2 lmp -in", got, (want[0], want[1], [want[2]]))
 
 
+@pytest.mark.slow  # guards a landed feature; CI runs it (.ci/run), the default run stays < 5 min
 @pytest.mark.mpi
 @pytest.mark.parametrize("descriptors", ["lammps", "native"])
 def test_md_under_mpirun_equals_posterior_predict(fitted, descriptors, request, tmp_path):

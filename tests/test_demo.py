@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from conftest import run_cli
 
 QUICK = ["demo", "--element", "Cu", "--cells", "2", "--iterations", "1", "--samples", "2",
@@ -15,6 +16,7 @@ def journal_lines(out):
     return (out / "al" / "journal.jsonl").read_text().splitlines()
 
 
+@pytest.mark.slow  # guards a landed feature; CI runs it (.ci/run), the default run stays < 5 min
 def test_demo_writes_report_with_plots_and_resumes(tmp_path):
     proc = run_cli(QUICK, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

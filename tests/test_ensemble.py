@@ -77,6 +77,7 @@ def test_serial_ensemble_of_sampled_replicas(cu_run):
     assert "3 replicas ran; 0 left out by the runaway screen" in summary
 
 
+@pytest.mark.slow  # guards a landed feature; CI runs it (.ci/run), the default run stays < 5 min
 @NEEDS_TA
 @pytest.mark.mpi
 def test_ta_ensemble_under_mpirun(ta_run):
