@@ -294,6 +294,7 @@ def test_network_forward_with_one_configuration():
         acc.index_add_(0, indices, torch.ones(4, dtype=torch.float64))
 
 
+@pytest.mark.slow  # kept out of the default run (< 5 min); CI runs it
 def test_input_file_without_extras_section(cu_run):
     from conftest import run_cli, write_cu_input
 

@@ -43,6 +43,7 @@ run 600
 """
 
 
+@pytest.mark.slow  # kept out of the default run (< 5 min); CI runs it
 def test_serial_ensemble_of_sampled_replicas(cu_run):
     write_cu_input(cu_run, solver="BAYES")
     assert run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run).returncode == 0
@@ -123,6 +124,7 @@ def test_screen_replicas_flags_what_left_the_physical_region():
     assert screen_replicas(np.array([[1.0], [50.0]]), ["x"]) == {}
 
 
+@pytest.mark.slow  # kept out of the default run (< 5 min); CI runs it
 def test_a_runaway_replica_is_reported_and_left_out(cu_run):
     """A hand-made bad draw (the descriptor coefficients with the wrong sign) among posterior draws:
     the ensemble reports it and its error bars are over the other replicas."""
@@ -171,6 +173,7 @@ def test_observable_units_from_the_units_style_or_the_user():
     assert units_style(split_commands("run 10\n")) == "lj"  # LAMMPS' default
 
 
+@pytest.mark.slow  # kept out of the default run (< 5 min); CI runs it
 def test_a_user_unit_reaches_the_output(cu_run):
     """``--observables 'EXPR [UNIT]'``: the unit is shown and the expression recorded without it."""
     write_cu_input(cu_run, solver="BAYES")

@@ -52,6 +52,7 @@ def test_bayesmcmc_under_mpirun(cu_run):
     assert Posterior.load(cu_run / "Cu_pot.posterior.npz").samples.shape == (100, 15)
 
 
+@pytest.mark.slow  # kept out of the default run (< 5 min); CI runs it
 def test_bayesmcmc_same_seed_same_samples(cu_run):
     write_cu_input(cu_run, solver="BAYESMCMC", extra=f"[UQ]\n{SHORT_MCMC}max_samples = 100\nseed = 3\n")
     out = []

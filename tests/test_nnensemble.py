@@ -170,6 +170,7 @@ def test_softplus_members_are_not_exported(serial_fit, tmp_path):
     assert not (tmp_path / "x" / "Cu_pot.nnensemble.member0.mliap.model").exists()
 
 
+@pytest.mark.mpi  # kept out of the default run (< 5 min); CI runs it
 def test_mpi_spreads_members_and_matches_serial(serial_fit, tmp_path):
     shutil.copytree(serial_fit / "JSON", tmp_path / "JSON")
     write_nn_input(tmp_path)
@@ -203,6 +204,7 @@ def test_bad_options_name_section_and_key(cu_run, uq, torch_extra, needle):
     assert needle in proc.stderr and "Cu.in" in proc.stderr
 
 
+@pytest.mark.slow  # kept out of the default run (< 5 min); CI runs it
 def test_one_member_and_linear_calculator_are_refused(cu_run):
     write_nn_input(cu_run, members=1)
     proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run)

@@ -471,6 +471,7 @@ def test_headers_and_library_of_different_versions(tmp_path):
         build_plugin(tmp_path / "out", lammps_path=fake)
 
 
+@pytest.mark.slow  # kept out of the default run (< 5 min); CI runs it
 def test_plugin_for_another_lammps_version_refuses_to_load(tmp_path):
     fake = fake_lammps(tmp_path / "lammps", "2024.8.29.1", "29 Aug 2024")
     with pytest.raises(LammpsVersionError, match="written for LAMMPS 22 Jul 2025"):
