@@ -78,15 +78,21 @@ def test_flag_dir_that_is_a_file(tmp_path):
 
 
 
-def _without_key(path, key: str) -> None:
-    """Remove ``key`` from the configuration in a FitSNAP JSON file (which may start with a comment line)."""
+def _edit_configuration(path, edit) -> None:
+    """Apply ``edit`` to the configuration dict of a FitSNAP JSON file (which may start with a comment
+    line) and write it back."""
     import json
 
     text = path.read_text()
     head, body = ("", text) if text.lstrip().startswith("{") else text.split("\n", 1)
     record = json.loads(body)
-    del record["Dataset"]["Data"][0][key]
+    edit(record["Dataset"]["Data"][0])
     path.write_text((head + "\n" if head else "") + json.dumps(record))
+
+
+def _without_key(path, key: str) -> None:
+    """Remove ``key`` from the configuration in a FitSNAP JSON file."""
+    _edit_configuration(path, lambda data: data.pop(key))
 
 
 def test_json_without_forces(cu_run):
@@ -99,14 +105,8 @@ def test_json_without_forces(cu_run):
 
 
 def test_json_forces_of_the_wrong_shape(cu_run):
-    import json
-
     victim = sorted((cu_run / "JSON").rglob("*.json"))[0]
-    text = victim.read_text()
-    head, body = ("", text) if text.lstrip().startswith("{") else text.split("\n", 1)
-    record = json.loads(body)
-    record["Dataset"]["Data"][0]["Forces"] = record["Dataset"]["Data"][0]["Forces"][:-1]
-    victim.write_text((head + "\n" if head else "") + json.dumps(record))
+    _edit_configuration(victim, lambda data: data.update(Forces=data["Forces"][:-1]))
     write_cu_input(cu_run, solver="BAYES")
     proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run)
     refused(proc, victim.name, "'Forces' has shape")
@@ -169,15 +169,8 @@ def test_flag_dir_in_a_read_only_folder(tmp_path, read_only_folder):
 
 def test_gross_outlier_is_named_in_log_and_report(cu_run):
     """Forces given in the wrong unit (x50) in one configuration: fitted, but named."""
-    import json
-
     victim = cu_run / "JSON" / "Strained" / "Strained_1.json"
-    text = victim.read_text()
-    head, body = ("", text) if text.lstrip().startswith("{") else text.split("\n", 1)
-    record = json.loads(body)
-    data = record["Dataset"]["Data"][0]
-    data["Forces"] = (50 * np.asarray(data["Forces"])).tolist()
-    victim.write_text((head + "\n" if head else "") + json.dumps(record))
+    _edit_configuration(victim, lambda data: data.update(Forces=(50 * np.asarray(data["Forces"])).tolist()))
     write_cu_input(cu_run, solver="BAYES")
     proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -196,17 +189,14 @@ def test_clean_fit_names_no_outlier(cu_run):
 
 def test_energy_of_a_larger_cell_on_a_one_atom_configuration_is_named(cu_run):
     """The issue's example: a configuration holding 1 atom with the energy of the cell it was cut from."""
-    import json
-
     victim = cu_run / "JSON" / "Bulk" / "Bulk_1.json"
-    text = victim.read_text()
-    head, body = ("", text) if text.lstrip().startswith("{") else text.split("\n", 1)
-    record = json.loads(body)
-    data = record["Dataset"]["Data"][0]
-    for key in ("Positions", "Forces", "AtomTypes"):
-        data[key] = data[key][:1]
-    data["NumAtoms"] = 1
-    victim.write_text((head + "\n" if head else "") + json.dumps(record))
+
+    def one_atom(data: dict) -> None:
+        for key in ("Positions", "Forces", "AtomTypes"):
+            data[key] = data[key][:1]
+        data["NumAtoms"] = 1
+
+    _edit_configuration(victim, one_atom)
     write_cu_input(cu_run, solver="BAYES")
     proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run)
     assert proc.returncode == 0, proc.stderr[-2000:]

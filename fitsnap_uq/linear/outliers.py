@@ -67,20 +67,13 @@ class Outlier:
                 f"check its data")
 
 
-def _leverages(aw_c: np.ndarray, chol: np.ndarray) -> np.ndarray:
-    """(n_c,) leverages ``h_ii = aw_i G^-1 aw_i^T`` of rows ``aw_c`` in the full fit."""
-    u = scipy.linalg.solve_triangular(chol, aw_c.T, lower=True)
-    return np.einsum("ij,ij->j", u, u)
-
-
-def _deletion(aw_c: np.ndarray, r_c: np.ndarray, chol: np.ndarray, gram: np.ndarray,
-              rhs: np.ndarray, x_full: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+def _deletion(aw_c: np.ndarray, r_c: np.ndarray, u: np.ndarray, gram: np.ndarray,
+              rhs: np.ndarray, x_full: np.ndarray, chol: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Deleted residuals (n_c,) and coefficient change (m,) of deleting the rows ``aw_c`` (residuals
-    ``r_c``) from the fit ``x_full``; None when ``I - H_cc`` is (near) singular: the rows alone
-    determine a direction of the coefficients."""
+    ``r_c``, ``u = L^-1 aw_c^T`` (m, n_c)) from the fit ``x_full``; None when ``I - H_cc`` is (near)
+    singular: the rows alone determine a direction of the coefficients."""
     n_c, m = aw_c.shape
     if n_c <= m:
-        u = scipy.linalg.solve_triangular(chol, aw_c.T, lower=True)  # (m, n_c): L^-1 Aw_c^T
         ih = np.eye(n_c) - u.T @ u
         if np.linalg.cond(ih) > 1e12:
             return None
@@ -129,20 +122,22 @@ def gross_outliers(aw: np.ndarray, bw: np.ndarray, groups: np.ndarray, quantitie
     _, first, config_code = np.unique(np.char.add(np.char.add(groups, "\n"), configs), return_index=True,
                                       return_inverse=True)
     deleted = np.zeros(resid.shape)
-    # others' residuals are in-sample: scaled by 1/sqrt(1 - h_ii) they estimate out-of-sample ones
-    inflation = 1.0 / np.clip(1.0 - np.concatenate(
-        [_leverages(aw[i:i + 4096], chol) for i in range(0, aw.shape[0], 4096)]), 1e-6, None)
+    leverage = np.zeros(resid.shape)  # h_ii of each row in the full fit
     shifts = np.zeros((first.size, aw.shape[1]))
     checkable = np.zeros(first.size, dtype=bool)
     order = np.argsort(config_code, kind="stable")
     bounds = np.searchsorted(config_code[order], np.arange(first.size + 1))
     for c in range(first.size):
         rows = order[bounds[c]:bounds[c + 1]]
-        out = _deletion(aw[rows], resid[rows], chol, gram, rhs, x_full)
+        u = scipy.linalg.solve_triangular(chol, aw[rows].T, lower=True)  # (m, n_c): L^-1 Aw_c^T
+        leverage[rows] = np.einsum("ij,ij->j", u, u)
+        out = _deletion(aw[rows], resid[rows], u, gram, rhs, x_full, chol)
         if out is not None:
             deleted[rows], shifts[c] = out
             checkable[c] = True
 
+    # others' residuals are in-sample: scaled by 1/sqrt(1 - h_ii) they estimate out-of-sample ones
+    inflation = 1.0 / np.clip(1.0 - leverage, 1e-6, None)
     found: list[Outlier] = []
     for g in range(group_names.size):
         for q in np.unique(quantities[group_code == g]):
