@@ -49,8 +49,8 @@ def synthetic_rows(rows: int = 300_000, cols: int = 500, groups: int = 20, atoms
         g = np.repeat(group_of_conf[c0:c1], per_conf)
         is_e = np.tile(np.arange(per_conf) == 0, k)
         sd = np.where(is_e, noise["Energy"][g], noise["Force"][g])
-        y = x @ coef + (x * merr) @ rng.standard_normal(cols) * 0.0
-        y += np.sum(x * merr * rng.standard_normal(x.shape), axis=1) + sd * rng.standard_normal(x.shape[0])
+        y = x @ coef + np.sum(x * merr * rng.standard_normal(x.shape), axis=1)
+        y += sd * rng.standard_normal(x.shape[0])
         a[s:e] = x
         b[s:e] = y
         w[s:e] = np.where(is_e, weight["Energy"][g], weight["Force"][g])

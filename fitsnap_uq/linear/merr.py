@@ -36,7 +36,7 @@ from scipy.optimize import minimize, nnls
 
 from fitsnap_uq.errors import InputError
 from fitsnap_uq.linear.bayes import cell_stats, least_squares
-from fitsnap_uq.linear.varfit import gradient_hessian, newton_variances, variances
+from fitsnap_uq.linear.varfit import newton_variances, variances, weighted_gram
 
 LIKELIHOODS = ("iid", "abc", "full")
 ABC_EPS = 0.1
@@ -72,17 +72,20 @@ class RowBlocks:
         blk = np.asarray(self.a[s:e], dtype=float)
         return blk if self.w is None else blk * self.w[s:e, None]
 
-    def squares(self, embed: np.ndarray) -> Callable[[int, int], np.ndarray]:
-        """``block(s, e) -> (w a[s:e, embed])^2``: the rows of ``E = A_e^2`` (for :mod:`varfit`)."""
-        return lambda s, e: np.square(self.rows(s, e)[:, embed])
+    def squares(self, embed: np.ndarray) -> Callable[[slice], np.ndarray]:
+        """``block(rows) -> (w a[rows, embed])^2``: rows of ``E = A_e^2`` (a slice; for :mod:`varfit`)."""
+        every = embed.size == self.p and bool(np.all(embed == np.arange(self.p)))
 
-    def columns(self) -> tuple[np.ndarray, np.ndarray]:
-        """(p,) bool columns with a nonzero entry, and (p,) column norms of the weighted rows."""
-        ss = np.zeros(self.p)
-        for s, e in self.spans():
-            blk = self.rows(s, e)
-            ss += np.einsum("ij,ij->j", blk, blk)
-        return ss > 0, np.sqrt(ss)
+        def block(rows: slice) -> np.ndarray:
+            src = self.a[rows] if every else self.a[rows, embed]
+            out = np.empty(src.shape)
+            if self.w is not None:
+                np.multiply(src, self.w[rows, None], out=out)
+            else:
+                out[...] = src
+            return np.square(out, out=out)
+
+        return block
 
     def matvec(self, c: np.ndarray) -> np.ndarray:
         """(n,) ``A c``."""
@@ -105,12 +108,18 @@ class RowBlocks:
         """(p,) ``argmin sum_i omega_i (y_i - a_i c)^2`` on the weighted rows (columns without data: 0),
         from one pass of Gram statistics and one of residuals
         (:func:`~fitsnap_uq.linear.bayes.least_squares`)."""
+        return self.least_squares_and_gram(omega)[0]
+
+    def least_squares_and_gram(self, omega: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`weighted_least_squares` and the Gram matrix ``A^T diag(omega) A`` (p, p) it used."""
         w = np.ones(self.n) if self.w is None else self.w
         if omega is not None:
             w = w * np.sqrt(omega)
         st = cell_stats(self.a, self.y_raw, w, np.zeros(self.n, dtype=np.int64), 1,
                         block_rows=self.block_rows)[0]
-        return least_squares(st) if st is not None else np.zeros(self.p)
+        if st is None:
+            return np.zeros(self.p), np.zeros((self.p, self.p))
+        return least_squares(st), st.g
 
     def dense(self) -> np.ndarray:
         """(n, p) all weighted rows (a copy unless unweighted)."""
@@ -165,12 +174,20 @@ def nll_iid(x: np.ndarray, a: np.ndarray | RowBlocks, y: np.ndarray | None, embe
         a, y: (n, p) weighted rows and (n,) targets, or a :class:`RowBlocks` (``y`` ignored).
         embed: (q,) embedded coefficient indices; data_var: ``d``.
     """
-    rb = _blocks_of(a, y)
+    return _iid_pass(x, _blocks_of(a, y), embed, data_var, abc)[:2]
+
+
+def _iid_pass(x: np.ndarray, rb: RowBlocks, embed: np.ndarray, data_var: float, abc: bool = False,
+              extras: bool = False) -> tuple[float, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """:func:`nll_iid` in one pass over the rows; with ``extras`` (iid) also the curvature scales of
+    the variances ``sqrt(sum_i (a_ik^2 / v_i)^2)`` (q,) and ``A^T V^-1 A`` (p, p) in the same pass."""
     p = rb.p
     c, t = x[:p], x[p:]
     val = 0.0
     g_c = np.zeros(p)
     g_t = np.zeros(embed.size)
+    tsc = np.zeros(embed.size) if extras else None
+    prec = np.zeros((p, p)) if extras else None
     for s, e in rb.spans():
         blk = rb.rows(s, e)
         ae2 = blk[:, embed] ** 2
@@ -188,8 +205,14 @@ def nll_iid(x: np.ndarray, a: np.ndarray | RowBlocks, y: np.ndarray | None, embe
             g_v = 0.5 / v - 0.5 * r**2 / v**2
         g_c += blk.T @ g_r
         g_t += ae2.T @ g_v
+        if extras:
+            tsc += np.einsum("ij,ij->j", ae2, ae2 / v[:, None] ** 2)
+            sw = blk / np.sqrt(v)[:, None]
+            prec += sw.T @ sw
     val += (0.5 * np.log(2 * np.pi) + np.log(ABC_EPS)) if abc else 0.5 * rb.n * np.log(2 * np.pi)
-    return val, np.concatenate([g_c, g_t])
+    if extras:
+        tsc, prec = np.sqrt(tsc), 0.5 * (prec + prec.T)
+    return val, np.concatenate([g_c, g_t]), tsc, prec
 
 
 @dataclass
@@ -277,10 +300,10 @@ def _irls_iid(rb: RowBlocks, embed: np.ndarray, d: float, c: np.ndarray, t: np.n
         c_new = rb.weighted_least_squares(1.0 / v)
         r = rb.matvec(c_new) - rb.y
         omega = 1.0 / (2.0 * v**2)
-        _, gram = gradient_hessian(square, rb.n, embed.size, np.zeros(rb.n), omega)
+        gram = weighted_gram(square, rb.n, embed.size, omega)
         rhs = np.zeros(embed.size)
         for s, e in rb.spans():
-            rhs += (omega[s:e] * (r[s:e] ** 2 - d)) @ square(s, e)
+            rhs += (omega[s:e] * (r[s:e] ** 2 - d)) @ square(slice(s, e))
         t_new = _nnls_gram(gram, rhs, 50 * max(t.size, 1))
         change = max(float(np.max(np.abs(t_new - t))) / max(float(np.max(t_new)), 1e-300),
                      float(np.max(np.abs(c_new - c))) / max(float(np.max(np.abs(c_new))), 1e-300))
@@ -421,7 +444,9 @@ def _fit_model_error(rb: RowBlocks, embed: np.ndarray | list[int] | None = None,
     n, p = rb.n, rb.p
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {LIKELIHOODS}, not {likelihood!r}")
-    live_mask, col = rb.columns()
+    c0, gram = rb.least_squares_and_gram()
+    col = np.sqrt(np.diag(gram))
+    live_mask = col > 0
     live = np.flatnonzero(live_mask)
     if embed is None:
         embed = live
@@ -432,7 +457,6 @@ def _fit_model_error(rb: RowBlocks, embed: np.ndarray | list[int] | None = None,
                          f"{p} coefficients (0..{p - 1})", section="UQ", key="embed")
     embed = np.unique(embed[np.isin(embed, live)])
     q = embed.size
-    c0 = rb.weighted_least_squares()
     r0 = rb.matvec(c0) - rb.y
     # FitSNAP ANL's sigmahat from the same least-squares residual (see anl_data_var).
     d = float((r0 @ r0 / 2.0) / ((n - live.size) / 2.0 - 1.0)) if data_var is None else float(data_var)
@@ -441,6 +465,7 @@ def _fit_model_error(rb: RowBlocks, embed: np.ndarray | list[int] | None = None,
     t0 = np.full(q, excess / max(float(np.sum(col[embed] ** 2)) / n, 1e-300))
     history: list[float] = []
     iterations = 0
+    newton_converged = False
     if likelihood == "iid" and not fix_mean:
         # A few Fisher-scoring sweeps, then Newton on the profile likelihood.
         c0, t0, iterations = _irls_iid(rb, embed, d, c0, t0, 8, 1e-3)
@@ -450,17 +475,24 @@ def _fit_model_error(rb: RowBlocks, embed: np.ndarray | list[int] | None = None,
         # The mean is fixed, so the variance is linear in t: projected Newton on t.
         fit = newton_variances(square, n, q, r0**2, np.ones(n), t0, (0.0, np.inf), offset=d,
                                max_iter=max_iter, gtol=1e-12 * n)
-        t0, iterations = fit.theta, fit.iterations
-    # Scaled coordinates x = x0 + u / scale: columns' norms for c, curvature of v for t.
+        t0, iterations, newton_converged = fit.theta, fit.iterations, fit.converged
+    # Scaled coordinates x = x0 + u / scale: columns' norms for c, curvature of v for t. For the iid
+    # likelihood one pass gives these scales, the objective and gradient at x0 and the Laplace
+    # precision A^T V^-1 A (used as they are where Newton converged and no polish moves x0).
     col = np.where(col == 0, 1.0, col)
-    v0 = variances(square, n, t0, d)
-    tscale = np.zeros(q)
-    for s, e in rb.spans():
-        tscale += np.sum((square(s, e) / v0[s:e, None]) ** 2, axis=0)
-    tscale = np.sqrt(tscale)
+    x0 = np.concatenate([c0, t0])
+    at_x0 = None
+    if likelihood == "iid":
+        at_x0 = _iid_pass(x0, rb, embed, d, extras=True)
+        tscale = at_x0[2]
+    else:
+        v0 = variances(square, n, t0, d)
+        tscale = np.zeros(q)
+        for s, e in rb.spans():
+            tscale += np.sum((square(slice(s, e)) / v0[s:e, None]) ** 2, axis=0)
+        tscale = np.sqrt(tscale)
     tscale[tscale == 0] = 1.0
     scale = np.concatenate([col, tscale])
-    x0 = np.concatenate([c0, t0])
     lower = np.concatenate([np.full(p, -np.inf), -t0 * tscale])  # t >= 0
     upper = np.full(p + q, np.inf)
     free = np.ones(p + q, dtype=bool)
@@ -487,6 +519,19 @@ def _fit_model_error(rb: RowBlocks, embed: np.ndarray | list[int] | None = None,
         history.append(val)
         return val, (grad / scale)[free]
 
+    def final(x: np.ndarray, known: tuple | None = None) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """c, t (variances at their bound set to 0), the objective and its projected gradient's
+        largest entry (scaled coordinates) at ``x`` (``known``: the objective and gradient there)."""
+        c, t = x[:p], np.maximum(x[p:], 0.0)
+        val, grad = known[:2] if known is not None else objective(np.concatenate([c, t]))
+        g = grad / scale
+        g[:p][~free[:p]] = 0.0  # a fixed mean has no gradient to follow
+        at_bound = t <= 1e-12 * max(float(t.max()), float(t0.max()), 1e-300)
+        t[at_bound] = 0.0
+        g[p:][at_bound & (g[p:] > 0)] = 0.0  # projected gradient: variances held at their bound
+        return c, t, float(val), float(np.max(np.abs(g)))
+
+    checked = None
     if likelihood == "abc":
         aw, bw = rb.dense(), rb.y  # the least-squares solver needs the whole Jacobian
         ae2 = aw[:, embed] ** 2
@@ -507,20 +552,19 @@ def _fit_model_error(rb: RowBlocks, embed: np.ndarray | list[int] | None = None,
         u, iterations = full_u(res.x), int(res.nfev)
         converged, message = bool(res.status > 0), str(res.message)
     else:
-        res = minimize(fun, np.zeros(int(free.sum())), jac=True, method="L-BFGS-B", bounds=bounds,
-                       options={"maxiter": max_iter, "gtol": gtol * 1e-3, "ftol": 1e-15, "maxcor": 50})
-        u = full_u(res.x)
-        iterations += int(res.nit)
-        converged, message = bool(res.success), str(res.message)
-    x = x0 + u / scale
-    c, t = x[:p], np.maximum(x[p:], 0.0)
-    val, grad = objective(np.concatenate([c, t]))
-    g = grad / scale
-    g[:p][~free[:p]] = 0.0  # a fixed mean has no gradient to follow
-    at_bound = t <= 1e-12 * max(float(t.max()), float(t0.max()), 1e-300)
-    t[at_bound] = 0.0
-    g[p:][at_bound & (g[p:] > 0)] = 0.0  # projected gradient: variances held at their bound
-    grad_norm = float(np.max(np.abs(g)))
+        checked = final(x0, at_x0) if newton_converged else None
+        if checked is not None and checked[3] <= gtol:
+            # Newton converged and the projected gradient passes the test below: the L-BFGS polish
+            # would move nothing (it is run where Newton stopped short).
+            u, converged, message = np.zeros(p + q), True, "Newton converged"
+        else:
+            checked = None
+            res = minimize(fun, np.zeros(int(free.sum())), jac=True, method="L-BFGS-B", bounds=bounds,
+                           options={"maxiter": max_iter, "gtol": gtol * 1e-3, "ftol": 1e-15, "maxcor": 50})
+            u = full_u(res.x)
+            iterations += int(res.nit)
+            converged, message = bool(res.success), str(res.message)
+    c, t, val, grad_norm = checked if checked is not None else final(x0 + u / scale)
     if grad_norm <= gtol:
         converged = True
         message = f"projected gradient {grad_norm:.2e} <= {gtol:g}"
@@ -532,23 +576,25 @@ def _fit_model_error(rb: RowBlocks, embed: np.ndarray | list[int] | None = None,
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = np.where(c[embed] != 0, sigma[embed] / np.abs(c[embed]), 0.0)
         message += f"; multiplicative: sigma_k/|c_k| in [{rel.min():.3g}, {rel.max():.3g}]"
-    coef_cov = _laplace_coef_cov(rb, live_mask, sigma, embed, d, likelihood)
+    prec = at_x0[3] if checked is not None and at_x0 is not None else None
+    coef_cov = _laplace_coef_cov(rb, live_mask, sigma, embed, d, likelihood, prec)
     return MerrResult(coef=c.copy(), sigma=sigma, data_var=d, nll=float(val), grad_norm=grad_norm,
                       iterations=iterations, converged=converged, message=message, coef_cov=coef_cov,
                       embed=embed, history=history)
 
 
 def _laplace_coef_cov(rb: RowBlocks, live: np.ndarray, sigma: np.ndarray, embed: np.ndarray, d: float,
-                      likelihood: str) -> np.ndarray:
-    """Laplace covariance of c with the model error held at its optimum: (A^T V^-1 A)^-1."""
+                      likelihood: str, prec: np.ndarray | None = None) -> np.ndarray:
+    """Laplace covariance of c with the model error held at its optimum: (A^T V^-1 A)^-1 (``prec``:
+    that precision, if computed already)."""
     p = rb.p
-    if likelihood == "full":
+    if prec is None and likelihood == "full":
         s = sigma[embed]
         g = GramStats.of(rb).g
         ga = g[:, embed]
         m = np.eye(embed.size) + (s[:, None] * g[np.ix_(embed, embed)] * s[None, :]) / d
         prec = (g - ga @ (s[:, None] * np.linalg.solve(m, s[:, None] * ga.T)) / d) / d
-    else:
+    elif prec is None:
         v = variances(rb.squares(embed), rb.n, sigma[embed] ** 2, d)
         prec = rb.gram(1.0 / v)
     cov = np.zeros((p, p))

@@ -216,11 +216,12 @@ def _newton_variances(at2: np.ndarray, vt: np.ndarray, qidx: np.ndarray, nq: int
     m = 1 + q + nq
     levels = np.arange(nq)
 
-    def block(s: int, e: int) -> np.ndarray:
-        out = np.empty((e - s, m))
-        out[:, 0] = vt[s:e]
-        out[:, 1:1 + q] = at2[s:e]
-        out[:, 1 + q:] = qidx[s:e, None] == levels[None, :]
+    def block(rows: slice) -> np.ndarray:
+        f_vt = vt[rows]
+        out = np.empty((f_vt.size, m))
+        out[:, 0] = f_vt
+        out[:, 1:1 + q] = at2[rows]
+        out[:, 1 + q:] = qidx[rows, None] == levels[None, :]
         return out
 
     fit = newton_variances(block, n, m, rt2, weight, theta, BOUNDS, max_iter=max_iter, gtol=GTOL)
