@@ -151,3 +151,49 @@ def test_loop_under_mpirun_matches_serial(tmp_path):
     assert [c["file"] for c in calls] == [c["file"] for c in serial_calls]  # same calls, same order
     assert {c["rank"] for c in calls} == {0, 1}
     assert all("rank" not in c for c in serial_calls)
+
+
+class _SleepyComm:
+    """Rank 0 of two: the other rank finishes its tasks late; a blocking Barrier is an error (MPICH's
+    blocking calls spin), the non-blocking barrier is polled."""
+
+    def __init__(self) -> None:
+        self.tests = 0
+
+    def Get_size(self) -> int:  # noqa: N802  (mpi4py's names)
+        return 2
+
+    def Get_rank(self) -> int:  # noqa: N802
+        return 0
+
+    def Barrier(self) -> None:  # noqa: N802
+        raise AssertionError("blocking barrier: the rank would spin while the other labels")
+
+    def Ibarrier(self):  # noqa: N802
+        comm = self
+
+        class Request:
+            def Test(self) -> bool:  # noqa: N802
+                comm.tests += 1
+                return comm.tests > 3
+
+        return Request()
+
+    def allgather(self, local):
+        return [local, [(i, f"task {i}") for i in range(1, 5, 2)]]
+
+    def bcast(self, obj, root=0):
+        return obj
+
+
+def test_labelling_ranks_wait_asleep(monkeypatch):
+    """A rank whose QM calls are done waits for the others in a sleeping barrier (polled with
+    time.sleep), not in MPI's spinning collective; the results are gathered as before."""
+    from fitsnap_uq import parallel
+
+    naps: list[float] = []
+    monkeypatch.setattr(parallel.time, "sleep", naps.append)
+    comm = _SleepyComm()
+    out = distribute(5, lambda i: f"task {i}", comm=comm)
+    assert out == [(i % 2, f"task {i}") for i in range(5)]
+    assert comm.tests == 4 and len(naps) == 3 and naps == sorted(naps)

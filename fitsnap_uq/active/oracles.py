@@ -10,7 +10,9 @@ A failed calculation is retried (``retries``) and then reported as failed, not r
 Under ``mpirun -np N`` (mpi4py's COMM_WORLD, or any communicator passed in), :func:`label_folder` and
 :func:`label_many` spread the QM calls over the ranks (round-robin by default, or dynamically through an
 atomic counter) and gather the outcome to every rank; each rank writes the files it labelled (atomically,
-so a shared file system is assumed). On one rank they behave exactly as a plain loop.
+so a shared file system is assumed). A rank whose calls are done waits for the others asleep
+(:func:`fitsnap_uq.parallel.sleeping_barrier`), not spinning in MPI, so it leaves its core to the
+ranks still computing. On one rank they behave exactly as a plain loop.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 from fitsnap_uq.compat import load_mpi_library
 from fitsnap_uq.errors import InputError
 from fitsnap_uq.fitsnap_json import atoms_record, write_record
+from fitsnap_uq.parallel import sleeping_barrier, sleeping_bcast
 
 
 @dataclass
@@ -202,7 +205,7 @@ class _Counter:
             self.win.Lock(0, MPI.LOCK_EXCLUSIVE)
             self.win.Put(np.zeros(1, dtype=np.int64), 0)
             self.win.Unlock(0)
-        comm.Barrier()
+        sleeping_barrier(comm)
 
     def next(self) -> int:
         got, one = np.empty(1, dtype=np.int64), np.ones(1, dtype=np.int64)
@@ -244,8 +247,11 @@ def distribute(n: int, work: Callable[[int], Any], comm: Any | None = None, sche
             while (i := counter.next()) < n:
                 local.append((i, work(i)))
         finally:
-            comm.Barrier()
+            sleeping_barrier(comm)
             counter.free()
+    # The ranks done first wait for the others asleep, not spinning in MPI's collective (a QM call
+    # takes seconds to minutes; a spinning rank would take a core from the ranks still computing).
+    sleeping_barrier(comm)
     gathered = comm.allgather(local)
     out: list[tuple[int, Any] | None] = [None] * n
     for r, part in enumerate(gathered):
@@ -328,7 +334,7 @@ def label_folder(folder: str | Path, oracle: ASEOracle, comm: Any | None = None,
             record, _ = read_fitsnap_json(path)
             (skipped if is_labelled(record) else todo).append(str(path))
     if _size(comm) > 1:
-        todo, skipped = comm.bcast((todo, skipped), root=0)
+        todo, skipped = sleeping_bcast(comm, (todo, skipped), root=0)
     done: dict[str, Any] = {"labelled": [], "failed": [], "skipped": skipped, "errors": {}, "ranks": {}}
     for rank, outcome in label_many([(None, p) for p in todo], oracle, comm, schedule):
         done["labelled" if outcome.ok else "failed"].append(outcome.path)
