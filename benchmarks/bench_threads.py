@@ -2,7 +2,7 @@
 loading the cores, OpenBLAS's default threads (the old behaviour) against our limits; and the CPU
 time of the rank that waits while rank 0 solves under ``mpirun -np 2 fitsnap-uq fit``.
 
-    python benchmarks/bench_threads.py [--repeat 2] [--no-mpi] [--no-load]
+    python benchmarks/bench_threads.py [--repeat 2] [--no-mpi] [--no-load] [--no-example]
 
 Part 1 times :func:`fitsnap_uq.linear.rows.fit_with_model_error` on FitSNAP's rows of the Ta example
 (what ``[SOLVER] solver = BAYES`` runs with the default ``[UQ]``: 5-fold CV, predictive model) in this
@@ -11,8 +11,11 @@ default limits; "loaded" runs a second process doing numpy matrix products on ev
 The two means must agree to 1e-10 (the predictive model, an L-BFGS optimum whose threaded sums
 run in another order, to 1e-8). Part 2 runs the Ta fit under ``mpirun -np 2`` twice, before
 (``FITSNAP_UQ_MPI_WAIT=block``, ``FITSNAP_UQ_BLAS_THREADS=none``) and after (defaults), and prints each
-rank's CPU seconds from the start of the fit step to a final barrier. Needs ../shared/data. Run it
-without ``OMP_NUM_THREADS=1`` (that makes "old" single-threaded too).
+rank's CPU seconds from the start of the fit step to a final barrier. Part 3 (issue 17, acceptance 3)
+runs examples/ta_bayes's fit step (FitSNAP's ``perform_fit``) in fresh processes while a second
+process keeps both cores busy, with the default threads and with ``OPENBLAS_NUM_THREADS=1``, and
+prints PASS/FAIL for default <= 1.2 x single-threaded. Needs ../shared/data. Run it without
+``OMP_NUM_THREADS=1`` (that makes "old" single-threaded too).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import multiprocessing as mp
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -141,6 +145,57 @@ def mpi_child(infile: str) -> None:
         print("RANK " + json.dumps(rec), flush=True)
 
 
+def example_child(infile: str) -> None:
+    """A child process: the fit step (``perform_fit``, FitSNAP's 'fit') of ``infile``; prints its seconds."""
+    from fitsnap_uq.fitsnap_plugin import activate
+
+    activate()
+    from fitsnap3lib.fitsnap import FitSnap
+
+    snap = FitSnap(arglist=[infile, "--overwrite"])
+    snap.scrape_configs(delete_scraper=True)
+    snap.process_configs(delete_data=True)
+    start = time.perf_counter()
+    snap.perform_fit()
+    print("FIT " + json.dumps({"wall": time.perf_counter() - start}), flush=True)
+
+
+def part_openblas(repeat: int) -> bool:
+    """examples/ta_bayes's fit step while a second process keeps both cores busy: default threads
+    against ``OPENBLAS_NUM_THREADS=1`` (each a fresh process, the best of ``repeat``)."""
+    example = ROOT / "examples" / "ta_bayes" / "Ta-bayes.in"
+    data = ROOT.parent / "shared" / "data" / "Ta_Linear_JCP2014" / "JSON"
+    if not data.is_dir():
+        print(f"SKIP OPENBLAS_NUM_THREADS comparison: {data} not found")
+        return True
+    best: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="ta-example-") as tmp, Loader(True):
+        infile = Path(tmp) / "Ta-bayes.in"
+        text = example.read_text().replace("../../../shared/data/Ta_Linear_JCP2014/JSON", str(data))
+        infile.write_text(text)
+        settings = (("default threads", {}), ("OPENBLAS_NUM_THREADS=1", {"OPENBLAS_NUM_THREADS": "1"}))
+        for label, extra in settings:
+            env = {k: v for k, v in os.environ.items()
+                   if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", threads.ENV)}
+            env.update(extra)
+            env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+            for _ in range(repeat):
+                out = subprocess.run([sys.executable, __file__, "--example-child", str(infile)], env=env,
+                                     cwd=tmp, capture_output=True, text=True, timeout=1200)
+                recs = [json.loads(line[4:]) for line in out.stdout.splitlines() if line.startswith("FIT ")]
+                if out.returncode or not recs:
+                    print(f"{label}: FAILED (exit {out.returncode})\n{out.stderr[-2000:]}")
+                    return False
+                best[label] = min(best.get(label, np.inf), recs[0]["wall"])
+    ratio = best["default threads"] / best["OPENBLAS_NUM_THREADS=1"]
+    print(f"examples/ta_bayes fit step, loaded: default threads {best['default threads']:.2f} s, "
+          f"OPENBLAS_NUM_THREADS=1 {best['OPENBLAS_NUM_THREADS=1']:.2f} s, ratio {ratio:.2f}")
+    ok = ratio <= 1.2
+    print(f"{'PASS' if ok else 'FAIL'}  loaded fit step with default threads <= 1.2 x "
+          f"OPENBLAS_NUM_THREADS=1: ratio {ratio:.2f}")
+    return ok
+
+
 def part_mpi() -> None:
     mpirun = Path(sys.executable).with_name("mpirun")
     if not mpirun.exists():
@@ -172,12 +227,20 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="timings per case (best is kept)")
     parser.add_argument("--no-mpi", action="store_true", help="skip the mpirun part")
     parser.add_argument("--no-load", action="store_true", help="only the idle case of the fit step")
+    parser.add_argument("--no-example", action="store_true",
+                        help="skip the example's fit step against OPENBLAS_NUM_THREADS=1")
     parser.add_argument("--mpi-child", help=argparse.SUPPRESS)
+    parser.add_argument("--example-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mpi_child:
         mpi_child(args.mpi_child)
         return
+    if args.example_child:
+        example_child(args.example_child)
+        return
     part_fit(args.repeat, [False] if args.no_load else [False, True])
+    if not args.no_example:
+        part_openblas(args.repeat)
     if not args.no_mpi:
         part_mpi()
 
