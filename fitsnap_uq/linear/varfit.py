@@ -41,6 +41,8 @@ BLOCK = 2048
 
 Blocks = Callable[[slice], np.ndarray]
 """``block(rows) -> F[rows]`` for a slice of rows (with a step: a subsample)."""
+ENTER_MIN = 32
+"""Parameters that may leave their bound in one step, at least (see :func:`newton_variances`)."""
 WARM_ROWS = 32768
 """Problems of more rows (and more than 64 per parameter) start on every 8th row (see
 :func:`newton_variances`)."""
@@ -180,6 +182,10 @@ def newton_variances(block: Blocks, n: int, m: int, rt2: np.ndarray, weight: np.
         return cols, _point(block, n, m, th, offset, rt2, weight, block_rows, stride, cols)
 
     cols, (f, v, grad, h) = point(theta)
+    colsq = np.zeros(m)  # sum_i w_i F_ij^2: the scale of each parameter's gradient
+    for rows, s, e in _spans(n, block_rows, stride):
+        fb = block(rows)
+        colsq += weight[s:e] @ (fb * fb)
     converged, message, it = False, f"maximum number of iterations ({max_iter}) reached", 0
     for it in range(1, max_iter + 1):  # noqa: B007  (the count is reported)
         at_lo = theta <= lo + 1e-12 * abs(lo)
@@ -189,6 +195,16 @@ def newton_variances(block: Blocks, n: int, m: int, rt2: np.ndarray, weight: np.
         if pg <= gtol:
             converged, message = True, f"projected gradient (log coordinates) {pg:.1e} <= {gtol:g}"
             break
+        enter = free & ~cols
+        if enter.sum() > max(int(cols.sum()), ENTER_MIN):
+            # Many parameters at a bound have a gradient pushing them off (a start far off, e.g. from a
+            # subsample): the ones of steepest gradient (scaled by their column's weight) leave first,
+            # at most as many as are off their bounds (or ENTER_MIN), so the Hessian block grows with
+            # the solution instead of spanning every parameter at once; the others stay this step.
+            idx = np.flatnonzero(enter)
+            size = np.sqrt(np.maximum(colsq[idx], 1e-300))
+            wait = idx[np.argsort(grad[idx] / size)[max(int(cols.sum()), ENTER_MIN):]]
+            free[wait] = False
         if np.any(free & ~cols):  # a parameter leaves its bound: its Hessian rows, one more pass
             cols = free.copy()
             with np.errstate(divide="ignore", over="ignore", invalid="ignore", under="ignore"):
