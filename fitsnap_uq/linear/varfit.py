@@ -182,6 +182,7 @@ def newton_variances(block: Blocks, n: int, m: int, rt2: np.ndarray, weight: np.
         return cols, _point(block, n, m, th, offset, rt2, weight, block_rows, stride, cols)
 
     cols, (f, v, grad, h) = point(theta)
+    stalled = 0
     colsq = np.zeros(m)  # sum_i w_i F_ij^2: the scale of each parameter's gradient
     for rows, s, e in _spans(n, block_rows, stride):
         fb = block(rows)
@@ -256,6 +257,11 @@ def newton_variances(block: Blocks, n: int, m: int, rt2: np.ndarray, weight: np.
             progress(it, f, pg)
         if t == 1.0 and decrease <= 1e-15 * max(abs(f), 1.0):
             converged, message = True, "a full Newton step no longer lowers the likelihood"
+            break
+        stalled = stalled + 1 if decrease <= 1e-15 * max(abs(f), 1.0) else 0
+        if stalled >= 3:  # shortened steps that no longer lower f: at the optimum to rounding, or stuck
+            converged = pg <= 1e3 * gtol
+            message = f"three steps without lowering the likelihood (projected gradient {pg:.1e})"
             break
     message = f"{message} after {it} iterations"
     if sub_iter:
