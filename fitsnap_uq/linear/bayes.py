@@ -102,12 +102,6 @@ class ClassStats:
                        anchor=anchor)
 
 
-def _stats_cols(stats, *args, **kwargs) -> int:
-    """Columns of the statistics in ``stats`` (a list or a dict of :class:`ClassStats`)."""
-    first = next(iter(stats.values())) if isinstance(stats, dict) else stats[0]
-    return first.g.shape[1] + 1
-
-
 def _blocks(index: np.ndarray, block_rows: int):
     """Row selections of at most ``block_rows`` rows: slices where ``index`` is a contiguous run."""
     for start in range(0, index.size, block_rows):
