@@ -10,8 +10,12 @@ learn, by K-fold cross-validation over training *configurations*, the distributi
 ``|error| / sigma_raw``; the half-width of the central interval at coverage ``level`` is then its
 ``level``-quantile times ``sigma_raw`` (quantile recalibration; monotone in ``level`` by construction).
 
-The fits and the cross-validation refits run under :mod:`fitsnap_uq.linear.threads`'s limits (one BLAS
-thread for fewer than ``PARALLEL_MIN_COLS`` columns).
+Scale: the rows are read in place, in blocks, once for the statistics of every (fold, noise class)
+cell (:class:`FoldStats`, :func:`~fitsnap_uq.linear.bayes.cell_stats`); a fold's fit sums the other
+folds' statistics. Training rows are selected by masks (``keep``), not copies; class and configuration
+labels are integer codes (hashing, no sort of n strings). Memory: the rows plus O(cells p^2) and the
+scored held-out rows of the predictive model. The passes run under :mod:`fitsnap_uq.linear.threads`'s
+limits (one BLAS thread for fewer than ``PARALLEL_MIN_COLS`` columns), the evidence iterations with one.
 """
 
 from __future__ import annotations
