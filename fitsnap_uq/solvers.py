@@ -24,7 +24,7 @@ from fitsnap_uq.errors import InputError
 from fitsnap_uq.io import atomic_write
 from fitsnap_uq.linear import mcmc, threads
 from fitsnap_uq.linear.merr import fit_model_error
-from fitsnap_uq.linear.noise import quantity_noise_var
+from fitsnap_uq.linear.noise import pair_codes, quantity_noise_var
 from fitsnap_uq.linear.outliers import gross_outliers
 from fitsnap_uq.linear.rows import (
     Rows,
@@ -270,40 +270,43 @@ class BAYES(UQSolverMixin, Solver):
         def fit_on_rank_zero() -> None:
             self._check_output_free()
             rows = gather_rows(self.pt, self.infile)
-            train = rows if trainall else rows.training()
-            if not np.any(train.w != 0):
+            # The training rows are selected by a mask, not copied (the fits read the rows in blocks).
+            keep = None if trainall else ~rows.testing
+            used = rows.w != 0 if keep is None else keep & (rows.w != 0)
+            if not np.any(used):
                 raise InputError("no training rows with nonzero weight", file=self.infile,
                                  section="GROUPS")
             opts = self.options
             fit_opts = self.bayes_fit_options()
-            folds = check_folds(train, opts["cv_folds"], self.infile, self.pt.single_print)
+            folds = check_folds(rows, opts["cv_folds"], self.infile, self.pt.single_print, keep=keep)
             recal, model_error, pm = None, None, None
+            n_train = int(rows.b.shape[0] if keep is None else np.count_nonzero(keep))
             cv = opts["predictive"] == "model_error" or opts["recalibration"] == "quantile"
             what = ("mean fit (evidence), " + (f"{folds}-fold cross-validation" if cv else "")
                     + (" and the predictive model of new configurations"
                        if opts["predictive"] == "model_error" else "")).rstrip(", ")
-            with progress.timed(f"fitsnap-uq BAYES: {what} on {train.b.shape[0]} rows x "
-                                f"{train.a.shape[1]} coefficients"), \
+            with progress.timed(f"fitsnap-uq BAYES: {what} on {n_train} rows x "
+                                f"{rows.a.shape[1]} coefficients"), \
                     progress.bar(total=folds if cv else None, desc="BAYES: cross-validation folds",
                                  unit="folds", leave=False, show=cv) as bar:
                 on_fold = lambda f: bar.update(1)  # noqa: E731
                 if opts["predictive"] == "model_error":
-                    model, pm, ratios = fit_with_model_error(train, folds=folds, seed=opts["seed"],
+                    model, pm, ratios = fit_with_model_error(rows, folds=folds, seed=opts["seed"],
                                                              basis=opts["model_error_basis"],
                                                              rank=opts["model_error_rank"],
-                                                             on_fold=on_fold, **fit_opts)
+                                                             keep=keep, on_fold=on_fold, **fit_opts)
                     noise_var = dict(pm.floor_var)
                     model_error = {"cov_scale": pm.cov_scale, "coef_var": pm.coef_var,
                                    "factor": pm.factor}
                     if opts["recalibration"] == "quantile":
                         recal = recalibration_map(ratios)
                 elif opts["recalibration"] == "quantile":
-                    model, ratios = fit_and_recalibrate(train, folds=folds, seed=opts["seed"],
-                                                        on_fold=on_fold, **fit_opts)
+                    model, ratios = fit_and_recalibrate(rows, folds=folds, seed=opts["seed"],
+                                                        keep=keep, on_fold=on_fold, **fit_opts)
                     noise_var = model.noise_var
                     recal = recalibration_map(ratios)
                 else:
-                    model = fit_rows(train, **fit_opts)
+                    model = fit_rows(rows, keep=keep, **fit_opts)
                     noise_var = model.noise_var
             result = model.result
             progress.stage(f"fitsnap-uq BAYES: evidence optimization: {result.iterations} "
@@ -312,7 +315,7 @@ class BAYES(UQSolverMixin, Solver):
             info = {
                 "solver": "BAYES", "options": {k: v for k, v in opts.items() if k != "posterior"},
                 "converged": result.converged, "iterations": result.iterations,
-                "message": result.message, "n_train_rows": int(train.b.shape[0]),
+                "message": result.message, "n_train_rows": n_train,
                 "active_columns": int(result.active.sum()), "tied_columns": len(result.ties),
                 "alpha": result.alpha.tolist(),
             }
@@ -357,11 +360,13 @@ def _markdown_rows(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check_folds(train: Rows, folds: int, infile: str | None, say: Any = print) -> int:
-    """The cross-validation folds to use, checked against the training configurations before any
-    work: more folds than configurations is an error, except for the default (5), which becomes
-    leave-one-out on a data set of fewer configurations (said in the log)."""
-    nconf = int(np.unique(train.config_keys()).size)
+def check_folds(rows: Rows, folds: int, infile: str | None, say: Any = print,
+                keep: np.ndarray | None = None) -> int:
+    """The cross-validation folds to use, checked against the training configurations (the rows where
+    ``keep`` is True, default all) before any work: more folds than configurations is an error,
+    except for the default (5), which becomes leave-one-out on a data set of fewer configurations
+    (said in the log)."""
+    nconf = len(pair_codes(rows.groups, rows.configs, use=keep)[0])
     if nconf < 2:
         raise InputError(f"cross-validation needs at least 2 training configurations, there are {nconf}",
                          file=infile, section="UQ", key="cv_folds")
@@ -389,13 +394,13 @@ class MODELERROR(UQSolverMixin, Solver):
             self._check_output_free()
             rows, train = self.training_rows(trainall)
             opts = self.options
-            aw, bw = train.weighted()
             embed = None if opts["merr_embed"] == "all" else opts["merr_embed"]
             data_var = None if opts["merr_data_var"] == "anl" else opts["merr_data_var"]
-            try:
+            try:  # the rows are weighted block by block (no weighted copy)
                 with progress.timed(f"fitsnap-uq MODELERROR: {opts['merr_likelihood']} model-error fit on "
-                                    f"{bw.shape[0]} rows x {aw.shape[1]} coefficients"):
-                    res = fit_model_error(aw, bw, embed=embed, multiplicative=opts["merr_multiplicative"],
+                                    f"{train.b.shape[0]} rows x {train.a.shape[1]} coefficients"):
+                    res = fit_model_error(train.a, train.b, embed=embed, w=train.w,
+                                          multiplicative=opts["merr_multiplicative"],
                                           likelihood=opts["merr_likelihood"], data_var=data_var,
                                           max_iter=opts["max_iter"],
                                           fix_mean=opts["merr_mean"] == "weights")

@@ -9,7 +9,14 @@ from conftest import NEEDS_TA, SHARED_TA
 
 from fitsnap_uq.errors import NumericalError
 from fitsnap_uq.linear import noise as noise_model
-from fitsnap_uq.linear.bayes import class_stats, fit_bayes, log_evidence, merge_stats
+from fitsnap_uq.linear.bayes import (
+    cell_stats,
+    class_stats,
+    duplicate_columns,
+    fit_bayes,
+    log_evidence,
+    merge_stats,
+)
 
 
 def synthetic(n=3000, p=12, sigmas=(0.05, 0.5), seed=0):
@@ -57,13 +64,10 @@ def test_fixed_point_reaches_an_evidence_maximum():
     a, y, labels, _ = synthetic(n=2000)
     stats = noise_model.stats_by_class(a, y, np.ones_like(y), labels)
     names = list(stats)
-    st = [stats[k] for k in names]
     res = fit_bayes(stats, prior="isotropic", tol=1e-12)
-    from fitsnap_uq.linear.bayes import _posterior
 
     def ev(alpha, beta):
-        r, m = _posterior(st, np.full(a.shape[1], alpha), beta)
-        return log_evidence(st, np.full(a.shape[1], alpha), beta, r, m)
+        return log_evidence(stats, np.full(a.shape[1], alpha), beta)
 
     best = ev(res.alpha[0], res.beta)
     assert best == pytest.approx(res.log_evidence, rel=1e-10)
@@ -112,11 +116,49 @@ def test_blocks_and_merge_match_one_pass():
     a, y, _, _ = synthetic(n=1000)
     one = class_stats(a, y, block_rows=10 ** 6)
     blocked = class_stats(a, y, block_rows=97)
-    np.testing.assert_allclose(blocked.r.T @ blocked.r, one.r.T @ one.r, rtol=1e-10)
+    np.testing.assert_allclose(blocked.g, one.g, rtol=1e-10)
+    np.testing.assert_allclose(blocked.g, a.T @ a, rtol=1e-10)
     merged = merge_stats([class_stats(a[:400], y[:400]), class_stats(a[400:], y[400:])])
-    np.testing.assert_allclose(merged.r.T @ merged.z, one.r.T @ one.z, rtol=1e-10)
-    assert merged.rho2 == pytest.approx(one.rho2, rel=1e-8)
+    np.testing.assert_allclose(merged.g, one.g, rtol=1e-10)
+    np.testing.assert_allclose(merged.h, a.T @ y, rtol=1e-10)
+    m = np.linalg.lstsq(a, y, rcond=None)[0] * 1.01
+    for s in (one, blocked, merged):
+        assert s.res2(m) == pytest.approx(np.sum((y - a @ m) ** 2), rel=1e-10)
     assert merged.n == one.n == 1000
+    assert merged.yy == pytest.approx(float(y @ y), rel=1e-12)
+
+
+def test_residuals_keep_their_accuracy_beside_large_targets():
+    """Targets with a large common offset (energies of -8 eV/atom fitted to meV): the residual of the
+    fit from the statistics has the accuracy of a residual computed from the rows (no y^T y - 2 m^T h
+    + m^T G m cancellation), and the mean agrees with least squares on the rows."""
+    rng = np.random.default_rng(7)
+    n, p = 4000, 20
+    a = np.hstack([np.ones((n, 1)), rng.normal(size=(n, p - 1)) * np.logspace(0, 3, p - 1)])
+    coef = np.concatenate([[-8.0], rng.normal(size=p - 1) * 1e-3 / np.logspace(0, 3, p - 1)])
+    y = a @ coef + 1e-6 * rng.normal(size=n)
+    ref = sla.lstsq(a, y)[0]
+    st = class_stats(a, y, block_rows=333)
+    exact = float(np.sum((y - a @ ref) ** 2))
+    assert exact / float(y @ y) < 1e-12  # y^T y - 2 m^T h + m^T G m would have lost every digit
+    assert st.res2(ref) == pytest.approx(exact, rel=1e-6)
+    res = fit_bayes({"all": st}, prior="none")
+    np.testing.assert_allclose(res.mean, ref, rtol=1e-9, atol=1e-12 * np.abs(ref).max())
+
+
+def test_cells_equal_separate_passes():
+    """The statistics of many cells from one pass equal each cell's own pass (on the same anchor)."""
+    a, y, labels, _ = synthetic(n=3000)
+    w = np.random.default_rng(2).uniform(0.5, 2.0, size=y.size)
+    cell = np.random.default_rng(3).integers(-1, 6, size=y.size)
+    cells = cell_stats(a, y, w, cell, 7)
+    assert cells[6] is None
+    for c in range(6):
+        own = class_stats(a, y, w, index=np.flatnonzero(cell == c)).reanchored(cells[c].anchor)
+        np.testing.assert_allclose(cells[c].g, own.g, rtol=1e-12)
+        np.testing.assert_allclose(cells[c].h0, own.h0, rtol=1e-8, atol=1e-10 * np.abs(own.h0).max())
+        assert cells[c].ee0 == pytest.approx(own.ee0, rel=1e-8)
+        assert cells[c].n == own.n and cells[c].wref2 == own.wref2
 
 
 def test_pooled_noise_for_new_data():
@@ -137,3 +179,16 @@ def test_class_labels():
     assert noise_model.class_labels(groups, types, "one").tolist() == ["All"] * 3
     assert noise_model.class_labels(groups, types, "quantity").tolist() == ["Energy", "Force", "Force"]
     assert noise_model.class_labels(groups, types, "group").tolist() == ["A/Energy", "A/Force", "B/Force"]
+
+
+def test_duplicate_columns_on_the_gram_ties_exact_multiples_only():
+    """A column that is -2.5 x an earlier one is tied to it with its factor; a column that differs
+    from another by 1e-4 relative on a few rows (correlation ~1 - 1e-9) is not."""
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(400, 5))
+    a[:, 3] = -2.5 * a[:, 1]
+    a[:, 4] = a[:, 0]
+    a[:5, 4] *= 1.0 + 1e-4
+    rep, factor = duplicate_columns(a.T @ a, np.ones(5, dtype=bool))
+    assert rep.tolist() == [-1, -1, -1, 1, -1]
+    assert abs(factor[3] + 2.5) < 1e-12

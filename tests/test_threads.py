@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.linalg as sla
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from fitsnap_uq.linear import bayes, predictive, threads
+from fitsnap_uq.linear import bayes, threads
 from fitsnap_uq.linear.rows import Rows, fit_and_recalibrate, fit_with_model_error
 
 
@@ -56,24 +57,24 @@ def test_environment_override(two_threads, monkeypatch):
         threads.budget()
 
 
-def test_qr_and_lbfgs_calls_run_limited(two_threads, monkeypatch):
-    """Each QR of the blocked pass, the evidence iterations, the CV refits and the predictive model's
-    L-BFGS run with one BLAS thread (the Ta-sized problem: 31 columns)."""
+def test_passes_factorizations_and_newton_run_limited(two_threads, monkeypatch):
+    """The blocked passes over the rows, each Cholesky factorization of the evidence iterations and
+    the CV refits, and the predictive model's Newton iterations run with one BLAS thread (the Ta-sized
+    problem: 31 columns)."""
     seen: list[set[int]] = []
-    qr = np.linalg.qr
+    potrf = sla.lapack.dpotrf
+    eigh = np.linalg.eigh
+    blocks = bayes._blocks
 
-    def spy_qr(*args, **kwargs):
-        seen.append(blas_threads_now())
-        return qr(*args, **kwargs)
+    def spy(func):
+        def inner(*args, **kwargs):
+            seen.append(blas_threads_now())
+            return func(*args, **kwargs)
+        return inner
 
-    minimize = predictive.minimize
-
-    def spy_minimize(*args, **kwargs):
-        seen.append(blas_threads_now())
-        return minimize(*args, **kwargs)
-
-    monkeypatch.setattr(np.linalg, "qr", spy_qr)
-    monkeypatch.setattr(predictive, "minimize", spy_minimize)
+    monkeypatch.setattr(sla.lapack, "dpotrf", spy(potrf))
+    monkeypatch.setattr(np.linalg, "eigh", spy(eigh))
+    monkeypatch.setattr(bayes, "_blocks", spy(blocks))
     rows = _rows()
     fit_with_model_error(rows, folds=3, seed=0)
     assert len(seen) > 10
