@@ -14,7 +14,8 @@
    are instead the K members' forces, column nvalues + 3 k + c holding
      F_k,jc = -sum_i dE_k/dB_i . dB_i/dr_jc,
    with dE_k/dB_i from the callback member_gradients (the networks' backward pass, in the fix) and
-   the per-pair derivatives dB_i/dr_j of this pass; ghost contributions are summed onto their owners
+   the per-pair derivatives dB_i/dr_j of this pass (or, with `gradients NAME`, dE_k/dB_i from the
+   per-atom array d2_NAME[K * ncoeff] of a fix property/atom, which the Python hook fills); ghost contributions are summed onto their owners
    by reverse communication, as the force rows are. This is what LAMMPS' ML-IAP does for one network.
    With chem, the neighbours' elements resolve the components (explicit multi-element SNAP, see
    snap_bispectrum.h), map_t being the element (0 .. NELEM - 1) of type t.
@@ -33,6 +34,7 @@
 #include "pair.h"
 #include "update.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -91,6 +93,7 @@ ComputeSnapUQAtom::ComputeSnapUQAtom(LAMMPS *lmp, int narg, char **arg) :
     else if (key == "wselfallflag") wselfallflag = utils::inumeric(FLERR, value, false, lmp);
     else if (key == "quadraticflag") quadraticflag = utils::inumeric(FLERR, value, false, lmp);
     else if (key == "forces") forces = utils::logical(FLERR, value, false, lmp);
+    else if (key == "gradients") gradients_name = value;
     else if (key == "members") {
       nmembers = utils::inumeric(FLERR, value, false, lmp);
       if (nmembers < 1) error->all(FLERR, "compute snap/uq/atom: members needs K >= 1");
@@ -168,8 +171,16 @@ void ComputeSnapUQAtom::compute_peratom()
   const int ntotal = atom->nlocal + atom->nghost;
   if (ntotal > 0) memset(&values[0][0], 0, sizeof(double) * ntotal * ncols);
 
-  if (nmembers && !member_gradients)
-    error->all(FLERR, "compute snap/uq/atom: members K is set by fix snap/uq for a network ensemble");
+  double **given = nullptr;    // dE_k/dB_i from a per-atom array (keyword gradients)
+  if (nmembers && !member_gradients) {
+    int flag = -1, cols = -1;
+    const int idx = gradients_name.empty() ? -1 : atom->find_custom(gradients_name.c_str(), flag, cols);
+    if (idx < 0 || flag != 1 || cols != nmembers * ncoeff)
+      error->all(FLERR, "compute snap/uq/atom: members K needs fix snap/uq, or 'gradients NAME' naming "
+                        "a per-atom array d2_NAME[{}] of fix property/atom (K x ncoeff)",
+                 nmembers * ncoeff);
+    given = atom->darray[idx];
+  }
   neighbor->build_one(list);
   double **x = atom->x;
   const int *type = atom->type;
@@ -205,7 +216,10 @@ void ComputeSnapUQAtom::compute_peratom()
     if (!forces) continue;
     if (nmembers) {
       // F_k on neighbour j: -g_k . dB_i/dr_j; on i the opposite (dB_i/dr_i = -sum_j dB_i/dr_j)
-      member_gradients(i, bi, grad.data());
+      if (given)
+        std::copy(given[i], given[i] + (size_t) nmembers * ncoeff, grad.begin());
+      else
+        member_gradients(i, bi, grad.data());
       double *fi = values[i] + nvalues;
       for (int k = 0; k < (int) neighbors.size(); k++) {
         kernel->gradient(k, dbdr.data());

@@ -10,6 +10,7 @@
 
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 namespace LAMMPS_NS {
@@ -34,6 +35,9 @@ class ComputeSnapUQAtom : public Compute {
   // with members K: called for each local atom i of the group right after its B_i (values[i], ncoeff)
   // is computed; fills grad (K, ncoeff) with dE_k/dB_i of every member k (set by fix snap/uq)
   std::function<void(int i, const double *b, double *grad)> member_gradients;
+  // ... or, without it (the Python hook), read them from a per-atom array d2_NAME[K * ncoeff] of
+  // fix property/atom (keyword gradients NAME), set before the compute is invoked
+  std::string gradients_name;
 
  private:
   int nmax, ncols;
