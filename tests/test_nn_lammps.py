@@ -481,6 +481,17 @@ def tanh_uq(tanh_fit) -> Path:
 LJ = "pair_style lj/cut 5.0\npair_coeff * * 0.4 2.3"
 
 
+def test_build_plugin_cli_writes_the_network_file(tanh_fit, tanh_uq, tmp_path):
+    proc = run_cli(["build-plugin", "--ensemble", str(tanh_fit / "Cu_pot.nnensemble.json"), "--out",
+                    str(tmp_path / "x.uq"), "--no-build"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "x.uq").read_text() == tanh_uq.read_text()
+    assert "members 3" in tanh_uq.read_text() and "model nn" in tanh_uq.read_text()
+    proc = run_cli(["build-plugin", "--ensemble", "a.json", "--posterior", "b.npz", "--no-build"],
+                   cwd=tmp_path)
+    assert proc.returncode == 2 and "--ensemble" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
 def test_plugin_force_spread_equals_torch_autograd(tanh_fit, tanh_uq, built_plugin, tmp_path):
     """fix snap/uq with the ensemble's networks, the mean driving the MD through ML-IAP (and checked
     against it): per-atom energy and force std over members equal torch autograd's (triclinic, NPT)."""
@@ -544,6 +555,92 @@ def test_plugin_refuses_a_bad_file_and_an_ensemble_that_is_not_the_running_netwo
     proc = run(tanh_uq.read_text().replace(" tanh", " sigmoid"), "other.uq")  # other networks
     assert proc.returncode != 0
     assert "does not match the running mliap pair style" in proc.stdout, proc.stdout[-2000:]
+
+
+# -------------------------------------------------------- fitsnap-uq ensemble and md over the NN members
+NN_SCRIPT = """
+units metal
+lattice fcc 3.61
+region b block 0 2 0 2 0 2
+create_box 1 b
+create_atoms 1 box
+mass * 63.5
+displace_atoms all random 0.05 0.05 0.05 4321
+include Cu_pot.nnensemble.mean.pair.lmp
+velocity all create 600 87287 loop geom
+fix nve all nve
+thermo 5
+run 40
+"""
+
+
+def test_ensemble_cli_runs_one_replica_per_member(tanh_fit, tmp_path):
+    """`fitsnap-uq ensemble --nnensemble`: replica k is driven by member k (its step-0 energy is member
+    k's, computed by LAMMPS with member k's own exported lines), error bars over the members."""
+    (tanh_fit / "in.nnens").write_text(NN_SCRIPT)
+    out = tmp_path / "ens"
+    proc = run_cli(["ensemble", "in.nnens", "--nnensemble", "Cu_pot.nnensemble.json", "--every", "5",
+                    "--observables", "pe/atoms", "temp", "--outdir", str(out)], cwd=tanh_fit)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "3 replicas run, 3 kept" in proc.stdout
+    from lammps_hooks.ensemble import EnsembleResult
+
+    res = EnsembleResult.load(out)
+    assert res.samples == 3 and res.values.shape[0] == 3 and res.steps[0] == 0
+    setup = NN_SCRIPT.split("include")[0]
+    for k in range(3):
+        lines = (tanh_fit / f"Cu_pot.nnensemble.member{k}.pair.lmp").read_text()
+        lmp_pe = single_point(tanh_fit, setup + lines)
+        assert res.values[k, 0, 0] == pytest.approx(lmp_pe / 32, rel=1e-9)
+    assert np.ptp(res.values[:, 0, 0]) > 1e-6  # the members differ
+    for k in range(3):
+        assert f"replica.member{k}.mliap.model" in (out / f"replica{k}.log").read_text()
+    proc = run_cli(["ensemble", "in.nnens", "--nnensemble", "Cu_pot.nnensemble.json", "--posterior", "x"],
+                   cwd=tanh_fit)
+    assert proc.returncode == 2 and "not allowed with argument" in proc.stderr
+    (tanh_fit / "in.lj").write_text(CU_LJ_MD + "run 10\n")
+    proc = run_cli(["ensemble", "in.lj", "--nnensemble", "Cu_pot.nnensemble.json"], cwd=tanh_fit)
+    assert proc.returncode == 2 and "in.lj" in proc.stderr and "mliap model nn" in proc.stderr
+
+
+def single_point(folder: Path, script: str) -> float:
+    """Potential energy (eV) of ``script`` (setup and pair lines) by ``run 0`` in ``folder``."""
+    import os
+
+    from fitsnap_uq.compat import import_lammps
+
+    old = os.getcwd()
+    os.chdir(folder)
+    try:
+        lmp = import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none"])
+        lmp.commands_string(script + "\nrun 0 post no")
+        pe = float(lmp.get_thermo("pe"))
+        lmp.close()
+    finally:
+        os.chdir(old)
+    return pe
+
+
+def test_md_cli_with_an_nn_ensemble(tanh_fit, tmp_path):
+    """`fitsnap-uq md --nnensemble`: the NN hook on a script the mean drives: evaluations every 5 steps,
+    per-atom columns the script dumps, global values that summarize them; the halt threshold stops it."""
+    script = NN_SCRIPT.replace("thermo 5", "thermo_style custom step pe v_nnuq_fstd_max\nthermo 5")
+    (tanh_fit / "in.nnmd").write_text(script + f"write_dump all custom {tmp_path / 'uq.txt'} id d_nnuq_estd "
+                                      "d_nnuq_fstd modify sort id format float %.17g\n")
+    summary = tmp_path / "s.json"
+    proc = run_cli(["md", "in.nnmd", "--nnensemble", "Cu_pot.nnensemble.json", "--every", "5",
+                    "--descriptors", "lammps", "--summary", str(summary), "--log", "none"], cwd=tanh_fit)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(summary.read_text())
+    assert len(data["history"]) == 9 and data["cost"]["evaluations"] == 9
+    per_atom = np.loadtxt(tmp_path / "uq.txt", skiprows=9)
+    assert per_atom.shape == (32, 3) and per_atom[:, 1:].min() > 0
+    assert data["last"]["estd_max"] == pytest.approx(per_atom[:, 1].max(), rel=1e-12)
+    assert data["last"]["fstd_max"] == pytest.approx(per_atom[:, 2].max(), rel=1e-12)
+    assert data["last"]["fstd_mean"] == pytest.approx(per_atom[:, 2].mean(), rel=1e-12)
+    proc = run_cli(["md", "in.nnmd", "--nnensemble", "Cu_pot.nnensemble.json", "--every", "5",
+                    "--descriptors", "lammps", "--halt-above", "1e-6", "--log", "none"], cwd=tanh_fit)
+    assert proc.returncode == 0 and "stopped" in proc.stdout, proc.stdout[-2000:]
 
 
 # --------------------------------------------------------------------------------------------- Ta
