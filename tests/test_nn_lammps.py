@@ -279,18 +279,9 @@ def test_plain_lmp_under_mpirun_matches_serial(tanh_fit):
 
 
 # ------------------------------------------------------------------------------- the hook's force spread
-HOOK_CHECK = """
-import json, sys
-import numpy as np
-from mpi4py import MPI
-from fitsnap_uq.compat import import_lammps
-from fitsnap_uq.nn.fitsnap_ensemble import NNEnsemble
-from lammps_hooks.nn_uq import NNEnsembleHook, force_spread
-ens = NNEnsemble(sys.argv[1])
-lmp = import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none"])
-lmp.commands_string('''{md}''')
-hook = NNEnsembleHook(lmp, ens, every=5, descriptors=sys.argv[3]).attach()
-s = ens.snap
+# The reference of the check scripts (after 10 steps): every member's forces by torch autograd on LAMMPS'
+# per-pair descriptor derivatives (compute snap dgradflag 1) and energies, for the local atoms `ids`.
+REFERENCE = """s = ens.snap
 lmp.command(f"compute ref all snap {{s['rcutfac']}} {{s['rfac0']}} {{s['twojmax']}} 0.5 1.0 rmin0 0 "
             f"bzeroflag {{s['bzeroflag']}} bikflag 1 dgradflag 1")
 lmp.command("run 10")
@@ -300,10 +291,22 @@ g = a[n:n + 3 * n * n]
 forces = ens.member_forces(a[:n, 3:], np.zeros(n, int), g[:, 3:], g[:, :3].astype(int))
 nlocal = lmp.extract_global("nlocal")
 ids = np.array(lmp.numpy.extract_atom("id"))[:nlocal]
-fstd = np.array(lmp.numpy.extract_atom("d_nnuq_fstd"))[:nlocal]
+energies = np.array([m.model(torch.tensor(a[:n, 3:]), None).detach().numpy().ravel() for m in ens.members])
+"""
+HOOK_CHECK = """
+import json, sys
+import numpy as np
+import torch
+from mpi4py import MPI
+from fitsnap_uq.compat import import_lammps
+from fitsnap_uq.nn.fitsnap_ensemble import NNEnsemble
+from lammps_hooks.nn_uq import NNEnsembleHook, force_spread
+ens = NNEnsemble(sys.argv[1])
+lmp = import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none"])
+lmp.commands_string('''{md}''')
+hook = NNEnsembleHook(lmp, ens, every=5, descriptors=sys.argv[3]).attach()
+""" + REFERENCE + """fstd = np.array(lmp.numpy.extract_atom("d_nnuq_fstd"))[:nlocal]
 estd = np.array(lmp.numpy.extract_atom("d_nnuq_estd"))[:nlocal]
-energies = np.array([m.model(__import__("torch").tensor(a[:n, 3:]), None).detach().numpy().ravel()
-                     for m in ens.members])
 out = {{"fstd": fstd.tolist(), "ref": force_spread(forces)[ids - 1].tolist(),
        "estd": estd.tolist(), "eref": energies.std(axis=0)[ids - 1].tolist(),
        "members": hook.member_forces().tolist(), "members_ref": forces[:, ids - 1].tolist(),
@@ -423,18 +426,7 @@ lmp.commands_string(md)
 lmp.command(f"plugin load {{plugin}}")
 lmp.commands_string(open(pair).read() if pair.endswith(".lmp") else pair)
 lmp.command(f"fix uq all snap/uq 5 {{uqfile}} " + " ".join(sys.argv[6:]))
-s = ens.snap
-lmp.command(f"compute ref all snap {{s['rcutfac']}} {{s['rfac0']}} {{s['twojmax']}} 0.5 1.0 rmin0 0 "
-            f"bzeroflag {{s['bzeroflag']}} bikflag 1 dgradflag 1")
-lmp.command("run 10")
-n = lmp.get_natoms()
-a = np.array(lmp.numpy.extract_compute("ref", 0, 2))
-g = a[n:n + 3 * n * n]
-forces = ens.member_forces(a[:n, 3:], np.zeros(n, int), g[:, 3:], g[:, :3].astype(int))
-nlocal = lmp.extract_global("nlocal")
-ids = np.array(lmp.numpy.extract_atom("id"))[:nlocal]
-uq = np.array(lmp.numpy.extract_fix("uq", 1, 2))[:nlocal]
-energies = np.array([m.model(torch.tensor(a[:n, 3:]), None).detach().numpy().ravel() for m in ens.members])
+""" + REFERENCE + """uq = np.array(lmp.numpy.extract_fix("uq", 1, 2))[:nlocal]
 part = {{"fstd": uq[:, 1].tolist(), "ref": force_spread(forces)[ids - 1].tolist(),
         "estd": uq[:, 0].tolist(), "eref": energies.std(axis=0)[ids - 1].tolist(),
         "pe_std": float(energies.sum(axis=1).std()), "nlocal": int(nlocal),
@@ -558,20 +550,9 @@ def test_plugin_refuses_a_bad_file_and_an_ensemble_that_is_not_the_running_netwo
 
 
 # -------------------------------------------------------- fitsnap-uq ensemble and md over the NN members
-NN_SCRIPT = """
-units metal
-lattice fcc 3.61
-region b block 0 2 0 2 0 2
-create_box 1 b
-create_atoms 1 box
-mass * 63.5
-displace_atoms all random 0.05 0.05 0.05 4321
-include Cu_pot.nnensemble.mean.pair.lmp
-velocity all create 600 87287 loop geom
-fix nve all nve
-thermo 5
-run 40
-"""
+NN_SCRIPT = CU_LJ_MD.replace("pair_style lj/cut 5.0\npair_coeff * * 0.4 2.3",
+                             "include Cu_pot.nnensemble.mean.pair.lmp") + "thermo 5\nrun 40\n"
+assert "include" in NN_SCRIPT
 
 
 def test_ensemble_cli_runs_one_replica_per_member(tanh_fit, tmp_path):

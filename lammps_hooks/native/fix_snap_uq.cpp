@@ -473,47 +473,39 @@ void FixSnapUQ::verify_mean()
   current(c_sna);
   double **b = c_sna->array_atom;
   const int ncoeff = block - 1;
+  const double theirs = c_pair->compute_scalar();
+  double ours = 0.0;
   if (nnflag) {
-    // the running mliap network must be the ensemble's mean or one of its members
+    // the running mliap network must be the ensemble's mean or one of its members: the closest
     if (!forces)
       for (int i = 0; i < atom->nlocal; i++) member_gradients(i, b[i], nullptr);
     std::vector<double> local(nmembers, 0.0), totals(nmembers);
     for (int i = 0; i < atom->nlocal; i++)
       for (int k = 0; k < nmembers; k++) local[k] += member_energy[(size_t) i * nmembers + k];
     MPI_Allreduce(local.data(), totals.data(), nmembers, MPI_DOUBLE, MPI_SUM, world);
-    const double theirs = c_pair->compute_scalar();
     double meanval = 0.0;
     for (double t : totals) meanval += t / nmembers;
-    std::vector<double> candidates = totals;
-    candidates.push_back(meanval);
-    double best = 1e300;
-    for (double ours : candidates)
-      best = std::min(best, fabs(ours - theirs) / std::max(fabs(theirs), 1e-300));
-    if (best > 1e-8)
-      error->all(FLERR, "fix snap/uq: the network ensemble {} does not match the running mliap pair "
-                        "style: its mean gives a network energy of {:.10g} eV, the pair style {:.10g} "
-                        "eV, and no member matches either (closest relative difference {:.2e}); use "
-                        "the model files written with this ensemble (or verify no)",
-                 posterior_file, meanval, theirs, best);
-    verified = 1;
-    return;
+    ours = meanval;
+    for (double t : totals)
+      if (fabs(t - theirs) < fabs(ours - theirs)) ours = t;
+  } else {
+    double ours_local = 0.0;
+    for (int i = 0; i < atom->nlocal; i++) {
+      const int off = type2elem[atom->type[i]] * block;
+      double energy = mean[off];
+      for (int k = 0; k < ncoeff; k++) energy += b[i][k] * mean[off + 1 + k];
+      ours_local += energy;
+    }
+    MPI_Allreduce(&ours_local, &ours, 1, MPI_DOUBLE, MPI_SUM, world);
   }
-  double ours_local = 0.0, ours = 0.0;
-  for (int i = 0; i < atom->nlocal; i++) {
-    const int off = type2elem[atom->type[i]] * block;
-    double energy = mean[off];
-    for (int k = 0; k < ncoeff; k++) energy += b[i][k] * mean[off + 1 + k];
-    ours_local += energy;
-  }
-  MPI_Allreduce(&ours_local, &ours, 1, MPI_DOUBLE, MPI_SUM, world);
-  const double theirs = c_pair->compute_scalar();
   const double rel = fabs(ours - theirs) / std::max(fabs(theirs), 1e-300);
   if (rel > 1e-8)
-    error->all(FLERR, "fix snap/uq: the posterior {} does not match the running snap pair style: "
-                      "its mean coefficients give a SNAP energy of {:.10g} eV, the pair style "
-                      "{:.10g} eV (relative difference {:.2e}); use the .snapcoeff/.snapparam "
-                      "written with this posterior (or verify no)",
-               posterior_file, ours, theirs, rel);
+    error->all(FLERR, "fix snap/uq: the {} {} does not match the running {} pair style: {} gives "
+                      "{:.10g} eV, the pair style {:.10g} eV (relative difference {:.2e}); use the {} "
+                      "written with it (or verify no)",
+               nnflag ? "network ensemble" : "posterior", posterior_file, nnflag ? "mliap" : "snap",
+               nnflag ? "its mean (or closest member) network energy" : "its mean coefficients' SNAP energy",
+               ours, theirs, rel, nnflag ? "model files" : ".snapcoeff/.snapparam");
   verified = 1;
 }
 
