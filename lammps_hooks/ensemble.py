@@ -82,6 +82,7 @@ from lammps_hooks.script import (
     snap_script,
 )
 from lammps_hooks.snap_params import check_chem_order
+from lammps_hooks.snap_uq import zero_external_force
 
 OUTPUT_COMMANDS = ("dump", "dump_modify", "undump", "write_restart", "write_data", "write_dump",
                    "write_coeff", "restart", "log")
@@ -423,6 +424,7 @@ def _count_steps(lmp: Any, steps_bar: Any, every: int) -> None:
     state = {"last": None}
 
     def callback(caller: Any, step: int, nlocal: int, tag: Any, x: Any, fext: Any) -> None:
+        zero_external_force(fext, nlocal)
         if state["last"] is not None and step > state["last"]:
             steps_bar.update(int(step - state["last"]))
         state["last"] = int(step)
