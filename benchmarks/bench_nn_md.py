@@ -190,7 +190,7 @@ def main() -> int:
         base = lin_base if name.startswith("linear") else nn_base
         per_eval = 1e3 * (c["descriptors_s"] + c["uncertainty_s"]) / n
         if c["member_forces_s"] != c["member_forces_s"]:  # the plugin: one pass does it all
-            split = (f"descriptors + member forces {1e3 * c['descriptors_s'] / n:.1f} ms, the rest "
+            split = (f"descriptor pass with forces {1e3 * c['descriptors_s'] / n:.1f} ms, the rest "
                      f"{1e3 * c['uncertainty_s'] / n:.1f} ms (rank 0)")
         else:
             split = (f"member forces {1e3 * c['member_forces_s'] / n:.1f} ms, sna/atom "
