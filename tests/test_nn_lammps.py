@@ -584,6 +584,22 @@ def test_ensemble_cli_runs_one_replica_per_member(tanh_fit, tmp_path):
     assert proc.returncode == 2 and "in.lj" in proc.stderr and "mliap model nn" in proc.stderr
 
 
+@pytest.mark.mpi
+def test_ensemble_cli_over_members_under_mpirun_equals_serial(tanh_fit, tmp_path):
+    """The members' replicas as 3 partitions of one rank under mpirun -np 3: the same time series."""
+    (tanh_fit / "in.nnens").write_text(NN_SCRIPT)
+    series = []
+    for mpi, out in ((0, tmp_path / "serial"), (3, tmp_path / "mpi")):
+        proc = run_cli(["ensemble", "in.nnens", "--nnensemble", "Cu_pot.nnensemble.json", "--every", "10",
+                        "--observables", "pe/atoms", "--outdir", str(out)], cwd=tanh_fit, mpi=mpi)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        data = json.loads((out / "ensemble.json").read_text())
+        series.append(np.asarray(data["values"]))
+        if mpi:
+            assert sorted(t["partition"] for t in data["timings"]) == [0, 1, 2]
+    np.testing.assert_allclose(series[1], series[0], rtol=1e-10)
+
+
 def single_point(folder: Path, script: str) -> float:
     """Potential energy (eV) of ``script`` (setup and pair lines) by ``run 0`` in ``folder``."""
     import os
