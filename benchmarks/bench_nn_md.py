@@ -14,8 +14,12 @@ case's time is its median over the rounds, a ratio the median over the rounds of
 times of that round. Cases:
 
 * NN mean, plain (the baseline of the NN ratios);
-* NN mean + :class:`~lammps_hooks.nn_uq.NNEnsembleHook` every 10 steps: energy and force spread (the
-  members' forces by ML-IAP in 4 helper instances);
+* NN mean + the plugin's ``fix snap/uq`` with the members' networks (``write_plugin_ensemble``) every
+  10 steps: energy and force spread, the networks' dE/dB in C++ contracted with the per-pair
+  descriptor derivatives (with a C++ compiler; ``--linear plugin``);
+* NN mean + :class:`~lammps_hooks.nn_uq.NNEnsembleHook` every 10 steps: energy and force spread, the
+  members' forces by the plugin's contraction of torch's dE/dB (``descriptors=native``, with the plugin)
+  and by ML-IAP in 4 helper instances (``descriptors=lammps``);
 * NN mean + the hook every 10 steps, energy spread only;
 * linear SNAP (the BAYES fit of the Ta example, fitted here unless --posterior is given), plain;
 * linear SNAP + its uncertainty every 10 steps (energy and force std): the plugin's ``fix snap/uq``
@@ -109,31 +113,43 @@ def main() -> int:
                   f"pair_coeff * * snap {stem}.snapcoeff {stem}.snapparam Ta"]
         plugin = uq = None
         if args.linear == "plugin":
-            from lammps_hooks.native import build_plugin, write_plugin_posterior
+            from lammps_hooks.native import build_plugin, write_plugin_ensemble, write_plugin_posterior
 
             plugin = build_plugin(tmp / "plugin")
             uq = write_plugin_posterior(post_path, tmp / "Ta_pot.uq")
+            nn_uq = write_plugin_ensemble(ensemble, tmp / "Ta_pot.nn.uq")
         posterior = Posterior.load(post_path)
 
-        def nn_hook(forces: bool) -> Callable[[Any], Any]:
-            return lambda lmp: NNEnsembleHook(lmp, ensemble, every=args.every, forces=forces).attach()
+        def nn_hook(forces: bool, route: str = "lammps") -> Callable[[Any], Any]:
+            return lambda lmp: NNEnsembleHook(lmp, ensemble, every=args.every, forces=forces,
+                                              descriptors=route).attach()
+
+        def nn_plugin(lmp: Any) -> Any:
+            lmp.command(f"fix uq all snap/uq {args.every} {nn_uq}")
+            return "plugin"
 
         def linear_uq(lmp: Any) -> Any:
             if plugin is not None:
                 lmp.command(f"fix uq all snap/uq {args.every} {uq}")
-                return None
+                return "plugin"
             from lammps_hooks.snap_uq import SnapUQHook
 
             return SnapUQHook(lmp, posterior, every=args.every, descriptors="lammps").attach()
 
+        nn_base, lin_base = "NN mean, plain (baseline)", "linear SNAP, plain"
+        lin_uq = f"linear SNAP + {args.linear} every {args.every}"
         cases = {
-            "NN mean, plain (baseline)": (exported.lines["mean"], None),
-            f"NN mean + E,F spread every {args.every}": (exported.lines["mean"], nn_hook(True)),
-            f"NN mean + E spread every {args.every}": (exported.lines["mean"], nn_hook(False)),
+            nn_base: (exported.lines["mean"], None),
+            f"NN mean + E,F hook/probes every {args.every}": (exported.lines["mean"], nn_hook(True)),
+            f"NN mean + E hook every {args.every}": (exported.lines["mean"], nn_hook(False)),
             "NN member 0 alone, plain": (exported.lines["member0"], None),
-            "linear SNAP, plain": (linear, None),
-            f"linear SNAP + {args.linear} every {args.every}": (linear, linear_uq),
+            lin_base: (linear, None),
+            lin_uq: (linear, linear_uq),
         }
+        if plugin is not None:
+            cases[f"NN mean + E,F plugin every {args.every}"] = (exported.lines["mean"], nn_plugin)
+            cases[f"NN mean + E,F hook/native every {args.every}"] = (exported.lines["mean"],
+                                                                      nn_hook(True, "native"))
         names = list(cases)
         md = {name: open_md(pair, attach, plugin) for name, (pair, attach) in cases.items()}
         times = {name: [] for name in names}
@@ -143,12 +159,16 @@ def main() -> int:
                 md[name][0].command(f"run {args.every} pre no post no")
                 times[name].append(time.perf_counter() - t0)
         cost = {name: dict(hook.cost) for name, (_, hook) in md.items() if isinstance(hook, NNEnsembleHook)}
+        for name, (lmp, hook) in md.items():
+            if hook == "plugin":  # fix snap/uq's own counters: evaluations, descriptor s, rest s
+                n, desc_s, rest_s = (lmp.extract_fix("uq", 0, 1, k) for k in (8, 9, 10))
+                cost[name] = {"evaluations": int(n), "descriptors_s": desc_s, "uncertainty_s": rest_s,
+                              "member_forces_s": float("nan")}
         for lmp, hook in md.values():
-            if hook is not None:
+            if isinstance(hook, NNEnsembleHook):
                 hook.detach()
             lmp.close()
     t = {name: np.array(v) for name, v in times.items()}
-    nn_base, lin_base = names[0], names[4]
     per_step = {name: 1e3 * float(np.median(v)) / args.every for name, v in t.items()}
     print(f"2000-atom bcc Ta, NVE, {args.rounds} rounds of {args.every} steps; NN: {len(ensemble)} tanh "
           f"members ({'-'.join(ensemble.info['network']['layer_sizes'])}), the mean drives")
@@ -158,20 +178,26 @@ def main() -> int:
 
     for name in names:
         base = lin_base if name.startswith("linear") else nn_base
-        print(f"{name:34s} {per_step[name]:8.1f} ms/step (median)  ratio to its plain run "
+        print(f"{name:40s} {per_step[name]:8.1f} ms/step (median)  ratio to its plain run "
               f"{ratio(name, base):.3f}")
     print(f"NN mean plain / linear SNAP plain: {ratio(nn_base, lin_base):.3f}; NN member 0 / NN mean: "
           f"{ratio(names[3], nn_base):.3f}")
-    print(f"NN mean with its E,F spread / linear SNAP with its uncertainty ({args.linear}): "
-          f"{ratio(names[1], names[5]):.3f}")
+    for name in names:
+        if name.startswith("NN mean + E,F"):
+            print(f"{name} / {lin_uq}: {ratio(name, lin_uq):.3f}")
     for name, c in cost.items():
         n = max(c["evaluations"], 1)
+        base = lin_base if name.startswith("linear") else nn_base
         per_eval = 1e3 * (c["descriptors_s"] + c["uncertainty_s"]) / n
-        print(f"{name}: {c['evaluations']} evaluations, per evaluation {per_eval:.1f} ms: member forces "
-              f"{1e3 * c['member_forces_s'] / n:.1f} ms, sna/atom "
-              f"{1e3 * (c['descriptors_s'] - c['member_forces_s']) / n:.1f} ms, the rest "
-              f"{1e3 * c['uncertainty_s'] / n:.1f} ms; implied overhead every {args.every} steps: "
-              f"{1 + per_eval / args.every / per_step[nn_base]:.3f}")
+        if c["member_forces_s"] != c["member_forces_s"]:  # the plugin: one pass does it all
+            split = (f"descriptor pass with forces {1e3 * c['descriptors_s'] / n:.1f} ms, the rest "
+                     f"{1e3 * c['uncertainty_s'] / n:.1f} ms (rank 0)")
+        else:
+            split = (f"member forces {1e3 * c['member_forces_s'] / n:.1f} ms, sna/atom "
+                     f"{1e3 * (c['descriptors_s'] - c['member_forces_s']) / n:.1f} ms, the rest "
+                     f"{1e3 * c['uncertainty_s'] / n:.1f} ms")
+        print(f"{name}: {c['evaluations']} evaluations, per evaluation {per_eval:.1f} ms: {split}; implied "
+              f"overhead every {args.every} steps: {1 + per_eval / args.every / per_step[base]:.3f}")
     return 0
 
 

@@ -90,7 +90,8 @@ def _cmd_md(args: argparse.Namespace) -> int:
         args.script, args.posterior, every=args.every, forces=not args.energy_only,
         flag_dir=args.flag_dir, flag_above=args.flag_above, halt_above=args.halt_above,
         measure=args.measure, max_flags=args.max_flags, min_distance=args.min_distance,
-        source=args.source, comm=comm, log=args.log, descriptors=args.descriptors), comm)
+        source=args.source, comm=comm, log=args.log, descriptors=args.descriptors,
+        nnensemble=args.nnensemble), comm)
     if code:
         return code
     if comm is None or comm.Get_rank() == 0:
@@ -139,7 +140,7 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     result, code = _collective(lambda: run_ensemble(
         args.script, args.posterior, samples=args.samples, observables=args.observables,
         every=args.every, outdir=args.outdir, seed=args.seed,
-        ranks_per_replica=args.ranks_per_replica, comm=comm), comm)
+        ranks_per_replica=args.ranks_per_replica, comm=comm, nnensemble=args.nnensemble), comm)
     if code:
         return code
     if result is not None:
@@ -202,9 +203,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_build_plugin(args: argparse.Namespace) -> int:
-    from lammps_hooks.native import PluginBuildError, build_plugin, plugin_load_line, write_plugin_posterior
+    from lammps_hooks.native import (
+        PluginBuildError,
+        build_plugin,
+        plugin_load_line,
+        write_plugin_ensemble,
+        write_plugin_posterior,
+    )
 
     try:
+        if args.posterior and args.ensemble:
+            raise InputError("build-plugin: give --posterior (linear) or --ensemble (networks), not both")
+        if args.ensemble:
+            out = args.out or (args.ensemble.removesuffix(".json") + ".uq")
+            write_plugin_ensemble(args.ensemble, out)
+            print(f"fitsnap-uq build-plugin: wrote the plugin's network ensemble {out}")
         if args.posterior:
             out = args.out or (args.posterior.removesuffix(".posterior.npz").removesuffix(".npz") + ".uq")
             write_plugin_posterior(args.posterior, out, source=args.source)
@@ -276,7 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "v_uq_pe_std, v_uq_pe_atom_std, v_uq_estd_max, v_uq_estd_mean, v_uq_fstd_max, "
                     "v_uq_fstd_mean, v_uq_nflagged for thermo and fix halt. Works under mpirun.")
     md.add_argument("script", help="LAMMPS input script")
-    md.add_argument("--posterior", required=True, help="posterior file (.posterior.npz)")
+    model = md.add_mutually_exclusive_group(required=True)
+    model.add_argument("--posterior", help="posterior file (.posterior.npz)")
+    model.add_argument("--nnensemble",
+                       help="instead, a FitSNAP network ensemble (.nnensemble.json): the members' spread "
+                            "(d_nnuq_estd, d_nnuq_fstd, v_nnuq_*), whatever pair style drives the script")
     md.add_argument("--every", type=_positive_int, default=10, help="compute every N steps (default 10)")
     md.add_argument("--energy-only", action="store_true",
                     help="per-atom energy std only (no snad/atom: cheaper)")
@@ -310,7 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "and the MD sampling error from the autocorrelation; also over time and at the "
                     "end (table, summary, plot).")
     ens.add_argument("script", help="LAMMPS input script with pair_style snap")
-    ens.add_argument("--posterior", required=True, help="posterior file (.posterior.npz)")
+    model = ens.add_mutually_exclusive_group(required=True)
+    model.add_argument("--posterior", help="posterior file (.posterior.npz)")
+    model.add_argument("--nnensemble",
+                       help="instead, a FitSNAP network ensemble (.nnensemble.json): one replica per "
+                            "member, driven by it (its ML-IAP model swapped into the script's 'mliap "
+                            "model nn' pair_style; --samples is then the number of members)")
     ens.add_argument("--samples", type=_positive_int, default=4, help="number of replicas K (default 4)")
     ens.add_argument("--observables", nargs="+", default=["vol/atoms", "press", "pe/atoms", "temp"],
                      help="LAMMPS equal-style expressions, each optionally with its unit in brackets "
@@ -364,8 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
     plug.add_argument("--allow-untested", action="store_true",
                       help="build for a LAMMPS version the sources are not written for")
     plug.add_argument("--posterior", help="also write the plugin posterior file of this .posterior.npz")
+    plug.add_argument("--ensemble",
+                      help="instead, write the plugin file of this NNENSEMBLE (<potential>.nnensemble.json)")
     plug.add_argument("--out",
-                      help="the plugin posterior file (default: POSTERIOR without .posterior.npz + .uq)")
+                      help="the plugin posterior file (default: POSTERIOR without .posterior.npz + .uq, or "
+                           "ENSEMBLE without .json + .uq)")
     plug.add_argument("--source", default="auto", choices=["auto", "analytic", "samples"],
                       help="coefficient spread written (as the hook's --source; default auto)")
     plug.add_argument("--no-build", action="store_true", help="only write the posterior file")

@@ -9,6 +9,13 @@ partitions of ``--ranks-per-replica`` ranks (like LAMMPS ``-partition``); partit
 of the replicas concurrently, each partition its replicas one after another. On one rank the replicas
 run in sequence.
 
+``fitsnap-uq ensemble IN.lammps --nnensemble E.nnensemble.json ...`` does the same over the K members of
+a FitSNAP network ensemble (``NNENSEMBLE``): replica k is driven by member k, its ML-IAP ``model nn`` file
+(written to the output folder as ``fitsnap-uq nn-export`` does) swapped into the script's ``pair_style
+... mliap model nn MODEL descriptor sna DESCRIPTOR`` line (the mean's or any member's, also through an
+``include`` of an exported ``.pair.lmp``); the error bars are over the members, as they are over
+posterior draws for a linear SNAP.
+
 Observables are LAMMPS equal-style expressions of thermo keywords (``vol/atoms``, ``press``,
 ``pe/atoms``, ``temp``, ...), recorded every ``--every`` steps with ``fix print``. The replicas' own file
 outputs (dump, restart, write_*) are left out; each replica writes its log and observables to the
@@ -65,8 +72,17 @@ from fitsnap_uq.errors import InputError, NumericalError
 from fitsnap_uq.io import atomic_write
 from fitsnap_uq.posterior import Posterior
 from fitsnap_uq.timeseries import prediction_band, replica_interval, time_average
-from lammps_hooks.script import RUN_COMMANDS, execute, replace_coeff_file, snap_script
+from lammps_hooks.script import (
+    RUN_COMMANDS,
+    Command,
+    execute,
+    nn_script,
+    replace_coeff_file,
+    replace_mliap_files,
+    snap_script,
+)
 from lammps_hooks.snap_params import check_chem_order
+from lammps_hooks.snap_uq import zero_external_force
 
 OUTPUT_COMMANDS = ("dump", "dump_modify", "undump", "write_restart", "write_data", "write_dump",
                    "write_coeff", "restart", "log")
@@ -257,14 +273,19 @@ def run_steps(commands: Sequence[Any]) -> int | None:
     return total
 
 
-def run_ensemble(script: str | Path, posterior: Posterior | str | Path, samples: int = 4,
+def run_ensemble(script: str | Path, posterior: Posterior | str | Path | None, samples: int = 4,
                  observables: Sequence[str] = ("vol/atoms", "press", "pe/atoms", "temp"),
                  every: int = 10, outdir: str | Path = "ensemble", seed: int = 0,
-                 ranks_per_replica: int = 1, comm: Any = None, progress: bool = True
-                 ) -> EnsembleResult | None:
+                 ranks_per_replica: int = 1, comm: Any = None, progress: bool = True,
+                 nnensemble: Any = None) -> EnsembleResult | None:
     """Run the posterior ensemble (see the module docstring); the result on rank 0, None elsewhere.
 
     Args:
+        posterior: a linear SNAP Posterior (or its file); None with ``nnensemble``.
+        samples: replicas (posterior draws); with ``nnensemble`` the members (all of them).
+        nnensemble: instead of a posterior, a FitSNAP network ensemble
+            (:class:`~fitsnap_uq.nn.fitsnap_ensemble.NNEnsemble` or its ``.nnensemble.json``): one replica
+            per member, each driven by that member through ML-IAP ``model nn``.
         observables: LAMMPS equal-style expressions, each optionally followed by its unit in brackets
             (``"press/10000 [GPa]"``).
         progress: stage lines and bars over the replicas and the MD steps of rank 0's partition
@@ -276,22 +297,33 @@ def run_ensemble(script: str | Path, posterior: Posterior | str | Path, samples:
 
     comm = comm or MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
-    if samples < 2:
-        raise InputError("an ensemble needs at least 2 samples (--samples)")
     if size % ranks_per_replica:
         raise InputError(f"{size} MPI ranks do not split into partitions of {ranks_per_replica}")
-    post = posterior if isinstance(posterior, Posterior) else Posterior.load(posterior)
-    script, commands, snap = snap_script(script, "a posterior ensemble (it swaps the coefficient file)")
-    check_chem_order(post.snap, post.elements, snap.elements, post.path, f"{script.name}")
+    outdir = Path(outdir).resolve()
+    if nnensemble is not None:
+        script, commands, swap_index, replica_command, samples = _nn_replicas(script, nnensemble, outdir,
+                                                                              rank, comm)
+        if samples < 2:
+            raise InputError(f"an ensemble needs at least 2 members, the NNENSEMBLE has {samples}",
+                             file=str(nnensemble))
+    else:
+        if samples < 2:
+            raise InputError("an ensemble needs at least 2 samples (--samples)")
+        post = posterior if isinstance(posterior, Posterior) else Posterior.load(posterior)
+        script, commands, snap = snap_script(script, "a posterior ensemble (it swaps the coefficient file)")
+        check_chem_order(post.snap, post.elements, snap.elements, post.path, f"{script.name}")
+        swap_index = snap.index
+
+        def replica_command(k: int, cmd: Command) -> Command:
+            return replace_coeff_file(cmd, snap, str(outdir / f"replica{k}.snapcoeff"))
     if not any(c.word in RUN_COMMANDS for c in commands):
         raise InputError("the script has no run command", file=str(script))
-    outdir = Path(outdir).resolve()
     split = [split_unit(o) for o in observables]
     exprs = [e for e, _ in split]
     style = units_style(commands)
     units = {e: (u if u is not None else observable_unit(e, style)) for e, u in split}
     names = [_observable_name(o) for o in exprs]
-    if rank == 0:
+    if rank == 0 and nnensemble is None:
         outdir.mkdir(parents=True, exist_ok=True)
         for k, coeffs in enumerate(post.sample(samples, seed=seed)):
             post.write_snapcoeff(outdir / f"replica{k}.snapcoeff", coeffs,
@@ -322,8 +354,8 @@ def run_ensemble(script: str | Path, posterior: Posterior | str | Path, samples:
             for i, cmd in enumerate(commands):
                 if cmd.word in OUTPUT_COMMANDS:
                     continue
-                if i == snap.index:
-                    cmd = replace_coeff_file(cmd, snap, str(outdir / f"replica{k}.snapcoeff"))
+                if i == swap_index:
+                    cmd = replica_command(k, cmd)
                 if not defined and cmd.word in RUN_COMMANDS:
                     for name, expr in zip(names, exprs):
                         lmp.command(f"variable ens_{name} equal {expr}")
@@ -354,12 +386,45 @@ def run_ensemble(script: str | Path, posterior: Posterior | str | Path, samples:
     return summarize(outdir, samples, exprs, names, timings, every, units=units)
 
 
+def _nn_replicas(script: str | Path, nnensemble: Any, outdir: Path, rank: int, comm: Any
+                 ) -> tuple[Path, list[Command], int, Any, int]:
+    """The script, its commands, the index of its ML-IAP ``pair_style``, ``replica_command(k, cmd)``
+    (member k's model swapped in) and the number of members K. Rank 0 writes the members' ML-IAP files
+    to ``outdir`` (``replica.member<k>.mliap.model``, ``replica.mliap.descriptor``)."""
+    from fitsnap_uq.nn.fitsnap_ensemble import NNEnsemble
+    from fitsnap_uq.nn.fitsnap_mliap import export_ensemble
+
+    path, commands, mliap = nn_script(script, "an NN-ensemble run swaps the ML-IAP model file of that line")
+    ens = nnensemble if isinstance(nnensemble, NNEnsemble) else NNEnsemble(nnensemble)
+    unknown = [e for e in mliap.elements if e != "NULL" and e not in ens.elements]
+    if unknown:
+        raise InputError(f"the script's mliap pair_coeff names elements {unknown} that are not the "
+                         f"ensemble's ({ens.elements})", file=str(path))
+    message = None
+    if rank == 0:
+        outdir.mkdir(parents=True, exist_ok=True)
+        try:
+            export_ensemble(ens, outdir=outdir, prefix="replica")
+        except InputError as exc:
+            message = str(exc)
+    message = comm.bcast(message, root=0)
+    if message:
+        raise InputError(message)
+
+    def replica_command(k: int, cmd: Command) -> Command:
+        return replace_mliap_files(cmd, str(outdir / f"replica.member{k}.mliap.model"),
+                                   str(outdir / "replica.mliap.descriptor"))
+
+    return path, commands, mliap.index, replica_command, len(ens)
+
+
 def _count_steps(lmp: Any, steps_bar: Any, every: int) -> None:
     """Advance ``steps_bar`` every ``every`` MD steps from a ``fix external`` callback that adds no
     force (as the MD hook's): the count of steps of the run in progress."""
     state = {"last": None}
 
     def callback(caller: Any, step: int, nlocal: int, tag: Any, x: Any, fext: Any) -> None:
+        zero_external_force(fext, nlocal)
         if state["last"] is not None and step > state["last"]:
             steps_bar.update(int(step - state["last"]))
         state["last"] = int(step)

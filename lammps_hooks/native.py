@@ -26,6 +26,18 @@ Plugin posterior file (text, version 1; ``#`` starts a comment; whitespace-separ
     factor P R   L_11 .. L_PR        (P, R) row-major, Cov(theta) = L L^T
     end
 
+A network ensemble (:func:`write_plugin_ensemble`; ``fitsnap-uq build-plugin --ensemble
+P.nnensemble.json --out P.nn.uq``) has the same header and SNAP keys, then instead of ``mean`` and
+``factor``::
+
+    model nn
+    members K
+    network M E NLAYERS              member M's network for element E (0-based), then per layer:
+    layer NIN NOUT ACTIVATION        linear|tanh|sigmoid|relu|softplus, then NOUT rows [bias, NIN weights]
+
+with ``block`` = descriptors + 1 and ``source ensemble``: the torch ``Linear`` layers of each FitSNAP
+network, as :mod:`fitsnap_uq.nn.fitsnap_mliap` writes them for ML-IAP (plus FitSNAP's default softplus).
+
 Numbers are written with 17 significant digits, so the C++ side reads exactly the doubles the
 Python hook uses.
 """
@@ -39,12 +51,18 @@ import subprocess
 import sys
 from importlib import metadata, util
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from fitsnap_uq.errors import InputError
 from fitsnap_uq.io import atomic_path, atomic_write
 from fitsnap_uq.posterior import Posterior, per_element
 from lammps_hooks.snap_params import check_supported
 from lammps_hooks.uq_model import LinearSnapModel
+
+if TYPE_CHECKING:
+    from fitsnap_uq.nn.fitsnap_ensemble import NNEnsemble
 
 NATIVE_DIR = Path(__file__).resolve().parent / "native"
 SOURCES = ("fix_snap_uq.cpp", "compute_snap_uq_atom.cpp", "snap_bispectrum.cpp", "plugin.cpp")
@@ -100,22 +118,37 @@ def write_plugin_posterior(posterior: LinearSnapModel | Posterior | str | os.Pat
                              section="BISPECTRUM", key=key)
     model = posterior if isinstance(posterior, LinearSnapModel) else \
         LinearSnapModel(posterior, source, nsamples, seed)
-    nel = len(model.elements)
     mean, factor = model.mean, model.factor
     p, r = factor.shape
+    lines = [*_header_lines(f"posterior for fix snap/uq ({model.source} spread)", model.elements,
+                            model.block_size, model.source, snap),
+             f"mean {p}", *(_num(v) for v in mean),
+             f"factor {p} {r}", *(" ".join(_num(v) for v in row) for row in factor),
+             "end", ""]
+    out = Path(path)
+    atomic_write(out, "\n".join(lines))
+    return out
 
-    def num(x: float) -> str:
-        return repr(float(x))
+
+def _num(x: float) -> str:
+    return repr(float(x))
+
+
+def _header_lines(what: str, elements: list[str], block: int, source: str, snap: dict[str, Any]
+                  ) -> list[str]:
+    """The plugin file's header and SNAP keys (format in the module docstring)."""
+    nel = len(elements)
 
     def flag(key: str, default: int) -> str:
         return str(int(snap.get(key, default)))
 
-    lines = [f"# fitsnap-uq plugin posterior for fix snap/uq ({model.source} spread)",
-             f"{MAGIC} {FORMAT_VERSION}",
-             f"elements {nel} {' '.join(model.elements)}",
-             f"block {model.block_size}",
-             f"source {model.source}",
-             f"rcutfac {num(snap['rcutfac'])}",
+    num = _num
+    return [f"# fitsnap-uq plugin {what}",
+            f"{MAGIC} {FORMAT_VERSION}",
+            f"elements {nel} {' '.join(elements)}",
+            f"block {block}",
+            f"source {source}",
+            f"rcutfac {num(snap['rcutfac'])}",
              f"rfac0 {num(snap['rfac0'])}",
              f"twojmax {int(snap['twojmax'])}",
              f"rmin0 {num(snap.get('rmin0', 0.0))}",
@@ -126,13 +159,54 @@ def write_plugin_posterior(posterior: LinearSnapModel | Posterior | str | os.Pat
              f"wselfallflag {flag('wselfallflag', 0)}",
              f"chemflag {flag('chemflag', 0)}",
              "radelem " + " ".join(num(v) for v in per_element(snap["radelem"], nel)),
-             "wj " + " ".join(num(v) for v in per_element(snap["wj"], nel)),
-             f"mean {p}", *(num(v) for v in mean),
-             f"factor {p} {r}", *(" ".join(num(v) for v in row) for row in factor),
-             "end", ""]
+             "wj " + " ".join(num(v) for v in per_element(snap["wj"], nel))]
+
+
+def write_plugin_ensemble(ensemble: NNEnsemble | str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Write a network ensemble's plugin file (``model nn``, format in the module docstring), atomically.
+
+    ``fix ID group snap/uq N FILE`` then computes per atom every member's energy E_k(B_i) and
+    dE_k/dB_i (the networks' forward and backward pass in C++), every member's force
+    ``F_k,j = -sum_i dE_k/dB_i . dB_i/dr_j`` from the per-pair descriptor derivatives, and their std
+    over members (as :class:`~lammps_hooks.nn_uq.NNEnsembleHook`).
+
+    Args:
+        ensemble: an :class:`~fitsnap_uq.nn.fitsnap_ensemble.NNEnsemble` or the path of its description
+            (``<potential>.nnensemble.json``); linear SNAP descriptors (``quadraticflag = 0``).
+        path: the output file (conventionally ``*.nn.uq``).
+
+    Raises:
+        InputError: quadratic or explicit multi-element descriptors, or a network of layers other than
+            ``Linear`` and tanh/sigmoid/relu/softplus (naming the ensemble file).
+    """
+    from fitsnap_uq.nn.fitsnap_ensemble import NNEnsemble
+    from fitsnap_uq.nn.fitsnap_mliap import PLUGIN_ACTIVATIONS, ensemble_layers
+
+    if not isinstance(ensemble, NNEnsemble):
+        ensemble = NNEnsemble(ensemble)
+    where = str(ensemble.path)
+    snap = dict(ensemble.snap)
+    check_supported(snap, where)
+    for key in ("quadraticflag", "chemflag"):
+        if int(snap.get(key, 0) or 0):
+            raise InputError("the plugin's network ensembles read linear single-block SNAP descriptors",
+                             file=where, section="BISPECTRUM", key=key)
+    layers = ensemble_layers(ensemble, PLUGIN_ACTIVATIONS)
+    ncoeff = int(snap["ncoeff"])
+    lines = _header_lines(f"network ensemble for fix snap/uq ({len(layers)} members of {Path(where).name})",
+                          list(ensemble.elements), ncoeff + 1, "ensemble", snap)
+    lines += ["model nn", f"members {len(layers)}"]
+    for m, member in enumerate(layers):
+        for e, net in enumerate(member):
+            lines.append(f"network {m} {e} {len(net)}")
+            for layer in net:
+                nout, nin = layer.weight.shape
+                lines.append(f"layer {nin} {nout} {layer.activation}")
+                rows = np.column_stack([layer.bias, layer.weight])
+                lines += [" ".join(_num(v) for v in row) for row in rows]
+    lines += ["end", ""]
     out = Path(path)
-    text = "\n".join(lines)
-    atomic_write(out, text)
+    atomic_write(out, "\n".join(lines))
     return out
 
 

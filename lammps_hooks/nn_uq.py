@@ -33,7 +33,16 @@ per-pair derivatives (``compute snap ... dgradflag 1``, what FitSNAP trains on) 
 (N + 3 N^2) x (d + 3) global array in the 2025 LAMMPS (3.2 GB for 2000 atoms, summed over all ranks
 at every call), usable for small cells only (:meth:`NNEnsemble.member_forces
 <fitsnap_uq.nn.fitsnap_ensemble.NNEnsemble.member_forces>` evaluates it; the tests use it as the
-reference). So the hook lets LAMMPS do it: the members are written as ML-IAP ``model nn`` files
+reference). So the hook lets C++ do it, in one of two ways (``descriptors``):
+
+* ``native`` (the default, ``auto``, when the fitsnap-uq plugin is built: ``fitsnap-uq build-plugin``):
+  the hook computes every member's ``dE_i^m/dB_i`` by torch autograd on the ``sna/atom`` descriptors,
+  hands them to the plugin's ``compute snap/uq/atom ... members K gradients NAME`` through a per-atom
+  array of ``fix property/atom``, and the compute contracts them with the per-pair derivatives
+  ``dB_i/dr_j`` in one pass over the neighbours (ghost contributions summed onto their owners), the
+  computation ``fix snap/uq`` does with its own networks. Cost: a second descriptor pass and the
+  members' backward passes, per evaluation.
+* ``lammps`` (``auto`` without the plugin), below: the members are written as ML-IAP ``model nn`` files
 (:mod:`fitsnap_uq.nn.fitsnap_mliap`; ML-IAP evaluates ``dE_i/dB_i`` of the network and contracts it with
 the per-pair derivatives in C++, neighbor by neighbor) and K helper LAMMPS instances on the same MPI
 communicator, one per member, mirror the running system (box, types, positions, every evaluation) and
@@ -288,17 +297,21 @@ class NNEnsembleHook(SnapUQHook):
             of ``fstd_max`` (default with forces), ``fstd_mean``, ``estd_max`` (default without),
             ``estd_mean``, ``pe_atom_std``, ``pe_std``.
         comm: mpi4py communicator of ``lmp`` (default ``MPI.COMM_WORLD``).
+        descriptors: how the members' forces are computed (see the module docstring): ``native`` (the
+            plugin's contraction of torch's dE/dB with the per-pair derivatives), ``lammps`` (K helper
+            ML-IAP instances), ``auto`` (native when the plugin is built). Same numbers.
     """
 
     def __init__(self, lmp: Any, ensemble: NNEnsemble, every: int = 10, forces: bool = True,
                  type_elements: Sequence[str] | None = None, prefix: str = "nnuq",
                  store: QueryStore | None = None, flag_above: float | None = None,
-                 halt_above: float | None = None, measure: str | None = None, comm: Any = None) -> None:
+                 halt_above: float | None = None, measure: str | None = None, comm: Any = None,
+                 descriptors: str = "auto") -> None:
         self.ensemble = ensemble
         self.probes: MemberForceProbes | None = None
         super().__init__(lmp, NNEnsembleModel(ensemble, forces=forces), every=every, forces=forces,
                          type_elements=type_elements, prefix=prefix, store=store, flag_above=flag_above,
-                         halt_above=halt_above, measure=measure, comm=comm, descriptors="lammps")
+                         halt_above=halt_above, measure=measure, comm=comm, descriptors=descriptors)
         self.cost["member_forces_s"] = 0.0
         """(In :attr:`cost`) seconds in the members' force evaluations (part of ``descriptors_s``)."""
 
@@ -306,27 +319,47 @@ class NNEnsembleHook(SnapUQHook):
         """Define ``compute sna/atom``, the force probes (with forces), the per-atom columns, variables
         and callback. ``verify`` is accepted for the interface: the ensemble is not a pair style."""
         self._map_types()
-        self._compute("sna", f"sna/atom {self._descriptor_args()}")
-        if self.forces:
+        args = self._descriptor_args()
+        self._compute("sna", f"sna/atom {args}")
+        self.native = bool(self.forces) and self._native_available()
+        if self.native:
+            k, d = len(self.ensemble), int(self.model.ncoeff)
+            self.lmp.command(f"fix {self.name('grad')} all property/atom d2_{self.name('grad')} {k * d}")
+            self._compute("desc", f"snap/uq/atom {args} forces yes members {k} gradients {self.name('grad')}")
+        elif self.forces:
             self.probes = MemberForceProbes(self.lmp, self.ensemble, self.type_elements, self.comm)
         self._install()
         return self
+
+    def _native_forces(self, nlocal: int, b: np.ndarray) -> np.ndarray:
+        """(K, nlocal, 3) the members' forces (eV/A) from the plugin's contraction of torch's dE/dB on
+        the descriptors ``b`` (nlocal, d) with the per-pair descriptor derivatives (collective)."""
+        k, d = len(self.ensemble), int(self.model.ncoeff)
+        betas = self.ensemble.member_betas(b, self._elements_of_local(nlocal))  # (K, nlocal, d)
+        grad = self.lmp.numpy.extract_atom(f"d2_{self.name('grad')}")
+        if nlocal:
+            grad[:nlocal] = betas.transpose(1, 0, 2).reshape(nlocal, k * d)
+        f = self._peratom("desc", nlocal).reshape(nlocal, -1)[:, d:]
+        return f.reshape(nlocal, k, 3).transpose(1, 0, 2)
 
     def descriptor_arrays(self, nlocal: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The local atoms' ``sna/atom`` descriptors (nlocal, d) and, with forces, the members' forces on
         them (nlocal, K, 3), eV/A."""
         b = self._peratom("sna", nlocal)
-        if not self.forces or self.probes is None:
+        if not self.forces or (self.probes is None and not self.native):
             return b, None
-        t0 = time.perf_counter()
-        f = self.probes.forces()
+        t0, before = time.perf_counter(), self._descriptor_s
+        f = self._native_forces(nlocal, b) if self.native else self.probes.forces()
         spent = time.perf_counter() - t0
-        self._descriptor_s += spent
+        self._descriptor_s = before + spent  # the contraction's own compute time is part of spent
         self.cost["member_forces_s"] += spent
         return b, f.transpose(1, 0, 2)
 
     def member_forces(self) -> np.ndarray:
         """(K, nlocal, 3) every member's force (eV/A) on the local atoms now (collective; needs forces)."""
+        if self.native:
+            nlocal = int(self.lmp.extract_global("nlocal"))
+            return self._native_forces(nlocal, self.descriptors(nlocal))
         if self.probes is None:
             raise RuntimeError("the hook computes no forces (forces=False, or not attached)")
         return self.probes.forces()
@@ -343,7 +376,10 @@ class NNEnsembleHook(SnapUQHook):
 
     def detach(self) -> None:
         """Remove the hook's fixes and computes and close the force probes."""
+        was_native = self.attached and self.native
         super().detach()
+        if was_native:
+            self.lmp.command(f"unfix {self.name('grad')}")
         if self.probes is not None:
             self.probes.close()
             self.probes = None

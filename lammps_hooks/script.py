@@ -133,6 +133,60 @@ def replace_coeff_file(command: Command, snap: SnapCoeff, new_file: str) -> Comm
     return Command(text, command.file, command.line)
 
 
+_MLIAP_NN = re.compile(r"(?<!\S)mliap\s+model\s+nn\s+(\S+)\s+descriptor\s+sna\s+(\S+)")
+
+
+@dataclass
+class MliapModel:
+    """The ``pair_style ... mliap model nn MODEL descriptor sna DESCRIPTOR`` command of a script (an NN
+    potential of ML-IAP, e.g. a member or the mean that ``fitsnap-uq nn-export`` writes).
+
+    Attributes:
+        index: position of the ``pair_style`` command; model_file, descriptor_file: as written there;
+        elements: the element of each atom type from the mliap ``pair_coeff`` after it ([] if none).
+    """
+
+    index: int
+    model_file: str
+    descriptor_file: str
+    elements: list[str]
+
+
+def find_mliap_model(commands: list[Command]) -> MliapModel | None:
+    """The last ``pair_style`` with an ML-IAP ``model nn`` (alone or in a hybrid style), if any."""
+    found = None
+    for i, cmd in enumerate(commands):
+        if cmd.word == "pair_style":
+            m = _MLIAP_NN.search(cmd.text)
+            found = MliapModel(i, m.group(1), m.group(2), []) if m else found
+        elif cmd.word == "pair_coeff" and found is not None:
+            args = shlex.split(cmd.text)[3:]
+            hybrid = bool(args) and args[0] == "mliap"
+            if hybrid or (args and not any(a.endswith((".snapcoeff", ".snapparam")) for a in args)
+                          and "hybrid" not in commands[found.index].text):
+                found.elements = args[1:] if hybrid else args
+    return found
+
+
+def nn_script(script: str | Path, purpose: str) -> tuple[Path, list[Command], MliapModel]:
+    """An input script's path, commands and ML-IAP ``model nn`` pair style; InputError when it has none."""
+    path = Path(script).resolve()
+    commands = read_script(path)
+    model = find_mliap_model(commands)
+    if model is None:
+        raise InputError("the script has no 'pair_style [hybrid/overlay ...] mliap model nn MODEL descriptor "
+                         f"sna DESCRIPTOR' command (or an include of fitsnap-uq nn-export's .pair.lmp); "
+                         f"{purpose}", file=str(path))
+    return path, commands, model
+
+
+def replace_mliap_files(command: Command, model_file: str, descriptor_file: str) -> Command:
+    """The same ``pair_style`` command with another ML-IAP model and descriptor file."""
+    text = _MLIAP_NN.sub(f"mliap model nn {model_file} descriptor sna {descriptor_file}", command.text,
+                         count=1)
+    return Command(text, command.file, command.line)
+
+
 def needs_hook(command: Command, prefix: str = "uq") -> bool:
     """Whether the hook must be attached before this command (a run, or per-atom ``d_uq_`` names)."""
     return command.word in RUN_COMMANDS or f"d_{prefix}_" in command.text

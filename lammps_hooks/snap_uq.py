@@ -60,6 +60,13 @@ ENERGY_MEASURES = ("estd_max", "estd_mean", "pe_atom_std", "pe_std")
 """What a model without a force std (``force_std = False``) can be thresholded by."""
 
 
+def zero_external_force(fext: Any, nlocal: int) -> None:
+    """Set the ``fix external pf/callback`` force array to zero: the hook adds no force, and LAMMPS does
+    not clear the array it hands to the callback (its contents are whatever the memory held)."""
+    if nlocal and fext is not None:
+        np.asarray(fext)[:nlocal] = 0.0
+
+
 class SnapUQHook:
     """Per-atom and global uncertainty during LAMMPS MD (see the module docstring).
 
@@ -378,6 +385,7 @@ class SnapUQHook:
         return estd, fstd, g, tot.fingerprint, float(tot.energy)
 
     def _callback(self, caller: Any, step: int, nlocal: int, tag: Any, x: Any, fext: Any) -> None:
+        zero_external_force(fext, nlocal)
         if not self._active:
             return
         if self._checking and not self.checked:

@@ -61,3 +61,28 @@ def test_bad_input():
         error_based_curve(np.zeros(0), np.zeros(0))
     with pytest.raises(ValueError):
         ence(np.zeros(3), np.ones(3), bins=0)
+
+
+def test_nn_benchmark_splits_each_group_into_training_and_held_out_folders(tmp_path):
+    """benchmarks/calibration_nn_newdata.py trains FitSNAP on exactly the complement of the held-out
+    configurations: each group's files go to GROUP or GROUP__heldout, with fractions 1/0 and 0/1."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from calibration_nn_newdata import HELD, split_input
+
+    data = tmp_path / "data"
+    for g in ("Displaced_BCC", "Liquid"):
+        (data / g).mkdir(parents=True)
+        for k in range(5):
+            (data / g / f"{g}_{k}.json").write_text("{}")
+    held = {"Displaced_BCC/Displaced_BCC_1.json", "Liquid/Liquid_3.json", "Liquid/Liquid_4.json"}
+    text = split_input(tmp_path / "fit", data, held, epochs=7, members=3).read_text()
+    for g in ("Displaced_BCC", "Liquid"):
+        kept = sorted(p.name for p in (tmp_path / "fit" / "JSON" / g).iterdir())
+        out = sorted(p.name for p in (tmp_path / "fit" / "JSON" / (g + HELD)).iterdir())
+        assert {f"{g}/{n}" for n in out} == {k for k in held if k.startswith(g)}
+        assert len(kept) + len(out) == 5 and not set(kept) & set(out)
+        assert f"\n{g} = 1.0 0.0 " in text and f"\n{g + HELD} = 0.0 1.0 " in text
+    assert "num_epochs = 7" in text and "nn_members = 3" in text and "dataPath = JSON" in text

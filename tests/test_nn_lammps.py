@@ -279,18 +279,9 @@ def test_plain_lmp_under_mpirun_matches_serial(tanh_fit):
 
 
 # ------------------------------------------------------------------------------- the hook's force spread
-HOOK_CHECK = """
-import json, sys
-import numpy as np
-from mpi4py import MPI
-from fitsnap_uq.compat import import_lammps
-from fitsnap_uq.nn.fitsnap_ensemble import NNEnsemble
-from lammps_hooks.nn_uq import NNEnsembleHook, force_spread
-ens = NNEnsemble(sys.argv[1])
-lmp = import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none"])
-lmp.commands_string('''{md}''')
-hook = NNEnsembleHook(lmp, ens, every=5).attach()
-s = ens.snap
+# The reference of the check scripts (after 10 steps): every member's forces by torch autograd on LAMMPS'
+# per-pair descriptor derivatives (compute snap dgradflag 1) and energies, for the local atoms `ids`.
+REFERENCE = """s = ens.snap
 lmp.command(f"compute ref all snap {{s['rcutfac']}} {{s['rfac0']}} {{s['twojmax']}} 0.5 1.0 rmin0 0 "
             f"bzeroflag {{s['bzeroflag']}} bikflag 1 dgradflag 1")
 lmp.command("run 10")
@@ -300,10 +291,22 @@ g = a[n:n + 3 * n * n]
 forces = ens.member_forces(a[:n, 3:], np.zeros(n, int), g[:, 3:], g[:, :3].astype(int))
 nlocal = lmp.extract_global("nlocal")
 ids = np.array(lmp.numpy.extract_atom("id"))[:nlocal]
-fstd = np.array(lmp.numpy.extract_atom("d_nnuq_fstd"))[:nlocal]
+energies = np.array([m.model(torch.tensor(a[:n, 3:]), None).detach().numpy().ravel() for m in ens.members])
+"""
+HOOK_CHECK = """
+import json, sys
+import numpy as np
+import torch
+from mpi4py import MPI
+from fitsnap_uq.compat import import_lammps
+from fitsnap_uq.nn.fitsnap_ensemble import NNEnsemble
+from lammps_hooks.nn_uq import NNEnsembleHook, force_spread
+ens = NNEnsemble(sys.argv[1])
+lmp = import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none"])
+lmp.commands_string('''{md}''')
+hook = NNEnsembleHook(lmp, ens, every=5, descriptors=sys.argv[3]).attach()
+""" + REFERENCE + """fstd = np.array(lmp.numpy.extract_atom("d_nnuq_fstd"))[:nlocal]
 estd = np.array(lmp.numpy.extract_atom("d_nnuq_estd"))[:nlocal]
-energies = np.array([m.model(__import__("torch").tensor(a[:n, 3:]), None).detach().numpy().ravel()
-                     for m in ens.members])
 out = {{"fstd": fstd.tolist(), "ref": force_spread(forces)[ids - 1].tolist(),
        "estd": estd.tolist(), "eref": energies.std(axis=0)[ids - 1].tolist(),
        "members": hook.member_forces().tolist(), "members_ref": forces[:, ids - 1].tolist(),
@@ -323,13 +326,19 @@ CU_LJ_TRICLINIC_NPT = CU_LJ_MD.replace("create_atoms 1 box", "create_atoms 1 box
     "fix nve all nve", "fix npt all npt temp 600 600 0.05 tri 0 0 0.2")
 
 
-def check_hook(folder: Path, out: Path, mpi: int = 0, md: str = CU_LJ_MD) -> list[dict]:
-    script = folder / "hook_check.py"
-    script.write_text(HOOK_CHECK.format(md=md))
-    cmd = [sys.executable, str(script), str(folder / "Cu_pot.nnensemble.json"), str(out)]
+def check_hook(folder: Path, out: Path, mpi: int = 0, md: str = CU_LJ_MD, plugin: Path | None = None,
+               script_text: str = HOOK_CHECK, args: tuple[str, ...] = ()) -> list[dict]:
+    """Run a check script (serial or under mpirun) and read the per-rank parts it wrote to ``out``;
+    ``plugin``: the built plugin, for the hook's native contraction (else K helper instances)."""
+    script = folder / f"check_{out.stem}.py"
+    script.write_text(script_text.format(md=md))
+    cmd = [sys.executable, str(script), str(folder / "Cu_pot.nnensemble.json"), str(out),
+           *(args or ("native" if plugin else "lammps",))]
     if mpi:
         cmd = [MPIRUN, "-np", str(mpi), *cmd]
     env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    if plugin is not None:
+        env["FITSNAP_UQ_PLUGIN_DIR"] = str(plugin.parent)
     import os
 
     proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=600,
@@ -356,15 +365,20 @@ def assert_hook_parts(parts: list[dict]) -> None:
         assert p["last"]["fstd_mean"] == pytest.approx(ref.mean(), rel=1e-12)
 
 
-def test_hook_force_spread_equals_torch_autograd(tanh_fit, tmp_path):
+@pytest.mark.parametrize("route", ["native", "probes"])
+def test_hook_force_spread_equals_torch_autograd(tanh_fit, tmp_path, route, request):
     """d_nnuq_fstd = std over members of the forces torch autograd gives on LAMMPS' per-pair derivatives
-    (compute snap dgradflag 1) of the same configuration, to 1e-8 relative (a triclinic cell under NPT)."""
-    assert_hook_parts(check_hook(tanh_fit, tmp_path / "hook.json", md=CU_LJ_TRICLINIC_NPT))
+    (compute snap dgradflag 1) of the same configuration, to 1e-8 relative (a triclinic cell under NPT);
+    with the plugin's contraction of dE/dB (native) and with K helper ML-IAP instances (probes)."""
+    plugin = request.getfixturevalue("built_plugin") if route == "native" else None
+    assert_hook_parts(check_hook(tanh_fit, tmp_path / "hook.json", md=CU_LJ_TRICLINIC_NPT, plugin=plugin))
 
 
 @pytest.mark.mpi
-def test_hook_force_spread_under_mpirun(tanh_fit, tmp_path):
-    parts = check_hook(tanh_fit, tmp_path / "hook.json", mpi=2)
+@pytest.mark.parametrize("route", ["native", "probes"])
+def test_hook_force_spread_under_mpirun(tanh_fit, tmp_path, route, request):
+    plugin = request.getfixturevalue("built_plugin") if route == "native" else None
+    parts = check_hook(tanh_fit, tmp_path / "hook.json", mpi=2, plugin=plugin)
     assert len(parts) == 2 and all(p["nlocal"] > 0 for p in parts)
     assert_hook_parts(parts)
 
@@ -383,7 +397,7 @@ def test_hook_refuses_forces_of_a_softplus_ensemble_and_an_energy_only_hook_has_
     lmp = import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none"])
     lmp.commands_string(CU_LJ_MD)
     with pytest.raises(InputError, match=r"nn_activation = tanh.*forces=False"):
-        NNEnsembleHook(lmp, ens, every=5).attach()
+        NNEnsembleHook(lmp, ens, every=5, descriptors="lammps").attach()
     lmp.close()
     lmp = import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none"])
     lmp.commands_string(CU_LJ_MD)
@@ -393,6 +407,237 @@ def test_hook_refuses_forces_of_a_softplus_ensemble_and_an_energy_only_hook_has_
     with pytest.raises(ValueError, match="measure"):
         NNEnsembleHook(lmp, ens, every=5, forces=False, measure="fstd_max", prefix="x")
     lmp.close()
+
+
+# ------------------------------------------------------------------- the plugin's fix snap/uq for networks
+PLUGIN_CHECK = """
+import json, sys
+import numpy as np
+import torch
+from mpi4py import MPI
+from fitsnap_uq.compat import import_lammps
+from fitsnap_uq.nn.fitsnap_ensemble import NNEnsemble
+from lammps_hooks.nn_uq import force_spread
+ens = NNEnsemble(sys.argv[1])
+out, plugin, uqfile, pair = sys.argv[2:6]
+md = '''{md}'''
+lmp = import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none"])
+lmp.commands_string(md)
+lmp.command(f"plugin load {{plugin}}")
+lmp.commands_string(open(pair).read() if pair.endswith(".lmp") else pair)
+lmp.command(f"fix uq all snap/uq 5 {{uqfile}} " + " ".join(sys.argv[6:]))
+""" + REFERENCE + """uq = np.array(lmp.numpy.extract_fix("uq", 1, 2))[:nlocal]
+part = {{"fstd": uq[:, 1].tolist(), "ref": force_spread(forces)[ids - 1].tolist(),
+        "estd": uq[:, 0].tolist(), "eref": energies.std(axis=0)[ids - 1].tolist(),
+        "pe_std": float(energies.sum(axis=1).std()), "nlocal": int(nlocal),
+        "glob": [lmp.extract_fix("uq", 0, 1, k) for k in range(11)], "step": lmp.get_thermo("step")}}
+parts = MPI.COMM_WORLD.gather(part, root=0)
+if MPI.COMM_WORLD.rank == 0:
+    json.dump(parts, open(out, "w"))
+lmp.close()
+"""
+
+
+def check_plugin(folder: Path, out: Path, plugin: Path, uq: Path, pair: str, mpi: int = 0,
+                 md: str = CU_LJ_TRICLINIC_NPT, keywords: tuple[str, ...] = ()) -> list[dict]:
+    """Run :data:`PLUGIN_CHECK`: ``fix snap/uq`` with the network file ``uq`` under ``pair`` (an include
+    file or the lines themselves), and the reference on the same configuration; per-rank parts."""
+    return check_hook(folder, out, mpi=mpi, md=md, script_text=PLUGIN_CHECK,
+                      args=(str(plugin), str(uq), pair, *keywords))
+
+
+def assert_plugin_parts(parts: list[dict], evaluations: int = 3) -> None:
+    """fix snap/uq's per-atom and global values against torch autograd on LAMMPS' per-pair
+    derivatives of the same configuration (1e-8 relative)."""
+    assert sum(p["nlocal"] for p in parts) == 32
+    fstd = np.concatenate([p["fstd"] for p in parts])
+    ref = np.concatenate([p["ref"] for p in parts])
+    estd = np.concatenate([p["estd"] for p in parts])
+    eref = np.concatenate([p["eref"] for p in parts])
+    assert ref.min() > 0 and eref.min() > 0
+    np.testing.assert_allclose(fstd, ref, rtol=1e-8, atol=0)
+    np.testing.assert_allclose(estd, eref, rtol=1e-8, atol=0)
+    g = parts[0]["glob"]  # pe_std pe_atom_std estd_max estd_mean fstd_max fstd_mean nflagged halt n ..
+    np.testing.assert_allclose(g[:6], [parts[0]["pe_std"], parts[0]["pe_std"] / 32, eref.max(),
+                                       eref.mean(), ref.max(), ref.mean()], rtol=1e-8)
+    assert g[8] == evaluations
+
+
+@pytest.fixture(scope="module")
+def tanh_uq(tanh_fit) -> Path:
+    from lammps_hooks.native import write_plugin_ensemble
+
+    return write_plugin_ensemble(tanh_fit / "Cu_pot.nnensemble.json", tanh_fit / "Cu.nn.uq")
+
+
+LJ = "pair_style lj/cut 5.0\npair_coeff * * 0.4 2.3"
+
+
+def test_build_plugin_cli_writes_the_network_file(tanh_fit, tanh_uq, tmp_path):
+    proc = run_cli(["build-plugin", "--ensemble", str(tanh_fit / "Cu_pot.nnensemble.json"), "--out",
+                    str(tmp_path / "x.uq"), "--no-build"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "x.uq").read_text() == tanh_uq.read_text()
+    assert "members 3" in tanh_uq.read_text() and "model nn" in tanh_uq.read_text()
+    proc = run_cli(["build-plugin", "--ensemble", "a.json", "--posterior", "b.npz", "--no-build"],
+                   cwd=tmp_path)
+    assert proc.returncode == 2 and "--ensemble" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_plugin_force_spread_equals_torch_autograd(tanh_fit, tanh_uq, built_plugin, tmp_path):
+    """fix snap/uq with the ensemble's networks, the mean driving the MD through ML-IAP (and checked
+    against it): per-atom energy and force std over members equal torch autograd's (triclinic, NPT)."""
+    assert_plugin_parts(check_plugin(tanh_fit, tmp_path / "p.json", built_plugin, tanh_uq,
+                                     "Cu_pot.nnensemble.mean.pair.lmp"))
+
+
+@pytest.mark.mpi
+def test_plugin_force_spread_under_mpirun(tanh_fit, tanh_uq, built_plugin, tmp_path):
+    """The same under mpirun -np 2 (ghost contributions by reverse communication), member 1 driving."""
+    parts = check_plugin(tanh_fit, tmp_path / "p.json", built_plugin, tanh_uq,
+                         "Cu_pot.nnensemble.member1.pair.lmp", mpi=2, md=CU_LJ_MD)
+    assert len(parts) == 2 and all(p["nlocal"] > 0 for p in parts)
+    assert_plugin_parts(parts)
+
+
+def test_plugin_softplus_ensemble_flags_and_halts(tanh_fit, built_plugin, tmp_path):
+    """FitSNAP's default softplus (which ML-IAP cannot run) in the plugin, under another pair style
+    (so not checked against it): equal to torch autograd; flag and halt as for a linear posterior."""
+    from fitsnap_uq.nn.fitsnap_ensemble import NNEnsemble
+    from lammps_hooks.native import write_plugin_ensemble
+
+    ens = NNEnsemble(tanh_fit / "Cu_pot.nnensemble.json")
+    folder = tmp_path / "softplus"
+    folder.mkdir()
+    for m, wrapper in enumerate(ens.members):
+        net = wrapper.model.subnet
+        for i, layer in enumerate(net):
+            if isinstance(layer, torch.nn.Tanh):
+                net[i] = torch.nn.Softplus()
+        torch.save(wrapper, folder / f"Cu_pot.nnensemble.member{m}.pt")
+    shutil.copy(tanh_fit / "Cu_pot.nnensemble.json", folder)
+    uq = write_plugin_ensemble(folder / "Cu_pot.nnensemble.json", folder / "Cu.softplus.uq")
+    assert " softplus" in uq.read_text() and " tanh" not in uq.read_text()
+    parts = check_plugin(folder, tmp_path / "p.json", built_plugin, uq, LJ, md=CU_LJ_MD)
+    assert_plugin_parts(parts)
+    assert parts[0]["glob"][6] == 0 and parts[0]["glob"][7] == 0  # nothing flagged, no halt
+    threshold = 0.5 * parts[0]["glob"][4]
+    parts = check_plugin(folder, tmp_path / "h.json", built_plugin, uq, LJ, md=CU_LJ_MD,
+                         keywords=("flag", str(threshold), "flagged.xyz", "halt", str(threshold)))
+    assert parts[0]["glob"][6] == 1 and parts[0]["glob"][7] == 1 and parts[0]["step"] == 0
+    frames = (folder / "flagged.xyz").read_text().splitlines()
+    assert frames[0] == "32" and "uq_fstd:R:1" in frames[1] and "step=0" in frames[1]
+
+
+def test_plugin_refuses_a_bad_file_and_an_ensemble_that_is_not_the_running_network(tanh_fit, tanh_uq,
+                                                                                  built_plugin, tmp_path):
+    script = (f"plugin load {built_plugin}\n{CU_LJ_MD}\ninclude Cu_pot.nnensemble.mean.pair.lmp\n"
+              "fix uq all snap/uq 5 {uq}\nrun 0\n")
+
+    def run(text: str, name: str) -> subprocess.CompletedProcess:
+        (tmp_path / name).write_text(text)
+        (tanh_fit / f"in.{name}").write_text(script.format(uq=tmp_path / name))
+        return subprocess.run([LMP, "-in", f"in.{name}", "-log", "none"], cwd=tanh_fit, capture_output=True,
+                              text=True, timeout=300)
+
+    proc = run(tanh_uq.read_text().replace("network 0 0 4", "network 9 0 4"), "bad.uq")
+    assert proc.returncode != 0
+    assert f"{tmp_path / 'bad.uq'}: 'network 9 0 4': member, element or layer count out of range" in \
+        proc.stdout, proc.stdout[-2000:]
+    proc = run(tanh_uq.read_text().replace(" tanh", " sigmoid"), "other.uq")  # other networks
+    assert proc.returncode != 0
+    assert "does not match the running mliap pair style" in proc.stdout, proc.stdout[-2000:]
+
+
+# -------------------------------------------------------- fitsnap-uq ensemble and md over the NN members
+NN_SCRIPT = CU_LJ_MD.replace("pair_style lj/cut 5.0\npair_coeff * * 0.4 2.3",
+                             "include Cu_pot.nnensemble.mean.pair.lmp") + "thermo 5\nrun 40\n"
+assert "include" in NN_SCRIPT
+
+
+def test_ensemble_cli_runs_one_replica_per_member(tanh_fit, tmp_path):
+    """`fitsnap-uq ensemble --nnensemble`: replica k is driven by member k (its step-0 energy is member
+    k's, computed by LAMMPS with member k's own exported lines), error bars over the members."""
+    (tanh_fit / "in.nnens").write_text(NN_SCRIPT)
+    out = tmp_path / "ens"
+    proc = run_cli(["ensemble", "in.nnens", "--nnensemble", "Cu_pot.nnensemble.json", "--every", "5",
+                    "--observables", "pe/atoms", "temp", "--outdir", str(out)], cwd=tanh_fit)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "3 replicas run, 3 kept" in proc.stdout
+    from lammps_hooks.ensemble import EnsembleResult
+
+    res = EnsembleResult.load(out)
+    assert res.samples == 3 and res.values.shape[0] == 3 and res.steps[0] == 0
+    setup = NN_SCRIPT.split("include")[0]
+    for k in range(3):
+        lines = (tanh_fit / f"Cu_pot.nnensemble.member{k}.pair.lmp").read_text()
+        lmp_pe = single_point(tanh_fit, setup + lines)
+        assert res.values[k, 0, 0] == pytest.approx(lmp_pe / 32, rel=1e-9)
+    assert np.ptp(res.values[:, 0, 0]) > 1e-6  # the members differ
+    for k in range(3):
+        assert f"replica.member{k}.mliap.model" in (out / f"replica{k}.log").read_text()
+    proc = run_cli(["ensemble", "in.nnens", "--nnensemble", "Cu_pot.nnensemble.json", "--posterior", "x"],
+                   cwd=tanh_fit)
+    assert proc.returncode == 2 and "not allowed with argument" in proc.stderr
+    (tanh_fit / "in.lj").write_text(CU_LJ_MD + "run 10\n")
+    proc = run_cli(["ensemble", "in.lj", "--nnensemble", "Cu_pot.nnensemble.json"], cwd=tanh_fit)
+    assert proc.returncode == 2 and "in.lj" in proc.stderr and "mliap model nn" in proc.stderr
+
+
+@pytest.mark.mpi
+def test_ensemble_cli_over_members_under_mpirun_equals_serial(tanh_fit, tmp_path):
+    """The members' replicas as 3 partitions of one rank under mpirun -np 3: the same time series."""
+    (tanh_fit / "in.nnens").write_text(NN_SCRIPT)
+    series = []
+    for mpi, out in ((0, tmp_path / "serial"), (3, tmp_path / "mpi")):
+        proc = run_cli(["ensemble", "in.nnens", "--nnensemble", "Cu_pot.nnensemble.json", "--every", "10",
+                        "--observables", "pe/atoms", "--outdir", str(out)], cwd=tanh_fit, mpi=mpi)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        data = json.loads((out / "ensemble.json").read_text())
+        series.append(np.asarray(data["values"]))
+        if mpi:
+            assert sorted(t["partition"] for t in data["timings"]) == [0, 1, 2]
+    np.testing.assert_allclose(series[1], series[0], rtol=1e-10)
+
+
+def single_point(folder: Path, script: str) -> float:
+    """Potential energy (eV) of ``script`` (setup and pair lines) by ``run 0`` in ``folder``."""
+    import os
+
+    from fitsnap_uq.compat import import_lammps
+
+    old = os.getcwd()
+    os.chdir(folder)
+    try:
+        lmp = import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none"])
+        lmp.commands_string(script + "\nrun 0 post no")
+        pe = float(lmp.get_thermo("pe"))
+        lmp.close()
+    finally:
+        os.chdir(old)
+    return pe
+
+
+def test_md_cli_with_an_nn_ensemble(tanh_fit, tmp_path):
+    """`fitsnap-uq md --nnensemble`: the NN hook on a script the mean drives: evaluations every 5 steps,
+    per-atom columns the script dumps, global values that summarize them; the halt threshold stops it."""
+    script = NN_SCRIPT.replace("thermo 5", "thermo_style custom step pe v_nnuq_fstd_max\nthermo 5")
+    (tanh_fit / "in.nnmd").write_text(script + f"write_dump all custom {tmp_path / 'uq.txt'} id d_nnuq_estd "
+                                      "d_nnuq_fstd modify sort id format float %.17g\n")
+    summary = tmp_path / "s.json"
+    proc = run_cli(["md", "in.nnmd", "--nnensemble", "Cu_pot.nnensemble.json", "--every", "5",
+                    "--descriptors", "lammps", "--summary", str(summary), "--log", "none"], cwd=tanh_fit)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(summary.read_text())
+    assert len(data["history"]) == 9 and data["cost"]["evaluations"] == 9
+    per_atom = np.loadtxt(tmp_path / "uq.txt", skiprows=9)
+    assert per_atom.shape == (32, 3) and per_atom[:, 1:].min() > 0
+    assert data["last"]["estd_max"] == pytest.approx(per_atom[:, 1].max(), rel=1e-12)
+    assert data["last"]["fstd_max"] == pytest.approx(per_atom[:, 2].max(), rel=1e-12)
+    assert data["last"]["fstd_mean"] == pytest.approx(per_atom[:, 2].mean(), rel=1e-12)
+    proc = run_cli(["md", "in.nnmd", "--nnensemble", "Cu_pot.nnensemble.json", "--every", "5",
+                    "--descriptors", "lammps", "--halt-above", "1e-6", "--log", "none"], cwd=tanh_fit)
+    assert proc.returncode == 0 and "stopped" in proc.stdout, proc.stdout[-2000:]
 
 
 # --------------------------------------------------------------------------------------------- Ta

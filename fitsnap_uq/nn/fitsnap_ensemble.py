@@ -52,6 +52,7 @@ import torch
 from fitsnap_uq import progress
 from fitsnap_uq.errors import InputError
 from fitsnap_uq.io import atomic_path, atomic_write
+from fitsnap_uq.linear.rows import recalibration_map
 
 RESAMPLING = ("bootstrap", "fraction", "none")
 ACTIVATIONS: dict[str, type[torch.nn.Module]] = {
@@ -534,6 +535,30 @@ def ensemble_rows(configs: Sequence[Any], results: Sequence[MemberResult], plans
                         row_types=np.concatenate(types), configs=np.concatenate(files),
                         testing=np.concatenate(testing), keep=np.concatenate(keep).astype(bool),
                         config_index=config_index)
+
+
+def ensemble_sigma(rows: EnsembleRows, recalibrate: bool = True
+                   ) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
+    """The ensemble's raw sigma of every row (:func:`floored_sigma` over the training rows) and its
+    quantile recalibration on the out-of-bag ratios of the training rows
+    (:func:`~fitsnap_uq.linear.rows.recalibration_map`; None without ``recalibrate`` or with fewer than
+    10 ratios of every quantity). Returns (n,) sigma (eV/atom, eV/A) and the map."""
+    testing, keep = np.asarray(rows.testing, bool), np.asarray(rows.keep, bool)
+    row_types = np.asarray(rows.row_types).astype(str)
+    sigma = floored_sigma(rows.std, row_types, ~testing & keep)
+    if not recalibrate:
+        return sigma, None
+    train = ~testing & keep
+    ratios = out_of_bag_ratios(rows.truth[train], rows.members[:, train], sigma[train],
+                               rows.in_bag[:, train])
+    recal = recalibration_map({q: ratios[row_types[train] == q] for q in sorted(set(row_types.tolist()))})
+    return sigma, (recal if len(recal) > 1 else None)
+
+
+def load_predictions(path: str | Path) -> EnsembleRows:
+    """The rows :func:`write_predictions` saved (``<potential>.nnensemble.predictions.npz``)."""
+    with np.load(path) as d:
+        return EnsembleRows(**{name: d[name] for name in EnsembleRows.__dataclass_fields__})
 
 
 def write_predictions(path: Path, rows: EnsembleRows) -> Path:

@@ -47,6 +47,10 @@ MLIAP_ACTIVATIONS: dict[type[torch.nn.Module], str] = {
     torch.nn.Tanh: "tanh", torch.nn.Sigmoid: "sigmoid", torch.nn.ReLU: "relu"}
 """Torch activations and their ML-IAP ``model nn`` names (LAMMPS also has ``linear``)."""
 
+PLUGIN_ACTIVATIONS: dict[type[torch.nn.Module], str] = {**MLIAP_ACTIVATIONS, torch.nn.Softplus: "softplus"}
+"""The activations the native plugin's ``fix snap/uq`` evaluates (ML-IAP's and FitSNAP's default softplus,
+as ``torch.nn.Softplus()``: beta 1, threshold 20)."""
+
 NUMBERS_PER_LINE = 5  # LAMMPS reads lines of at most 1023 characters and at most 30 numbers
 
 
@@ -72,6 +76,8 @@ class DenseLayer:
             return 1.0 / (1.0 + np.exp(-z))
         if self.activation == "relu":
             return np.maximum(z, 0.0)
+        if self.activation == "softplus":
+            return np.where(z > 20.0, z, np.log1p(np.exp(np.minimum(z, 20.0))))
         return z
 
 
@@ -79,14 +85,19 @@ class UnsupportedNetwork(ValueError):
     """A network that ML-IAP's ``model nn`` cannot represent (the message says what)."""
 
 
-def dense_layers(net: torch.nn.Module) -> list[DenseLayer]:
+def dense_layers(net: torch.nn.Module, activations: dict[type[torch.nn.Module], str] | None = None
+                 ) -> list[DenseLayer]:
     """The ML-IAP layers of one FitSNAP network (a ``torch.nn.Sequential`` of ``Linear`` and activation
     modules), exactly: one layer per ``Linear``, its activation the module that follows it, if any.
+
+    ``activations`` maps the accepted activation modules to their names (default
+    :data:`MLIAP_ACTIVATIONS`; :data:`PLUGIN_ACTIVATIONS` for the native plugin).
 
     Raises:
         UnsupportedNetwork: a module other than ``Linear``/``Tanh``/``Sigmoid``/``ReLU`` (e.g. FitSNAP's
             default ``Softplus``), two activations in a row, or an output of more than one value.
     """
+    activations = MLIAP_ACTIVATIONS if activations is None else activations
     if not isinstance(net, torch.nn.Sequential):
         raise UnsupportedNetwork(f"expected FitSNAP's torch.nn.Sequential network, got {type(net).__name__}")
     layers: list[DenseLayer] = []
@@ -98,10 +109,13 @@ def dense_layers(net: torch.nn.Module) -> list[DenseLayer]:
                  else np.zeros(w.shape[0]))
             layers.append(DenseLayer(w, b, "linear"))
             activated = False
-        elif type(module) in MLIAP_ACTIVATIONS:
+        elif type(module) in activations:
             if activated:
                 raise UnsupportedNetwork(f"activation {type(module).__name__} does not follow a Linear layer")
-            layers[-1].activation = MLIAP_ACTIVATIONS[type(module)]
+            if isinstance(module, torch.nn.Softplus) and (module.beta != 1 or module.threshold != 20):
+                raise UnsupportedNetwork(f"Softplus(beta={module.beta}, threshold={module.threshold}): only "
+                                         "beta 1, threshold 20 (torch's default) is evaluated")
+            layers[-1].activation = activations[type(module)]
             activated = True
         else:
             raise UnsupportedNetwork(
@@ -265,8 +279,10 @@ def element_networks(wrapper: torch.nn.Module, nelements: int) -> list[torch.nn.
     return subnets
 
 
-def ensemble_layers(ensemble: Any) -> list[list[list[DenseLayer]]]:
-    """``[member][element] -> layers`` of an :class:`~fitsnap_uq.nn.fitsnap_ensemble.NNEnsemble`.
+def ensemble_layers(ensemble: Any, activations: dict[type[torch.nn.Module], str] | None = None
+                    ) -> list[list[list[DenseLayer]]]:
+    """``[member][element] -> layers`` of an :class:`~fitsnap_uq.nn.fitsnap_ensemble.NNEnsemble`
+    (``activations`` as :func:`dense_layers`).
 
     Raises:
         InputError: a member ML-IAP cannot represent (naming the ensemble file and, for an activation,
@@ -275,7 +291,8 @@ def ensemble_layers(ensemble: Any) -> list[list[list[DenseLayer]]]:
     out = []
     for m, wrapper in enumerate(ensemble.members):
         try:
-            out.append([dense_layers(net) for net in element_networks(wrapper, len(ensemble.elements))])
+            out.append([dense_layers(net, activations)
+                        for net in element_networks(wrapper, len(ensemble.elements))])
         except UnsupportedNetwork as exc:
             activation = ensemble.info.get("network", {}).get("activation", "softplus")
             hint = ""
@@ -405,6 +422,7 @@ def export_ensemble(ensemble: Any, outdir: str | Path | None = None, prefix: str
                             mean=models["mean"], pair_files=pair_files, lines=lines)
 
 
-__all__ = ["DenseLayer", "ExportedEnsemble", "MLIAP_ACTIVATIONS", "UnsupportedNetwork", "dense_layers",
+__all__ = ["DenseLayer", "ExportedEnsemble", "MLIAP_ACTIVATIONS", "PLUGIN_ACTIVATIONS", "UnsupportedNetwork",
+           "dense_layers",
            "descriptor_text", "display_path", "element_networks", "ensemble_layers", "evaluate_layers",
            "export_ensemble", "fold_first_linear", "mean_layers", "model_nn_text", "pair_lines"]

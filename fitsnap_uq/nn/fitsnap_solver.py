@@ -20,7 +20,6 @@ from fitsnap3lib.solvers.solver import Solver
 from fitsnap_uq.errors import InputError
 from fitsnap_uq.io import atomic_write, json_default
 from fitsnap_uq.linear.gaussian import interval_multiplier
-from fitsnap_uq.linear.rows import recalibration_map
 from fitsnap_uq.sections import uq_options
 from fitsnap_uq.solvers import UQSolverMixin, snap_parameters
 
@@ -115,19 +114,12 @@ class NNENSEMBLE(UQSolverMixin, Solver):
             return
         rows = fe.ensemble_rows(configs, results, plans)
         self.rows = rows
-        sigma = fe.floored_sigma(rows.std, rows.row_types, ~rows.testing & rows.keep)
-        recal, multiplier = None, None
-        if opts["recalibration"] == "quantile" and opts["nn_resample"] != "none":
-            train = ~rows.testing & rows.keep
-            ratios = fe.out_of_bag_ratios(rows.truth[train], rows.members[:, train], sigma[train],
-                                          rows.in_bag[:, train])
-            recal = recalibration_map({q: ratios[rows.row_types[train] == q]
-                                       for q in sorted(set(rows.row_types.tolist()))})
-            if len(recal) > 1:
-                def multiplier(level: float, quantity: str | None, rec: dict = recal) -> float:
-                    return interval_multiplier(rec, level, quantity)
-            else:
-                recal = None
+        recalibrate = opts["recalibration"] == "quantile" and opts["nn_resample"] != "none"
+        sigma, recal = fe.ensemble_sigma(rows, recalibrate)
+        multiplier = None
+        if recal is not None:
+            def multiplier(level: float, quantity: str | None, rec: dict = recal) -> float:
+                return interval_multiplier(rec, level, quantity)
         elements, snap = snap_parameters(self.config)
         torch_section = self.config.sections["PYTORCH"]
         self.description = {

@@ -10,6 +10,13 @@
      columns 1 .. nvalues: as compute sna/atom (B_i, then 0.5 B_ik^2 and B_ik B_il, l > k, row by row);
      then the force rows, as compute snad/atom: column nvalues + (t * 3 + c) * nvalues + k holds
      -d(sum over atoms i of type t+1 of value k of i) / d r_jc, so that a linear SNAP's force is D . beta.
+   With `members K` (fix snap/uq sets it for a network ensemble; quadraticflag 0), the columns after B
+   are instead the K members' forces, column nvalues + 3 k + c holding
+     F_k,jc = -sum_i dE_k/dB_i . dB_i/dr_jc,
+   with dE_k/dB_i from the callback member_gradients (the networks' backward pass, in the fix) and
+   the per-pair derivatives dB_i/dr_j of this pass (or, with `gradients NAME`, dE_k/dB_i from the
+   per-atom array d2_NAME[K * ncoeff] of a fix property/atom, which the Python hook fills); ghost contributions are summed onto their owners
+   by reverse communication, as the force rows are. This is what LAMMPS' ML-IAP does for one network.
    With chem, the neighbours' elements resolve the components (explicit multi-element SNAP, see
    snap_bispectrum.h), map_t being the element (0 .. NELEM - 1) of type t.
    One pass over the neighbours computes both, where compute sna/atom and compute snad/atom each build
@@ -27,6 +34,7 @@
 #include "pair.h"
 #include "update.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -35,7 +43,8 @@ using namespace LAMMPS_NS;
 /* ---------------------------------------------------------------------- */
 
 ComputeSnapUQAtom::ComputeSnapUQAtom(LAMMPS *lmp, int narg, char **arg) :
-    Compute(lmp, narg, arg), ncoeff(0), nvalues(0), quadraticflag(0), forces(1), nmax(0), ncols(0),
+    Compute(lmp, narg, arg), ncoeff(0), nvalues(0), quadraticflag(0), forces(1), nmembers(0), nmax(0),
+    ncols(0),
     values(nullptr), list(nullptr)
 {
   const int ntypes = atom->ntypes;
@@ -84,6 +93,11 @@ ComputeSnapUQAtom::ComputeSnapUQAtom(LAMMPS *lmp, int narg, char **arg) :
     else if (key == "wselfallflag") wselfallflag = utils::inumeric(FLERR, value, false, lmp);
     else if (key == "quadraticflag") quadraticflag = utils::inumeric(FLERR, value, false, lmp);
     else if (key == "forces") forces = utils::logical(FLERR, value, false, lmp);
+    else if (key == "gradients") gradients_name = value;
+    else if (key == "members") {
+      nmembers = utils::inumeric(FLERR, value, false, lmp);
+      if (nmembers < 1) error->all(FLERR, "compute snap/uq/atom: members needs K >= 1");
+    }
     else if (key == "switchinnerflag") {
       if (utils::inumeric(FLERR, value, false, lmp) != 0)
         error->all(FLERR, "compute snap/uq/atom: switchinnerflag 1 is not supported (use compute "
@@ -107,11 +121,15 @@ ComputeSnapUQAtom::ComputeSnapUQAtom(LAMMPS *lmp, int narg, char **arg) :
       cutmax = std::max(cutmax, cut);
     }
 
-  ncols = nvalues + (forces ? 3 * ntypes * nvalues : 0);
+  if (nmembers && (!forces || quadraticflag))
+    error->all(FLERR, "compute snap/uq/atom: members needs forces yes and quadraticflag 0");
+  const int nforce = nmembers ? 3 * nmembers : 3 * ntypes * nvalues;
+  ncols = nvalues + (forces ? nforce : 0);
   peratom_flag = 1;
   size_peratom_cols = ncols;
-  comm_reverse = forces ? 3 * ntypes * nvalues : 0;
+  comm_reverse = forces ? nforce : 0;
   dbdr.assign(3 * ncoeff, 0.0);
+  grad.assign((size_t) std::max(nmembers, 1) * ncoeff, 0.0);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -153,6 +171,16 @@ void ComputeSnapUQAtom::compute_peratom()
   const int ntotal = atom->nlocal + atom->nghost;
   if (ntotal > 0) memset(&values[0][0], 0, sizeof(double) * ntotal * ncols);
 
+  double **given = nullptr;    // dE_k/dB_i from a per-atom array (keyword gradients)
+  if (nmembers && !member_gradients) {
+    int flag = -1, cols = -1;
+    const int idx = gradients_name.empty() ? -1 : atom->find_custom(gradients_name.c_str(), flag, cols);
+    if (idx < 0 || flag != 1 || cols != nmembers * ncoeff)
+      error->all(FLERR, "compute snap/uq/atom: members K needs fix snap/uq, or 'gradients NAME' naming "
+                        "a per-atom array d2_NAME[{}] of fix property/atom (K x ncoeff)",
+                 nmembers * ncoeff);
+    given = atom->darray[idx];
+  }
   neighbor->build_one(list);
   double **x = atom->x;
   const int *type = atom->type;
@@ -186,6 +214,29 @@ void ComputeSnapUQAtom::compute_peratom()
       }
     }
     if (!forces) continue;
+    if (nmembers) {
+      // F_k on neighbour j: -g_k . dB_i/dr_j; on i the opposite (dB_i/dr_i = -sum_j dB_i/dr_j)
+      if (given)
+        std::copy(given[i], given[i] + (size_t) nmembers * ncoeff, grad.begin());
+      else
+        member_gradients(i, bi, grad.data());
+      double *fi = values[i] + nvalues;
+      for (int k = 0; k < (int) neighbors.size(); k++) {
+        kernel->gradient(k, dbdr.data());
+        double *fj = values[neighbors[k]] + nvalues;
+        for (int m = 0; m < nmembers; m++) {
+          const double *gm = grad.data() + (size_t) m * ncoeff;
+          for (int c = 0; c < 3; c++) {
+            const double *g = dbdr.data() + c * ncoeff;
+            double s = 0.0;
+            for (int l = 0; l < ncoeff; l++) s += gm[l] * g[l];
+            fi[3 * m + c] += s;
+            fj[3 * m + c] -= s;
+          }
+        }
+      }
+      continue;
+    }
     // d(values of i) / d r_ij goes to i (+) and to j (-), in the block of i's type
     const int offset = nvalues + (itype - 1) * 3 * nvalues;
     double *di = values[i] + offset;

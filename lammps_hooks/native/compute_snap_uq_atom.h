@@ -8,7 +8,9 @@
 
 #include "snap_bispectrum.h"
 
+#include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 namespace LAMMPS_NS {
@@ -28,6 +30,14 @@ class ComputeSnapUQAtom : public Compute {
   int nvalues;          // descriptors per atom: ncoeff, + ncoeff (ncoeff + 1) / 2 with quadraticflag
   int quadraticflag;    // 1: the quadratic products of the components follow them
   int forces;           // 1: columns nvalues .. also hold the force rows
+  int nmembers;         // > 0 (keyword members K): columns nvalues .. hold K member forces instead
+
+  // with members K: called for each local atom i of the group right after its B_i (values[i], ncoeff)
+  // is computed; fills grad (K, ncoeff) with dE_k/dB_i of every member k (set by fix snap/uq)
+  std::function<void(int i, const double *b, double *grad)> member_gradients;
+  // ... or, without it (the Python hook), read them from a per-atom array d2_NAME[K * ncoeff] of
+  // fix property/atom (keyword gradients NAME), set before the compute is invoked
+  std::string gradients_name;
 
  private:
   int nmax, ncols;
@@ -39,7 +49,7 @@ class ComputeSnapUQAtom : public Compute {
   class NeighList *list;
   std::unique_ptr<fitsnap_uq::SnapBispectrum> kernel;
   std::vector<int> neighbors;
-  std::vector<double> dbdr;
+  std::vector<double> dbdr, grad;
 };
 
 }    // namespace LAMMPS_NS

@@ -28,6 +28,7 @@
 
 #include "fix_snap_uq.h"
 
+#include "compute_snap_uq_atom.h"
 #include "simd_clones.h"
 
 #include "atom.h"
@@ -58,6 +59,9 @@ static_assert(sizeof(GLOBAL_NAMES) / sizeof(GLOBAL_NAMES[0]) == 8, "the uncertai
 static const char *const POSTERIOR_MAGIC = "fitsnap-uq-plugin-posterior";
 static const int POSTERIOR_VERSION = 1;
 static const long MAX_FACTOR_RANK = 100000;    // columns of the factor L (live coefficients or samples)
+static const long MAX_MEMBERS = 10000;          // members of a network ensemble
+enum { ACT_LINEAR, ACT_TANH, ACT_SIGMOID, ACT_RELU, ACT_SOFTPLUS };
+static const char *const ACTIVATIONS[] = {"linear", "tanh", "sigmoid", "relu", "softplus"};
 
 namespace {
 // The elements that pair_coeff gave the snap pair style (Pair::nelements, elements, map: protected,
@@ -72,7 +76,7 @@ struct PairElements : public Pair {
 /* ---------------------------------------------------------------------- */
 
 FixSnapUQ::FixSnapUQ(LAMMPS *lmp, int narg, char **arg) :
-    Fix(lmp, narg, arg), block(0), rank(0), forces(1), measure(FSTD_MAX), flagflag(0), haltflag(0),
+    Fix(lmp, narg, arg), block(0), rank(0), chemflag(0), nnflag(0), nmembers(0), forces(1), measure(FSTD_MAX), flagflag(0), haltflag(0),
     verifyflag(1), flag_above(0.0), halt_above(0.0), flag_fp(nullptr), c_sna(nullptr),
     c_pair(nullptr), uq(nullptr), verified(0), have_key(false), last_key(0),
     last_step(-1)
@@ -82,12 +86,16 @@ FixSnapUQ::FixSnapUQ(LAMMPS *lmp, int narg, char **arg) :
   if (nevery < 1) error->all(FLERR, "fix snap/uq: N must be >= 1, got {}", arg[3]);
   posterior_file = arg[4];
 
-  Pair *snap = force->pair ? force->pair_match("snap", 1) : nullptr;
-  if (snap == nullptr)
-    error->all(FLERR, "fix snap/uq needs pair_style snap (alone or inside hybrid/overlay), "
-                      "defined before this fix");
-
   read_posterior(posterior_file);
+  // a linear posterior is the running snap pair style's; a network ensemble runs with any pair style
+  // (its mean or one member through pair_style mliap model nn, or another potential)
+  Pair *snap = nullptr;
+  if (!nnflag) {
+    snap = force->pair ? force->pair_match("snap", 1) : nullptr;
+    if (snap == nullptr)
+      error->all(FLERR, "fix snap/uq needs pair_style snap (alone or inside hybrid/overlay), "
+                        "defined before this fix");
+  }
   const int nelem = (int) elements.size();
   const int ntypes = atom->ntypes;
 
@@ -141,8 +149,23 @@ FixSnapUQ::FixSnapUQ(LAMMPS *lmp, int narg, char **arg) :
     error->all(FLERR, "fix snap/uq: measure {} needs forces yes", GLOBAL_NAMES[measure]);
 
   // LAMMPS type -> posterior element: the snap pair_coeff's element of each type (types it maps
-  // to NULL from the 'elements' keyword), which must be in the posterior
+  // to NULL from the 'elements' keyword), which must be in the posterior; for a network ensemble the
+  // 'elements' keyword (or the file's only element)
 
+  if (nnflag) {
+    if (type_elements.empty() && nelem > 1)
+      error->all(FLERR, "fix snap/uq: network ensemble file {} has {} elements: give the element of each "
+                        "atom type with 'elements E1 .. E{}'", posterior_file, nelem, ntypes);
+    type2elem.assign(ntypes + 1, -1);
+    for (int t = 1; t <= ntypes; t++) {
+      const std::string name = type_elements.empty() ? elements[0] : type_elements[t - 1];
+      auto it = std::find(elements.begin(), elements.end(), name);
+      if (it == elements.end())
+        error->all(FLERR, "fix snap/uq: 'elements' gives atom type {} as {}, which is not in network "
+                          "ensemble file {}", t, name, posterior_file);
+      type2elem[t] = (int) (it - elements.begin());
+    }
+  } else {
   char **pair_names = PairElements::names(snap);
   const int *pair_map = PairElements::type_map(snap);
   const int pair_nelem = PairElements::count(snap);
@@ -193,6 +216,7 @@ FixSnapUQ::FixSnapUQ(LAMMPS *lmp, int narg, char **arg) :
                  posterior_file, utils::trim(order), utils::trim(mine));
     }
   }
+  }
 
   // the descriptor compute, with the pair style's parameters for each type (as the hook does)
 
@@ -205,15 +229,28 @@ FixSnapUQ::FixSnapUQ(LAMMPS *lmp, int narg, char **arg) :
   snap_args = fmt::format("{} {} {}{}{} {}", rcutfac_txt, rfac0_txt, twojmax_txt, rad, wjs, options_txt);
   if (chemflag) snap_args += fmt::format(" chem {}{}", nelem, chem);
   id_sna = std::string(id) + "_sna";
-  id_pair = std::string(id) + "_pair";
   // B (and its products with quadraticflag) in the first block - 1 columns, then the snad/atom layout
-  c_sna = modify->add_compute(fmt::format("{} all snap/uq/atom {} forces {}", id_sna, snap_args,
-                                          forces ? "yes" : "no"));
-  c_pair = modify->add_compute(fmt::format("{} all pair snap", id_pair));
-  if (c_sna->size_peratom_cols != (block - 1) * (forces ? 1 + 3 * ntypes : 1))
-    error->all(FLERR, "fix snap/uq: posterior {} has blocks of {} coefficients but compute sna/atom "
-                      "gives {} descriptors: the SNAP parameters do not match",
-               posterior_file, block, c_sna->size_peratom_cols / (forces ? 1 + 3 * ntypes : 1));
+  // (linear), or the members' forces (network ensemble)
+  std::string members = (nnflag && forces) ? fmt::format(" members {}", nmembers) : "";
+  c_sna = modify->add_compute(fmt::format("{} all snap/uq/atom {} forces {}{}", id_sna, snap_args,
+                                          forces ? "yes" : "no", members));
+  Pair *energy_pair = snap;
+  if (nnflag) energy_pair = force->pair ? force->pair_match("mliap", 1) : nullptr;
+  if (energy_pair) {
+    id_pair = std::string(id) + "_pair";
+    c_pair = modify->add_compute(fmt::format("{} all pair {}", id_pair, nnflag ? "mliap" : "snap"));
+  } else if (verifyflag) {
+    verifyflag = 0;
+    if (comm->me == 0)
+      utils::logmesg(lmp, "fix snap/uq: no (single) pair_style mliap: the network ensemble is not "
+                          "checked against the running potential\n");
+  }
+  connect_compute();
+  if (c_sna->size_peratom_cols != expected_columns())
+    error->all(FLERR, "fix snap/uq: {} {} has {} descriptors but compute sna/atom gives {} columns "
+                      "({} expected): the SNAP parameters do not match",
+               nnflag ? "network ensemble" : "posterior", posterior_file, block - 1,
+               c_sna->size_peratom_cols, expected_columns());
 
   // outputs
 
@@ -241,8 +278,12 @@ FixSnapUQ::FixSnapUQ(LAMMPS *lmp, int narg, char **arg) :
   if (comm->me == 0) {
     std::string names;
     for (const auto &e : elements) names += " " + e;
-    utils::logmesg(lmp, "fix snap/uq: element(s){}, {} coefficients, {} spread of rank {} from {}\n",
-                   names, mean.size(), source, rank, posterior_file);
+    if (nnflag)
+      utils::logmesg(lmp, "fix snap/uq: element(s){}, network ensemble of {} members on {} descriptors "
+                          "from {}\n", names, nmembers, block - 1, posterior_file);
+    else
+      utils::logmesg(lmp, "fix snap/uq: element(s){}, {} coefficients, {} spread of rank {} from {}\n",
+                     names, mean.size(), source, rank, posterior_file);
   }
 }
 
@@ -272,13 +313,127 @@ int FixSnapUQ::setmask()
 void FixSnapUQ::init()
 {
   c_sna = modify->get_compute_by_id(id_sna);
-  c_pair = modify->get_compute_by_id(id_pair);
-  if (!c_sna || !c_pair) error->all(FLERR, "fix snap/uq: its computes {} were deleted", id_sna);
-  if (c_sna->size_peratom_cols != (block - 1) * (forces ? 1 + 3 * atom->ntypes : 1))
+  c_pair = id_pair.empty() ? nullptr : modify->get_compute_by_id(id_pair);
+  if (!c_sna || (!id_pair.empty() && !c_pair))
+    error->all(FLERR, "fix snap/uq: its computes {} were deleted", id_sna);
+  connect_compute();
+  if (c_sna->size_peratom_cols != expected_columns())
     error->all(FLERR, "fix snap/uq: compute {} gives {} columns, expected {}", c_sna->style,
-               c_sna->size_peratom_cols, (block - 1) * (forces ? 1 + 3 * atom->ntypes : 1));
+               c_sna->size_peratom_cols, expected_columns());
   // the pair energy is needed once, at the first setup, to check the posterior mean
-  if (verifyflag && !verified) c_pair->addstep(update->ntimestep);
+  if (verifyflag && !verified && c_pair) c_pair->addstep(update->ntimestep);
+}
+
+/* ----------------------------------------------------------------------
+   columns of the descriptor compute: B, then the force rows (linear) or the K members' forces
+------------------------------------------------------------------------- */
+
+int FixSnapUQ::expected_columns() const
+{
+  const int ncoeff = block - 1;
+  if (nnflag) return ncoeff + (forces ? 3 * nmembers : 0);
+  return ncoeff * (forces ? 1 + 3 * atom->ntypes : 1);
+}
+
+/* ----------------------------------------------------------------------
+   a network ensemble: the compute asks this fix for every member's dE_k/dB_i of each atom
+------------------------------------------------------------------------- */
+
+void FixSnapUQ::connect_compute()
+{
+  if (!nnflag) return;
+  auto *c = dynamic_cast<ComputeSnapUQAtom *>(c_sna);
+  if (c == nullptr) error->all(FLERR, "fix snap/uq: compute {} is not snap/uq/atom", id_sna);
+  c->member_gradients = [this](int i, const double *b, double *grad) { member_gradients(i, b, grad); };
+}
+
+/* ----------------------------------------------------------------------
+   one network on descriptors b (ncoeff): returns the energy (eV) and, when grad is not null,
+   fills grad (ncoeff) with dE/dB (forward pass keeping each layer's output, then backward)
+------------------------------------------------------------------------- */
+
+static inline double activate(int act, double z)
+{
+  switch (act) {
+    case ACT_TANH: return tanh(z);
+    case ACT_SIGMOID: return 1.0 / (1.0 + exp(-z));
+    case ACT_RELU: return z > 0.0 ? z : 0.0;
+    case ACT_SOFTPLUS: return z > 20.0 ? z : log1p(exp(z));    // torch.nn.Softplus (threshold 20)
+    default: return z;
+  }
+}
+
+// d act / dz from the pre-activation z and the output a
+static inline double activation_slope(int act, double z, double a)
+{
+  switch (act) {
+    case ACT_TANH: return 1.0 - a * a;
+    case ACT_SIGMOID: return a * (1.0 - a);
+    case ACT_RELU: return z > 0.0 ? 1.0 : 0.0;
+    case ACT_SOFTPLUS: {
+      if (z > 20.0) return 1.0;
+      const double ez = exp(z);
+      return ez / (ez + 1.0);
+    }
+    default: return 1.0;
+  }
+}
+
+double FixSnapUQ::network(const std::vector<DenseLayer> &net, const double *b, double *grad)
+{
+  const int nl = (int) net.size();
+  if ((int) nn_act.size() < 2 * nl) nn_act.resize(2 * nl);
+  const double *in = b;
+  for (int l = 0; l < nl; l++) {
+    const DenseLayer &layer = net[l];
+    std::vector<double> &z = nn_act[2 * l], &a = nn_act[2 * l + 1];
+    z.resize(layer.nout);
+    a.resize(layer.nout);
+    for (int o = 0; o < layer.nout; o++) {
+      const double *w = layer.weight.data() + (size_t) o * layer.nin;
+      double sum = layer.bias[o];
+      for (int k = 0; k < layer.nin; k++) sum += w[k] * in[k];
+      z[o] = sum;
+      a[o] = activate(layer.activation, sum);
+    }
+    in = a.data();
+  }
+  const double energy = nn_act[2 * nl - 1][0];
+  if (grad == nullptr) return energy;
+  nn_delta.assign(1, 1.0);
+  for (int l = nl - 1; l >= 0; l--) {
+    const DenseLayer &layer = net[l];
+    const std::vector<double> &z = nn_act[2 * l], &a = nn_act[2 * l + 1];
+    for (int o = 0; o < layer.nout; o++) nn_delta[o] *= activation_slope(layer.activation, z[o], a[o]);
+    double *out = grad;
+    if (l > 0) {
+      nn_next.assign(layer.nin, 0.0);
+      out = nn_next.data();
+    } else
+      std::fill(grad, grad + layer.nin, 0.0);
+    for (int o = 0; o < layer.nout; o++) {
+      const double d = nn_delta[o];
+      const double *w = layer.weight.data() + (size_t) o * layer.nin;
+      for (int k = 0; k < layer.nin; k++) out[k] += d * w[k];
+    }
+    if (l > 0) nn_delta.swap(nn_next);
+  }
+  return energy;
+}
+
+/* ----------------------------------------------------------------------
+   every member's energy (kept in member_energy) and dE_k/dB_i (grad: (K, ncoeff)) of local atom i
+------------------------------------------------------------------------- */
+
+void FixSnapUQ::member_gradients(int i, const double *b, double *grad)
+{
+  if ((size_t) (i + 1) * nmembers > member_energy.size())
+    member_energy.resize((size_t) atom->nmax * nmembers, 0.0);
+  const int e = type2elem[atom->type[i]];
+  const int ncoeff = block - 1;
+  for (int k = 0; k < nmembers; k++)
+    member_energy[(size_t) i * nmembers + k] =
+        network(nets[k][e], b, grad ? grad + (size_t) k * ncoeff : nullptr);
 }
 
 /* ----------------------------------------------------------------------
@@ -314,26 +469,43 @@ void FixSnapUQ::current(Compute *c)
 
 void FixSnapUQ::verify_mean()
 {
-  if (update->eflag_global != update->ntimestep) return;
+  if (c_pair == nullptr || update->eflag_global != update->ntimestep) return;
   current(c_sna);
   double **b = c_sna->array_atom;
   const int ncoeff = block - 1;
-  double ours_local = 0.0, ours = 0.0;
-  for (int i = 0; i < atom->nlocal; i++) {
-    const int off = type2elem[atom->type[i]] * block;
-    double energy = mean[off];
-    for (int k = 0; k < ncoeff; k++) energy += b[i][k] * mean[off + 1 + k];
-    ours_local += energy;
-  }
-  MPI_Allreduce(&ours_local, &ours, 1, MPI_DOUBLE, MPI_SUM, world);
   const double theirs = c_pair->compute_scalar();
+  double ours = 0.0;
+  if (nnflag) {
+    // the running mliap network must be the ensemble's mean or one of its members: the closest
+    if (!forces)
+      for (int i = 0; i < atom->nlocal; i++) member_gradients(i, b[i], nullptr);
+    std::vector<double> local(nmembers, 0.0), totals(nmembers);
+    for (int i = 0; i < atom->nlocal; i++)
+      for (int k = 0; k < nmembers; k++) local[k] += member_energy[(size_t) i * nmembers + k];
+    MPI_Allreduce(local.data(), totals.data(), nmembers, MPI_DOUBLE, MPI_SUM, world);
+    double meanval = 0.0;
+    for (double t : totals) meanval += t / nmembers;
+    ours = meanval;
+    for (double t : totals)
+      if (fabs(t - theirs) < fabs(ours - theirs)) ours = t;
+  } else {
+    double ours_local = 0.0;
+    for (int i = 0; i < atom->nlocal; i++) {
+      const int off = type2elem[atom->type[i]] * block;
+      double energy = mean[off];
+      for (int k = 0; k < ncoeff; k++) energy += b[i][k] * mean[off + 1 + k];
+      ours_local += energy;
+    }
+    MPI_Allreduce(&ours_local, &ours, 1, MPI_DOUBLE, MPI_SUM, world);
+  }
   const double rel = fabs(ours - theirs) / std::max(fabs(theirs), 1e-300);
   if (rel > 1e-8)
-    error->all(FLERR, "fix snap/uq: the posterior {} does not match the running snap pair style: "
-                      "its mean coefficients give a SNAP energy of {:.10g} eV, the pair style "
-                      "{:.10g} eV (relative difference {:.2e}); use the .snapcoeff/.snapparam "
-                      "written with this posterior (or verify no)",
-               posterior_file, ours, theirs, rel);
+    error->all(FLERR, "fix snap/uq: the {} {} does not match the running {} pair style: {} gives "
+                      "{:.10g} eV, the pair style {:.10g} eV (relative difference {:.2e}); use the {} "
+                      "written with it (or verify no)",
+               nnflag ? "network ensemble" : "posterior", posterior_file, nnflag ? "mliap" : "snap",
+               nnflag ? "its mean (or closest member) network energy" : "its mean coefficients' SNAP energy",
+               ours, theirs, rel, nnflag ? "model files" : ".snapcoeff/.snapparam");
   verified = 1;
 }
 
@@ -412,79 +584,63 @@ FITSNAP_UQ_SIMD static void add_force_rows(const double *d, int ncoeff, const do
   }
 }
 
+// one atom's stds into its per-atom values and the local sums {esum, fsum, emax, fmax, natoms}
+static inline void tally(double *uqi, double estd, double fstd, double *local)
+{
+  uqi[0] = estd;
+  uqi[1] = fstd;
+  local[0] += estd;
+  local[1] += fstd;
+  local[2] = std::max(local[2], estd);
+  local[3] = std::max(local[3], fstd);
+  local[4] += 1.0;
+}
+
 /* ---------------------------------------------------------------------- */
 
 void FixSnapUQ::evaluate(double &descriptor_seconds)
 {
-  const int nlocal = atom->nlocal;
-  const int ntypes = atom->ntypes;
-  const int *type = atom->type;
-  const int *mask = atom->mask;
-  const int ncoeff = block - 1;
-  const int p = (int) mean.size();
-  const int r = rank;
-
   const double t0 = MPI_Wtime();
   current(c_sna);
-  double **b = c_sna->array_atom;    // B_i in the first ncoeff columns, then the force rows D_i
+  double **b = c_sna->array_atom;    // B_i in the first ncoeff columns, then force rows or forces
   descriptor_seconds = MPI_Wtime() - t0;
 
-  // per atom: v = x_i^T L (r,), estd = |v|; force rows per component c: v = D_i[c] L, fstd^2 = sum |v|^2
+  // per atom into uq; local sums {esum, fsum, emax, fmax, natoms}; total: what the total-energy std
+  // needs, summed over ranks (linear: the group's row sum; ensemble: the members' total energies)
+  double local[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
+  std::vector<double> total;
+  if (nnflag)
+    per_atom_nn(b, local, total);
+  else
+    per_atom_linear(b, local, total);
 
-  std::vector<double> total(p + 1, 0.0);    // group sum of rows, then the group's atom count
-  double emax = 0.0, esum = 0.0, fmax = 0.0, fsum = 0.0;
-  std::vector<double> v(r), vf(3 * r);
-  const double *L = factor.data();
-
-  for (int i = 0; i < nlocal; i++) {
-    const int e = type2elem[type[i]];
-    const int off = e * block;
-    const double *bi = b[i];
-    if (!(mask[i] & groupbit)) {
-      uq[i][0] = uq[i][1] = 0.0;
-      continue;
-    }
-    const double estd = sqrt(energy_variance(bi, ncoeff, L + (size_t) off * r, r, v.data()));
-    total[off] += 1.0;
-    for (int k = 0; k < ncoeff; k++) total[off + 1 + k] += bi[k];
-    total[p] += 1.0;
-    uq[i][0] = estd;
-    emax = std::max(emax, estd);
-    esum += estd;
-
-    double fstd = 0.0;
-    if (forces) {
-      // snad/atom layout (after B): for LAMMPS type T, columns 3*ncoeff*(T-1) + [x|y|z]*ncoeff
-      std::fill(vf.begin(), vf.end(), 0.0);
-      for (int t = 1; t <= ntypes; t++)
-        add_force_rows(bi + ncoeff + 3 * ncoeff * (t - 1), ncoeff,
-                       L + (size_t) (type2elem[t] * block + 1) * r, r, vf.data());
-      double fvar = 0.0;
-      for (int c = 0; c < 3 * r; c++) fvar += vf[c] * vf[c];
-      fstd = sqrt(fvar);
-    }
-    uq[i][1] = fstd;
-    fmax = std::max(fmax, fstd);
-    fsum += fstd;
-  }
-
-  std::vector<double> total_all(p + 1);
-  MPI_Allreduce(total.data(), total_all.data(), p + 1, MPI_DOUBLE, MPI_SUM, world);
-  double sums[2] = {esum, fsum}, sums_all[2];
-  MPI_Allreduce(sums, sums_all, 2, MPI_DOUBLE, MPI_SUM, world);
-  double maxes[2] = {emax, fmax}, maxes_all[2];
+  const int nt = (int) total.size();
+  std::vector<double> total_all(nt);
+  MPI_Allreduce(total.data(), total_all.data(), nt, MPI_DOUBLE, MPI_SUM, world);
+  double sums[3] = {local[0], local[1], local[4]}, sums_all[3];
+  MPI_Allreduce(sums, sums_all, 3, MPI_DOUBLE, MPI_SUM, world);
+  double maxes[2] = {local[2], local[3]}, maxes_all[2];
   MPI_Allreduce(maxes, maxes_all, 2, MPI_DOUBLE, MPI_MAX, world);
 
-  std::fill(v.begin(), v.end(), 0.0);
-  for (int k = 0; k < p; k++) {
-    const double xk = total_all[k];
-    if (xk == 0.0) continue;
-    const double *row = L + (size_t) k * r;
-    for (int c = 0; c < r; c++) v[c] += xk * row[c];
-  }
   double var = 0.0;
-  for (int c = 0; c < r; c++) var += v[c] * v[c];
-  const double natoms = std::max(total_all[p], 1.0);
+  if (nnflag) {
+    // population variance of the members' total energies
+    double m = 0.0;
+    for (double t : total_all) m += t / nt;
+    for (double t : total_all) var += (t - m) * (t - m) / nt;
+  } else {
+    // |(sum_i x_i)^T L|^2
+    const int r = rank;
+    std::vector<double> v(r, 0.0);
+    for (int k = 0; k < nt; k++) {
+      const double xk = total_all[k];
+      if (xk == 0.0) continue;
+      const double *row = factor.data() + (size_t) k * r;
+      for (int c = 0; c < r; c++) v[c] += xk * row[c];
+    }
+    for (int c = 0; c < r; c++) var += v[c] * v[c];
+  }
+  const double natoms = std::max(sums_all[2], 1.0);
   gvec[PE_STD] = sqrt(var);
   gvec[PE_ATOM_STD] = gvec[PE_STD] / natoms;
   gvec[ESTD_MAX] = maxes_all[0];
@@ -504,6 +660,92 @@ void FixSnapUQ::evaluate(double &descriptor_seconds)
       utils::logmesg(lmp, "fitsnap-uq: stopped at step {}: {} = {:.4g} > halt threshold {:g}\n",
                      update->ntimestep, GLOBAL_NAMES[measure], value, halt_above);
     timer->force_timeout();    // ends the run cleanly, as fix halt ... error soft
+  }
+}
+
+/* ----------------------------------------------------------------------
+   linear posterior: per atom v = x_i^T L (r,), estd = |v|; force rows per component c:
+   v = D_i[c] L, fstd^2 = sum |v|^2; total: the group's sum of rows x_i (p)
+------------------------------------------------------------------------- */
+
+void FixSnapUQ::per_atom_linear(double **b, double *local, std::vector<double> &total)
+{
+  const int nlocal = atom->nlocal;
+  const int ntypes = atom->ntypes;
+  const int *type = atom->type;
+  const int *mask = atom->mask;
+  const int ncoeff = block - 1;
+  const int p = (int) mean.size();
+  const int r = rank;
+  total.assign(p, 0.0);
+  std::vector<double> v(r), vf(3 * r);
+  const double *L = factor.data();
+
+  for (int i = 0; i < nlocal; i++) {
+    const int off = type2elem[type[i]] * block;
+    const double *bi = b[i];
+    if (!(mask[i] & groupbit)) {
+      uq[i][0] = uq[i][1] = 0.0;
+      continue;
+    }
+    const double estd = sqrt(energy_variance(bi, ncoeff, L + (size_t) off * r, r, v.data()));
+    total[off] += 1.0;
+    for (int k = 0; k < ncoeff; k++) total[off + 1 + k] += bi[k];
+    double fstd = 0.0;
+    if (forces) {
+      // snad/atom layout (after B): for LAMMPS type T, columns 3*ncoeff*(T-1) + [x|y|z]*ncoeff
+      std::fill(vf.begin(), vf.end(), 0.0);
+      for (int t = 1; t <= ntypes; t++)
+        add_force_rows(bi + ncoeff + 3 * ncoeff * (t - 1), ncoeff,
+                       L + (size_t) (type2elem[t] * block + 1) * r, r, vf.data());
+      double fvar = 0.0;
+      for (int c = 0; c < 3 * r; c++) fvar += vf[c] * vf[c];
+      fstd = sqrt(fvar);
+    }
+    tally(uq[i], estd, fstd, local);
+  }
+}
+
+/* ----------------------------------------------------------------------
+   network ensemble: per atom the population std over the K members of its energy E_k,i and the
+   square root of the trace of the members' force covariance; total: each member's group energy (K)
+------------------------------------------------------------------------- */
+
+void FixSnapUQ::per_atom_nn(double **b, double *local, std::vector<double> &total)
+{
+  const int nlocal = atom->nlocal;
+  const int *mask = atom->mask;
+  const int ncoeff = block - 1;
+  const int k_ = nmembers;
+  total.assign(k_, 0.0);
+  // without forces the compute does not call the networks: the energies only, here
+  if (!forces)
+    for (int i = 0; i < nlocal; i++) member_gradients(i, b[i], nullptr);
+
+  for (int i = 0; i < nlocal; i++) {
+    if (!(mask[i] & groupbit)) {
+      uq[i][0] = uq[i][1] = 0.0;
+      continue;
+    }
+    const double *e = member_energy.data() + (size_t) i * k_;
+    double em = 0.0, evar = 0.0;
+    for (int k = 0; k < k_; k++) em += e[k] / k_;
+    for (int k = 0; k < k_; k++) {
+      evar += (e[k] - em) * (e[k] - em) / k_;
+      total[k] += e[k];
+    }
+    double fstd = 0.0;
+    if (forces) {
+      const double *f = b[i] + ncoeff;    // (K, 3)
+      double fvar = 0.0;
+      for (int c = 0; c < 3; c++) {
+        double fm = 0.0;
+        for (int k = 0; k < k_; k++) fm += f[3 * k + c] / k_;
+        for (int k = 0; k < k_; k++) fvar += (f[3 * k + c] - fm) * (f[3 * k + c] - fm) / k_;
+      }
+      fstd = sqrt(fvar);
+    }
+    tally(uq[i], sqrt(evar), fstd, local);
   }
 }
 
@@ -768,6 +1010,46 @@ void FixSnapUQ::read_posterior(const std::string &file)
       for (long k = 0; k < n; k++) elements.push_back(word(key));
     } else if (key == "block") {
       block = (int) count(key);
+    } else if (key == "model") {
+      std::string kind = word(key);
+      if (kind != "linear" && kind != "nn") bad("'model' must be linear or nn, not '" + kind + "'");
+      nnflag = (kind == "nn");
+    } else if (key == "members") {
+      if (elements.empty()) bad("'members' must come after 'elements'");
+      long k = count(key);
+      if (k < 1 || k > MAX_MEMBERS) bad(fmt::format("'members' must be 1 .. {}", MAX_MEMBERS));
+      nmembers = (int) k;
+      nets.assign(k, std::vector<std::vector<DenseLayer>>(elements.size()));
+    } else if (key == "network") {
+      // network M E NLAYERS, then per layer: layer NIN NOUT ACTIVATION and NOUT x (bias, NIN weights)
+      if (nets.empty()) bad("'network' must come after 'members'");
+      long m = count(key), e = count(key), nl = count(key);
+      if (m >= nmembers || e >= (long) elements.size() || nl < 1)
+        bad(fmt::format("'network {} {} {}': member, element or layer count out of range", m, e, nl));
+      auto &net = nets[m][e];
+      net.clear();
+      for (long l = 0; l < nl; l++) {
+        if (word(key) != "layer") bad(fmt::format("network {} {}: expected 'layer' {}", m, e, l));
+        DenseLayer layer;
+        layer.nin = (int) count("layer");
+        layer.nout = (int) count("layer");
+        std::string act = word("layer");
+        layer.activation = -1;
+        for (int a = 0; a < 5; a++)
+          if (act == ACTIVATIONS[a]) layer.activation = a;
+        if (layer.activation < 0)
+          bad(fmt::format("network {} {}: unknown activation '{}' (linear tanh sigmoid relu softplus)",
+                          m, e, act));
+        if (layer.nin < 1 || layer.nout < 1) bad(fmt::format("network {} {}: empty layer", m, e));
+        fits("layer", (bigint) layer.nout * (layer.nin + 1));
+        layer.weight.resize((size_t) layer.nout * layer.nin);
+        layer.bias.resize(layer.nout);
+        for (int o = 0; o < layer.nout; o++) {
+          layer.bias[o] = number("layer");
+          for (int k = 0; k < layer.nin; k++) layer.weight[(size_t) o * layer.nin + k] = number("layer");
+        }
+        net.push_back(std::move(layer));
+      }
     } else if (key == "source") {
       source = word(key);
     } else if (key == "radelem" || key == "wj") {
@@ -808,9 +1090,30 @@ void FixSnapUQ::read_posterior(const std::string &file)
   if (!have_end) bad("missing 'end' (truncated file?)");
   if (elements.empty()) bad("missing key 'elements'");
   if (block < 2) bad("missing or bad key 'block'");
+  if (nnflag) {
+    if (nmembers < 1) bad("missing key 'members' (model nn)");
+    for (int m = 0; m < nmembers; m++)
+      for (size_t e = 0; e < elements.size(); e++) {
+        const auto &net = nets[m][e];
+        if (net.empty()) bad(fmt::format("missing 'network {} {}'", m, e));
+        int nin = block - 1;
+        for (const auto &layer : net) {
+          if (layer.nin != nin)
+            bad(fmt::format("network {} {}: a layer reads {} values, {} expected", m, e, layer.nin, nin));
+          nin = layer.nout;
+        }
+        if (nin != 1) bad(fmt::format("network {} {}: the last layer has {} outputs, not 1", m, e, nin));
+        for (const auto &layer : net)
+          for (double val : layer.weight)
+            if (!std::isfinite(val)) bad(fmt::format("network {} {}: a non-finite weight", m, e));
+      }
+    if (have_mean || have_factor) bad("'mean' and 'factor' are for model linear");
+    source = "ensemble";
+  } else {
   if (!have_mean) bad("missing key 'mean'");
   if (!have_factor) bad("missing key 'factor'");
-  if ((long) mean.size() != (long) block * (long) elements.size())
+  }
+  if (!nnflag && (long) mean.size() != (long) block * (long) elements.size())
     bad(fmt::format("'mean' has {} values, expected block {} x {} elements", mean.size(), block,
                     elements.size()));
   if (radelem_txt.size() != elements.size()) bad("missing key 'radelem'");

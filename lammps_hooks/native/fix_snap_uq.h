@@ -49,6 +49,19 @@ class FixSnapUQ : public Fix {
   int chemflag;                          // explicit multi-element SNAP: chem keyword of the compute
   std::vector<std::string> radelem_txt, wj_txt;                  // per element, as written
 
+  // a network ensemble instead (`model nn` in the file): K members, one network per element each,
+  // every network a stack of dense layers nodes = act(W x + b) with W (nout, nin) row-major
+  struct DenseLayer {
+    int nin, nout, activation;    // activation: one of ACTIVATIONS
+    std::vector<double> weight, bias;
+  };
+  int nnflag;
+  int nmembers;
+  std::vector<std::vector<std::vector<DenseLayer>>> nets;    // [member][element]
+  std::vector<double> member_energy;                         // (nlocal, K) of the latest pass, eV
+  std::vector<std::vector<double>> nn_act;                   // scratch: each layer's output
+  std::vector<double> nn_delta, nn_next;                     // scratch: backward pass
+
   // options
   int forces;                 // 1: per-atom force std (compute snad/atom)
   int measure;                // index into the global vector that flag/halt threshold
@@ -73,6 +86,12 @@ class FixSnapUQ : public Fix {
   void read_posterior(const std::string &);
   void evaluate_timed(double t0, uint64_t key);
   void evaluate(double &descriptor_seconds);
+  void per_atom_linear(double **b, double *local, std::vector<double> &total);
+  void per_atom_nn(double **b, double *local, std::vector<double> &total);
+  int expected_columns() const;
+  double network(const std::vector<DenseLayer> &net, const double *b, double *grad);
+  void member_gradients(int i, const double *b, double *grad);
+  void connect_compute();
   void verify_mean();
   void current(class Compute *c);
   uint64_t configuration_key();

@@ -46,7 +46,7 @@ extern "C" void lammpsplugin_init(void *lmp, void *handle, void *regfunc)
   plugin.version = FITSNAP_UQ_LAMMPS_VERSION;
   plugin.style = "fix";
   plugin.name = "snap/uq";
-  plugin.info = "fix snap/uq: SNAP uncertainty from a fitsnap-uq posterior";
+  plugin.info = "fix snap/uq: SNAP uncertainty from a fitsnap-uq posterior or network ensemble";
   plugin.author = "fitsnap-uq";
   plugin.creator.v2 = (lammpsplugin_factory2 *) &snap_uq_creator;
   plugin.handle = handle;
