@@ -133,7 +133,7 @@ def write_summary(path: str, result) -> None:
 
 
 def _cmd_ensemble(args: argparse.Namespace) -> int:
-    from lammps_hooks.ensemble import INTERVAL, run_ensemble
+    from lammps_hooks.ensemble import run_ensemble
 
     comm = _mpi_comm()
     _progress_rank(comm)
@@ -149,7 +149,7 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
         for k, reason in result.excluded.items():
             print(f"fitsnap-uq ensemble: WARNING replica {k} left out of the error bars: {reason}")
         print(f"fitsnap-uq ensemble: time averages over the second half of each replica (from step "
-              f"{result.first_step:.0f}); interval: {INTERVAL}")
+              f"{result.first_step:.0f}); interval: {result.interval}")
         for obs in result.observables:
             print(f"  {result.describe(obs)}")
     return 0
@@ -323,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "drawn from the posterior, as MPI partitions under mpirun (in sequence on one "
                     "rank); report each observable (with its unit) as the mean over the replicas of "
                     "their time averages over the second half of the run, with the 95%% Student-t "
-                    "prediction interval for one more posterior draw (how far to trust the value) "
+                    "prediction interval for one more posterior draw (or ensemble member) (how far to trust "
+                    "the value) "
                     "and the MD sampling error from the autocorrelation; also over time and at the "
                     "end (table, summary, plot).")
     ens.add_argument("script", help="LAMMPS input script with pair_style snap")

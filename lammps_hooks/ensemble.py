@@ -106,6 +106,7 @@ class EnsembleResult:
         samples: replicas run (kept + excluded).
         per_replica: {observable: one :func:`~fitsnap_uq.timeseries.time_average` per kept replica}.
         first_step: the first step of the averaging window (the second half of the run).
+        source: what each replica's potential is: ``posterior draw`` or ``ensemble member``.
     """
 
     observables: list[str]
@@ -120,6 +121,12 @@ class EnsembleResult:
     samples: int = 0
     per_replica: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     first_step: float = 0.0
+    source: str = "posterior draw"
+
+    @property
+    def interval(self) -> str:
+        """What the intervals are (:func:`interval_text` for this ensemble's replicas)."""
+        return interval_text(self.source)
 
     @classmethod
     def load(cls, outdir: str | Path) -> EnsembleResult:
@@ -130,7 +137,7 @@ class EnsembleResult:
                    average=data["second_half_average"], timings=data["timings"],
                    excluded={int(k): v for k, v in data["excluded"].items()}, kept=data["kept"],
                    units=data["units"], samples=data["samples"], per_replica=data["per_replica"],
-                   first_step=data["first_step"])
+                   first_step=data["first_step"], source=data.get("source", "posterior draw"))
 
     def describe(self, observable: str) -> str:
         """One line: the second-half average's interval, sampling error and final value, with units."""
@@ -189,10 +196,14 @@ def screen_replicas(averages: np.ndarray, observables: Sequence[str], z_max: flo
     return dict(sorted(out.items()))
 
 
-INTERVAL = ("95% prediction interval for one more posterior draw (how far to trust the observable): "
+def interval_text(source: str = "posterior draw") -> str:
+    """What the ensemble's interval is, for replicas that are each a ``source`` (``posterior draw`` or
+    ``ensemble member``)."""
+    return (f"95% prediction interval for one more {source} (how far to trust the observable): "
             "mean +- t x sqrt(std^2 (1 + 1/K) + se^2) over the K replicas kept, std their spread, se their "
             "MD sampling error, t the Student-t quantile for the Welch-Satterthwaite degrees of freedom "
             "(K - 1 from the spread); never narrower than from the spread alone")
+
 
 # Units of LAMMPS thermo keywords by units style (https://docs.lammps.org/units.html, thermo_style).
 _DIMENSIONS = {
@@ -383,7 +394,8 @@ def run_ensemble(script: str | Path, posterior: Posterior | str | Path | None, s
     if rank != 0:
         return None
     timings = sorted((t for part in all_timings for t in part), key=lambda t: t["replica"])
-    return summarize(outdir, samples, exprs, names, timings, every, units=units)
+    return summarize(outdir, samples, exprs, names, timings, every, units=units,
+                     source="posterior draw" if nnensemble is None else "ensemble member")
 
 
 def _nn_replicas(script: str | Path, nnensemble: Any, outdir: Path, rank: int, comm: Any
@@ -442,14 +454,15 @@ def _read_obs(path: Path, m: int) -> np.ndarray:
 
 
 def summarize(outdir: Path, samples: int, observables: list[str], names: list[str],
-              timings: list[dict[str, Any]], every: int, units: dict[str, str | None] | None = None
-              ) -> EnsembleResult:
+              timings: list[dict[str, Any]], every: int, units: dict[str, str | None] | None = None,
+              source: str = "posterior draw") -> EnsembleResult:
     """Read the replicas' observables, leave out those that left the physical region
     (:func:`screen_replicas`), put error bars on the rest (see the module docstring), and write the
     table, summary, plot and JSON.
 
     Args:
         units: {observable: unit or None}.
+        source: what each replica's potential is (``posterior draw`` or ``ensemble member``).
     """
     units = {o: (units or {}).get(o) for o in observables}
     m = len(observables)
@@ -498,11 +511,13 @@ def summarize(outdir: Path, samples: int, observables: list[str], names: list[st
     first_step = float(steps[t // 2])
     result = EnsembleResult(observables, steps, values, final, average, timings,
                             excluded=dict(sorted(excluded.items())), kept=kept, units=units,
-                            samples=samples, per_replica=per_replica, first_step=first_step)
+                            samples=samples, per_replica=per_replica, first_step=first_step,
+                            source=source)
     atomic_write(outdir / "ensemble_summary.md", _summary_markdown(result))
     _plot(outdir / "ensemble.png", steps, band, observables, units)
     blob = json.dumps({"observables": observables, "units": units, "samples": samples, "every": every,
-                       "interval": INTERVAL, "first_step": first_step, "final": final,
+                       "interval": result.interval, "source": result.source, "first_step": first_step,
+                       "final": final,
                        "second_half_average": average, "per_replica": per_replica,
                        "timings": timings, "kept": kept,
                        "excluded": {str(k): r for k, r in sorted(excluded.items())},
@@ -514,11 +529,13 @@ def summarize(outdir: Path, samples: int, observables: list[str], names: list[st
 def _summary_markdown(res: EnsembleResult) -> str:
     """``ensemble_summary.md``: the replicas, the interval's definition, the table per observable."""
     k = len(res.kept)
-    md = [f"# Posterior ensemble of MD: {res.samples} replicas, {k} kept", "",
-          "Each replica ran the same input with one coefficient set drawn from the posterior. "
-          f"{res.samples} replicas ran; {len(res.excluded)} left out by the runaway screen; the "
+    member = res.source == "ensemble member"
+    md = [f"# {'Network' if member else 'Posterior'} ensemble of MD: {res.samples} replicas, {k} kept", "",
+          ("Each replica ran the same input driven by one member of the network ensemble. " if member
+           else "Each replica ran the same input with one coefficient set drawn from the posterior. ")
+          + f"{res.samples} replicas ran; {len(res.excluded)} left out by the runaway screen; the "
           f"statistics are over the {k} kept.", "",
-          f"Interval: {INTERVAL}. Time average: over the second half of each replica (from step "
+          f"Interval: {res.interval}. Time average: over the second half of each replica (from step "
           f"{res.first_step:.0f}); its MD sampling error comes from the series' autocorrelation "
           "(statistical inefficiency, N_eff effective frames). The final frame's interval is over the "
           f"replicas alone (t with {k - 1} degrees of freedom).", ""]
