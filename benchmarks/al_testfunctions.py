@@ -48,7 +48,8 @@ the ratios (``ratios.png``) to --outdir. Before each pick it measures on the unl
 (:func:`pick_diagnostics`, means in the table): the Spearman correlation of disagreement and true
 |error|, the |error| at the picks over the pool's mean, the share of picks among the M largest errors,
 and the picks' mean radius ||x||_2 over the pool's. ``--ablation-dims`` re-runs qbc vs random with
-(K, f) = (5, 0.5), (5, 1.0), (10, 0.8) at those d; ``--members``/``--fraction`` change K and f.
+(K, f) = (5, 0.5), (5, 1.0), (10, 0.8) (or ``--ablation K:f ...``) at those d;
+``--members``/``--fraction`` change K and f.
 """
 
 from __future__ import annotations
@@ -331,8 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--members", type=int, default=None, help="K learners (default 5)")
     ap.add_argument("--fraction", type=float, default=None, help="bootstrap fraction f (default 0.8)")
     ap.add_argument("--ablation-dims", type=int, nargs="*", default=[],
-                    help="also run qbc vs random with (K, f) = " + ", ".join(map(str, ABLATION))
-                    + " at these d")
+                    help="also run qbc vs random with other (K, f) at these d")
+    ap.add_argument("--ablation", nargs="+", default=[f"{k}:{f:g}" for k, f in ABLATION],
+                    help="the (K, f) of the ablation as K:f (default %(default)s)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test, seconds)")
     ap.add_argument("--outdir", default=str(OUTDIR))
     args = ap.parse_args(argv)
@@ -360,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
               + "\nWhere AL does not beat random (mean AL/random >= 1):\n\n" + losses(rows))
     ab_rows = [r for r in rows if r["strategy"] == "qbc" and r["d"] in args.ablation_dims]
     ab_plans = [plans[r["d"]] for r in ab_rows]
-    for members, fraction in (ABLATION if args.ablation_dims else ()):
+    variants = [(int(v.split(":")[0]), float(v.split(":")[1])) for v in args.ablation]
+    for members, fraction in (variants if args.ablation_dims else ()):
         aplans = {d: replace(plans[d], members=members, fraction=fraction) for d in args.ablation_dims}
         acurves = run_study(args.functions, args.ablation_dims, args.seeds, ["qbc", "random"], aplans,
                             label=f"[K {members}, f {fraction:g}] ")
