@@ -175,9 +175,17 @@ def pick_diagnostics(err: np.ndarray, dis: np.ndarray, x: np.ndarray, pick: np.n
             "radius_ratio": float(radius[pick].mean() / radius.mean())}
 
 
+def fill_distance(x_test: np.ndarray, x_labelled: np.ndarray) -> float:
+    """Mean over the (n, d) test points of the Euclidean distance to the nearest of the (m, d)
+    labelled points (same units as x): how well the labelled set covers the test distribution."""
+    sq = (x_test**2).sum(axis=1)[:, None] - 2.0 * x_test @ x_labelled.T + (x_labelled**2).sum(axis=1)[None, :]
+    return float(np.mean(np.sqrt(np.maximum(sq.min(axis=1), 0.0))))
+
+
 def run_curve(name: str, d: int, plan: Plan, strategy: str, seed: int) -> list[dict[str, float]]:
-    """One learning curve: per round, ``n`` points labelled and the committee mean's test ``rmse``,
-    and (rounds 0 .. R-1) the :func:`pick_diagnostics` of the batch picked after it.
+    """One learning curve: per round, ``n`` points labelled, the committee mean's test ``rmse``, the
+    :func:`fill_distance` of the test set to the labelled points (``fill``, scaled inputs) and
+    (rounds 0 .. R-1) the :func:`pick_diagnostics` of the batch picked after it.
 
     ``strategy`` is one of :data:`fitsnap_uq.active.committee.POOL_STRATEGIES` or ``oracle``: the M
     pool points of largest true |error| of the committee mean (reads the pool's labels: a diagnostic
@@ -200,7 +208,8 @@ def run_curve(name: str, d: int, plan: Plan, strategy: str, seed: int) -> list[d
         idx = np.array(labelled)
         committee.fit(pool_s[idx], (y_all[idx] - mu) / sd)
         mean = committee.predict(x_test_s)[0] * sd + mu
-        curve.append({"n": len(labelled), "rmse": float(np.sqrt(np.mean((mean - y_test) ** 2)))})
+        curve.append({"n": len(labelled), "rmse": float(np.sqrt(np.mean((mean - y_test) ** 2))),
+                      "fill": fill_distance(x_test_s, pool_s[idx])})
         if r == plan.rounds:
             return curve
         free = np.setdiff1d(np.arange(plan.pool), idx)
@@ -248,6 +257,8 @@ def summarize(curves: dict, seeds: list[int], strategies: list[str]) -> list[dic
             for key in DIAGNOSTICS:
                 row[key] = float(np.nanmean([p[key] for c in runs for p in c[:-1]]))
                 row["random_" + key] = float(np.nanmean([p[key] for c in base for p in c[:-1]]))
+            row["fill"] = float(np.mean([c[-1]["fill"] for c in runs]))
+            row["random_fill"] = float(np.mean([c[-1]["fill"] for c in base]))
             rows.append(row)
     return rows
 
@@ -280,11 +291,14 @@ def diagnostics_table(rows: list[dict], plans: list[Plan]) -> str:
     header = ["function", "d", "K", "f", "strategy", "Spearman(disagreement, abs error) on the pool",
               "abs error at picks / pool: strategy (random)",
               "picks among the M largest errors: strategy (random)",
-              "radius of picks / pool: strategy (random)", "AL/random at budget"]
+              "radius of picks / pool: strategy (random)",
+              "test points' mean distance to the nearest labelled point at budget: strategy (random)",
+              "AL/random at budget"]
     body = [[r["function"], str(r["d"]), str(p.members), f"{p.fraction:g}", r["strategy"], f"{r['rho']:.2f}",
              f"{r['err_ratio']:.2f} ({r['random_err_ratio']:.2f})",
              f"{r['top_overlap']:.2f} ({r['random_top_overlap']:.2f})",
-             f"{r['radius_ratio']:.3f} ({r['random_radius_ratio']:.3f})", f"{r['ratio_mean']:.3f}"]
+             f"{r['radius_ratio']:.3f} ({r['random_radius_ratio']:.3f})",
+             f"{r['fill']:.3f} ({r['random_fill']:.3f})", f"{r['ratio_mean']:.3f}"]
             for r, p in zip(rows, plans)]
     return markdown(header, body)
 
@@ -376,11 +390,11 @@ def main(argv: list[str] | None = None) -> int:
                    + table(ab_rows, ab_plans) + "\n" + diagnostics_table(ab_rows, ab_plans))
     print("\n" + report)
     (out / "table.md").write_text(report)
-    lines = ["function,d,strategy,seed,n_labelled,test_rmse," + ",".join(DIAGNOSTICS)]
+    lines = ["function,d,strategy,seed,n_labelled,test_rmse,fill," + ",".join(DIAGNOSTICS)]
     for (name, d), by_strategy in curves.items():
         for s, runs in by_strategy.items():
             for seed, curve in zip(args.seeds, runs):
-                lines += [f"{name},{d},{s},{seed},{p['n']},{p['rmse']:.6g},"
+                lines += [f"{name},{d},{s},{seed},{p['n']},{p['rmse']:.6g},{p['fill']:.4g},"
                           + ",".join(f"{p.get(k, np.nan):.4g}" for k in DIAGNOSTICS) for p in curve]
     (out / "learning_curves.csv").write_text("\n".join(lines) + "\n")
     _plot_curves(out / "learning_curves.png", curves, args.functions, args.dims)

@@ -104,6 +104,9 @@ def test_pick_diagnostics():
     d = bench.pick_diagnostics(err, np.array([0.1, 0.2, 0.3, 0.4]), x, np.array([3, 2]))
     assert d["rho"] == pytest.approx(-1.0) and d["top_overlap"] == 0.0
     assert d["err_ratio"] == pytest.approx(1.5 / 2.5)
+    test = np.array([[0.0, 0.0], [3.0, 4.0]])
+    labelled = np.array([[0.0, 1.0], [3.0, 0.0], [10.0, 10.0]])
+    assert bench.fill_distance(test, labelled) == pytest.approx((1.0 + 4.0) / 2)
 
 
 def test_quick_benchmark_writes_table_curves_and_plots(tmp_path, capsys):
@@ -138,5 +141,7 @@ def test_quick_benchmark_writes_table_curves_and_plots(tmp_path, capsys):
         # the oracle picks where the committee mean is most wrong: all its picks are the M largest errors
         assert all(float(r["top_overlap"]) == 1.0 for r in oracle[:-1])
         assert all(float(r["err_ratio"]) > 1.0 for r in oracle[:-1])
+        fill = [float(r["fill"]) for r in rnd]  # the labelled set only grows: coverage only improves
+        assert all(b <= a + 1e-12 for a, b in zip(fill, fill[1:]))
     assert (tmp_path / "learning_curves.png").stat().st_size > 1000
     assert (tmp_path / "ratios.png").stat().st_size > 1000
