@@ -322,14 +322,33 @@ def run_study(functions: list[str], dims: list[int], seeds: list[int], strategie
 
 
 def losses(rows: list[dict]) -> str:
-    """One line per row where the strategy's mean AL/random >= 1, with its measured diagnostics."""
+    """One line per row where the strategy's mean AL/random >= 1, with its measured diagnostics and,
+    for ``qbc``, the reading of them: is the disagreement informative (Spearman, error at the picks),
+    would the true largest errors have won (``oracle``, if run), does spreading help (``qbc_kmeans``,
+    if run), and how well the labelled set covers the test set at the budget (fill distance)."""
+    by_key = {(r["function"], r["d"], r["strategy"]): r for r in rows}
     out = []
     for r in rows:
-        if r["ratio_mean"] >= 1.0:
-            out.append(f"- {r['function']} d={r['d']} {r['strategy']}: AL/random {r['ratio_mean']:.3f} "
-                       f"(wins {r['wins']}/{len(r['seeds'])}); Spearman(disagreement, abs error) "
-                       f"{r['rho']:.2f}; abs error at picks / pool {r['err_ratio']:.2f} (random "
-                       f"{r['random_err_ratio']:.2f}); radius of picks / pool {r['radius_ratio']:.3f}")
+        if r["ratio_mean"] < 1.0:
+            continue
+        line = (f"- {r['function']} d={r['d']} {r['strategy']}: AL/random {r['ratio_mean']:.3f} "
+                f"(wins {r['wins']}/{len(r['seeds'])}); Spearman(disagreement, abs error) {r['rho']:.2f}; "
+                f"abs error at picks / pool {r['err_ratio']:.2f} (random {r['random_err_ratio']:.2f}); "
+                f"radius of picks / pool {r['radius_ratio']:.3f}; test set's distance to the labelled points "
+                f"{r['fill']:.3f} (random {r['random_fill']:.3f})")
+        if r["strategy"] == "qbc":
+            informative = r["rho"] > 0.1 and r["err_ratio"] > 1.2 * r["random_err_ratio"]
+            line += (". Reading: the disagreement " + ("finds" if informative else "does not find")
+                     + " the large errors")
+            oracle = by_key.get((r["function"], r["d"], "oracle"))
+            if oracle is not None:
+                line += (f"; the M largest true errors {'beat' if oracle['ratio_mean'] < 1 else 'lose to'} "
+                         f"random too ({oracle['ratio_mean']:.3f}"
+                         + (f", fill {oracle['fill']:.3f}" if np.isfinite(oracle["fill"]) else "") + ")")
+            spread = by_key.get((r["function"], r["d"], "qbc_kmeans"))
+            if spread is not None:
+                line += f"; spread by K-means: {spread['ratio_mean']:.3f}"
+        out.append(line)
     return "\n".join(out) + "\n" if out else "- none\n"
 
 
