@@ -19,11 +19,19 @@ a committee of K networks (``fitsnap_uq.nn.Ensemble`` with one member each: 2 x 
 full batch, retrained from its seeded initial weights every round) run by
 :class:`fitsnap_uq.active.committee.Committee`: each learner starts on round(f N) labelled points drawn
 with replacement; a new batch is split by K-means into round(f M) clusters and each learner draws one
-point of every cluster. Per round, M pool points are added, chosen by
+point of every cluster (the seed's "K-means clustering to discover geometry of selected data, distribute
+data from clusters evenly among learners, add fM points per learner with replacement"). Per round,
+M pool points are added, chosen by
 
-* ``qbc``: largest committee disagreement (std of the K predictions), spread by K-means (the most
-  disputed point of each of M clusters among the 3 M most disputed);
-* ``random``: uniform from the pool (the baseline); also available: ``max_std``, ``std_sampling``;
+* ``qbc``: the seed's algorithm: the M points of largest committee disagreement (std of the K
+  predictions); the seed's K-means step is the sharing above, not the selection (its slides note that
+  in low d the selected points cluster);
+* ``qbc_kmeans``: not the seed's: largest disagreement spread by K-means (the most disputed point of
+  each of M clusters among the 3 M most disputed); before 2026-11-30 this was ``qbc``;
+* ``oracle``: the M pool points where the committee mean's true |error| is largest (reads the pool's
+  labels): a diagnostic, the best any disagreement measure could rank;
+* ``random``: uniform from the pool (the baseline); also available: ``max_std`` (= ``qbc``),
+  ``std_sampling``;
 
 until the budget N + R M (R rounds). The model is the committee mean; its RMSE on a fixed test set of
 2000 uniform points (its own seed, the same for all strategies and seeds) is recorded after every
@@ -36,7 +44,12 @@ Prints per function and d: the test RMSE at the budget of each strategy (mean ov
 AL / random RMSE ratio at the budget (mean, std and each seed's), plus the ratio of the areas under the
 learning curves (rounds after the first); writes the table (``table.md``), the learning curves
 (``learning_curves.csv``), their plots (``learning_curves.png``: mean over seeds, band = min..max) and
-the ratios (``ratios.png``) to --outdir.
+the ratios (``ratios.png``) to --outdir. Before each pick it measures on the unlabelled pool
+(:func:`pick_diagnostics`, means in the table): the Spearman correlation of disagreement and true
+|error|, the |error| at the picks over the pool's mean, the share of picks among the M largest errors,
+and the picks' mean radius ||x||_2 over the pool's. ``--ablation-dims`` re-runs qbc vs random with
+(K, f) = (5, 0.5), (5, 1.0), (10, 0.8) (or ``--ablation K:f ...``) at those d;
+``--members``/``--fraction`` change K and f.
 """
 
 from __future__ import annotations
@@ -45,16 +58,17 @@ import argparse
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fitsnap_uq.active.committee import Committee, pick_from_pool  # noqa: E402
+from fitsnap_uq.active.committee import POOL_STRATEGIES, Committee, pick_from_pool  # noqa: E402
 from fitsnap_uq.nn import Ensemble  # noqa: E402
 
 OUTDIR = ROOT / "benchmarks" / "out" / "al_testfunctions"
@@ -138,8 +152,45 @@ def make_test_set(name: str, d: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     return x, f(x)
 
 
-def run_curve(name: str, d: int, plan: Plan, strategy: str, seed: int) -> list[tuple[int, float]]:
-    """One learning curve: (points labelled, test RMSE of the committee mean) after each round."""
+def pick_diagnostics(err: np.ndarray, dis: np.ndarray, x: np.ndarray, pick: np.ndarray) -> dict[str, float]:
+    """Why a batch helps or not, measured on the unlabelled pool before the pick.
+
+    Args:
+        err: (m,) absolute error of the committee mean at the m unlabelled pool points.
+        dis: (m,) committee disagreement (std of the K predictions) there.
+        x: (m, d) their scaled inputs (in [-1, 1]^d).
+        pick: (M,) positions (into those m) of the batch picked.
+
+    Returns:
+        ``rho``: Spearman rank correlation of disagreement and |error| over the pool; ``err_ratio``:
+        mean |error| at the picks / over the pool (> 1: the batch is where the model is wrong);
+        ``top_overlap``: fraction of the picks among the M points of largest |error|; ``radius_ratio``:
+        mean ||x||_2 of the picks / of the pool (> 1: the batch sits toward the faces and corners).
+    """
+    rho = spearmanr(dis, err).statistic if np.ptp(dis) > 0 else np.nan
+    top = np.argsort(-err)[: pick.size]
+    radius = np.linalg.norm(x, axis=1)
+    return {"rho": float(rho), "err_ratio": float(err[pick].mean() / err.mean()),
+            "top_overlap": float(np.intersect1d(top, pick).size / pick.size),
+            "radius_ratio": float(radius[pick].mean() / radius.mean())}
+
+
+def fill_distance(x_test: np.ndarray, x_labelled: np.ndarray) -> float:
+    """Mean over the (n, d) test points of the Euclidean distance to the nearest of the (m, d)
+    labelled points (same units as x): how well the labelled set covers the test distribution."""
+    sq = (x_test**2).sum(axis=1)[:, None] - 2.0 * x_test @ x_labelled.T + (x_labelled**2).sum(axis=1)[None, :]
+    return float(np.mean(np.sqrt(np.maximum(sq.min(axis=1), 0.0))))
+
+
+def run_curve(name: str, d: int, plan: Plan, strategy: str, seed: int) -> list[dict[str, float]]:
+    """One learning curve: per round, ``n`` points labelled, the committee mean's test ``rmse``, the
+    :func:`fill_distance` of the test set to the labelled points (``fill``, scaled inputs) and
+    (rounds 0 .. R-1) the :func:`pick_diagnostics` of the batch picked after it.
+
+    ``strategy`` is one of :data:`fitsnap_uq.active.committee.POOL_STRATEGIES` or ``oracle``: the M
+    pool points of largest true |error| of the committee mean (reads the pool's labels: a diagnostic
+    upper bound of what any disagreement could pick, not a strategy).
+    """
 
     f, (lo, hi) = FUNCTIONS[name]
     rng = np.random.default_rng([seed, d, sorted(FUNCTIONS).index(name)])
@@ -149,7 +200,7 @@ def run_curve(name: str, d: int, plan: Plan, strategy: str, seed: int) -> list[t
     x_test, y_test = make_test_set(name, d, plan.test)
     x_test_s = scale(x_test)
     labelled = list(rng.choice(plan.pool, size=plan.initial, replace=False))
-    y_all = f(pool)  # the oracle; only labelled entries are ever read
+    y_all = f(pool)  # the oracle; only labelled entries are read, except by the diagnostics and ``oracle``
     mu, sd = float(np.mean(y_all[labelled])), float(np.std(y_all[labelled])) or 1.0
     committee = make_committee(d, plan, 1000 * seed + 17).start(plan.initial)
     curve = []
@@ -157,58 +208,151 @@ def run_curve(name: str, d: int, plan: Plan, strategy: str, seed: int) -> list[t
         idx = np.array(labelled)
         committee.fit(pool_s[idx], (y_all[idx] - mu) / sd)
         mean = committee.predict(x_test_s)[0] * sd + mu
-        curve.append((len(labelled), float(np.sqrt(np.mean((mean - y_test) ** 2)))))
+        curve.append({"n": len(labelled), "rmse": float(np.sqrt(np.mean((mean - y_test) ** 2))),
+                      "fill": fill_distance(x_test_s, pool_s[idx])})
         if r == plan.rounds:
             return curve
         free = np.setdiff1d(np.arange(plan.pool), idx)
-        dis = None if strategy == "random" else committee.predict(pool_s[free])[1]
-        pick = free[pick_from_pool(strategy, dis, pool_s[free], plan.batch, seed=1000 * seed + r)]
+        mean_pool, dis = committee.predict(pool_s[free])
+        err = np.abs(mean_pool * sd + mu - y_all[free])
+        if strategy == "oracle":
+            at = pick_from_pool("qbc", err, pool_s[free], plan.batch, seed=1000 * seed + r)
+        else:
+            at = pick_from_pool(strategy, dis, pool_s[free], plan.batch, seed=1000 * seed + r)
+        curve[-1].update(pick_diagnostics(err, dis, pool_s[free], at))
+        pick = free[at]
         start = len(labelled)
         labelled += list(pick)
         committee.add(np.arange(start, len(labelled)), pool_s[pick])
     return curve
 
 
+DIAGNOSTICS = ("rho", "err_ratio", "top_overlap", "radius_ratio")
+
+
 def summarize(curves: dict, seeds: list[int], strategies: list[str]) -> list[dict]:
-    """One row per (function, d, strategy other than random): RMSEs and AL / random ratios."""
+    """One row per (function, d, strategy other than random): RMSEs, AL / random ratios and the mean
+    :func:`pick_diagnostics` (over rounds 0 .. R-1 and seeds; those of random in ``random_*``)."""
     rows = []
     for (name, d), by_strategy in curves.items():
         base = by_strategy.get("random")
         if base is None:
             continue
-        base_final = np.array([c[-1][1] for c in base])
-        base_area = np.array([np.mean([p[1] for p in c[1:]]) for c in base])
+        base_final = np.array([c[-1]["rmse"] for c in base])
+        base_area = np.array([np.mean([p["rmse"] for p in c[1:]]) for c in base])
         for strategy in strategies:
             if strategy == "random":
                 continue
             runs = by_strategy[strategy]
-            final = np.array([c[-1][1] for c in runs])
-            area = np.array([np.mean([p[1] for p in c[1:]]) for c in runs])
+            final = np.array([c[-1]["rmse"] for c in runs])
+            area = np.array([np.mean([p["rmse"] for p in c[1:]]) for c in runs])
             ratio = final / base_final
-            rows.append({"function": name, "d": d, "strategy": strategy, "budget": base[0][-1][0],
-                         "rmse_random": float(base_final.mean()), "rmse_al": float(final.mean()),
-                         "ratio_mean": float(ratio.mean()),
-                         "ratio_std": float(ratio.std(ddof=1)) if ratio.size > 1 else 0.0,
-                         "ratio_seeds": ratio.tolist(), "area_ratio": float(np.mean(area / base_area)),
-                         "wins": int(np.sum(ratio < 1)), "seeds": list(seeds)})
+            row = {"function": name, "d": d, "strategy": strategy, "budget": base[0][-1]["n"],
+                   "rmse_random": float(base_final.mean()), "rmse_al": float(final.mean()),
+                   "ratio_mean": float(ratio.mean()),
+                   "ratio_std": float(ratio.std(ddof=1)) if ratio.size > 1 else 0.0,
+                   "ratio_seeds": ratio.tolist(), "gain": float(np.mean(base_final / final)),
+                   "area_ratio": float(np.mean(area / base_area)),
+                   "wins": int(np.sum(ratio < 1)), "seeds": list(seeds)}
+            for key in DIAGNOSTICS:
+                row[key] = float(np.nanmean([p[key] for c in runs for p in c[:-1]]))
+                row["random_" + key] = float(np.nanmean([p[key] for c in base for p in c[:-1]]))
+            row["fill"] = float(np.mean([c[-1]["fill"] for c in runs]))
+            row["random_fill"] = float(np.mean([c[-1]["fill"] for c in base]))
+            rows.append(row)
     return rows
 
 
-def table(rows: list[dict], plans: dict[int, Plan]) -> str:
-    """The Markdown table of :func:`summarize`'s rows."""
-    lines = ["| function | d | domain | P | N | M | budget | strategy | test RMSE random | test RMSE AL | "
-             "AL/random at budget (mean +- std) | per seed | AL wins | AL/random of the RMSE averaged over "
-             "rounds 1..R |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        p = plans[r["d"]]
+def markdown(header: list[str], body: list[list[str]]) -> str:
+    """A Markdown table: the header cells and one list of cells per row."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body]) + "\n"
+
+
+def table(rows: list[dict], plans: list[Plan]) -> str:
+    """The Markdown table of :func:`summarize`'s rows (``plans``: the plan of each row)."""
+    header = ["function", "d", "domain", "P", "N", "M", "budget", "K", "f", "strategy", "test RMSE random",
+              "test RMSE AL", "AL/random at budget (mean +- std)", "per seed", "AL wins", "random/AL (gain)",
+              "AL/random of the RMSE averaged over rounds 1..R"]
+    body = []
+    for r, p in zip(rows, plans):
         lo, hi = FUNCTIONS[r["function"]][1]
-        per = ", ".join(f"{s}: {v:.2f}" for s, v in zip(r["seeds"], r["ratio_seeds"]))
-        lines.append(f"| {r['function']} | {r['d']} | [{lo:g}, {hi:g}]^{r['d']} | {p.pool} | {p.initial} | "
-                     f"{p.batch} | {r['budget']} | {r['strategy']} | {r['rmse_random']:.4g} | "
-                     f"{r['rmse_al']:.4g} | {r['ratio_mean']:.3f} +- {r['ratio_std']:.3f} | {per} | "
-                     f"{r['wins']}/{len(r['seeds'])} | {r['area_ratio']:.3f} |")
-    return "\n".join(lines) + "\n"
+        body.append([r["function"], str(r["d"]), f"[{lo:g}, {hi:g}]^{r['d']}", str(p.pool), str(p.initial),
+                     str(p.batch), str(r["budget"]), str(p.members), f"{p.fraction:g}", r["strategy"],
+                     f"{r['rmse_random']:.4g}", f"{r['rmse_al']:.4g}",
+                     f"{r['ratio_mean']:.3f} +- {r['ratio_std']:.3f}",
+                     ", ".join(f"{s}: {v:.2f}" for s, v in zip(r["seeds"], r["ratio_seeds"])),
+                     f"{r['wins']}/{len(r['seeds'])}", f"{r['gain']:.3f}", f"{r['area_ratio']:.3f}"])
+    return markdown(header, body)
+
+
+def diagnostics_table(rows: list[dict], plans: list[Plan]) -> str:
+    """Markdown: per row, the mean pick diagnostics of the strategy and of random (same rounds)."""
+    header = ["function", "d", "K", "f", "strategy", "Spearman(disagreement, abs error) on the pool",
+              "abs error at picks / pool: strategy (random)",
+              "picks among the M largest errors: strategy (random)",
+              "radius of picks / pool: strategy (random)",
+              "test points' mean distance to the nearest labelled point at budget: strategy (random)",
+              "AL/random at budget"]
+    body = [[r["function"], str(r["d"]), str(p.members), f"{p.fraction:g}", r["strategy"], f"{r['rho']:.2f}",
+             f"{r['err_ratio']:.2f} ({r['random_err_ratio']:.2f})",
+             f"{r['top_overlap']:.2f} ({r['random_top_overlap']:.2f})",
+             f"{r['radius_ratio']:.3f} ({r['random_radius_ratio']:.3f})",
+             f"{r['fill']:.3f} ({r['random_fill']:.3f})", f"{r['ratio_mean']:.3f}"]
+            for r, p in zip(rows, plans)]
+    return markdown(header, body)
+
+
+def run_study(functions: list[str], dims: list[int], seeds: list[int], strategies: list[str],
+              plans: dict[int, Plan], label: str = "") -> dict:
+    """Learning curves ``{(function, d): {strategy: [curve of each seed]}}``, progress printed."""
+    curves: dict = {}
+    for name in functions:
+        for d in dims:
+            plan = plans[d]
+            t0 = time.perf_counter()
+            curves[(name, d)] = {s: [run_curve(name, d, plan, s, seed) for seed in seeds] for s in strategies}
+            y_std = float(np.std(make_test_set(name, d, plan.test)[1]))
+            finals = ", ".join(f"{s} {np.mean([c[-1]['rmse'] for c in runs]):.4g}"
+                               for s, runs in curves[(name, d)].items())
+            print(f"  {label}{name} d={d}: P {plan.pool}, N {plan.initial}, M {plan.batch}, budget "
+                  f"{plan.budget}, K {plan.members}, f {plan.fraction:g}; std of f {y_std:.4g}; RMSE at "
+                  f"budget: {finals}  ({time.perf_counter() - t0:.1f} s)", flush=True)
+    return curves
+
+
+def losses(rows: list[dict]) -> str:
+    """One line per row where the strategy's mean AL/random >= 1, with its measured diagnostics and,
+    for ``qbc``, the reading of them: is the disagreement informative (Spearman, error at the picks),
+    would the true largest errors have won (``oracle``, if run), does spreading help (``qbc_kmeans``,
+    if run), and how well the labelled set covers the test set at the budget (fill distance)."""
+    by_key = {(r["function"], r["d"], r["strategy"]): r for r in rows}
+    out = []
+    for r in rows:
+        if r["ratio_mean"] < 1.0:
+            continue
+        line = (f"- {r['function']} d={r['d']} {r['strategy']}: AL/random {r['ratio_mean']:.3f} "
+                f"(wins {r['wins']}/{len(r['seeds'])}); Spearman(disagreement, abs error) {r['rho']:.2f}; "
+                f"abs error at picks / pool {r['err_ratio']:.2f} (random {r['random_err_ratio']:.2f}); "
+                f"radius of picks / pool {r['radius_ratio']:.3f}; test set's distance to the labelled points "
+                f"{r['fill']:.3f} (random {r['random_fill']:.3f})")
+        if r["strategy"] == "qbc":
+            informative = r["rho"] > 0.1 and r["err_ratio"] > 1.2 * r["random_err_ratio"]
+            line += (". Reading: the disagreement " + ("finds" if informative else "does not find")
+                     + " the large errors")
+            oracle = by_key.get((r["function"], r["d"], "oracle"))
+            if oracle is not None:
+                line += (f"; the M largest true errors {'beat' if oracle['ratio_mean'] < 1 else 'lose to'} "
+                         f"random too ({oracle['ratio_mean']:.3f}"
+                         + (f", fill {oracle['fill']:.3f}" if np.isfinite(oracle["fill"]) else "") + ")")
+            spread = by_key.get((r["function"], r["d"], "qbc_kmeans"))
+            if spread is not None:
+                line += f"; spread by K-means: {spread['ratio_mean']:.3f}"
+        out.append(line)
+    return "\n".join(out) + "\n" if out else "- none\n"
+
+
+ABLATION = ((5, 0.5), (5, 1.0), (10, 0.8))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,46 +360,61 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--dims", type=int, nargs="+", default=[2, 4, 16, 32])
     ap.add_argument("--functions", nargs="+", default=list(FUNCTIONS), choices=list(FUNCTIONS))
-    ap.add_argument("--strategies", nargs="+", default=["qbc", "random"],
-                    choices=["qbc", "max_std", "std_sampling", "random"])
+    ap.add_argument("--strategies", nargs="+", default=["qbc", "qbc_kmeans", "oracle", "random"],
+                    choices=[*POOL_STRATEGIES, "oracle"])
+    ap.add_argument("--members", type=int, default=None, help="K learners (default 5)")
+    ap.add_argument("--fraction", type=float, default=None, help="bootstrap fraction f (default 0.8)")
+    ap.add_argument("--ablation-dims", type=int, nargs="*", default=[],
+                    help="also run qbc vs random with other (K, f) at these d")
+    ap.add_argument("--ablation", nargs="+", default=[f"{k}:{f:g}" for k, f in ABLATION],
+                    help="the (K, f) of the ablation as K:f (default %(default)s)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test, seconds)")
     ap.add_argument("--outdir", default=str(OUTDIR))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     strategies = list(dict.fromkeys(args.strategies + ["random"]))
-    plans = {d: plan_for(d, args.quick) for d in args.dims}
+    override = {k: v for k, v in (("members", args.members), ("fraction", args.fraction)) if v is not None}
+    plans = {d: replace(plan_for(d, args.quick), **override) for d in args.dims}
     p0 = next(iter(plans.values()))
     print(f"QBC vs random with NN committees: functions {args.functions}, d {args.dims}, seeds {args.seeds}; "
           f"K {p0.members}, f {p0.fraction}, {p0.hidden}x{p0.hidden} tanh MLP, Adam lr {p0.lr}, "
           f"{p0.epochs} epochs, weight decay {p0.weight_decay}; {p0.rounds} rounds"
           + (" (--quick)" if args.quick else ""), flush=True)
-    curves: dict = {}
     t_all = time.perf_counter()
-    for name in args.functions:
-        for d in args.dims:
-            plan = plans[d]
-            t0 = time.perf_counter()
-            curves[(name, d)] = {s: [run_curve(name, d, plan, s, seed) for seed in args.seeds]
-                                 for s in strategies}
-            y_std = float(np.std(make_test_set(name, d, plan.test)[1]))
-            finals = ", ".join(f"{s} {np.mean([c[-1][1] for c in runs]):.4g}"
-                               for s, runs in curves[(name, d)].items())
-            print(f"  {name} d={d}: P {plan.pool}, N {plan.initial}, M {plan.batch}, budget {plan.budget}; "
-                  f"std of f {y_std:.4g}; RMSE at budget: {finals}  ({time.perf_counter() - t0:.1f} s)",
-                  flush=True)
+    curves = run_study(args.functions, args.dims, args.seeds, strategies, plans)
     rows = summarize(curves, args.seeds, strategies)
-    text = table(rows, plans)
+    row_plans = [plans[r["d"]] for r in rows]
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
-    print("\n" + text)
     header = (f"QBC vs random, NN committees (seeds {args.seeds}{', --quick' if args.quick else ''}); "
-              f"AL/random < 1: active learning is better.\n\n")
-    (out / "table.md").write_text(header + text)
-    lines = ["function,d,strategy,seed,n_labelled,test_rmse"]
+              f"AL/random < 1: active learning is better. qbc: the seed's (the M most disputed); "
+              f"qbc_kmeans: spread by K-means (not the seed's); oracle: the M largest true errors "
+              f"(a diagnostic bound, reads the pool's labels).\n\n")
+    report = (header + table(rows, row_plans) + "\nPick diagnostics (mean over rounds 0..R-1 and seeds, "
+              "measured on the unlabelled pool before each pick):\n\n" + diagnostics_table(rows, row_plans)
+              + "\nWhere AL does not beat random (mean AL/random >= 1):\n\n" + losses(rows))
+    ab_rows = [r for r in rows if r["strategy"] == "qbc" and r["d"] in args.ablation_dims]
+    ab_plans = [plans[r["d"]] for r in ab_rows]
+    variants = [(int(v.split(":")[0]), float(v.split(":")[1])) for v in args.ablation]
+    for members, fraction in (variants if args.ablation_dims else ()):
+        aplans = {d: replace(plans[d], members=members, fraction=fraction) for d in args.ablation_dims}
+        acurves = run_study(args.functions, args.ablation_dims, args.seeds, ["qbc", "random"], aplans,
+                            label=f"[K {members}, f {fraction:g}] ")
+        new_rows = summarize(acurves, args.seeds, ["qbc", "random"])
+        ab_rows += new_rows
+        ab_plans += [aplans[r["d"]] for r in new_rows]
+    if args.ablation_dims:
+        report += ("\nAblation: qbc vs random with other committee sizes K and fractions f (each paired "
+                   "with its own random run; the first rows are the main study's):\n\n"
+                   + table(ab_rows, ab_plans) + "\n" + diagnostics_table(ab_rows, ab_plans))
+    print("\n" + report)
+    (out / "table.md").write_text(report)
+    lines = ["function,d,strategy,seed,n_labelled,test_rmse,fill," + ",".join(DIAGNOSTICS)]
     for (name, d), by_strategy in curves.items():
         for s, runs in by_strategy.items():
             for seed, curve in zip(args.seeds, runs):
-                lines += [f"{name},{d},{s},{seed},{n},{e:.6g}" for n, e in curve]
+                lines += [f"{name},{d},{s},{seed},{p['n']},{p['rmse']:.6g},{p['fill']:.4g},"
+                          + ",".join(f"{p.get(k, np.nan):.4g}" for k in DIAGNOSTICS) for p in curve]
     (out / "learning_curves.csv").write_text("\n".join(lines) + "\n")
     _plot_curves(out / "learning_curves.png", curves, args.functions, args.dims)
     _plot_ratios(out / "ratios.png", rows, args.functions)
@@ -274,8 +433,8 @@ def _plot_curves(path: Path, curves: dict, functions: list[str], dims: list[int]
         for j, d in enumerate(dims):
             ax = axes[i][j]
             for s, runs in curves[(name, d)].items():
-                n = np.array([p[0] for p in runs[0]])
-                e = np.array([[p[1] for p in c] for c in runs])
+                n = np.array([p["n"] for p in runs[0]])
+                e = np.array([[p["rmse"] for p in c] for c in runs])
                 line, = ax.plot(n, e.mean(axis=0), marker="o", ms=3, label=s)
                 ax.fill_between(n, e.min(axis=0), e.max(axis=0), color=line.get_color(), alpha=0.2)
             ax.set_yscale("log")
@@ -294,13 +453,16 @@ def _plot_ratios(path: Path, rows: list[dict], functions: list[str]) -> None:
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
+    strategies = list(dict.fromkeys(r["strategy"] for r in rows))
     for k, name in enumerate(functions):
         for r in (r for r in rows if r["function"] == name):
-            x = np.log2(r["d"]) + 0.08 * (k - 0.5)
-            ax.scatter([x] * len(r["ratio_seeds"]), r["ratio_seeds"], s=14, alpha=0.5,
-                       color=f"C{k}")
-            ax.errorbar(x, r["ratio_mean"], yerr=r["ratio_std"], fmt="o", color=f"C{k}", capsize=3,
-                        label=f"{name} ({r['strategy']})")
+            j = strategies.index(r["strategy"])
+            slot = k * len(strategies) + j - (len(functions) * len(strategies) - 1) / 2
+            x = np.log2(r["d"]) + 0.06 * slot
+            ax.scatter([x] * len(r["ratio_seeds"]), r["ratio_seeds"], s=14, alpha=0.5, color=f"C{j}",
+                       marker="os"[k % 2])
+            ax.errorbar(x, r["ratio_mean"], yerr=r["ratio_std"], fmt="os"[k % 2], color=f"C{j}", capsize=3,
+                        label=f"{name} ({r['strategy']})", mfc="none" if k else None)
     handles, labels = ax.get_legend_handles_labels()
     uniq = dict(zip(labels, handles))
     ax.legend(uniq.values(), uniq.keys(), fontsize=8)
@@ -310,7 +472,7 @@ def _plot_ratios(path: Path, rows: list[dict], functions: list[str]) -> None:
     ax.set_xticklabels([str(d) for d in dims])
     ax.set_xlabel("dimension d")
     ax.set_ylabel("test RMSE at budget, AL / random")
-    ax.set_title("QBC / random (points: seeds; bars: mean +- std)")
+    ax.set_title("AL / random (points: seeds; bars: mean +- std)")
     fig.tight_layout()
     save(fig, path)
 

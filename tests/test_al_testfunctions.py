@@ -79,12 +79,13 @@ def test_pick_from_pool_strategies():
     pool = rng.uniform(-1, 1, size=(300, 2))
     dis = np.linalg.norm(pool - 1.0, axis=1) ** -2  # disputed near the corner (1, 1)
     top = set(np.argsort(-dis)[:30])
-    qbc = pick_from_pool("qbc", dis, pool, 10, seed=0)
-    assert len(set(qbc)) == 10 and set(qbc) <= top  # the 3 M most disputed, spread by K-means
-    greedy = pick_from_pool("max_std", dis, pool, 10, seed=0)
-    assert set(greedy) == set(np.argsort(-dis)[:10])
-    spread = lambda i: np.mean(np.linalg.norm(pool[i] - pool[i].mean(axis=0), axis=1))  # noqa: E731
-    assert spread(qbc) > spread(greedy)
+    qbc = pick_from_pool("qbc", dis, pool, 10, seed=0)  # the seed's: the M most disputed
+    assert set(qbc) == set(np.argsort(-dis)[:10])
+    np.testing.assert_array_equal(qbc, pick_from_pool("max_std", dis, pool, 10, seed=0))
+    spread = pick_from_pool("qbc_kmeans", dis, pool, 10, seed=0)
+    assert len(set(spread)) == 10 and set(spread) <= top  # the 3 M most disputed, spread by K-means
+    radius = lambda i: np.mean(np.linalg.norm(pool[i] - pool[i].mean(axis=0), axis=1))  # noqa: E731
+    assert radius(spread) > radius(qbc)
     rand = pick_from_pool("random", None, pool, 10, seed=0)
     assert len(set(rand)) == 10 and not set(rand) <= top
     np.testing.assert_array_equal(rand, pick_from_pool("random", None, pool, 10, seed=0))
@@ -92,26 +93,55 @@ def test_pick_from_pool_strategies():
         pick_from_pool("magic", dis, pool, 3, seed=0)
 
 
+def test_pick_diagnostics():
+    err = np.array([4.0, 3.0, 2.0, 1.0])
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.5], [0.0, 0.5]])
+    d = bench.pick_diagnostics(err, np.array([0.4, 0.3, 0.2, 0.1]), x, np.array([0, 1]))
+    assert d["rho"] == pytest.approx(1.0)
+    assert d["err_ratio"] == pytest.approx(3.5 / 2.5)
+    assert d["top_overlap"] == 1.0
+    assert d["radius_ratio"] == pytest.approx(1.0 / 0.75)
+    d = bench.pick_diagnostics(err, np.array([0.1, 0.2, 0.3, 0.4]), x, np.array([3, 2]))
+    assert d["rho"] == pytest.approx(-1.0) and d["top_overlap"] == 0.0
+    assert d["err_ratio"] == pytest.approx(1.5 / 2.5)
+    test = np.array([[0.0, 0.0], [3.0, 4.0]])
+    labelled = np.array([[0.0, 1.0], [3.0, 0.0], [10.0, 10.0]])
+    assert bench.fill_distance(test, labelled) == pytest.approx((1.0 + 4.0) / 2)
+
+
 def test_quick_benchmark_writes_table_curves_and_plots(tmp_path, capsys):
-    assert bench.main(["--quick", "--dims", "2", "--seeds", "0", "--outdir", str(tmp_path)]) == 0
+    assert bench.main(["--quick", "--dims", "2", "--seeds", "0", "--functions", "sines",
+                       "--strategies", "qbc", "oracle", "--outdir", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     table = (tmp_path / "table.md").read_text()
-    rows = [ln for ln in table.splitlines() if ln.startswith("| griewank") or ln.startswith("| sines")]
-    assert len(rows) == 2 and all(r in printed for r in rows)
+    main_table, diagnostics = table.split("Pick diagnostics")
+    rows = [ln for ln in main_table.splitlines() if ln.startswith("| sines")]
+    assert len(rows) == 2 and all(r in printed for r in rows)  # qbc, oracle
     for row in rows:
         ratio = float(re.search(r"\| ([0-9.]+) \+- ", row).group(1))
         assert math.isfinite(ratio) and 0.05 < ratio < 20
+    diag = [ln for ln in diagnostics.splitlines() if ln.startswith("| sines")]
+    assert len(diag) == 2
+    for row in diag:
+        rho = float(row.split("|")[6])
+        assert -1.0 <= rho <= 1.0
     with open(tmp_path / "learning_curves.csv") as fh:
         curves = list(csv.DictReader(fh))
     plan = bench.plan_for(2, quick=True)
-    assert len(curves) == 2 * 2 * (plan.rounds + 1)
-    for fn in ("griewank", "sines"):
+    assert len(curves) == 3 * (plan.rounds + 1)
+    for fn in ("sines",):
         qbc = [r for r in curves if r["function"] == fn and r["strategy"] == "qbc"]
         rnd = [r for r in curves if r["function"] == fn and r["strategy"] == "random"]
+        oracle = [r for r in curves if r["function"] == fn and r["strategy"] == "oracle"]
         sizes = [plan.initial + k * plan.batch for k in range(plan.rounds + 1)]
         assert [int(r["n_labelled"]) for r in qbc] == sizes
         assert qbc[0]["test_rmse"] == rnd[0]["test_rmse"]  # paired: same pool, initial points, learners
         assert qbc[-1]["test_rmse"] != rnd[-1]["test_rmse"]
         assert all(math.isfinite(float(r["test_rmse"])) for r in qbc + rnd)
+        # the oracle picks where the committee mean is most wrong: all its picks are the M largest errors
+        assert all(float(r["top_overlap"]) == 1.0 for r in oracle[:-1])
+        assert all(float(r["err_ratio"]) > 1.0 for r in oracle[:-1])
+        fill = [float(r["fill"]) for r in rnd]  # the labelled set only grows: coverage only improves
+        assert all(b <= a + 1e-12 for a, b in zip(fill, fill[1:]))
     assert (tmp_path / "learning_curves.png").stat().st_size > 1000
     assert (tmp_path / "ratios.png").stat().st_size > 1000

@@ -4,12 +4,16 @@ The algorithm (pool of P unlabelled points, N labelled, K learners, bootstrap fr
 
 1. each of the K learners gets ``round(f N)`` of the labelled points, drawn with replacement;
 2. the learners are trained, each on its own points, and predict every pool point;
-3. the M pool points of largest disagreement (the committee's std of the predictions) are picked,
-   spread by K-means (:func:`fitsnap_uq.active.strategies.spread_by_kmeans`: the most disputed point
-   of each of M clusters among the ``shortlist * M`` most disputed) so a batch does not clump;
-4. the new batch is labelled and shared: K-means splits it into ``round(f M)`` clusters and each
-   learner draws one point of every cluster (``round(f M)`` points per learner, with replacement
-   across learners), so every learner sees the whole geometry of the batch but not the same points;
+3. the M pool points of largest disagreement (the committee's std of the predictions) are picked
+   (``qbc``; the seed selects "M points having highest disagreement" and notes that in low d they
+   cluster). ``qbc_kmeans`` is a variant that is not the seed's: the batch is spread by K-means
+   (:func:`fitsnap_uq.active.strategies.spread_by_kmeans`: the most disputed point of each of M
+   clusters among the ``shortlist * M`` most disputed);
+4. the new batch is labelled and shared (the seed's K-means step, "to discover geometry of selected
+   data, distribute data from clusters evenly among learners, add fM points per learner with
+   replacement"): K-means splits it into ``round(f M)`` clusters and each learner draws one point of
+   every cluster (``round(f M)`` points per learner, with replacement across learners), so every
+   learner sees the whole geometry of the batch but not the same points;
 5. repeat from 2.
 
 Learners are objects with ``fit(x, y)`` and ``predict(x) -> (mean, std)`` (the learners of
@@ -25,6 +29,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from fitsnap_uq.active.strategies import pick_random, pick_std_sampling, pick_top, spread_by_kmeans
+
+POOL_STRATEGIES = ("qbc", "qbc_kmeans", "max_std", "std_sampling", "random")
 
 
 class Learner(Protocol):
@@ -145,8 +151,10 @@ def pick_from_pool(strategy: str, disagreement: np.ndarray | None, pool_x: np.nd
     """Indices of n pool points to label next, best first.
 
     Args:
-        strategy: ``qbc`` (largest disagreement, spread by K-means), ``max_std`` (largest disagreement),
-            ``std_sampling`` (probability proportional to disagreement^power) or ``random``.
+        strategy: ``qbc`` (the seed's: the n largest disagreements; ``max_std`` is the same),
+            ``qbc_kmeans`` (largest disagreement spread by K-means: the most disputed point of each of
+            n clusters among the ``shortlist * n`` most disputed), ``std_sampling`` (probability
+            proportional to disagreement^power) or ``random``.
         disagreement: (P,) committee std at the pool points (not used by ``random``).
         pool_x: (P, d) pool inputs (the K-means features of ``qbc``).
         n: batch size M.
@@ -159,10 +167,10 @@ def pick_from_pool(strategy: str, disagreement: np.ndarray | None, pool_x: np.nd
         return pick_random(p, n, rng)
     if disagreement is None:
         raise ValueError(f"strategy {strategy!r} needs the committee's disagreement")
-    if strategy == "qbc":
-        return spread_by_kmeans(disagreement, pool_x, n, seed, shortlist)
-    if strategy == "max_std":
+    if strategy in ("qbc", "max_std"):
         return pick_top(disagreement, n)
+    if strategy == "qbc_kmeans":
+        return spread_by_kmeans(disagreement, pool_x, n, seed, shortlist)
     if strategy == "std_sampling":
         return pick_std_sampling(disagreement, n, rng, power)
-    raise ValueError(f"unknown pool strategy {strategy!r}; known: qbc, max_std, std_sampling, random")
+    raise ValueError(f"unknown pool strategy {strategy!r}; known: {', '.join(POOL_STRATEGIES)}")
