@@ -163,15 +163,16 @@ def _progress_rank(comm) -> None:
 
 
 def _cmd_al(args: argparse.Namespace) -> int:
+    from fitsnap_uq.active.lock import FolderBusy
     from fitsnap_uq.active.loop import ALConfig, Loop
 
+    workdir = args.workdir or str(Path(args.config).with_suffix("")) + "_al"
     try:
         cfg = ALConfig.read(args.config)
-    except InputError as exc:
+        loop = Loop(cfg, workdir)
+        summary = loop.run()
+    except (InputError, FolderBusy) as exc:  # a busy folder is left as it was (exit 2)
         return _fail(str(exc), None)
-    workdir = args.workdir or str(Path(args.config).with_suffix("")) + "_al"
-    loop = Loop(cfg, workdir)
-    summary = loop.run()
     if loop.rank != 0:
         return 0
     last = summary["curve"][-1] if summary["curve"] else {}
