@@ -6,9 +6,8 @@ nothing.
 
     python benchmarks/al_resume.py --kills 8 --seed 1 --outdir /tmp/al_resume
 
-Kill moments: each attempt is killed after a delay drawn uniformly in [0.3 s, 2 T / kills], T the
-uninterrupted run's wall time, until ``--kills`` attempts were killed while running; prints each kill's
-delay and how far the run had got (QM calls journalled, fits done), then PASS or FAIL.
+Kill moments: see :func:`run_with_kills` (random milestones of the run plus a random delay); prints
+each kill's moment and how far the run had got, then PASS or FAIL.
 """
 
 from __future__ import annotations
@@ -24,36 +23,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _cuau import cuau_toml  # noqa: E402
 
 from fitsnap_uq.active.loop import run_state  # noqa: E402
-
-CONFIG = """
-[system]
-elements = ["Cu", "Au"]
-composition = [0.75, 0.25]
-lattice = "fcc"
-a = 3.75
-supercell = [2, 2, 2]
-initial = 4
-seed = {seed}
-[oracle]
-name = "emt"
-[snap]
-twojmax = 4
-rcutfac = 4.9
-radelem = [0.5, 0.55]
-wj = [1.0, 0.9]
-[md]
-temperatures = [800.0, 1200.0]
-md_cells = [2, 2, 2]
-md_steps = 100
-flag_above = 0.005
-max_flags = 2
-[loop]
-iterations = 3
-qm_budget = 20
-test_structures = 3
-"""
 
 
 def command(config: Path, workdir: Path) -> list[str]:
@@ -65,37 +39,48 @@ def env() -> dict[str, str]:
                 OMP_NUM_THREADS="1")
 
 
-def progress_of(work: Path) -> str:
+def milestones(work: Path) -> list[Path]:
+    """The files a run leaves as it gets on: journal lines count one each, then every fit's, MD run's and
+    test evaluation's record and the summary."""
+    return [*work.glob("iter*/fit/done.json"), *work.glob("iter*/md_*/done.json"),
+            *work.glob("iter*/fit/test_errors.json"), *work.glob("summary.json")]
+
+
+def progress_of(work: Path) -> int:
     journal = work / "journal.jsonl"
     calls = len(journal.read_text().splitlines()) if journal.exists() else 0
-    fits = len(list(work.glob("iter*/fit/done.json")))
-    mds = len(list(work.glob("iter*/md_*/done.json")))
-    return f"{calls} QM calls journalled, {fits} fits, {mds} MD runs done"
+    return calls + len(milestones(work))
 
 
-def run_with_kills(config: Path, work: Path, kills: int, max_delay: float, seed: int,
-                   log=print) -> list[float]:
-    """Kill attempts with ``kill -9`` after random delays until ``kills`` were killed while running, then
-    run to the end. Returns the delays of the effective kills."""
+def run_with_kills(config: Path, work: Path, kills: int, total: int, seed: int, log=print) -> list[str]:
+    """``kill -9`` the loop ``kills`` times, then run it to the end. Kill i comes at a random moment after
+    the run passed milestone m_i (m_1 < m_2 < ... drawn at random from the uninterrupted run's ``total``
+    milestones, :func:`progress_of`): once the run reached m_i, after a further delay uniform in
+    [0, 3] s, so kills land inside QM calls, fits, MD runs and test evaluations alike. Returns what the
+    folder held at each kill."""
     import random
 
     rng = random.Random(seed)
-    done: list[float] = []
-    while len(done) < kills:
-        delay = rng.uniform(0.3, max_delay)
+    targets = sorted(rng.sample(range(total), kills))
+    done: list[str] = []
+    for target in targets:
         proc = subprocess.Popen(command(config, work), env=env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)
+        while proc.poll() is None and progress_of(work) < target:
+            time.sleep(0.02)
+        extra = rng.uniform(0.0, 3.0)
         try:
-            proc.wait(timeout=delay)
-            log(f"  attempt finished before its kill at {delay:.1f} s (rc {proc.returncode})")
+            proc.wait(timeout=extra)
             if proc.returncode != 0:
                 raise RuntimeError(proc.stderr.read().decode()[-2000:])
+            log(f"  run finished before kill {len(done) + 1} (milestone {target}, +{extra:.1f} s)")
             break
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
-            done.append(delay)
-            log(f"  kill {len(done)} at {delay:.1f} s: {progress_of(work)}")
+            done.append(f"milestone {target} + {extra:.1f} s: {progress_of(work)} of {total}")
+            log(f"  kill {len(done)} after milestone {target} + {extra:.1f} s: progress {progress_of(work)} "
+                f"of {total}")
     final = subprocess.run(command(config, work), env=env(), capture_output=True, text=True)
     if final.returncode != 0:
         raise RuntimeError(final.stderr[-2000:])
@@ -141,7 +126,7 @@ def main() -> int:
     out = Path(args.outdir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     config = out / "cuau.toml"
-    config.write_text(CONFIG.format(seed=args.seed))
+    config.write_text(cuau_toml(system={"seed": args.seed}))
     ref, killed, busy = out / "uninterrupted", out / "killed", out / "busy"
     for folder in (ref, killed, busy):
         if folder.exists():
@@ -153,8 +138,10 @@ def main() -> int:
         print(proc.stderr[-2000:])
         return 1
     print(f"uninterrupted: {wall:.1f} s; {proc.stdout.strip()}")
-    print(f"killed run: up to {args.kills} kill -9 at random delays in [0.3, {2 * wall / args.kills:.1f}] s")
-    delays = run_with_kills(config, killed, args.kills, 2 * wall / args.kills, args.seed)
+    total = progress_of(ref)
+    print(f"killed run: {args.kills} kill -9, each at a random moment after a random one of the "
+          f"{total} milestones (QM calls, fits, MD runs, test evaluations, summary)")
+    delays = run_with_kills(config, killed, args.kills, total, args.seed)
     a, b = run_state(ref), run_state(killed)
     same = {part: a[part] == b[part] for part in ("summary", "journal", "fits")}
     print(f"kills: {len(delays)}; equal to the uninterrupted run: {same}")

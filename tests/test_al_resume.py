@@ -13,14 +13,15 @@ import pytest
 from conftest import ROOT, run_cli
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from al_resume import CONFIG, run_with_kills, tree_digest  # noqa: E402
+from _cuau import cuau_toml  # noqa: E402
+from al_resume import progress_of, run_with_kills, tree_digest  # noqa: E402
 
 from fitsnap_uq.active.lock import FolderBusy, FolderLock
 from fitsnap_uq.active.loop import ALConfig, Loop, run_state
 from fitsnap_uq.errors import InputError
 
-SMALL = CONFIG.format(seed=3).replace("temperatures = [800.0, 1200.0]", "temperatures = [1200.0]") \
-    .replace("iterations = 3", "iterations = 2").replace("test_structures = 3", "test_structures = 2")
+SMALL = cuau_toml(system={"seed": 3}, md={"temperatures": [1200.0]},
+                  loop={"iterations": 2, "test_structures": 2})
 
 
 @pytest.mark.slow  # ~2-3 min on 2 quiet cores: an uninterrupted run, 3 killed ones and the last
@@ -28,7 +29,8 @@ def test_kill_at_random_moments_gives_the_uninterrupted_run(tmp_path):
     (tmp_path / "cuau.toml").write_text(SMALL)
     ref = run_cli(["al", "cuau.toml", "--workdir", "ref", "--no-progress"], cwd=tmp_path)
     assert ref.returncode == 0, ref.stderr[-2000:]
-    kills = run_with_kills(tmp_path / "cuau.toml", tmp_path / "killed", kills=3, max_delay=12.0, seed=5,
+    total = progress_of(tmp_path / "ref")
+    kills = run_with_kills(tmp_path / "cuau.toml", tmp_path / "killed", kills=3, total=total, seed=5,
                            log=lambda _: None)
     assert len(kills) == 3
     a, b = run_state(tmp_path / "ref"), run_state(tmp_path / "killed")

@@ -50,7 +50,7 @@ Bulk     = 1.0 0.0 1.0 1.0 1e-6
 Strained = 1.0 0.0 2.0 0.5 1e-6
 """
 
-TEMPLATE = """# the user's NPT run: the loop fills in the ${...} it knows
+TEMPLATE = """# the user's NPT run; the loop fills in its placeholders
 units metal
 atom_style atomic
 boundary p p p

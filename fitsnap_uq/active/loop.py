@@ -86,6 +86,8 @@ from fitsnap_uq.active.oracles import (
     world_comm,
 )
 from fitsnap_uq.active.project import read_project
+from fitsnap_uq.active.query import QuerySettings, choose
+from fitsnap_uq.active.strategies import STRATEGIES, Candidates
 from fitsnap_uq.errors import InputError
 from fitsnap_uq.fitsnap_json import atoms_record, write_record
 from fitsnap_uq.io import atomic_write
@@ -120,6 +122,13 @@ class ALConfig:
     wj: float | list[float] = 1.0
     zbl: tuple[float, float] = (1.5, 2.0)  # close contacts only: it must not shape normal bonds
     noise_classes: str = "quantity"
+    recalibration: str = "quantile"
+    strategy: str = "threshold"
+    batch: int = 4
+    cost_gamma: float = 0.0
+    spread: bool = True
+    tolerance: float | dict[str, float] = 0.0
+    level: float = 0.95
     temperatures: list[float] = field(default_factory=lambda: [800.0, 2000.0])
     pressures: list[float] = field(default_factory=list)  # bar; empty: NVT
     template: str = ""
@@ -143,7 +152,8 @@ class ALConfig:
         "start": ("fitsnap_input", "structures", "test_files"),
         "oracle": ("oracle", "electronic_temperature"),
         "snap": ("twojmax", "rcutfac", "rfac0", "radelem", "wj", "zbl"),
-        "fit": ("noise_classes",),
+        "fit": ("noise_classes", "recalibration"),
+        "select": ("strategy", "batch", "cost_gamma", "spread", "tolerance", "level"),
         "md": ("temperatures", "pressures", "template", "md_data", "md_cells", "md_steps", "timestep",
                "every", "flag_above", "halt_above", "max_flags"),
         "loop": ("iterations", "qm_budget", "test_structures")}
@@ -232,7 +242,30 @@ class ALConfig:
                 raise InputError("must be at least 0", **self._where(key))
         if not self.temperatures:
             raise InputError("at least one temperature", **self._where("temperatures"))
+        if self.strategy not in SELECTIONS:
+            raise InputError(f"unknown strategy; known: {', '.join(SELECTIONS)}", **self._where("strategy"))
+        if self.recalibration not in ("quantile", "none"):
+            raise InputError("quantile or none", **self._where("recalibration"))
+        if self.batch < 1:
+            raise InputError("must be at least 1", **self._where("batch"))
+        if not 0.0 < self.level < 1.0:
+            raise InputError("a coverage in (0, 1)", **self._where("level"))
+        known = set(self.species()) | {"*"}
+        if isinstance(self.tolerance, dict) and not self.fitsnap_input and not set(self.tolerance) <= known:
+            raise InputError(f"keys must be elements of {self.species()} (or '*')",
+                             **self._where("tolerance"))
 
+    def tolerance_of(self, element: str) -> float:
+        """The calibrated force half-width (eV/A) above which an atom of ``element`` makes its frame a
+        candidate (``[select] tolerance``: one number, or a table by element with ``*`` for the rest)."""
+        if isinstance(self.tolerance, dict):
+            return float(self.tolerance.get(element, self.tolerance.get("*", 0.0)))
+        return float(self.tolerance)
+
+
+SELECTIONS = ("threshold", *STRATEGIES)
+"""``[select] strategy``: ``threshold`` (the first ``max_flags`` frames of each MD run above ``flag_above``,
+in raw eV/A), or a strategy of :mod:`fitsnap_uq.active.strategies` choosing among every evaluated frame."""
 
 LOOP_GROUP_WEIGHTS = "1.0 0.0 1.0 1.0 1e-6"
 """``[GROUPS]`` sizes and weights of the loop's own groups (training_size testing_size eweight fweight
@@ -551,7 +584,7 @@ class Loop:
                  "[CALCULATOR]", "calculator = LAMMPSSNAP", "energy = 1", "force = 1", "stress = 1", "",
                  "[ESHIFT]", *(f"{el} = 0.0" for el in self.elements), "", "[SOLVER]",
                  "solver = BAYES", "", "[UQ]", f"noise_classes = {c.noise_classes}",
-                 "recalibration = none", "", "[SCRAPER]", "scraper = JSON", "", "[PATH]",
+                 f"recalibration = {c.recalibration}", "", "[SCRAPER]", "scraper = JSON", "", "[PATH]",
                  f"dataPath = {self.work / 'data' / 'JSON'}", "", "[OUTFILE]", "metrics = metrics.md",
                  "potential = pot", "", "[REFERENCE]", "units = metal", "atom_style = atomic",
                  f"pair_style = hybrid/overlay zero 10.0 zbl {c.zbl[0]} {c.zbl[1]}",
@@ -575,7 +608,7 @@ class Loop:
     def fit(self, k: int) -> Path:
         """Fit k on its labelled groups (:meth:`fit_groups`); returns the posterior file. Not repeated
         when its ``done.json`` records the same input and labelled files; a fit that runs (again)
-        removes the iteration's MD results and test errors, which depend on it."""
+        removes the iteration's MD results, selection and test errors, which depend on it."""
         folder = self.work / f"iter{k}" / "fit"
         folder.mkdir(parents=True, exist_ok=True)
         data = self.work / "data" / "JSON"
@@ -591,7 +624,8 @@ class Loop:
                             self.progress)
             return posterior
         done.unlink(missing_ok=True)
-        for stale in [folder / "test_errors.json", *(self.work / f"iter{k}").glob("md_*/done.json")]:
+        for stale in [folder / "test_errors.json", *(self.work / f"iter{k}").glob("md_*/done.json"),
+                      self.work / f"iter{k}" / "select" / "chosen.json"]:
             stale.unlink(missing_ok=True)
         (folder / "al.in").write_text(text)
         env = self._subprocess_env() if self.size > 1 else dict(
@@ -701,17 +735,113 @@ class Loop:
                 shutil.rmtree(folder / "flagged", ignore_errors=True)  # a run cut short starts over
                 with _progress.timed(f"fitsnap-uq al: MD {k} at {folder.name[3:]} ({self.cfg.md_steps} "
                                      "steps with the uncertainty hook)", show=self.progress):
+                    every_frame = self.cfg.strategy != "threshold"  # all evaluated frames are candidates
                     res = run_md(folder / "in.md", posterior, every=self.cfg.every,
-                                 flag_dir=folder / "flagged", flag_above=self.cfg.flag_above,
-                                 halt_above=self.cfg.halt_above, max_flags=self.cfg.max_flags,
+                                 flag_dir=folder / "flagged",
+                                 flag_above=0.0 if every_frame else self.cfg.flag_above,
+                                 halt_above=self.cfg.halt_above,
+                                 max_flags=None if every_frame else self.cfg.max_flags,
                                  log=str(folder / "log.lammps"), screen=False, comm=self._lammps_comm())
                 text = json.dumps({"nflagged": res.nflagged, "halted": res.halted,
                                    "last": res.hook.last if res.hook else {}})
                 atomic_write(done, text)
-                _progress.stage(f"fitsnap-uq al: MD {k} at {folder.name[3:]}: {res.nflagged} frame(s) "
-                                f"flagged above {self.cfg.flag_above:g} eV/A", self.progress)
+                what = "kept as candidates" if every_frame else f"flagged above {self.cfg.flag_above:g} eV/A"
+                _progress.stage(f"fitsnap-uq al: MD {k} at {folder.name[3:]}: {res.nflagged} frame(s) {what}",
+                                self.progress)
             flagged += sorted((folder / "flagged" / "json").rglob("*.json"))
         return flagged
+
+    # -------------------------------------------------------------- selection
+    def describe(self, data_root: Path, groups: list[str], folder: Path) -> Any:
+        """FitSNAP's descriptor rows (:class:`~fitsnap_uq.linear.rows.Rows`) of the JSON ``groups`` below
+        ``data_root``, with the loop's SNAP settings; FitSNAP runs in ``folder`` (in this process)."""
+        import contextlib
+        import io
+
+        from fitsnap_uq.fitting import descriptor_rows
+
+        folder.mkdir(parents=True, exist_ok=True)
+        text = self.fitsnap_input(groups).replace(f"dataPath = {self.work / 'data' / 'JSON'}",
+                                                  f"dataPath = {data_root}")
+        (folder / "describe.in").write_text(text)
+        old = os.getcwd()
+        os.chdir(folder)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # FitSNAP's timing lines
+                rows, _ = descriptor_rows(str(folder / "describe.in"), comm=self._lammps_comm())
+        finally:
+            os.chdir(old)
+        return rows
+
+    def select_frames(self, k: int, posterior: Path, frames: list[Path]) -> list[Path]:
+        """The frames of iteration k's MD to label, chosen by ``[select] strategy`` (best first).
+
+        Every evaluated frame is a candidate if the calibrated ``level`` force interval of one of its
+        atoms is wider than the atom's element's ``tolerance`` (half-width in eV/A: the posterior's
+        recalibrated interval of the force, noise included). The strategy chooses ``batch`` of them
+        on the posterior (force rows; energy rows only give the K-means fingerprints), optionally
+        weighted by QM cost (atoms^(3 cost_gamma)). Kept in ``iter<k>/select/chosen.json``.
+        """
+        import shutil
+
+        from fitsnap_uq.posterior import Posterior
+
+        folder = self.work / f"iter{k}" / "select"
+        done = folder / "chosen.json"
+        if done.exists():
+            return [self.work / f for f in json.loads(done.read_text())["chosen"]]
+        shutil.rmtree(folder, ignore_errors=True)
+        names = {f"{p.parents[3].name}_{p.stem}.json": p for p in frames}
+        for name, path in names.items():  # copies for FitSNAP's descriptors (it refuses unlabelled files)
+            record, _ = read_fitsnap_json(path)
+            record["Dataset"].pop("fitsnap_uq", None)
+            record["Dataset"]["Label"] = "candidate: energy and forces are model predictions, not QM"
+            write_record(record, folder / "JSON" / "Candidates" / name)
+        rows = self.describe(folder / "JSON", ["Candidates"], folder / "describe")
+        rows = rows.subset(rows.row_types.astype(str) != "Stress")
+        post = Posterior.load(posterior)
+        a = post.to_layout(rows.a)
+        types = rows.row_types.astype(str)
+        configs = rows.configs.astype(str)
+        force = types == "Force"
+        half = np.zeros(len(types))
+        half[force] = post.interval(a[force], self.cfg.level, noise="Force")
+        order = sorted(names)
+        widest: dict[str, float] = {}
+        eligible = []
+        for name in order:
+            symbols = read_fitsnap_json(names[name])[1].get_chemical_symbols()
+            per_atom = half[force & (configs == name)].reshape(-1, 3).max(axis=1)
+            excess = per_atom - np.array([self.cfg.tolerance_of(el) for el in symbols])
+            widest[name] = float(per_atom.max())
+            if np.any(excess > 0):
+                eligible.append(name)
+        chosen: list[str] = []
+        n = min(self.cfg.batch, self._budget_left())
+        if eligible and n > 0:
+            index = {name: i for i, name in enumerate(eligible)}
+            keep = np.isin(configs, eligible)
+            owner = np.array([index[c] for c in configs[keep]])
+            natoms = np.bincount(owner[types[keep] == "Force"], minlength=len(eligible)) // 3
+            cands = Candidates(a=a[keep], owner=owner, row_types=types[keep], natoms=natoms)
+            forces = [v for q, v in post.noise_var.items() if q.endswith("Force")] or [1.0]
+            noise = {"Force": float(np.mean(forces)), "Energy": np.inf}  # energy rows: fingerprints only
+            settings = QuerySettings(strategy=self.cfg.strategy, cost_gamma=self.cfg.cost_gamma,
+                                     spread=self.cfg.spread)
+            train = None
+            if self.cfg.strategy == "qbc":
+                train = self.describe(self.work / "data" / "JSON", self.fit_groups(k), folder / "train")
+                train = train.subset(train.row_types.astype(str) == "Force")
+            picked = choose(cands, n, settings, post.predictive_cov, noise, self.cfg.seed + k, train)
+            chosen = [eligible[i] for i in picked]
+        record = {"strategy": self.cfg.strategy, "candidates": len(order), "eligible": len(eligible),
+                  "widest_half_width": widest,
+                  "chosen": [str(names[c].relative_to(self.work)) for c in chosen]}
+        atomic_write(done, json.dumps(record, indent=1))
+        _progress.stage(f"fitsnap-uq al: selection {k} ({self.cfg.strategy}): {len(chosen)} of "
+                        f"{len(eligible)} frames with a calibrated {100 * self.cfg.level:g}% force interval "
+                        f"above the tolerance ({len(order)} evaluated)", self.progress)
+        return [names[c] for c in chosen]
 
     # ------------------------------------------------------------------- test
     def test_errors(self, posterior: Path) -> dict[str, Any]:
@@ -796,8 +926,11 @@ class Loop:
                 reason = "QM budget spent"
                 break
             flagged = self.md(k, posterior)
+            if self.cfg.strategy != "threshold":
+                flagged = self.select_frames(k, posterior, flagged)
             if not flagged:
-                reason = "no frame flagged"
+                reason = "no frame flagged" if self.cfg.strategy == "threshold" else \
+                    "no frame above the tolerance"
                 break
             group = self.work / "data" / "JSON" / f"Flagged{k}"
             tasks = []
