@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_cli
 
-from fitsnap_uq.active.loop import ALConfig
+from fitsnap_uq.active.loop import ALConfig, Loop
 from fitsnap_uq.active.query import QuerySettings, choose
 from fitsnap_uq.active.strategies import Candidates
 from fitsnap_uq.errors import InputError
@@ -83,3 +83,21 @@ def test_loop_selects_by_strategy_and_stops_on_the_calibrated_tolerance(tmp_path
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "t_al" / "summary.json").read_text())
     assert summary["stopped"] == "no frame above the tolerance" and len(summary["curve"]) == 1
+
+
+def test_oracle_named_module_factory(tmp_path):
+    """Any ASE calculator as module:factory, a module beside the config included; errors name the key."""
+    from ase.calculators.emt import EMT
+
+    (tmp_path / "mycalc.py").write_text("from ase.calculators.emt import EMT\n\n\ndef make():\n"
+                                        "    return EMT()\n")
+    path = tmp_path / "c.toml"
+    path.write_text(TWO.replace('name = "emt"', 'name = "mycalc:make"'))
+    loop = Loop(ALConfig.read(path), tmp_path / "w", progress=False)
+    atoms = loop.structures(1, seed=0)[0]
+    ours = loop.oracle.label(atoms).atoms.get_potential_energy()
+    atoms.calc = EMT()
+    assert ours == atoms.get_potential_energy() and loop.oracle.name == "mycalc:make"
+    path.write_text(TWO.replace('name = "emt"', 'name = "nosuchmodule:make"'))
+    with pytest.raises(InputError, match=r"section \[oracle\], key 'name': oracle 'nosuchmodule:make'"):
+        Loop(ALConfig.read(path), tmp_path / "w2", progress=False)

@@ -331,8 +331,13 @@ class Loop:
             raise InputError(f"one fraction per element of {self.elements}", **config._where("composition"))
         self.work = Path(workdir).resolve()
         self.work.mkdir(parents=True, exist_ok=True)
-        self.oracle = oracle or oracle_from_name(config.oracle,
-                                                 electronic_temperature=config.electronic_temperature)
+        if oracle is None and ":" in config.oracle and config.base not in sys.path:
+            sys.path.insert(0, config.base)  # module:factory may name a module beside the config
+        try:
+            self.oracle = oracle or oracle_from_name(config.oracle,
+                                                     electronic_temperature=config.electronic_temperature)
+        except InputError as exc:
+            raise InputError(exc.detail, **config._where("oracle")) from None
         self.progress = progress and self.rank == 0
         self.journal = self.work / "journal.jsonl"
 
