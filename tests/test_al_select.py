@@ -101,3 +101,25 @@ def test_oracle_named_module_factory(tmp_path):
     path.write_text(TWO.replace('name = "emt"', 'name = "nosuchmodule:make"'))
     with pytest.raises(InputError, match=r"section \[oracle\], key 'name': oracle 'nosuchmodule:make'"):
         Loop(ALConfig.read(path), tmp_path / "w2", progress=False)
+
+
+def test_repeated_md_frames_are_candidates_once(tmp_path):
+    """Every MD run starts from the same structure: its first frame is dropped when an earlier condition
+    or iteration already has it."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from fitsnap_uq.fitsnap_json import atoms_record, write_record
+
+    path = tmp_path / "c.toml"
+    path.write_text(TWO)
+    loop = Loop(ALConfig.read(path), tmp_path / "w", progress=False)
+    a, b = loop.structures(2, seed=1)
+    files = []
+    for i, atoms in enumerate([a, b, a.copy()]):
+        atoms.calc = SinglePointCalculator(atoms, energy=0.0, forces=np.zeros((len(atoms), 3)))
+        files.append(write_record(atoms_record(atoms), tmp_path / f"md_{i}" / "f.json"))
+    assert loop._new_frames(0, files) == files[:2]
+    (loop.work / "data" / "JSON" / "Flagged0").mkdir(parents=True)
+    (loop.work / "data" / "JSON" / "Flagged0" / "x.json").write_bytes(files[0].read_bytes())
+    assert loop._new_frames(0, files[1:]) == files[1:]  # iteration 0 looks at no earlier group
+    assert loop._new_frames(1, files[1:]) == files[1:2]  # labelled in iteration 0: dropped

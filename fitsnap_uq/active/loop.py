@@ -725,7 +725,8 @@ class Loop:
         return self.work / f"iter{k}" / f"md_{temperature:g}K{tail}"
 
     def md(self, k: int, posterior: Path) -> list[Path]:
-        """MD at each condition with the hook; returns the flagged (unlabelled) JSON files."""
+        """MD at each condition with the hook; returns the flagged (unlabelled) JSON files, without
+        repeats (:meth:`_new_frames`)."""
         import shutil
 
         from lammps_hooks.md import run_md
@@ -754,7 +755,26 @@ class Loop:
                 _progress.stage(f"fitsnap-uq al: MD {k} at {folder.name[3:]}: {res.nflagged} frame(s) {what}",
                                 self.progress)
             flagged += sorted((folder / "flagged" / "json").rglob("*.json"))
-        return flagged
+        return self._new_frames(k, flagged)
+
+    def _new_frames(self, k: int, frames: list[Path]) -> list[Path]:
+        """``frames`` without repeats: a frame whose structure (species, positions and cell to 1e-6 A) is
+        that of an earlier frame of the list or of a frame labelled in an earlier iteration is dropped
+        (every MD run starts from the same structure, so its first frame repeats across conditions and
+        iterations)."""
+        def key(path: Path) -> str:
+            data = read_fitsnap_json(path)[0]["Dataset"]["Data"][0]
+            numbers = np.round(np.concatenate([np.ravel(data["Positions"]), np.ravel(data["Lattice"])]), 6)
+            return json.dumps([data["AtomTypes"], (numbers + 0.0).tolist()])
+
+        data = self.work / "data" / "JSON"
+        seen = {key(f) for j in range(k) for f in sorted((data / f"Flagged{j}").glob("*.json"))}
+        out = []
+        for path in frames:
+            if (h := key(path)) not in seen:
+                seen.add(h)
+                out.append(path)
+        return out
 
     # -------------------------------------------------------------- selection
     def describe(self, data_root: Path, groups: list[str], folder: Path) -> Any:
