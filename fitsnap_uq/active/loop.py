@@ -726,7 +726,8 @@ class Loop:
 
     def md(self, k: int, posterior: Path) -> list[Path]:
         """MD at each condition with the hook; returns the flagged (unlabelled) JSON files, without
-        repeats (:meth:`_new_frames`)."""
+        repeats (:meth:`_new_frames`): every evaluated frame (a selection strategy chooses among them),
+        or with ``threshold`` the first ``max_flags`` new frames of each run above ``flag_above``."""
         import shutil
 
         from lammps_hooks.md import run_md
@@ -745,8 +746,7 @@ class Loop:
                     res = run_md(folder / "in.md", posterior, every=self.cfg.every,
                                  flag_dir=folder / "flagged",
                                  flag_above=0.0 if every_frame else self.cfg.flag_above,
-                                 halt_above=self.cfg.halt_above,
-                                 max_flags=None if every_frame else self.cfg.max_flags,
+                                 halt_above=self.cfg.halt_above, max_flags=None,
                                  log=str(folder / "log.lammps"), screen=False, comm=self._lammps_comm())
                 text = json.dumps({"nflagged": res.nflagged, "halted": res.halted,
                                    "last": res.hook.last if res.hook else {}})
@@ -754,14 +754,15 @@ class Loop:
                 what = "kept as candidates" if every_frame else f"flagged above {self.cfg.flag_above:g} eV/A"
                 _progress.stage(f"fitsnap-uq al: MD {k} at {folder.name[3:]}: {res.nflagged} frame(s) {what}",
                                 self.progress)
-            flagged += sorted((folder / "flagged" / "json").rglob("*.json"))
-        return self._new_frames(k, flagged)
+            frames = self._new_frames(k, sorted((folder / "flagged" / "json").rglob("*.json")), flagged)
+            flagged += frames if self.cfg.strategy != "threshold" else frames[: self.cfg.max_flags]
+        return flagged
 
-    def _new_frames(self, k: int, frames: list[Path]) -> list[Path]:
+    def _new_frames(self, k: int, frames: list[Path], before: list[Path] = ()) -> list[Path]:
         """``frames`` without repeats: a frame whose structure (species, positions and cell to 1e-6 A) is
-        that of an earlier frame of the list or of a frame labelled in an earlier iteration is dropped
-        (every MD run starts from the same structure, so its first frame repeats across conditions and
-        iterations)."""
+        that of an earlier frame of the list, of ``before`` or of a frame labelled in an earlier
+        iteration is dropped (every MD run starts from the same structure, so its first frame repeats
+        across conditions and iterations)."""
         def key(path: Path) -> str:
             data = read_fitsnap_json(path)[0]["Dataset"]["Data"][0]
             numbers = np.round(np.concatenate([np.ravel(data["Positions"]), np.ravel(data["Lattice"])]), 6)
@@ -769,6 +770,7 @@ class Loop:
 
         data = self.work / "data" / "JSON"
         seen = {key(f) for j in range(k) for f in sorted((data / f"Flagged{j}").glob("*.json"))}
+        seen |= {key(f) for f in before}
         out = []
         for path in frames:
             if (h := key(path)) not in seen:
