@@ -8,7 +8,8 @@ Everything lives in the work folder (default: next to the config, ``<config stem
 * ``journal.jsonl``: one line per completed QM call (appended and fsynced after its file is written);
 * ``testset/``: an independent QM-labelled test set (its own budget), for the learning curve;
 * ``iter<k>/fit``: the FitSNAP input and outputs of fit k; ``iter<k>/md_<T>K``: MD script and flags;
-* ``report.md`` and ``learning_curve.png``.
+  ``iter<k>/select``: the candidates' descriptors and the choice;
+* ``report.md``, ``summary.json`` and ``learning_curve.png``; ``.lock`` (see below).
 
 Elements: any number (``[system] elements`` with ``composition``, the fractions of lattice sites each
 takes, assigned at random per structure; or the elements of the user's FitSNAP input). Per-element SNAP
@@ -28,6 +29,14 @@ at each temperature (x pressure) with the uncertainty hook. In a template the lo
 ``${data_file}`` (the MD start structure, LAMMPS data, types in element order) and ``${potential}`` (a file
 with the pair_style/pair_coeff lines of the fit: use ``include ${potential}``); any other ``${...}`` is
 left to LAMMPS. The filled-in script is ``iter<k>/md_<condition>/in.md``.
+
+Selection (``[select]``): ``threshold`` labels the first ``max_flags`` new frames of each MD run above
+``flag_above`` (raw eV/A); any strategy of :mod:`fitsnap_uq.active.strategies` instead takes every
+evaluated frame as a candidate when the recalibrated ``level`` interval of the force on one of its atoms
+is wider than the element's ``tolerance`` (eV/A; none left: the loop stops) and chooses ``batch`` of
+them on the fit's posterior (:func:`fitsnap_uq.active.query.choose`; ``iter<k>/select/chosen.json``).
+The fits are recalibrated (``[fit] recalibration``, default quantile). A frame that repeats an earlier
+one (the shared start structure) is never a candidate twice.
 
 Cell sizes: flagged MD frames are labelled in the MD cell (``md_cells``), the initial structures in
 ``supercell``. With a QM code that samples the Brillouin zone at the Gamma point only (tblite's
