@@ -107,9 +107,16 @@ def main() -> int:
     args = ap.parse_args()
     out = Path(args.outdir).resolve()
     results: dict[str, dict[int, list[dict]]] = {m: {} for m in args.methods}
+    failed: dict[str, list[int]] = {m: [] for m in args.methods}
     for seed in args.seeds:
         for method in args.methods:
-            summary = run(method, seed, args, out)
+            try:
+                summary = run(method, seed, args, out)
+            except RuntimeError as exc:  # a run that fails is reported, not hidden: it counts as not reaching
+                failed[method].append(seed)
+                results[method][seed] = [{"qm_calls": 0, "qm_cost_atoms3": 0.0, "force_rmse": float("nan")}]
+                print(f"seed {seed} {method:>18}: FAILED: {str(exc).strip().splitlines()[-1]}", flush=True)
+                continue
             results[method][seed] = summary["curve"]
             pts = [(c["qm_calls"], round(c["force_rmse"], 4)) for c in summary["curve"]]
             print(f"seed {seed} {method:>18}: (QM calls, test force RMSE eV/A) {pts}", flush=True)
@@ -130,6 +137,8 @@ def main() -> int:
         cells = " | ".join(f"{c:.2f}, {k:.2f}" for c, k in zip(fc, fk))
         print(f"{method:>18} | {cells} | {table[method][0]:.2f}, {table[method][1]:.2f}")
     finals = {m: float(np.mean([results[m][s][-1]["force_rmse"] for s in args.seeds])) for m in args.methods}
+    if any(failed.values()):
+        print(f"failed runs (counted as never reaching; nan in means): {failed}")
     print("final test force RMSE (mean over seeds, eV/A): " +
           ", ".join(f"{m} {v:.4f}" for m, v in finals.items()))
     strategies = [m for m in args.methods if m not in ("random", "threshold")]

@@ -173,6 +173,9 @@ def _cmd_al(args: argparse.Namespace) -> int:
         summary = loop.run()
     except (InputError, FolderBusy) as exc:  # a busy folder is left as it was (exit 2)
         return _fail(str(exc), None)
+    except RuntimeError as exc:  # a fit that failed: its message, no traceback; rerunning resumes
+        return _fail(f"{exc}".strip() + f"\n(the work folder {workdir} is kept: fix the cause and rerun to "
+                     "resume)", None, code=1)
     if loop.rank != 0:
         return 0
     last = summary["curve"][-1] if summary["curve"] else {}

@@ -176,3 +176,19 @@ def test_project_and_start_errors(tmp_path):
     (tmp_path / "al.toml").write_text(CONFIG.replace('template = "in.npt"', 'template = "in.none"'))
     proc = run_cli(["al", "al.toml"], cwd=tmp_path)
     assert proc.returncode == 2 and "key 'template'" in proc.stderr and "in.none" in proc.stderr
+
+
+@pytest.mark.slow  # ~10 s quiet, but it launches two Python processes and FitSNAP
+def test_a_failed_fit_ends_the_loop_with_its_message_and_exit_1(tmp_path):
+    """The user's FitSNAP input passes the loop's checks but FitSNAP refuses it: the loop stops with the
+    fit's error (no traceback of the loop) and keeps the folder for a rerun."""
+    make_user_folder(tmp_path)
+    text = (tmp_path / "project" / "cuau.in").read_text().replace("rcutfac = 4.9", "rcutfac = -4.9")
+    (tmp_path / "project" / "cuau.in").write_text(text)
+    (tmp_path / "al.toml").write_text(CONFIG.replace('structures = ["extra.extxyz"]', "")
+                                      .replace('test_files = ["mytest.extxyz"]', ""))
+    proc = run_cli(["al", "al.toml", "--no-progress"], cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.startswith("fitsnap-uq: error: fit 0 failed:")
+    assert "the work folder al_al is kept" in proc.stderr
+    assert (tmp_path / "al_al" / "iter0" / "fit" / "al.in").exists()

@@ -249,6 +249,10 @@ class ALConfig:
         for key in ("initial", "test_structures"):
             if getattr(self, key) < 0:
                 raise InputError("must be at least 0", **self._where(key))
+        if self.twojmax < 0 or self.twojmax % 2:
+            raise InputError("an even number >= 0", **self._where("twojmax"))
+        if self.rcutfac <= 0:
+            raise InputError("must be positive (Angstrom)", **self._where("rcutfac"))
         if not self.temperatures:
             raise InputError("at least one temperature", **self._where("temperatures"))
         if self.strategy not in SELECTIONS:
