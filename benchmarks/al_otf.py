@@ -125,7 +125,7 @@ def main() -> int:
     print("\nQM calls / cost to reach random's final test force RMSE, as a fraction of random's at its end")
     seeds = " | ".join(f"seed {s} calls, cost" for s in args.seeds)
     print(f"{'method':>18} | {seeds} | mean calls, cost")
-    table = {}
+    table, reached = {}, {}
     for method in args.methods:
         fc, fk = [], []
         for seed in args.seeds:
@@ -134,8 +134,10 @@ def main() -> int:
             fc.append(calls / rand["qm_calls"])
             fk.append(cost / rand["qm_cost_atoms3"])
         table[method] = (float(np.mean(fc)), float(np.mean(fk)))
+        reached[method] = int(np.sum(np.isfinite(fc)))
         cells = " | ".join(f"{c:.2f}, {k:.2f}" for c, k in zip(fc, fk))
-        print(f"{method:>18} | {cells} | {table[method][0]:.2f}, {table[method][1]:.2f}")
+        print(f"{method:>18} | {cells} | {table[method][0]:.2f}, {table[method][1]:.2f} "
+              f"(reached in {reached[method]} of {len(args.seeds)} seeds)")
     finals = {m: float(np.mean([results[m][s][-1]["force_rmse"] for s in args.seeds])) for m in args.methods}
     if any(failed.values()):
         print(f"failed runs (counted as never reaching; nan in means): {failed}")
@@ -143,7 +145,8 @@ def main() -> int:
           ", ".join(f"{m} {v:.4f}" for m, v in finals.items()))
     strategies = [m for m in args.methods if m not in ("random", "threshold")]
     if strategies:
-        best = min(strategies, key=lambda m: (np.nan_to_num(table[m][0], nan=np.inf), finals[m]))
+        best = min(strategies, key=lambda m: (np.nan_to_num(table[m][0], nan=np.inf),
+                                               np.nan_to_num(finals[m], nan=np.inf)))
         calls, cost = table[best]
         ok = calls <= 0.5 and cost <= 0.7
         print(f"best strategy {best}: {calls:.2f}x the QM calls, {cost:.2f}x the cost of random -> "
