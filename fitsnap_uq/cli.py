@@ -164,15 +164,19 @@ def _progress_rank(comm) -> None:
 
 
 def _cmd_al(args: argparse.Namespace) -> int:
+    from fitsnap_uq.active.lock import FolderBusy
     from fitsnap_uq.active.loop import ALConfig, Loop
 
+    workdir = args.workdir or str(Path(args.config).with_suffix("")) + "_al"
     try:
         cfg = ALConfig.read(args.config)
-    except InputError as exc:
+        loop = Loop(cfg, workdir)
+        summary = loop.run()
+    except (InputError, FolderBusy) as exc:  # a busy folder is left as it was (exit 2)
         return _fail(str(exc), None)
-    workdir = args.workdir or str(Path(args.config).with_suffix("")) + "_al"
-    loop = Loop(cfg, workdir)
-    summary = loop.run()
+    except RuntimeError as exc:  # a fit that failed: its message, no traceback; rerunning resumes
+        return _fail(f"{exc}".strip() + f"\n(the work folder {workdir} is kept: fix the cause and rerun to "
+                     "resume)", None, code=1)
     if loop.rank != 0:
         return 0
     last = summary["curve"][-1] if summary["curve"] else {}

@@ -20,7 +20,6 @@ first unfinished one and does nothing once all are done.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -190,21 +189,9 @@ def test_set_predictions(loop: Loop, posterior_path: Path, folder: Path) -> dict
     noise of the quantity), ``half95`` (calibrated 95% half-width), ``row_types``, ``configs``; energies
     are per atom (eV/atom), forces eV/A, stresses bar; the ZBL reference is subtracted from the truth.
     """
-    from fitsnap_uq.fitting import descriptor_rows
     from fitsnap_uq.posterior import Posterior
 
-    folder.mkdir(parents=True, exist_ok=True)
-    text = loop.fitsnap_input(["testset"]).replace(
-        f"dataPath = {loop.work / 'data' / 'JSON'}", f"dataPath = {loop.work}")
-    infile = folder / "testset.in"
-    infile.write_text(text)
-    old = os.getcwd()
-    os.chdir(folder)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # FitSNAP's timing lines
-            rows, _ = descriptor_rows(str(infile))
-    finally:
-        os.chdir(old)
+    rows = loop.describe(loop.work, ["testset"], folder)
     post = Posterior.load(posterior_path)
     keep = rows.row_types.astype(str) != "Stress"  # stresses of tiny cells are not shown
     rows = rows.subset(keep)

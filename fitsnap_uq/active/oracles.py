@@ -89,7 +89,10 @@ class ASEOracle:
 
 def oracle_from_name(name: str, electronic_temperature: float = 3000.0, max_iterations: int = 500,
                      retries: int = 1) -> ASEOracle:
-    """A built-in oracle: ``xtb``/``gfn1`` (GFN1-xTB), ``gfn2`` (GFN2-xTB) via tblite, or ``emt``.
+    """A built-in oracle: ``xtb``/``gfn1`` (GFN1-xTB), ``gfn2`` (GFN2-xTB) via tblite, or ``emt``; or any
+    ASE calculator as ``module:factory`` (e.g. ``ase.calculators.emt:EMT``, or a function of the
+    user's own module on the Python path that returns a configured calculator), called with no
+    arguments for every configuration.
 
     ``xtb`` means GFN1-xTB: for transition metals such as Ta and W, GFN2-xTB's SCF does not converge
     here even with smearing, GFN1-xTB does (0.3 s for 16 Ta atoms). ``electronic_temperature`` (K) is
@@ -104,9 +107,11 @@ def oracle_from_name(name: str, electronic_temperature: float = 3000.0, max_iter
         from ase.calculators.emt import EMT
 
         return ASEOracle(EMT, name="EMT", retries=retries)
+    elif ":" in name:
+        return ASEOracle(calculator_factory(name), name=name, retries=retries)
     else:
-        raise InputError(f"unknown oracle {name!r}; built in: xtb (= gfn1), gfn1, gfn2, emt (or any "
-                         "ASE calculator through ASEOracle)")
+        raise InputError(f"unknown oracle {name!r}; built in: xtb (= gfn1), gfn1, gfn2, emt, or any "
+                         "ASE calculator as module:factory (e.g. ase.calculators.emt:EMT)")
 
     def make() -> Any:
         from tblite.ase import TBLite
@@ -115,6 +120,21 @@ def oracle_from_name(name: str, electronic_temperature: float = 3000.0, max_iter
                       max_iterations=max_iterations, verbosity=0)
 
     return ASEOracle(make, name=f"{method} (tblite, {electronic_temperature:g} K)", retries=retries)
+
+
+def calculator_factory(spec: str) -> Callable[[], Any]:
+    """The callable named by ``module:attribute`` (an ASE calculator class or a function returning one);
+    InputError naming the spec when it cannot be imported."""
+    import importlib
+
+    module, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise InputError(f"oracle {spec!r}: cannot import {attr!r} from {module!r} ({exc})") from None
+    if not callable(factory):
+        raise InputError(f"oracle {spec!r}: {attr!r} is not callable")
+    return factory
 
 
 def read_fitsnap_json(path: str | Path) -> tuple[dict[str, Any], Any]:

@@ -21,6 +21,8 @@ class QuerySettings:
         cost_gamma: divide scores by (atoms^3)^gamma (0: no cost weighting).
         committee: QBC learners K; fraction: bootstrap fraction f of each learner's training set.
         power: exponent of ``std_sampling``; shortlist: QBC's K-means shortlist factor.
+        spread: ``max_std`` picks the best of each K-means cluster among the ``shortlist * n`` best
+            (:func:`~fitsnap_uq.active.strategies.spread_by_kmeans`, as QBC) instead of the n best.
         fit: keyword arguments of :func:`fitsnap_uq.linear.rows.fit_rows`.
     """
 
@@ -30,6 +32,7 @@ class QuerySettings:
     fraction: float = 0.8
     power: float = 2.0
     shortlist: int = 3
+    spread: bool = False
     fit: dict[str, Any] | None = None
 
 
@@ -75,28 +78,49 @@ def select(train: Rows, pool: Rows, n: int, settings: QuerySettings, model: Rows
         model: the current fit of ``train`` (fitted here when None).
         seed: seed of every random choice.
     """
-    rng = np.random.default_rng(seed)
     cands, keys = candidates_of(pool)
+    if settings.strategy == "random":
+        return keys[choose(cands, n, settings, None, {}, seed)]
+    model = model or fit_rows(train, **(settings.fit or {}))
+    return keys[choose(cands, n, settings, model.result.cov, model.noise_var, seed, train)]
+
+
+def choose(cands: S.Candidates, n: int, settings: QuerySettings, cov: np.ndarray | None,
+           noise_var: dict[str, float], seed: int = 0, train: Rows | None = None) -> np.ndarray:
+    """Indices of the candidates to label next, best first.
+
+    Args:
+        cands: the candidates (m configurations).
+        n: batch size (at most m are returned).
+        settings: the strategy and its settings.
+        cov: (p, p) covariance of the model's coefficients in the rows' layout (unused by ``random``).
+        noise_var: {quantity: noise variance} that makes the rows dimensionless (1 where missing).
+        seed: seed of every random choice.
+        train: the training rows (``qbc`` only: its committee is fitted on them).
+    """
+    rng = np.random.default_rng(seed)
     n = min(n, cands.size)
     name = settings.strategy
     if name == "random":
-        return keys[S.pick_random(cands.size, n, rng)]
-    model = model or fit_rows(train, **(settings.fit or {}))
-    cov, noise = model.result.cov, model.noise_var
+        return S.pick_random(cands.size, n, rng)
     if name in ("max_std", "std_sampling"):
-        scores = S.cost_weighted(S.coefficient_std_scores(cands, cov, noise), cands.natoms,
+        scores = S.cost_weighted(S.coefficient_std_scores(cands, cov, noise_var), cands.natoms,
                                  settings.cost_gamma)
-        if name == "max_std":
-            return keys[S.pick_top(scores, n)]
-        return keys[S.pick_std_sampling(scores, n, rng, settings.power)]
+        if name == "std_sampling":
+            return S.pick_std_sampling(scores, n, rng, settings.power)
+        if settings.spread:
+            return S.spread_by_kmeans(scores, cands.fingerprints(), n, seed, settings.shortlist)
+        return S.pick_top(scores, n)
     if name == "qbc":
-        scores = S.cost_weighted(committee_scores(train, cands, noise, settings, rng), cands.natoms,
+        if train is None:
+            raise ValueError("qbc needs the training rows")
+        scores = S.cost_weighted(committee_scores(train, cands, noise_var, settings, rng), cands.natoms,
                                  settings.cost_gamma)
-        return keys[S.spread_by_kmeans(scores, cands.fingerprints(), n, seed, settings.shortlist)]
-    grams = S.candidate_grams(cands, noise)
+        return S.spread_by_kmeans(scores, cands.fingerprints(), n, seed, settings.shortlist)
+    grams = S.candidate_grams(cands, noise_var)
     if name == "d_optimal":
-        return keys[S.greedy_d_optimal(grams, cov, n, cands.natoms, settings.cost_gamma)]
+        return S.greedy_d_optimal(grams, cov, n, cands.natoms, settings.cost_gamma)
     if name == "variance_reduction":
-        return keys[S.greedy_variance_reduction(grams, cov, grams.sum(axis=0), n, cands.natoms,
-                                                settings.cost_gamma)]
+        return S.greedy_variance_reduction(grams, cov, grams.sum(axis=0), n, cands.natoms,
+                                           settings.cost_gamma)
     raise ValueError(f"unknown strategy {name!r}; known: {', '.join(S.STRATEGIES)}")
