@@ -297,7 +297,9 @@ class BAYES(UQSolverMixin, Solver):
                                                              keep=keep, on_fold=on_fold, **fit_opts)
                     noise_var = dict(pm.floor_var)
                     model_error = {"cov_scale": pm.cov_scale, "coef_var": pm.coef_var,
-                                   "factor": pm.factor}
+                                   "factor": pm.factor,
+                                   "atom_scale": (None if pm.atom_scale is None
+                                                  else pm.atom_scale.to_dict())}
                     if opts["recalibration"] == "quantile":
                         recal = recalibration_map(ratios)
                 elif opts["recalibration"] == "quantile":

@@ -76,3 +76,61 @@ def test_fit_with_model_error_learns_the_scale_and_predicts_with_it():
     # without labels: no scale
     bare = Rows(rows.a, rows.b, rows.w, rows.testing, rows.groups, rows.row_types, rows.configs)
     assert fit_with_model_error(bare, folds=5, seed=0)[1].atom_scale is None
+
+
+def test_posterior_predicts_what_the_model_gives_and_round_trips(tmp_path):
+    """Posterior.predict_raw with atom/element labels equals PredictiveModel.variance with the scale
+    (same S, model error, floor), and the scale survives save/load."""
+    from fitsnap_uq.posterior import Posterior
+
+    rows = _rows(np.random.default_rng(2), n_conf=60)
+    full, model, _ = fit_with_model_error(rows, folds=5, seed=0)
+    m = rows.a.shape[1]
+    post = Posterior(full.result.mean, full.result.cov, ["A", "B"][:1], {"bzeroflag": 0},
+                     noise_var=dict(model.floor_var),
+                     model_error={"cov_scale": model.cov_scale, "coef_var": model.coef_var,
+                                  "factor": model.factor, "atom_scale": model.atom_scale.to_dict()})
+    assert post.n_coefficients == m
+    types = rows.row_types.astype(str)
+    pv = np.einsum("ij,jk,ik->i", rows.a, full.result.cov, rows.a)
+    atom, elem = rows.atom_ids(), rows.element
+    want = model.variance(rows.a, pv, types, model.atom_log_scale(rows.a, pv, atom, elem))
+    _, std = post.predict_raw(rows.a, list(types), atom, elem)
+    np.testing.assert_allclose(std**2, want, rtol=1e-8)
+    back = Posterior.load(post.save(tmp_path / "p.npz"))
+    _, std2 = back.predict_raw(rows.a, list(types), atom, elem)
+    np.testing.assert_allclose(std2, std, rtol=1e-12)
+    _, plain = back.predict_raw(rows.a, list(types))
+    assert not np.allclose(plain, std)
+
+
+def test_hook_model_force_std_equals_posterior_predict_with_the_scale():
+    """LinearSnapModel.per_atom (the MD hook's numbers) gives each atom's force std as
+    sqrt(sum over x/y/z of Posterior.predict_raw's variance of its force rows), scale included."""
+    from fitsnap_uq.linear.atomscale import AtomScale
+    from fitsnap_uq.posterior import Posterior
+    from lammps_hooks.uq_math import force_rows
+    from lammps_hooks.uq_model import LinearSnapModel
+
+    rng = np.random.default_rng(5)
+    ncoeff, nel = 5, 2
+    p = nel * (ncoeff + 1)
+    g = rng.standard_normal((p, p))
+    scale = AtomScale(theta=np.array([0.3, -0.4, 0.5, -0.2, 0.1]), mu=np.zeros(3), sd=np.ones(3) * 3,
+                      nelem=nel, lam=0.01, floor_var=1e-4)
+    post = Posterior(rng.standard_normal(p), 1e-3 * g @ g.T, ["W", "Be"],
+                     {"bzeroflag": 0, "twojmax": 2, "rcutfac": 4.0, "rfac0": 0.99, "radelem": [0.5, 0.4],
+                      "wj": [1.0, 0.9], "rmin0": 0.0, "quadraticflag": 0},
+                     model_error={"cov_scale": 2.0, "coef_var": rng.random(p) * 1e-3,
+                                  "factor": np.zeros((p, 0)), "atom_scale": scale.to_dict()})
+    model = LinearSnapModel(post, source="analytic")
+    n = 7
+    b = rng.standard_normal((n, ncoeff))
+    elements = rng.integers(0, nel, n)
+    t2e = np.array([0, 1])
+    d = rng.standard_normal((n, 2 * 3 * ncoeff))
+    got = model.per_atom(b, elements, d, t2e).fstd
+    rows = force_rows(d, t2e, nel, ncoeff + 1).reshape(3 * n, p)
+    _, std = post.predict_raw(rows, None, np.repeat(np.arange(n), 3), np.repeat(elements, 3))
+    np.testing.assert_allclose(got, np.sqrt((std**2).reshape(n, 3).sum(axis=1)), rtol=1e-10)
+    assert not np.allclose(got, np.sqrt((post.predict_raw(rows)[1] ** 2).reshape(n, 3).sum(axis=1)))
