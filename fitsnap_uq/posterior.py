@@ -541,7 +541,8 @@ def posterior_from_fit(mean: np.ndarray, cov: np.ndarray, elements: list[str], s
         coef_var[cols] = model_error["coef_var"]
         factor = np.zeros((p, np.asarray(model_error["factor"]).shape[1]))
         factor[cols] = model_error["factor"]
-        model_error = {"cov_scale": model_error["cov_scale"], "coef_var": coef_var, "factor": factor}
+        model_error = {"cov_scale": model_error["cov_scale"], "coef_var": coef_var, "factor": factor,
+                       "atom_scale": model_error.get("atom_scale")}
     ties = [(int(cols[j]), int(cols[i]), float(f)) for j, i, f in kwargs.pop("ties", None) or []]
     post = Posterior(full_mean, full_cov, elements, snap, model_error=model_error, ties=ties, **kwargs)
     post.mean = post.tied(post.mean)

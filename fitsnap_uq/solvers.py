@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ def gather_rows(pt: Any, infile: str | None = None) -> Rows:
                    w=pt.shared_arrays["w"].array, testing=np.asarray(d["Testing"], dtype=bool),
                    groups=np.asarray(d["Groups"]), row_types=np.asarray(d["Row_Type"]),
                    configs=np.asarray(d["Configs"]))
+    rows = with_atom_labels(rows, d)
     bad = ~np.isfinite(rows.b) | ~np.isfinite(rows.w) | ~np.all(np.isfinite(rows.a), axis=1)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -62,6 +64,25 @@ def gather_rows(pt: Any, infile: str | None = None) -> Rows:
                          f"(group {rows.groups[i]}); fix or remove the data", file=infile,
                          section="PATH", key="dataPath")
     return rows
+
+
+def with_atom_labels(rows: Rows, d: Any) -> Rows:
+    """``rows`` with the atom index and element of each force row (:attr:`Rows.atom`,
+    :attr:`Rows.element`) from FitSNAP's ``Atom_I`` and ``Atom_Type`` (LAMMPS types 1..ntypes, in the
+    ``[BISPECTRUM] type`` order), when FitSNAP recorded them for every row; else ``rows`` unchanged
+    (no per-atom force scale is then learned)."""
+    try:
+        atom = np.asarray(d["Atom_I"], dtype=np.int64)
+        atype = np.asarray(d["Atom_Type"], dtype=np.int64)
+    except (KeyError, TypeError, ValueError):
+        return rows
+    n = rows.b.shape[0]
+    if atom.shape != (n,) or atype.shape != (n,):
+        return rows
+    force = rows.row_types.astype(str) == "Force"
+    if force.any() and atype[force].min() < 1:
+        return rows
+    return replace(rows, atom=np.where(force, atom, -1), element=np.where(force, atype - 1, -1))
 
 
 def snap_parameters(config: Any) -> tuple[list[str], dict[str, Any]]:

@@ -26,6 +26,8 @@ def test_bayes_writes_posterior_and_calibration_report(cu_run):
     assert post.model_error is not None and post.model_error["cov_scale"] > 0
     assert np.any(post.model_error["factor"] != 0)  # the model error on the posterior's axes
     assert not np.allclose(post.predictive_cov, post.cov)
+    # FitSNAP's Atom_I/Atom_Type label the force rows: a per-atom force scale is learned and stored
+    assert post.atom_scale is not None and post.atom_scale.nelem == 1
     assert post.recalibration is not None and "Force" in post.recalibration
     np.testing.assert_allclose(read_snapcoeff(cu_run / "Cu_pot.snapcoeff"), post.mean, rtol=1e-12)
     samples = [read_snapcoeff(cu_run / f"Cu_pot.sample{i}.snapcoeff") for i in range(3)]
