@@ -52,7 +52,6 @@ def gather_rows(pt: Any, infile: str | None = None) -> Rows:
                    w=pt.shared_arrays["w"].array, testing=np.asarray(d["Testing"], dtype=bool),
                    groups=np.asarray(d["Groups"]), row_types=np.asarray(d["Row_Type"]),
                    configs=np.asarray(d["Configs"]))
-    rows = with_atom_labels(rows, d)
     bad = ~np.isfinite(rows.b) | ~np.isfinite(rows.w) | ~np.all(np.isfinite(rows.a), axis=1)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -291,6 +290,8 @@ class BAYES(UQSolverMixin, Solver):
         def fit_on_rank_zero() -> None:
             self._check_output_free()
             rows = gather_rows(self.pt, self.infile)
+            if self.options["atom_scale"] == "yes":
+                rows = with_atom_labels(rows, self.pt.fitsnap_dict)
             # The training rows are selected by a mask, not copied (the fits read the rows in blocks).
             keep = None if trainall else ~rows.testing
             used = rows.w != 0 if keep is None else keep & (rows.w != 0)
