@@ -57,7 +57,7 @@ import numpy as np
 from fitsnap_uq.errors import InputError, NumericalError
 from fitsnap_uq.io import atomic_write as _atomic_write
 from fitsnap_uq.io import json_default as _json_default
-from fitsnap_uq.linear.atomscale import AtomScale, atom_features
+from fitsnap_uq.linear.atomscale import AtomScale, atom_sums
 from fitsnap_uq.linear.gaussian import ONE_SIGMA, interval_multiplier, live_cholesky
 
 FORMAT_VERSION = 2
@@ -315,7 +315,7 @@ class Posterior:
         me_var = (rows**2) @ me["coef_var"] + np.sum((rows @ me["factor"]) ** 2, axis=1)
         live, chol = self._cov_cholesky()
         fit_var = np.sum((rows[:, live] @ chol) ** 2, axis=1)
-        feats = atom_features(me_var, fit_var, np.einsum("ij,ij->i", rows, rows), atom[sel])
+        feats = atom_sums(me_var, fit_var, np.einsum("ij,ij->i", rows, rows), atom[sel])
         out[sel] = scale.log_scale(feats, np.asarray(element)[sel])
         return out
 

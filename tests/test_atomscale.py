@@ -6,17 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fitsnap_uq.linear.atomscale import atom_features, fit_atom_scale
+from fitsnap_uq.linear.atomscale import atom_sums, fit_atom_scale
 from fitsnap_uq.linear.rows import Rows, fit_with_model_error
 
 
-def test_atom_features_sum_over_the_atoms_rows():
+def test_atom_sums_sum_over_the_atoms_rows():
     me = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
     atom = np.array([7, 7, 7, 9, 9, 9])
-    f = atom_features(me, 2 * me, me**2, atom)
-    np.testing.assert_allclose(np.exp(f[:3, 0]), 6.0)
-    np.testing.assert_allclose(np.exp(f[3:, 1]), 30.0)
-    np.testing.assert_allclose(np.exp(f[3:, 2]), 16 + 25 + 36)
+    f = atom_sums(me, 2 * me, me**2, atom)
+    np.testing.assert_allclose(f[:3, 0], 6.0)
+    np.testing.assert_allclose(f[3:, 1], 30.0)
+    np.testing.assert_allclose(f[3:, 2], 16 + 25 + 36)
 
 
 def test_recovers_an_element_scale_and_a_feature_slope():
@@ -26,12 +26,13 @@ def test_recovers_an_element_scale_and_a_feature_slope():
     element = np.repeat(rng.integers(0, 2, n_atoms), 3)
     atom = np.repeat(np.arange(n_atoms), 3)
     feats = np.repeat(rng.standard_normal((n_atoms, 3)), 3, axis=0)
+    sums = np.exp(feats)
     base = np.exp(rng.standard_normal(3 * n_atoms))
     true = np.where(element == 0, 0.7, -0.5) + 0.8 * feats[:, 0]
     resid = rng.standard_normal(base.size) * np.sqrt(base * np.exp(true) + 0.01)
-    sc = fit_atom_scale(feats, element, base, resid, 0.01, 2, config=atom // 4)
+    sc = fit_atom_scale(sums, element, base, resid, 0.01, 2, config=atom // 4)
     z = (feats - sc.mu) / sc.sd
-    got = sc.log_scale(feats, element)
+    got = sc.log_scale(sums, element)
     assert np.corrcoef(got, true)[0, 1] > 0.99
     assert sc.theta[0] - sc.theta[1] == pytest.approx(1.2, abs=0.15)
     assert np.std(z[:, 0]) == pytest.approx(1.0)
@@ -117,7 +118,7 @@ def test_hook_model_force_std_equals_posterior_predict_with_the_scale():
     p = nel * (ncoeff + 1)
     g = rng.standard_normal((p, p))
     scale = AtomScale(theta=np.array([0.3, -0.4, 0.5, -0.2, 0.1]), mu=np.zeros(3), sd=np.ones(3) * 3,
-                      nelem=nel, lam=0.01, floor_var=1e-4)
+                      nelem=nel, lam=0.01, floor_var=1e-4, eps=np.full(3, 1e-12))
     post = Posterior(rng.standard_normal(p), 1e-3 * g @ g.T, ["W", "Be"],
                      {"bzeroflag": 0, "twojmax": 2, "rcutfac": 4.0, "rfac0": 0.99, "radelem": [0.5, 0.4],
                       "wj": [1.0, 0.9], "rmin0": 0.0, "quadraticflag": 0},

@@ -35,6 +35,10 @@ from scipy.optimize import minimize
 LAMBDAS = (1e-4, 1e-2, 1.0)
 """Ridge penalties tried by the inner cross-validation."""
 TINY = 1e-300
+REL_FLOOR = 1e-6
+"""Each raw feature sum is floored at this fraction of its median over the training atoms before the
+log (atoms whose forces symmetry fixes have rows ~0; their logs would otherwise sit hundreds of units
+below the rest and set the standardization)."""
 FEATURES = ("log_me", "log_fitvar", "log_rownorm")
 
 
@@ -47,6 +51,7 @@ class AtomScale:
         mu, sd: (3,) means and stds of the log features over the training atoms.
         nelem: number of elements (element indices 0..nelem-1).
         lam: ridge penalty chosen by cross-validation.
+        eps: (3,) floors of the raw feature sums (:data:`REL_FLOOR` times their training medians).
         floor_var: ``sigma_F^2`` in (eV/A)^2, refitted with ``theta`` (added after the scale; it
             replaces the model's force floor).
     """
@@ -57,31 +62,35 @@ class AtomScale:
     nelem: int
     lam: float
     floor_var: float
+    eps: np.ndarray
 
-    def log_scale(self, feats: np.ndarray, element: np.ndarray) -> np.ndarray:
-        """(n,) ``theta . z`` of atoms with raw features ``feats`` (n, 3) (:func:`atom_features`) and
+    def log_scale(self, sums: np.ndarray, element: np.ndarray) -> np.ndarray:
+        """(n,) ``theta . z`` of atoms with raw feature sums ``sums`` (n, 3) (:func:`atom_sums`) and
         element indices ``element`` (n,)."""
-        return design(feats, element, self.mu, self.sd, self.nelem) @ self.theta
+        return design(np.log(np.maximum(sums, self.eps)), element, self.mu, self.sd,
+                      self.nelem) @ self.theta
 
     def to_dict(self) -> dict:
         return {"theta": self.theta.tolist(), "mu": self.mu.tolist(), "sd": self.sd.tolist(),
-                "nelem": self.nelem, "lam": self.lam, "floor_var": self.floor_var}
+                "nelem": self.nelem, "lam": self.lam, "floor_var": self.floor_var,
+                "eps": self.eps.tolist()}
 
     @classmethod
     def from_dict(cls, d: dict) -> AtomScale:
         return cls(np.asarray(d["theta"], float), np.asarray(d["mu"], float), np.asarray(d["sd"], float),
-                   int(d["nelem"]), float(d["lam"]), float(d["floor_var"]))
+                   int(d["nelem"]), float(d["lam"]), float(d["floor_var"]),
+                   np.asarray(d.get("eps", [TINY] * 3), float))
 
 
-def atom_features(me: np.ndarray, fitvar: np.ndarray, rownorm: np.ndarray, atom: np.ndarray
-                  ) -> np.ndarray:
-    """(n, 3) raw per-atom features of force rows: the sums over each atom's rows of ``me`` (n,)
-    (``a^T M a``), ``fitvar`` (n,) (``a^T S a``) and ``rownorm`` (n,) (``|a|^2``), then log; every row of
-    an atom gets its atom's values. ``atom`` (n,): an integer id per atom (equal on its rows)."""
+def atom_sums(me: np.ndarray, fitvar: np.ndarray, rownorm: np.ndarray, atom: np.ndarray
+              ) -> np.ndarray:
+    """(n, 3) raw per-atom feature sums of force rows: the sums over each atom's rows of ``me`` (n,)
+    (``a^T M a``), ``fitvar`` (n,) (``a^T S a``) and ``rownorm`` (n,) (``|a|^2``); every row of an atom
+    gets its atom's values. ``atom`` (n,): an integer id per atom (equal on its rows)."""
     _, inv = np.unique(np.asarray(atom), return_inverse=True)
     out = np.empty((inv.size, 3))
     for k, v in enumerate((me, fitvar, rownorm)):
-        out[:, k] = np.log(np.bincount(inv, weights=np.asarray(v, float))[inv] + TINY)
+        out[:, k] = np.bincount(inv, weights=np.asarray(v, float))[inv]
     return out
 
 
@@ -121,13 +130,13 @@ def _nll(z: np.ndarray, theta: np.ndarray, base: np.ndarray, r2: np.ndarray, flo
     return 0.5 * float(np.mean(np.log(2 * np.pi * v) + r2 / v))
 
 
-def fit_atom_scale(feats: np.ndarray, element: np.ndarray, base: np.ndarray, resid: np.ndarray,
+def fit_atom_scale(sums: np.ndarray, element: np.ndarray, base: np.ndarray, resid: np.ndarray,
                    floor_var: float, nelem: int, config: np.ndarray, folds: int = 5, seed: int = 0
                    ) -> AtomScale:
     """Fit the per-atom scale on cross-validated force residuals.
 
     Args:
-        feats: (n, 3) raw per-atom features of the rows (:func:`atom_features`).
+        sums: (n, 3) raw per-atom feature sums of the rows (:func:`atom_sums`).
         element: (n,) element index of each row's atom.
         base: (n,) the coefficient part of each row's variance (``c a^T S_f a + a^T M a``).
         resid: (n,) held-out residuals (eV/A).
@@ -136,7 +145,9 @@ def fit_atom_scale(feats: np.ndarray, element: np.ndarray, base: np.ndarray, res
         config: (n,) configuration id of each row (the inner CV deals whole configurations).
         folds, seed: the inner cross-validation choosing ``lam``.
     """
-    feats = np.asarray(feats, float)
+    sums = np.asarray(sums, float)
+    eps = np.maximum(REL_FLOOR * np.median(sums, axis=0), TINY)
+    feats = np.log(np.maximum(sums, eps))
     mu = feats.mean(axis=0)
     sd = np.maximum(feats.std(axis=0), 1e-12)
     z = design(feats, element, mu, sd, nelem)
@@ -157,4 +168,4 @@ def fit_atom_scale(feats: np.ndarray, element: np.ndarray, base: np.ndarray, res
         scores.append(s)
     lam = float(LAMBDAS[int(np.argmin(scores))])
     theta, floor = _fit_theta(z, base, r2, floor_var, lam, nelem)
-    return AtomScale(theta=theta, mu=mu, sd=sd, nelem=nelem, lam=lam, floor_var=floor)
+    return AtomScale(theta=theta, mu=mu, sd=sd, nelem=nelem, lam=lam, floor_var=floor, eps=eps)

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
-from fitsnap_uq.linear.atomscale import AtomScale, atom_features
+from fitsnap_uq.linear.atomscale import AtomScale, atom_sums
 from fitsnap_uq.linear.threads import limited
 from fitsnap_uq.linear.varfit import newton_variances
 
@@ -118,7 +118,7 @@ class PredictiveModel:
         if self.atom_scale is None or not sel.any():
             return out
         a_f = np.asarray(a)[sel]
-        feats = atom_features(self.model_error_var(a_f), np.asarray(post_var)[sel],
+        feats = atom_sums(self.model_error_var(a_f), np.asarray(post_var)[sel],
                               np.einsum("ij,ij->i", a_f, a_f), atom[sel])
         out[sel] = self.atom_scale.log_scale(feats, np.asarray(element)[sel])
         return out

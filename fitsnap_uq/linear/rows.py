@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from fitsnap_uq.linear import noise as noise_model
-from fitsnap_uq.linear.atomscale import atom_features, fit_atom_scale
+from fitsnap_uq.linear.atomscale import atom_sums, fit_atom_scale
 from fitsnap_uq.linear.bayes import (
     BayesResult,
     ClassStats,
@@ -470,7 +470,7 @@ def _with_atom_scale(rows: Rows, use: np.ndarray, full: RowsFit, model: Predicti
         me[s:s + ATOM_BLOCK] = model.model_error_var(blk)
         fitvar[s:s + ATOM_BLOCK] = row_variance(blk, full.result.cov)
         norm2[s:s + ATOM_BLOCK] = np.einsum("ij,ij->i", blk, blk)
-    feats_all = atom_features(me, fitvar, norm2, atom[idx])
+    feats_all = atom_sums(me, fitvar, norm2, atom[idx])
     pos = np.full(rows.b.shape[0], -1)
     pos[idx] = np.arange(idx.size)
     scored = (types == "Force") & (pos[cv.index] >= 0)
