@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,42 @@ def load_rows(key: str, outdir: Path, recompute: bool) -> tuple[Rows, np.ndarray
     return rows, unpen
 
 
+def element_order(infile: Path) -> list[str]:
+    """``[BISPECTRUM] type`` of a FitSNAP input: the potential's element order."""
+    cfg = configparser.ConfigParser(inline_comment_prefixes="#")
+    cfg.optionxform = str  # type: ignore[assignment, method-assign]
+    cfg.read(infile)
+    return cfg["BISPECTRUM"]["type"].split()
+
+
+def attach_atoms(rows: Rows, key: str) -> Rows:
+    """``rows`` with :attr:`Rows.atom` and :attr:`Rows.element` of the force rows, read from the data
+    set's JSON files (their ``AtomTypes``; FitSNAP's force rows of a configuration run atom by atom,
+    x/y/z, after its energy row). Unchanged (with a message) if the JSON files are not there."""
+    folder, infile, _ = DATASETS[key]
+    src = DATA / folder
+    if not (src / infile).exists():
+        print(f"  [{key}] no JSON data at {src}: no per-atom force scale")
+        return rows
+    order = {e: i for i, e in enumerate(element_order(src / infile))}
+    types = rows.row_types.astype(str)
+    keys = rows.config_keys()
+    atom = np.full(types.size, -1)
+    element = np.full(types.size, -1)
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1], True])
+    for s, e in zip(starts[:-1], starts[1:]):
+        path = src / "JSON" / str(rows.groups[s]) / str(rows.configs[s])
+        text = path.read_text()
+        data = json.loads(text[text.index("{"):])["Dataset"]["Data"][0]
+        codes = np.array([order[t] for t in data["AtomTypes"]])
+        force = s + np.flatnonzero(types[s:e] == "Force")
+        if force.size != 3 * codes.size:
+            raise ValueError(f"{path}: {force.size} force rows for {codes.size} atoms")
+        atom[force] = np.repeat(np.arange(codes.size), 3)
+        element[force] = np.repeat(codes, 3)
+    return replace(rows, atom=atom, element=element)
+
+
 def split_by_group(rows: Rows, seed: int, frac: float = 0.2) -> np.ndarray:
     """(n,) bool: rows of a seeded ``frac`` of each group's configurations (held out)."""
     keys = rows.config_keys()
@@ -242,7 +279,11 @@ def run_methods(train: Rows, test: Rows, unpen: np.ndarray | None, peers: Peers,
     full, pm, ratios = fit_with_model_error(train, folds=5, seed=0, unpenalized=unpen,
                                             **(ours or {}))
     mean = a @ full.result.mean
-    sigma = np.sqrt(pm.variance(a, _quad(a, full.result.cov), types))
+    pv = _quad(a, full.result.cov)
+    log_scale = None
+    if test.atom is not None and test.element is not None:
+        log_scale = pm.atom_log_scale(a, pv, test.atom_ids(), test.element)
+    sigma = np.sqrt(pm.variance(a, pv, types, log_scale))
     out["ours raw"] = {"mean": mean, "sigma": sigma, "mult": gauss}
     out["ours recal"] = {"mean": mean, "sigma": sigma, "mult": _interp_multiplier(recalibration_map(ratios))}
     clock("ours", t0)
@@ -492,6 +533,8 @@ def run_dataset(key: str, args: argparse.Namespace, peers: Peers, report: dict, 
         report[key] = {"skipped": True}
         return
     rows, unpen = loaded
+    if args.atom_scale:
+        rows = attach_atoms(rows, key)
     rows = rows.subset(rows.w != 0)
     ngroups = np.unique(rows.groups.astype(str)).size
     nconf = np.unique(rows.config_keys()).size
@@ -635,6 +678,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="axes on which ours' model error is diagonal (fit_with_model_error's basis)")
     ap.add_argument("--rank", type=int, default=0,
                     help="rank of the correlated model-error part of ours (fit_with_model_error's rank)")
+    ap.add_argument("--no-atom-scale", dest="atom_scale", action="store_false",
+                    help="no per-atom force scale in ours (the rows carry no atom/element labels)")
     ap.add_argument("--_dump-rows", nargs=2, metavar=("INFILE", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._dump_rows:

@@ -89,6 +89,12 @@ UQ_KEYS: dict[str, Key] = {
     "model_error_rank": Key("0", _positive_int,
                             "BAYES predictive = model_error: rank of an extra correlated part U U^T of the "
                             "model error (0: none; more parameters, slower, can overfit small data)."),
+    "atom_scale": Key("no", str,
+                      "BAYES predictive = model_error: yes to multiply each force's coefficient variance "
+                      "by a per-atom factor exp(theta . z) of the atom's element and environment "
+                      "(fitsnap_uq.linear.atomscale; learned from cross-validated force residuals). "
+                      "Posterior.predict (with atom ids and elements) and the Python MD hook apply it; "
+                      "the native plugin does not yet, so it is off by default.", ("yes", "no")),
     "prior": Key("isotropic", str,
                  "Prior on the coefficients: none (flat), isotropic (one precision) or ard (one "
                  "precision per coefficient, automatic relevance determination).",

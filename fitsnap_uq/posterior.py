@@ -57,6 +57,7 @@ import numpy as np
 from fitsnap_uq.errors import InputError, NumericalError
 from fitsnap_uq.io import atomic_write as _atomic_write
 from fitsnap_uq.io import json_default as _json_default
+from fitsnap_uq.linear.atomscale import AtomScale, atom_sums
 from fitsnap_uq.linear.gaussian import ONE_SIGMA, interval_multiplier, live_cholesky
 
 FORMAT_VERSION = 2
@@ -148,6 +149,8 @@ class Posterior:
                     and np.all(coef_var >= 0) and np.all(np.isfinite(factor))):
                 raise ValueError("model error must be finite and non-negative")
             self.model_error = {"cov_scale": scale, "coef_var": coef_var, "factor": factor}
+            if model_error.get("atom_scale") is not None:
+                self.model_error["atom_scale"] = AtomScale.from_dict(dict(model_error["atom_scale"]))
         self.ties = [(int(j), int(i), float(f)) for j, i, f in (ties or [])]
         for j, i, f in self.ties:
             if not (0 <= i < j < p and np.isfinite(f) and f != 0):
@@ -284,15 +287,51 @@ class Posterior:
         return out
 
     # ------------------------------------------------------------- prediction
-    def predict_raw(self, a: np.ndarray, noise: str | Sequence[str] | None = None
+    @property
+    def atom_scale(self) -> AtomScale | None:
+        """The per-atom scale of the force variance (:mod:`fitsnap_uq.linear.atomscale`), if learned."""
+        return None if self.model_error is None else self.model_error.get("atom_scale")
+
+    def force_log_scale(self, a: np.ndarray, atom: np.ndarray, element: np.ndarray) -> np.ndarray:
+        """(n,) log of the per-atom factor on each row's coefficient variance (0 on rows with
+        ``atom < 0`` and without a learned :attr:`atom_scale`).
+
+        Args:
+            a: (n, p) or (n, len(fit_columns)) rows; all three force rows of every atom named in
+                ``atom`` must be among them (the features sum over an atom's rows).
+            atom: (n,) an id per atom (equal on its force rows, unique over configurations), -1 on
+                energy and stress rows.
+            element: (n,) element index (in :attr:`elements`) of each force row's atom.
+        """
+        full = self.to_layout(a)
+        out = np.zeros(full.shape[0])
+        atom = np.asarray(atom)
+        sel = atom >= 0
+        scale = self.atom_scale
+        if scale is None or not sel.any():
+            return out
+        me = self.model_error
+        rows = full[sel]
+        me_var = (rows**2) @ me["coef_var"] + np.sum((rows @ me["factor"]) ** 2, axis=1)
+        live, chol = self._cov_cholesky()
+        fit_var = np.sum((rows[:, live] @ chol) ** 2, axis=1)
+        feats = atom_sums(me_var, fit_var, np.einsum("ij,ij->i", rows, rows), atom[sel])
+        out[sel] = scale.log_scale(feats, np.asarray(element)[sel])
+        return out
+
+    def predict_raw(self, a: np.ndarray, noise: str | Sequence[str] | None = None,
+                    atom: np.ndarray | None = None, element: np.ndarray | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
         """Mean (n,) and uncalibrated Gaussian std (n,) for descriptor rows ``a``: the predictive
         covariance's part (:attr:`predictive_cov`, as ``||a L||^2`` with its factor
-        :meth:`predictive_factor`, the same numbers the MD hook and the plugin compute) plus the noise
-        variance of ``noise``."""
+        :meth:`predictive_factor`, the same numbers the MD hook and the plugin compute), times the
+        per-atom factor of force rows when ``atom`` and ``element`` are given
+        (:meth:`force_log_scale`), plus the noise variance of ``noise``."""
         full = self.to_layout(a)
         mean = full @ self.mean
         var = np.sum((full @ self.predictive_factor()) ** 2, axis=1)
+        if atom is not None and element is not None:
+            var = var * np.exp(np.clip(self.force_log_scale(full, atom, element), -50.0, 50.0))
         var = var + self._noise_variance(noise, full.shape[0])
         return mean, np.sqrt(var)
 
@@ -313,18 +352,20 @@ class Posterior:
         return [quantity_of(x) for x in noise]
 
     def interval(self, a: np.ndarray, level: float = 0.95,
-                 noise: str | Sequence[str] | None = None) -> np.ndarray:
+                 noise: str | Sequence[str] | None = None, atom: np.ndarray | None = None,
+                 element: np.ndarray | None = None) -> np.ndarray:
         """Half-widths (n,) of the calibrated central interval at coverage ``level``.
 
         With ``noise=None`` the interval is the coefficient part only and is not recalibrated (the
         recalibration is learned on total predictive errors of a quantity).
         """
-        _, std = self.predict_raw(a, noise)
+        _, std = self.predict_raw(a, noise, atom, element)
         quants = self._quantities(noise, std.shape[0])
         mult = {q: self.multiplier(level, q) for q in set(quants)}
         return std * np.array([mult[q] for q in quants])
 
-    def predict(self, a: np.ndarray, noise: str | Sequence[str] | None = None
+    def predict(self, a: np.ndarray, noise: str | Sequence[str] | None = None,
+                atom: np.ndarray | None = None, element: np.ndarray | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
         """Mean (n,) and calibrated 1-sigma (68.3%) half-width (n,) for unweighted rows ``a``.
 
@@ -332,9 +373,12 @@ class Posterior:
             a: (n, p) or (n, len(fit_columns)) unweighted descriptor rows, energy rows per atom.
             noise: None (coefficient uncertainty only), a noise class name for all rows, or one
                 name per row; adds that class's noise variance.
+            atom, element: optional (n,) atom ids and element indices of force rows (-1 elsewhere):
+                with a learned :attr:`atom_scale`, each force row's coefficient variance is scaled
+                by its atom's factor (:meth:`force_log_scale`).
         """
-        mean, _ = self.predict_raw(a, noise)
-        return mean, self.interval(a, ONE_SIGMA, noise)
+        mean, _ = self.predict_raw(a, noise, atom, element)
+        return mean, self.interval(a, ONE_SIGMA, noise, atom, element)
 
     # --------------------------------------------------------------- sampling
     def sample(self, n: int, seed: int | None = 0) -> np.ndarray:
@@ -368,7 +412,9 @@ class Posterior:
             "quantity_units": {"Energy": "eV/atom", "Force": "eV/Angstrom", "Stress": "bar"},
             "info": self.info,
             "model_error": (None if self.model_error is None
-                            else {"cov_scale": self.model_error["cov_scale"]}),
+                            else {"cov_scale": self.model_error["cov_scale"],
+                                  **({"atom_scale": self.model_error["atom_scale"].to_dict()}
+                                     if self.model_error.get("atom_scale") is not None else {})}),
             "ties": [list(t) for t in self.ties],
         }
 
@@ -422,6 +468,7 @@ class Posterior:
                                  "the file has no me_coef_var array", file=str(path))
             p = arrays["mean"].shape[0]
             model_error = {"cov_scale": header["model_error"].get("cov_scale", 1.0),
+                           "atom_scale": header["model_error"].get("atom_scale"),
                            "coef_var": arrays["me_coef_var"],
                            "factor": arrays.get("me_factor", np.zeros((p, 0)))}
         try:
@@ -494,7 +541,8 @@ def posterior_from_fit(mean: np.ndarray, cov: np.ndarray, elements: list[str], s
         coef_var[cols] = model_error["coef_var"]
         factor = np.zeros((p, np.asarray(model_error["factor"]).shape[1]))
         factor[cols] = model_error["factor"]
-        model_error = {"cov_scale": model_error["cov_scale"], "coef_var": coef_var, "factor": factor}
+        model_error = {"cov_scale": model_error["cov_scale"], "coef_var": coef_var, "factor": factor,
+                       "atom_scale": model_error.get("atom_scale")}
     ties = [(int(cols[j]), int(cols[i]), float(f)) for j, i, f in kwargs.pop("ties", None) or []]
     post = Posterior(full_mean, full_cov, elements, snap, model_error=model_error, ties=ties, **kwargs)
     post.mean = post.tied(post.mean)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,25 @@ def gather_rows(pt: Any, infile: str | None = None) -> Rows:
                          f"(group {rows.groups[i]}); fix or remove the data", file=infile,
                          section="PATH", key="dataPath")
     return rows
+
+
+def with_atom_labels(rows: Rows, d: Any) -> Rows:
+    """``rows`` with the atom index and element of each force row (:attr:`Rows.atom`,
+    :attr:`Rows.element`) from FitSNAP's ``Atom_I`` and ``Atom_Type`` (LAMMPS types 1..ntypes, in the
+    ``[BISPECTRUM] type`` order), when FitSNAP recorded them for every row; else ``rows`` unchanged
+    (no per-atom force scale is then learned)."""
+    try:
+        atom = np.asarray(d["Atom_I"], dtype=np.int64)
+        atype = np.asarray(d["Atom_Type"], dtype=np.int64)
+    except (KeyError, TypeError, ValueError):
+        return rows
+    n = rows.b.shape[0]
+    if atom.shape != (n,) or atype.shape != (n,):
+        return rows
+    force = rows.row_types.astype(str) == "Force"
+    if force.any() and atype[force].min() < 1:
+        return rows
+    return replace(rows, atom=np.where(force, atom, -1), element=np.where(force, atype - 1, -1))
 
 
 def snap_parameters(config: Any) -> tuple[list[str], dict[str, Any]]:
@@ -270,6 +290,8 @@ class BAYES(UQSolverMixin, Solver):
         def fit_on_rank_zero() -> None:
             self._check_output_free()
             rows = gather_rows(self.pt, self.infile)
+            if self.options["atom_scale"] == "yes":
+                rows = with_atom_labels(rows, self.pt.fitsnap_dict)
             # The training rows are selected by a mask, not copied (the fits read the rows in blocks).
             keep = None if trainall else ~rows.testing
             used = rows.w != 0 if keep is None else keep & (rows.w != 0)
@@ -297,7 +319,9 @@ class BAYES(UQSolverMixin, Solver):
                                                              keep=keep, on_fold=on_fold, **fit_opts)
                     noise_var = dict(pm.floor_var)
                     model_error = {"cov_scale": pm.cov_scale, "coef_var": pm.coef_var,
-                                   "factor": pm.factor}
+                                   "factor": pm.factor,
+                                   "atom_scale": (None if pm.atom_scale is None
+                                                  else pm.atom_scale.to_dict())}
                     if opts["recalibration"] == "quantile":
                         recal = recalibration_map(ratios)
                 elif opts["recalibration"] == "quantile":

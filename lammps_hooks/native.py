@@ -118,6 +118,10 @@ def write_plugin_posterior(posterior: LinearSnapModel | Posterior | str | os.Pat
                              section="BISPECTRUM", key=key)
     model = posterior if isinstance(posterior, LinearSnapModel) else \
         LinearSnapModel(posterior, source, nsamples, seed)
+    if model.posterior.atom_scale is not None:
+        raise InputError("the posterior has a per-atom force scale ([UQ] atom_scale = yes), which the "
+                         "native plugin does not apply yet: use the Python hook (fitsnap-uq md) or fit "
+                         "with atom_scale = no", file=source_file)
     mean, factor = model.mean, model.factor
     p, r = factor.shape
     lines = [*_header_lines(f"posterior for fix snap/uq ({model.source} spread)", model.elements,

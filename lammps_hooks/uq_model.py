@@ -181,11 +181,22 @@ class LinearSnapModel:
 
     def per_atom(self, b: np.ndarray, elements: np.ndarray, d: np.ndarray | None = None,
                  type_to_element: np.ndarray | None = None) -> AtomUncertainty:
-        """Energy std ``||x_i L||``, force std ``sqrt(trace(D_i Cov D_i^T))``; partial: the summed row."""
+        """Energy std ``||x_i L||``, force std ``sqrt(trace(D_i Cov D_i^T))`` (times the square root of
+        the atom's factor ``exp(theta . z_i)`` when the Posterior has a per-atom scale,
+        :meth:`~fitsnap_uq.posterior.Posterior.force_log_scale`); partial: the summed row."""
         rows = self.rows(b, elements)
         fstd = None
         if d is not None:
-            fstd = force_std(force_rows(d, type_to_element, len(self.elements), self.block_size), self.spread)
+            frows = force_rows(d, type_to_element, len(self.elements), self.block_size)
+            fstd = force_std(frows, self.spread)
+            if self.posterior.atom_scale is not None and frows.shape[0]:
+                # the per-atom factor of the force variance (Posterior.force_log_scale), from the
+                # atom's three force rows and its element
+                n, p = frows.shape[0], frows.shape[2]
+                log_scale = self.posterior.force_log_scale(
+                    frows.reshape(3 * n, p), np.repeat(np.arange(n), 3),
+                    np.repeat(np.asarray(elements, dtype=int), 3))[::3]
+                fstd = fstd * np.exp(0.5 * np.clip(log_scale, -50.0, 50.0))
         partial = rows.sum(axis=0) if rows.shape[0] else np.zeros(rows.shape[1])
         return AtomUncertainty(estd=self.spread.std(rows), fstd=fstd, partial=partial)
 

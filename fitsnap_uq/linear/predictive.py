@@ -37,11 +37,12 @@ test machine while another job ran).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
+from fitsnap_uq.linear.atomscale import AtomScale, atom_sums
 from fitsnap_uq.linear.threads import limited
 from fitsnap_uq.linear.varfit import newton_variances
 
@@ -69,6 +70,8 @@ class PredictiveModel:
         nll: mean negative log-likelihood per scored row at the optimum.
         n_rows: {quantity: rows it was fitted on}.
         converged, message: the optimizer's report.
+        atom_scale: optional per-atom scale of the force rows' coefficient part
+            (:mod:`fitsnap_uq.linear.atomscale`); None: no scale.
     """
 
     cov_scale: float
@@ -79,12 +82,46 @@ class PredictiveModel:
     n_rows: dict[str, int]
     converged: bool
     message: str
+    atom_scale: AtomScale | None = field(default=None)
 
-    def variance(self, a: np.ndarray, post_var: np.ndarray, row_types: np.ndarray) -> np.ndarray:
-        """(n,) predictive variance of rows ``a`` (n, m) whose fit variance is ``post_var`` (n,)."""
-        floor = np.array([self.floor_var.get(str(q), 0.0) for q in row_types])
+    def model_error_var(self, a: np.ndarray) -> np.ndarray:
+        """(n,) ``a^T M a``, the model-error variance of rows ``a`` (n, m)."""
         low = np.sum((a @ self.factor) ** 2, axis=1) if self.factor.size else 0.0
-        return self.cov_scale * post_var + (a**2) @ self.coef_var + low + floor
+        return (a**2) @ self.coef_var + low
+
+    def variance(self, a: np.ndarray, post_var: np.ndarray, row_types: np.ndarray,
+                 log_scale: np.ndarray | None = None) -> np.ndarray:
+        """(n,) predictive variance of rows ``a`` (n, m) whose fit variance is ``post_var`` (n,);
+        ``log_scale`` (n,): optional log of a factor on each row's coefficient part
+        (:meth:`atom_log_scale`)."""
+        floor = np.array([self.floor_var.get(str(q), 0.0) for q in row_types])
+        coef = self.cov_scale * post_var + self.model_error_var(a)
+        if log_scale is not None:
+            coef = coef * np.exp(np.clip(log_scale, -50.0, 50.0))
+        return coef + floor
+
+    def atom_log_scale(self, a: np.ndarray, post_var: np.ndarray, atom: np.ndarray,
+                       element: np.ndarray) -> np.ndarray:
+        """(n,) log of the per-atom scale of each row (0 on rows with ``atom < 0`` or without an
+        :attr:`atom_scale`).
+
+        Args:
+            a: (n, m) rows; every force row of an atom that has any must be among them (the features
+                sum over the atom's three rows).
+            post_var: (n,) ``a^T S a`` of the full fit.
+            atom: (n,) atom id per row (unique across configurations), -1 on non-force rows.
+            element: (n,) element index of the row's atom.
+        """
+        out = np.zeros(np.shape(a)[0])
+        atom = np.asarray(atom)
+        sel = atom >= 0
+        if self.atom_scale is None or not sel.any():
+            return out
+        a_f = np.asarray(a)[sel]
+        feats = atom_sums(self.model_error_var(a_f), np.asarray(post_var)[sel],
+                              np.einsum("ij,ij->i", a_f, a_f), atom[sel])
+        out[sel] = self.atom_scale.log_scale(feats, np.asarray(element)[sel])
+        return out
 
     @property
     def floor_std(self) -> dict[str, float]:

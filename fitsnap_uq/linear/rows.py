@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from fitsnap_uq.linear import noise as noise_model
+from fitsnap_uq.linear.atomscale import atom_sums, fit_atom_scale
 from fitsnap_uq.linear.bayes import (
     BayesResult,
     ClassStats,
@@ -52,6 +53,11 @@ class Rows:
         w: (n,) FitSNAP weights.
         testing: (n,) bool, row of a testing configuration.
         groups, row_types, configs: (n,) group name, ``Energy``/``Force``/``Stress``, config file.
+        atom: optional (n,) int, index within its configuration of the atom a force row belongs to
+            (FitSNAP's force rows run atom by atom, x/y/z), -1 on other rows.
+        element: optional (n,) int, element index of that atom (the potential's element order), -1
+            on other rows. With both, :func:`fit_with_model_error` learns a per-atom force scale
+            (:mod:`fitsnap_uq.linear.atomscale`).
     """
 
     a: np.ndarray
@@ -61,6 +67,8 @@ class Rows:
     groups: np.ndarray
     row_types: np.ndarray
     configs: np.ndarray
+    atom: np.ndarray | None = None
+    element: np.ndarray | None = None
 
     def subset(self, keep: np.ndarray) -> Rows:
         """The rows where ``keep`` (bool mask or indices) selects; ``self`` (no copy) when a mask keeps
@@ -69,7 +77,18 @@ class Rows:
         if keep.dtype == bool and keep.shape == self.b.shape and keep.all():
             return self
         return Rows(self.a[keep], self.b[keep], self.w[keep], self.testing[keep], self.groups[keep],
-                    self.row_types[keep], self.configs[keep])
+                    self.row_types[keep], self.configs[keep],
+                    None if self.atom is None else self.atom[keep],
+                    None if self.element is None else self.element[keep])
+
+    def atom_ids(self) -> np.ndarray:
+        """(n,) an integer id per atom of the force rows (same on its rows), -1 elsewhere; needs
+        :attr:`atom`."""
+        if self.atom is None:
+            raise ValueError("rows carry no atom index")
+        _, code = noise_model.pair_codes(self.groups, self.configs)
+        atom = np.asarray(self.atom, dtype=np.int64)
+        return np.where(atom >= 0, code.astype(np.int64) * (int(atom.max()) + 2) + atom, -1)
 
     def training(self) -> Rows:
         """The rows of training configurations."""
@@ -410,6 +429,7 @@ def fit_with_model_error(rows: Rows, folds: int = 5, seed: int = 0, noise_classe
     t = types[cv.index]
     if basis == "coefficients":
         model = fit_predictive(a, cv.resid, cv.post_var, t, rank=rank, seed=seed)
+        var = model.variance(a, cv.post_var, t)
     else:
         # (m, m) orthonormal principal axes of S over the active columns; the columns the fit leaves
         # out (all-zero descriptors) keep their own unit axes, so they get no model error.
@@ -422,12 +442,49 @@ def fit_with_model_error(rows: Rows, folds: int = 5, seed: int = 0, noise_classe
         factor = np.hstack([axes * np.sqrt(rotated.coef_var), axes @ rotated.factor])
         model = replace(rotated, coef_var=np.zeros(a.shape[1]), factor=factor)
         # variance(a_rot) under the rotated model equals variance(a) under the coefficient-axes one
-        std = np.sqrt(rotated.variance(a, cv.post_var, t))
-        ratios = {q: np.abs(cv.resid[t == q]) / std[t == q] for q in np.unique(t)}
-        return full, model, ratios
-    std = np.sqrt(model.variance(a, cv.post_var, t))
+        var = rotated.variance(a, cv.post_var, t)
+    if rows.atom is not None and rows.element is not None and np.any(t == "Force"):
+        model, var = _with_atom_scale(rows, fs.design.use, full, model, cv, t, var, folds, seed)
+    std = np.sqrt(var)
     ratios = {q: np.abs(cv.resid[t == q]) / std[t == q] for q in np.unique(t)}
     return full, model, ratios
+
+
+ATOM_BLOCK = 20000
+"""Force rows per block when the per-atom features of every training atom are computed."""
+
+
+def _with_atom_scale(rows: Rows, use: np.ndarray, full: RowsFit, model: PredictiveModel,
+                     cv: CrossValidated, types: np.ndarray, var: np.ndarray, folds: int, seed: int
+                     ) -> tuple[PredictiveModel, np.ndarray]:
+    """Learn the per-atom force scale (:mod:`fitsnap_uq.linear.atomscale`) on the cross-validated
+    force rows; returns the model with it and the scored rows' variances (n,) under it.
+
+    The features of an atom sum over its three force rows (all of them, scored or not), with the
+    full fit's ``S`` and the learned model error, as a prediction computes them."""
+    atom = rows.atom_ids()
+    idx = np.flatnonzero(use & (atom >= 0))
+    me, fitvar, norm2 = np.empty(idx.size), np.empty(idx.size), np.empty(idx.size)
+    for s in range(0, idx.size, ATOM_BLOCK):
+        blk = rows.a[idx[s:s + ATOM_BLOCK]]
+        me[s:s + ATOM_BLOCK] = model.model_error_var(blk)
+        fitvar[s:s + ATOM_BLOCK] = row_variance(blk, full.result.cov)
+        norm2[s:s + ATOM_BLOCK] = np.einsum("ij,ij->i", blk, blk)
+    feats_all = atom_sums(me, fitvar, norm2, atom[idx])
+    pos = np.full(rows.b.shape[0], -1)
+    pos[idx] = np.arange(idx.size)
+    scored = (types == "Force") & (pos[cv.index] >= 0)
+    held = cv.index[scored]
+    floor = float(model.floor_var.get("Force", 0.0))
+    base = np.maximum(var[scored] - floor, 0.0)
+    _, config = noise_model.pair_codes(rows.groups, rows.configs)
+    element = np.asarray(rows.element, dtype=int)
+    scale = fit_atom_scale(feats_all[pos[held]], element[held], base, cv.resid[scored], floor,
+                           int(element.max()) + 1, config[held], folds=folds, seed=seed)
+    var = var.copy()
+    var[scored] = base * np.exp(np.clip(scale.log_scale(feats_all[pos[held]], element[held]),
+                                        -50.0, 50.0)) + scale.floor_var
+    return replace(model, atom_scale=scale, floor_var={**model.floor_var, "Force": scale.floor_var}), var
 
 
 @limited(_rows_cols)

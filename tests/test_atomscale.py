@@ -1,0 +1,137 @@
+"""The per-atom scale of the force variance (fitsnap_uq.linear.atomscale) and its use by
+fit_with_model_error on rows that carry atom and element labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fitsnap_uq.linear.atomscale import atom_sums, fit_atom_scale
+from fitsnap_uq.linear.rows import Rows, fit_with_model_error
+
+
+def test_atom_sums_sum_over_the_atoms_rows():
+    me = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    atom = np.array([7, 7, 7, 9, 9, 9])
+    f = atom_sums(me, 2 * me, me**2, atom)
+    np.testing.assert_allclose(f[:3, 0], 6.0)
+    np.testing.assert_allclose(f[3:, 1], 30.0)
+    np.testing.assert_allclose(f[3:, 2], 16 + 25 + 36)
+
+
+def test_recovers_an_element_scale_and_a_feature_slope():
+    """Residual variance base * exp(theta . z) + floor with known theta: the fit finds it."""
+    rng = np.random.default_rng(0)
+    n_atoms = 6000
+    element = np.repeat(rng.integers(0, 2, n_atoms), 3)
+    atom = np.repeat(np.arange(n_atoms), 3)
+    feats = np.repeat(rng.standard_normal((n_atoms, 3)), 3, axis=0)
+    sums = np.exp(feats)
+    base = np.exp(rng.standard_normal(3 * n_atoms))
+    true = np.where(element == 0, 0.7, -0.5) + 0.8 * feats[:, 0]
+    resid = rng.standard_normal(base.size) * np.sqrt(base * np.exp(true) + 0.01)
+    sc = fit_atom_scale(sums, element, base, resid, 0.01, 2, config=atom // 4)
+    z = (feats - sc.mu) / sc.sd
+    got = sc.log_scale(sums, element)
+    assert np.corrcoef(got, true)[0, 1] > 0.99
+    assert sc.theta[0] - sc.theta[1] == pytest.approx(1.2, abs=0.15)
+    assert np.std(z[:, 0]) == pytest.approx(1.0)
+    assert sc.lam in (1e-4, 1e-2, 1.0)
+
+
+def _rows(rng, n_conf=120, n_atoms=4, m=5, scale=(1.0, 9.0)):
+    """Toy rows: per configuration one energy row and 3 x n_atoms force rows; the true model error
+    on force rows is 9x larger for atoms of element 1."""
+    coef = rng.standard_normal(m)
+    recs = []  # (row, truth, type, config, atom, element)
+    for c in range(n_conf):
+        el = rng.integers(0, 2, n_atoms)
+        e_row = rng.standard_normal(m)
+        recs.append((e_row, e_row @ coef + 0.01 * rng.standard_normal(), "Energy", f"c{c}", -1, -1))
+        for j in range(n_atoms):
+            for _ in range(3):
+                row = rng.standard_normal(m)
+                noise = 0.05 * np.sqrt(scale[el[j]]) * np.linalg.norm(row)
+                recs.append((row, row @ coef + noise * rng.standard_normal(), "Force", f"c{c}", j, el[j]))
+    a, b, types, cfg, atom, elem = (list(x) for x in zip(*recs))
+    n = len(b)
+    return Rows(np.array(a), np.array(b), np.ones(n), np.zeros(n, bool), np.full(n, "g", dtype=object),
+                np.array(types, dtype=object), np.array(cfg, dtype=object), np.array(atom),
+                np.array(elem))
+
+
+def test_fit_with_model_error_learns_the_scale_and_predicts_with_it():
+    rows = _rows(np.random.default_rng(1))
+    full, model, ratios = fit_with_model_error(rows, folds=5, seed=0)
+    assert model.atom_scale is not None
+    # element 1's force variance is ~9x element 0's
+    assert model.atom_scale.theta[1] - model.atom_scale.theta[0] == pytest.approx(np.log(9.0), abs=0.6)
+    f = rows.row_types.astype(str) == "Force"
+    pv = np.zeros(rows.b.size)
+    ls = model.atom_log_scale(rows.a, pv, rows.atom_ids(), rows.element)
+    assert np.all(ls[~f] == 0.0)
+    var = model.variance(rows.a, pv, rows.row_types.astype(str), ls)
+    plain = model.variance(rows.a, pv, rows.row_types.astype(str))
+    assert np.all(var[~f] == plain[~f])
+    assert set(ratios) == {"Energy", "Force"}
+    # without labels: no scale
+    bare = Rows(rows.a, rows.b, rows.w, rows.testing, rows.groups, rows.row_types, rows.configs)
+    assert fit_with_model_error(bare, folds=5, seed=0)[1].atom_scale is None
+
+
+def test_posterior_predicts_what_the_model_gives_and_round_trips(tmp_path):
+    """Posterior.predict_raw with atom/element labels equals PredictiveModel.variance with the scale
+    (same S, model error, floor), and the scale survives save/load."""
+    from fitsnap_uq.posterior import Posterior
+
+    rows = _rows(np.random.default_rng(2), n_conf=60)
+    full, model, _ = fit_with_model_error(rows, folds=5, seed=0)
+    m = rows.a.shape[1]
+    post = Posterior(full.result.mean, full.result.cov, ["A", "B"][:1], {"bzeroflag": 0},
+                     noise_var=dict(model.floor_var),
+                     model_error={"cov_scale": model.cov_scale, "coef_var": model.coef_var,
+                                  "factor": model.factor, "atom_scale": model.atom_scale.to_dict()})
+    assert post.n_coefficients == m
+    types = rows.row_types.astype(str)
+    pv = np.einsum("ij,jk,ik->i", rows.a, full.result.cov, rows.a)
+    atom, elem = rows.atom_ids(), rows.element
+    want = model.variance(rows.a, pv, types, model.atom_log_scale(rows.a, pv, atom, elem))
+    _, std = post.predict_raw(rows.a, list(types), atom, elem)
+    np.testing.assert_allclose(std**2, want, rtol=1e-8)
+    back = Posterior.load(post.save(tmp_path / "p.npz"))
+    _, std2 = back.predict_raw(rows.a, list(types), atom, elem)
+    np.testing.assert_allclose(std2, std, rtol=1e-12)
+    _, plain = back.predict_raw(rows.a, list(types))
+    assert not np.allclose(plain, std)
+
+
+def test_hook_model_force_std_equals_posterior_predict_with_the_scale():
+    """LinearSnapModel.per_atom (the MD hook's numbers) gives each atom's force std as
+    sqrt(sum over x/y/z of Posterior.predict_raw's variance of its force rows), scale included."""
+    from fitsnap_uq.linear.atomscale import AtomScale
+    from fitsnap_uq.posterior import Posterior
+    from lammps_hooks.uq_math import force_rows
+    from lammps_hooks.uq_model import LinearSnapModel
+
+    rng = np.random.default_rng(5)
+    ncoeff, nel = 5, 2
+    p = nel * (ncoeff + 1)
+    g = rng.standard_normal((p, p))
+    scale = AtomScale(theta=np.array([0.3, -0.4, 0.5, -0.2, 0.1]), mu=np.zeros(3), sd=np.ones(3) * 3,
+                      nelem=nel, lam=0.01, floor_var=1e-4, eps=np.full(3, 1e-12))
+    post = Posterior(rng.standard_normal(p), 1e-3 * g @ g.T, ["W", "Be"],
+                     {"bzeroflag": 0, "twojmax": 2, "rcutfac": 4.0, "rfac0": 0.99, "radelem": [0.5, 0.4],
+                      "wj": [1.0, 0.9], "rmin0": 0.0, "quadraticflag": 0},
+                     model_error={"cov_scale": 2.0, "coef_var": rng.random(p) * 1e-3,
+                                  "factor": np.zeros((p, 0)), "atom_scale": scale.to_dict()})
+    model = LinearSnapModel(post, source="analytic")
+    n = 7
+    b = rng.standard_normal((n, ncoeff))
+    elements = rng.integers(0, nel, n)
+    t2e = np.array([0, 1])
+    d = rng.standard_normal((n, 2 * 3 * ncoeff))
+    got = model.per_atom(b, elements, d, t2e).fstd
+    rows = force_rows(d, t2e, nel, ncoeff + 1).reshape(3 * n, p)
+    _, std = post.predict_raw(rows, None, np.repeat(np.arange(n), 3), np.repeat(elements, 3))
+    np.testing.assert_allclose(got, np.sqrt((std**2).reshape(n, 3).sum(axis=1)), rtol=1e-10)
+    assert not np.allclose(got, np.sqrt((post.predict_raw(rows)[1] ** 2).reshape(n, 3).sum(axis=1)))
