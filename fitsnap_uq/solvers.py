@@ -416,14 +416,15 @@ class MODELERROR(UQSolverMixin, Solver):
                                      "in the posterior header")
             elements, snap = snap_parameters(self.config)
             info = {"solver": "MODELERROR", "report": report, "data_var_weighted": res.data_var,
+                    "tied_columns": len(res.ties),
                     "model_error_std": res.sigma.tolist(), "embed": res.embed.tolist(),
                     "options": {k: v for k, v in opts.items() if k.startswith("merr") or k == "seed"}}
             cov = res.total_cov
             self.posterior = posterior_from_fit(res.coef, 0.5 * (cov + cov.T), elements, snap,
                                                 noise_var=quantity_noise_var(res.data_var, train.row_types,
                                                                              train.w),
-                                                info=info)
-            self.fit = res.coef.copy()
+                                                info=info, ties=res.ties)
+            self.fit = self.posterior.mean[self.posterior.fit_columns].copy()  # tied coefficients spread
             self.cov = cov
             self.write_posterior(self.posterior)
             with progress.timed("fitsnap-uq MODELERROR: calibration report"):
@@ -480,8 +481,8 @@ class BAYESMCMC(UQSolverMixin, Solver):
                                 ("seed", "student_nu", "noise_classes", "prior")}}
             self.posterior = posterior_from_fit(mean, 0.5 * (cov + cov.T), elements, snap,
                                                 noise_var=noise_var, samples=drawn.theta[drawn.kept],
-                                                info=info)
-            self.fit = mean
+                                                info=info, ties=base.result.ties)
+            self.fit = self.posterior.mean[self.posterior.fit_columns].copy()  # tied coefficients spread
             self.cov = cov
             self.write_posterior(self.posterior)
             with progress.timed("fitsnap-uq BAYESMCMC: calibration report"):
