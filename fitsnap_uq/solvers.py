@@ -211,9 +211,12 @@ class UQSolverMixin:
         fitted = ~rows.testing & (rows.w != 0)
         if not ratio or not fitted.any():
             return ""
-        train = rows.subset(fitted)
-        aw, bw = train.weighted()
-        found = gross_outliers(aw, bw, train.groups, train.row_types, train.configs, ratio=ratio)
+        # One weighted copy of the fitted rows, scaled in place by the screen (peak: the rows + 1 copy).
+        aw = np.asarray(rows.a[fitted], dtype=float)
+        aw *= rows.w[fitted, None]
+        found = gross_outliers(aw, rows.w[fitted] * rows.b[fitted], rows.groups[fitted],
+                               rows.row_types[fitted], rows.configs[fitted], ratio=ratio, overwrite_a=True)
+        del aw
         for outlier in found:
             self.pt.single_print(f"fitsnap-uq {self.name}: WARNING gross outlier: {outlier.line()}")
         if not found:
