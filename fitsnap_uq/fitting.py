@@ -87,12 +87,6 @@ def validate_input(infile: str, keyword_replacements: Sequence[Sequence[str]] = 
                              section="SOLVER", key="solver")
     if "BISPECTRUM" in cfg:
         check_bispectrum(cfg["BISPECTRUM"], infile)
-        solver = cfg["SOLVER"].get("solver", "SVD").upper() if "SOLVER" in cfg else "SVD"
-        if solver in CHEMFLAG_REFUSED and cfg["BISPECTRUM"].getboolean("chemflag", fallback=False):
-            raise InputError(f"explicit multi-element SNAP (chemflag = 1) is not supported by solver "
-                             f"{solver}: its descriptors have columns that agree on every configuration, "
-                             f"which only BAYES ties (with {solver} the fit fails on them); use solver = "
-                             "BAYES", file=infile, section="BISPECTRUM", key="chemflag")
     scraper = cfg["SCRAPER"].get("scraper", "JSON").upper() if "SCRAPER" in cfg else None
     if scraper in FOLDER_SCRAPERS:
         needs = required_quantities(cfg, infile)
@@ -205,11 +199,6 @@ def _check_arrays(data: dict[str, Any], needs: Sequence[str]) -> None:
                              f"{natoms} atoms (len(AtomTypes))")
         if not np.all(np.isfinite(value)):
             raise ValueError(f"{key!r} holds a NaN or infinite number")
-
-
-CHEMFLAG_REFUSED = ("MODELERROR", "BAYESMCMC")
-"""Our solvers that refuse ``chemflag = 1`` (measured on two-element EMT data: MODELERROR stopped on
-a singular matrix, BAYESMCMC on a covariance that is not positive definite)."""
 
 
 def check_bispectrum(section: Any, infile: str) -> None:

@@ -231,9 +231,12 @@ class UQSolverMixin:
         fitted = ~rows.testing & (rows.w != 0)
         if not ratio or not fitted.any():
             return ""
-        train = rows.subset(fitted)
-        aw, bw = train.weighted()
-        found = gross_outliers(aw, bw, train.groups, train.row_types, train.configs, ratio=ratio)
+        # One weighted copy of the fitted rows, scaled in place by the screen (peak: the rows + 1 copy).
+        aw = np.asarray(rows.a[fitted], dtype=float)
+        aw *= rows.w[fitted, None]
+        found = gross_outliers(aw, rows.w[fitted] * rows.b[fitted], rows.groups[fitted],
+                               rows.row_types[fitted], rows.configs[fitted], ratio=ratio, overwrite_a=True)
+        del aw
         for outlier in found:
             self.pt.single_print(f"fitsnap-uq {self.name}: WARNING gross outlier: {outlier.line()}")
         if not found:
@@ -440,14 +443,15 @@ class MODELERROR(UQSolverMixin, Solver):
                                      "in the posterior header")
             elements, snap = snap_parameters(self.config)
             info = {"solver": "MODELERROR", "report": report, "data_var_weighted": res.data_var,
+                    "tied_columns": len(res.ties),
                     "model_error_std": res.sigma.tolist(), "embed": res.embed.tolist(),
                     "options": {k: v for k, v in opts.items() if k.startswith("merr") or k == "seed"}}
             cov = res.total_cov
             self.posterior = posterior_from_fit(res.coef, 0.5 * (cov + cov.T), elements, snap,
                                                 noise_var=quantity_noise_var(res.data_var, train.row_types,
                                                                              train.w),
-                                                info=info)
-            self.fit = res.coef.copy()
+                                                info=info, ties=res.ties)
+            self.fit = self.posterior.mean[self.posterior.fit_columns].copy()  # tied coefficients spread
             self.cov = cov
             self.write_posterior(self.posterior)
             with progress.timed("fitsnap-uq MODELERROR: calibration report"):
@@ -504,8 +508,8 @@ class BAYESMCMC(UQSolverMixin, Solver):
                                 ("seed", "student_nu", "noise_classes", "prior")}}
             self.posterior = posterior_from_fit(mean, 0.5 * (cov + cov.T), elements, snap,
                                                 noise_var=noise_var, samples=drawn.theta[drawn.kept],
-                                                info=info)
-            self.fit = mean
+                                                info=info, ties=base.result.ties)
+            self.fit = self.posterior.mean[self.posterior.fit_columns].copy()  # tied coefficients spread
             self.cov = cov
             self.write_posterior(self.posterior)
             with progress.timed("fitsnap-uq BAYESMCMC: calibration report"):

@@ -363,8 +363,6 @@ def test_unsupported_switchinnerflag_is_refused_with_one_message(fitted, tmp_pat
 @pytest.mark.parametrize("flags, solver, key", [
     ("chemflag = 1\nquadraticflag = 1", "BAYES", "quadraticflag"),  # FitSNAP has no quadratic chemflag
     ("chemflag = 1\ntwojmax = 4 2", "BAYES", "twojmax"),
-    ("chemflag = 1", "MODELERROR", "chemflag"),
-    ("chemflag = 1", "BAYESMCMC", "chemflag"),
 ])
 def test_fit_refuses_what_chemflag_does_not_support_in_one_line(tmp_path, flags, solver, key):
     make_alloy_dataset(tmp_path)
@@ -374,3 +372,25 @@ def test_fit_refuses_what_chemflag_does_not_support_in_one_line(tmp_path, flags,
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert f"file Cu.in, section [BISPECTRUM], key '{key}'" in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "Cu_pot.posterior.npz").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("solver, uq", [
+    ("MODELERROR", ""),
+    ("BAYESMCMC", "mcmc_walkers = 32\nmcmc_steps = 60\nmcmc_burn = 20\nmcmc_chains = 2\n"),
+])
+def test_modelerror_and_bayesmcmc_tie_the_duplicate_columns_as_bayes(tmp_path, solver, uq):
+    """chemflag = 1 with MODELERROR and BAYESMCMC through ``fitsnap-uq fit``: the 60 duplicate columns
+    are tied as BAYES ties them (header ``ties``), their coefficients spread over each pair, the
+    covariance finite and 0 on the tied columns, the written potential the posterior's mean."""
+    make_alloy_dataset(tmp_path)
+    path = cuag_input(tmp_path, FLAGS["chemflag"], extra=f"[UQ]\n{uq}" if uq else "")
+    path.write_text(path.read_text().replace("solver = BAYES", f"solver = {solver}"))
+    proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    post = posterior(tmp_path / "Cu_pot")
+    assert len(post.ties) == 60 and all(abs(abs(f) - 1.0) < 1e-9 for _, _, f in post.ties)
+    dup = [j for j, _, _ in post.ties]
+    assert np.all(np.isfinite(post.cov)) and np.all(post.cov[dup] == 0.0)
+    np.testing.assert_allclose(post.tied(post.mean), post.mean, rtol=1e-12)
+    np.testing.assert_allclose(read_snapcoeff(tmp_path / "Cu_pot.snapcoeff"), post.mean, rtol=1e-12)

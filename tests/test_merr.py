@@ -104,3 +104,23 @@ def test_multiplicative_is_the_same_optimum():
     mult = merr.fit_model_error(a, y, likelihood="iid", multiplicative=True)
     np.testing.assert_allclose(mult.coef, add.coef)
     assert "multiplicative" in mult.message
+
+
+@pytest.mark.parametrize("fix_mean", [True, False])
+def test_duplicate_columns_are_tied_to_the_same_fit(fix_mean):
+    """A column that is a multiple of an earlier one (chemflag's duplicates) is tied to it as in BAYES:
+    the fit of the rows with the duplicate equals the fit without it (the duplicate's mean, model
+    error and covariance 0, its share on the earlier column), and the tie is reported."""
+    rng = np.random.default_rng(3)
+    n, p = 400, 4
+    a = rng.normal(size=(n, p)) * [1.0, 2.0, 0.5, 1.5]
+    y = a @ rng.normal(size=p) + (a[:, 1] * 0.3 + 0.1) * rng.normal(size=n)
+    dup = np.column_stack([a, -2.0 * a[:, 1]])
+    ref = merr.fit_model_error(a, y, fix_mean=fix_mean)
+    got = merr.fit_model_error(dup, y, fix_mean=fix_mean)
+    assert got.ties == [(p, 1, pytest.approx(-2.0, rel=1e-12))] and ref.ties == []
+    assert got.coef[p] == 0.0 and got.sigma[p] == 0.0 and np.all(got.coef_cov[p] == 0.0)
+    np.testing.assert_allclose(got.coef[:p], ref.coef, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(got.sigma[:p], ref.sigma, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(got.coef_cov[:p, :p], ref.coef_cov, rtol=1e-6, atol=1e-12)
+    assert got.nll == pytest.approx(ref.nll, rel=1e-10)

@@ -89,8 +89,12 @@ def _deletion(aw_c: np.ndarray, r_c: np.ndarray, u: np.ndarray, gram: np.ndarray
 
 
 def gross_outliers(aw: np.ndarray, bw: np.ndarray, groups: np.ndarray, quantities: np.ndarray,
-                   configs: np.ndarray, ratio: float = 10.0, min_configs: int = 3) -> list[Outlier]:
+                   configs: np.ndarray, ratio: float = 10.0, min_configs: int = 3,
+                   overwrite_a: bool = False) -> list[Outlier]:
     """The configurations whose deleted-residual ratio (module docstring) exceeds ``ratio``.
+
+    BLAS threads: one (the per-configuration solves and conditions are small: with two threads on
+    two busy cores the W-Be screen's small LAPACK calls took minutes).
 
     Args:
         aw: (n, m) weighted descriptor rows ``w a`` of the fitted rows.
@@ -98,10 +102,21 @@ def gross_outliers(aw: np.ndarray, bw: np.ndarray, groups: np.ndarray, quantitie
         groups, quantities, configs: (n,) each row's group, quantity and configuration.
         ratio: threshold on the ratio (> 1; 10 by default).
         min_configs: groups with fewer configurations of a quantity are not screened (>= 2).
+        overwrite_a: ``aw`` (a float array) may be scaled in place (no copy of the rows).
 
     Returns:
         The outliers, largest ratio first.
     """
+    from fitsnap_uq.linear.threads import blas_threads
+
+    with blas_threads(1):
+        return _gross_outliers(aw, bw, groups, quantities, configs, ratio, min_configs, overwrite_a)
+
+
+def _gross_outliers(aw: np.ndarray, bw: np.ndarray, groups: np.ndarray, quantities: np.ndarray,
+                    configs: np.ndarray, ratio: float, min_configs: int, overwrite_a: bool
+                    ) -> list[Outlier]:
+    """:func:`gross_outliers` (same arguments) under the caller's BLAS thread limit."""
     if ratio <= 1.0:
         raise ValueError(f"ratio must be above 1, got {ratio}")
     if min_configs < 2:
@@ -110,7 +125,11 @@ def gross_outliers(aw: np.ndarray, bw: np.ndarray, groups: np.ndarray, quantitie
     bw = np.asarray(bw, dtype=float)
     groups, quantities, configs = (np.asarray(x).astype(str) for x in (groups, quantities, configs))
     norms = np.sqrt(np.einsum("ij,ij->j", aw, aw))
-    aw = aw / np.where(norms > 0, norms, 1.0)  # unit columns: G's diagonal is 1 (or 0)
+    inv = 1.0 / np.where(norms > 0, norms, 1.0)  # unit columns: G's diagonal is 1 (or 0)
+    if overwrite_a:
+        aw *= inv
+    else:
+        aw = aw * inv
     gram = aw.T @ aw
     gram[np.diag_indices_from(gram)] += 1e-10
     chol = np.linalg.cholesky(gram)
