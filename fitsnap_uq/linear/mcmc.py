@@ -106,7 +106,7 @@ def sample(log_prob: LogProb, x0: np.ndarray, chol: np.ndarray, nwalkers: int = 
     def logp_z(z: np.ndarray) -> np.ndarray:
         return log_prob(x0 + z @ chol.T)
 
-    kept = []
+    x = None  # (m, n, W, d) the kept draws, filled chain by chain (no stacked copies of the chains)
     acc = []
     tau = []
     for k in range(nchains):
@@ -128,11 +128,14 @@ def sample(log_prob: LogProb, x0: np.ndarray, chol: np.ndarray, nwalkers: int = 
             for _ in sampler.sample(z0, iterations=nsteps):
                 on_step()
         chain = sampler.get_chain(discard=burn, thin=thin)  # (n, W, d)
-        kept.append(chain)
         acc.append(float(np.mean(sampler.acceptance_fraction)))
         tau.append(emcee.autocorr.integrated_time(chain, quiet=True) * thin)
-    z = np.stack(kept)  # (m, n, W, d)
-    x = x0 + z @ chol.T
+        del sampler  # its backend holds every step of every walker
+        if x is None:
+            x = np.empty((nchains, *chain.shape))
+        np.matmul(chain, chol.T, out=x[k])
+        x[k] += x0
+        del chain
     m, n, w, _ = x.shape
     chains = x.reshape(m, n * w, d)  # walkers pooled in step order: halves are early/late steps
     rhat = split_rhat(chains)
