@@ -5,6 +5,7 @@ extxyz, and the user's own LAMMPS template running NPT at two pressures."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,9 @@ def test_project_and_start_errors(tmp_path):
     (tmp_path / "project" / "bad.in").write_text(text)
     with pytest.raises(InputError, match=r"section \[GROUPS\], key 'Missing': no JSON files"):
         read_project(tmp_path / "project" / "bad.in")
+    (tmp_path / "project" / "neg.in").write_text(PROJECT_INPUT.replace("rcutfac = 4.9", "rcutfac = -4.9"))
+    with pytest.raises(InputError, match=r"section \[BISPECTRUM\], key 'rcutfac': must be a positive"):
+        read_project(tmp_path / "project" / "neg.in")
     cfg = ALConfig.read(tmp_path / "al.toml")
     loop = Loop(cfg, tmp_path / "w", progress=False)
     assert loop.elements == ["Cu", "Au"]
@@ -180,11 +184,12 @@ def test_project_and_start_errors(tmp_path):
 
 @pytest.mark.slow  # ~10 s quiet, but it launches two Python processes and FitSNAP
 def test_a_failed_fit_ends_the_loop_with_its_message_and_exit_1(tmp_path):
-    """The user's FitSNAP input passes the loop's checks but FitSNAP refuses it: the loop stops with the
-    fit's error (no traceback of the loop) and keeps the folder for a rerun."""
+    """The user's project passes the loop's checks but the fit refuses its data (a training energy that
+    is NaN): the loop stops with the fit's error (no traceback of the loop) and keeps the folder for a
+    rerun."""
     make_user_folder(tmp_path)
-    text = (tmp_path / "project" / "cuau.in").read_text().replace("rcutfac = 4.9", "rcutfac = -4.9")
-    (tmp_path / "project" / "cuau.in").write_text(text)
+    bad = sorted((tmp_path / "project" / "JSON").rglob("*.json"))[0]
+    bad.write_text(re.sub(r'"Energy": *[-+0-9.eE]+', '"Energy": NaN', bad.read_text(), count=1))
     (tmp_path / "al.toml").write_text(CONFIG.replace('structures = ["extra.extxyz"]', "")
                                       .replace('test_files = ["mytest.extxyz"]', ""))
     proc = run_cli(["al", "al.toml", "--no-progress"], cwd=tmp_path)

@@ -70,6 +70,13 @@ def read_project(input_file: str | Path, where: str = "[start] fitsnap_input") -
     for key in ("twojmax", "rcutfac"):
         if key not in bispectrum:
             raise InputError("key missing", file=str(path), section="BISPECTRUM", key=key)
+    try:
+        rcutfac = float(bispectrum["rcutfac"])
+    except ValueError:
+        rcutfac = float("nan")
+    if not rcutfac > 0:  # FitSNAP takes a negative one and every descriptor is zero
+        raise InputError(f"must be a positive number, got '{bispectrum['rcutfac']}'", file=str(path),
+                         section="BISPECTRUM", key="rcutfac")
     if "dataPath" not in parser["PATH"]:
         raise InputError("key missing", file=str(path), section="PATH", key="dataPath")
     data_path = (path.parent / parser["PATH"]["dataPath"]).resolve()
