@@ -202,9 +202,9 @@ def _check_arrays(data: dict[str, Any], needs: Sequence[str]) -> None:
 
 
 def check_bispectrum(section: Any, infile: str) -> None:
-    """Per-element keys of [BISPECTRUM] must have one value per type, and explicit multi-element SNAP
-    (``chemflag``) takes one ``twojmax`` and no ``quadraticflag`` (FitSNAP fails obscurely or with a
-    traceback)."""
+    """Per-element keys of [BISPECTRUM] must have one value per type, ``rcutfac`` and ``radelem``
+    must be positive, and explicit multi-element SNAP (``chemflag``) takes one ``twojmax`` and no
+    ``quadraticflag`` (FitSNAP fails obscurely, with a traceback, or fits all-zero descriptors)."""
     try:
         ntypes = int(section.get("numTypes", "1"))
     except ValueError:
@@ -214,6 +214,15 @@ def check_bispectrum(section: Any, infile: str) -> None:
         if key in section and len(section[key].split()) != ntypes:
             raise InputError(f"{len(section[key].split())} value(s) for numTypes = {ntypes}: give one "
                              f"per element type", file=infile, section="BISPECTRUM", key=key)
+    for key in ("rcutfac", "radelem"):  # FitSNAP takes a negative one and every descriptor is zero
+        for value in section.get(key, "1").split():
+            try:
+                positive = float(value) > 0
+            except ValueError:
+                positive = False
+            if not positive:
+                raise InputError(f"must be a positive number, got '{value}'", file=infile,
+                                 section="BISPECTRUM", key=key)
     flags = {}
     for key in ("chemflag", "quadraticflag"):
         try:

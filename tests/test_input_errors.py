@@ -85,3 +85,16 @@ def test_per_element_keys_need_one_value_per_type(cu_run):
     with pytest.raises(InputError) as err:
         validate_input(str(path))
     assert err.value.section == "BISPECTRUM" and err.value.key in ("twojmax", "radelem", "wj", "type")
+
+
+@pytest.mark.parametrize("key, bad", [("rcutfac", "-4.7"), ("rcutfac", "abc"), ("radelem", "0")])
+def test_cutoff_and_radius_must_be_positive(cu_run, key, bad):
+    # FitSNAP fits a negative cutoff without a word: every descriptor is zero
+    path = write_cu_input(cu_run)
+    lines = [f"{key} = {bad}" if line.split("=")[0].strip() == key else line
+             for line in path.read_text().splitlines()]
+    assert any(line == f"{key} = {bad}" for line in lines)
+    path.write_text("\n".join(lines) + "\n")
+    proc = run_cli(["fit", "Cu.in"], cwd=cu_run)
+    assert proc.returncode == 2
+    assert "[BISPECTRUM]" in proc.stderr and f"'{key}'" in proc.stderr and "positive" in proc.stderr

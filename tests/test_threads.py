@@ -163,3 +163,57 @@ def test_waiting_ranks_sleep_between_tests(monkeypatch):
         parallel.sleeping_barrier(comm)
     assert parallel.rank_thread_budget(threads.available_cores() * 2) == 1
     assert parallel.rank_thread_budget(1) == threads.available_cores()
+
+
+def test_row_passes_spread_over_threads_give_the_one_thread_result(monkeypatch):
+    """The variance fit's passes (objective, gradient, Hessian, Gram) and the model-error curvature
+    spread their row blocks over the thread budget: the same numbers as one thread, to rounding."""
+    import threading
+
+    from fitsnap_uq.linear import merr, varfit
+
+    rng = np.random.default_rng(3)
+    n, m = 3000, 40
+    f = np.abs(rng.standard_normal((n, m)))
+    rt2 = rng.standard_normal(n) ** 2 * (f @ np.full(m, 0.1) + 0.2)
+    weight = rng.uniform(0.5, 1.5, n)
+    theta = np.full(m, 0.05)
+    cols = np.ones(m, dtype=bool)
+    cols[::5] = False
+
+    def block(rows):
+        return f[rows]
+
+    def passes():
+        colsq = np.zeros(m)
+        point = varfit._point(block, n, m, theta, 0.3, rt2, weight, 128, 1, cols, colsq)
+        gram = varfit.weighted_gram(block, n, m, weight, block_rows=128)
+        v = varfit.variances(block, n, theta, 0.3, block_rows=128)
+        rb = merr.RowBlocks(f, rt2)
+        tsc, prec = merr._fixed_mean_sums(rb, np.arange(m), v, True, 128)
+        return point, colsq, gram, v, tsc, prec
+
+    seen, chunks = set(), []
+    real = threads.map_row_chunks
+
+    def spy(fn, n_, block_rows, workers):
+        def wrapped(lo, hi):
+            seen.add(threading.get_ident())
+            chunks.append((lo, hi))
+            return fn(lo, hi)
+        return real(wrapped, n_, block_rows, workers)
+
+    monkeypatch.setattr(threads, "PARALLEL_MIN_FLOPS", float("inf"))
+    one = passes()
+    monkeypatch.setattr(threads, "PARALLEL_MIN_FLOPS", 0.0)
+    monkeypatch.setattr(threads, "_budget", 3)
+    monkeypatch.delenv(threads.ENV, raising=False)
+    monkeypatch.setattr(varfit, "map_row_chunks", spy)
+    three = passes()
+    # each pass in three chunks of whole blocks, on pool threads
+    assert len(chunks) == 3 * 3 and (0, 1024) in chunks and threading.get_ident() not in seen
+    assert one[0][0] == pytest.approx(three[0][0], rel=1e-12)
+    for a, b in zip(one[0][1:] + one[1:], three[0][1:] + three[1:]):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12)
+    chunks = threads.map_row_chunks(lambda lo, hi: (lo, hi), 1000, 128, 3)
+    assert chunks == [(0, 256), (256, 640), (640, 1000)]  # whole blocks of 128 rows

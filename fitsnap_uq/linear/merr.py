@@ -27,6 +27,7 @@ n x (p + q) Jacobian, is the exception). Each pass costs O(n p) (objective, grad
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -224,8 +225,9 @@ def _fixed_mean_pass(rb: RowBlocks, embed: np.ndarray, v: np.ndarray, precision:
     """The curvature scales of the variances ``sqrt(sum_i (a_ik^2 / v_i)^2)`` (q,) and, with
     ``precision``, ``A^T V^-1 A`` (p, p) at known variances ``v`` (n,): what :func:`_iid_pass` adds with
     ``extras``, without its objective and gradient (known from the variances' Newton fit), in one pass
-    of :data:`fitsnap_uq.linear.varfit.BLOCK` rows (cache-sized blocks) with one BLAS thread (300,000 x
-    500 rows on two busy cores: 4 s, 16 s with two threads)."""
+    of :data:`fitsnap_uq.linear.varfit.BLOCK` rows (cache-sized blocks) with one BLAS thread each
+    (300,000 x 500 rows on two busy cores: 4 s, 16 s with two BLAS threads), the blocks spread over
+    the thread budget as Python threads."""
     from fitsnap_uq.linear.threads import blas_threads
     from fitsnap_uq.linear.varfit import BLOCK as ROWS
 
@@ -235,18 +237,28 @@ def _fixed_mean_pass(rb: RowBlocks, embed: np.ndarray, v: np.ndarray, precision:
 
 def _fixed_mean_sums(rb: RowBlocks, embed: np.ndarray, v: np.ndarray, precision: bool, rows: int
                      ) -> tuple[np.ndarray, np.ndarray | None]:
-    """:func:`_fixed_mean_pass` in blocks of ``rows`` rows."""
+    """:func:`_fixed_mean_pass` in blocks of ``rows`` rows, spread over
+    :func:`~fitsnap_uq.linear.threads.pass_workers` threads (partial sums added in order)."""
+    from fitsnap_uq.linear.threads import map_row_chunks, pass_workers
 
     every = embed.size == rb.p and bool(np.all(embed == np.arange(rb.p)))
-    tsc = np.zeros(embed.size)
-    prec = np.zeros((rb.p, rb.p)) if precision else None
-    for s in range(0, rb.n, rows):
-        e = min(s + rows, rb.n)
-        sw = rb.rows(s, e) * (1.0 / np.sqrt(v[s:e]))[:, None]  # a_i / sqrt(v_i)
-        if prec is not None:
-            prec += sw.T @ sw
-        q2 = np.square(sw if every else sw[:, embed])  # a_ik^2 / v_i
-        tsc += np.einsum("ij,ij->j", q2, q2)
+
+    def chunk(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray | None]:
+        tsc = np.zeros(embed.size)
+        prec = np.zeros((rb.p, rb.p)) if precision else None
+        for s in range(lo, hi, rows):
+            e = min(s + rows, hi)
+            sw = rb.rows(s, e) * (1.0 / np.sqrt(v[s:e]))[:, None]  # a_i / sqrt(v_i)
+            if prec is not None:
+                prec += sw.T @ sw
+            q2 = np.square(sw if every else sw[:, embed])  # a_ik^2 / v_i
+            tsc += np.einsum("ij,ij->j", q2, q2)
+        return tsc, prec
+
+    flops = 2.0 * rb.n * (rb.p * rb.p if precision else embed.size)
+    parts = map_row_chunks(chunk, rb.n, rows, pass_workers(flops))
+    tsc = functools.reduce(np.add, [t for t, _ in parts])
+    prec = None if not precision else functools.reduce(np.add, [p for _, p in parts])
     return np.sqrt(tsc), (None if prec is None else 0.5 * (prec + prec.T))
 
 

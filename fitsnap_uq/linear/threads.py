@@ -16,6 +16,13 @@ other MPI ranks on the node) every call then waits for descheduled threads: one 
   computations use N threads, small ones still one), or ``none`` to leave BLAS's threads alone
   (the behaviour before the limits: every call uses OpenBLAS's default, all cores).
 
+Passes over row blocks whose products are small but many (the variance fits' Newton passes, the
+model-error curvature) run their blocks with ONE BLAS thread each, spread over the thread budget as
+Python threads (:func:`map_row_chunks`; numpy releases the GIL in its products): no OpenBLAS thread
+waits for a descheduled sibling on busy cores, and an idle machine still uses its cores. Those passes
+sum per-thread partial results in a fixed order; with another thread budget their sums may differ in
+the last bits.
+
 Limits change no result: the same LAPACK routines run on the same data (tested to 1e-10).
 """
 
@@ -27,6 +34,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 ENV = "FITSNAP_UQ_BLAS_THREADS"
@@ -35,12 +43,16 @@ ENV = "FITSNAP_UQ_BLAS_THREADS"
 PARALLEL_MIN_COLS = 256
 """Matrices with fewer columns than this are factored / multiplied with one BLAS thread."""
 
+PARALLEL_MIN_FLOPS = 2e8
+"""Passes over row blocks of fewer floating-point operations than this run in one thread."""
+
 _budget: int | None = None
 _state = threading.local()
 _controller: Any = None
 _controller_key = -1
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 def available_cores() -> int:
@@ -124,3 +136,26 @@ def limited(cols: Callable[..., int]) -> Callable[[F], F]:
         return inner  # type: ignore[return-value]
 
     return wrap
+
+
+def pass_workers(flops: float) -> int:
+    """Python threads for a pass over row blocks of about ``flops`` operations: the thread budget for a
+    large pass, one for a small pass or with ``FITSNAP_UQ_BLAS_THREADS=none``."""
+    n = budget()
+    return 1 if n is None or flops < PARALLEL_MIN_FLOPS else n
+
+
+def map_row_chunks(fn: Callable[[int, int], T], n: int, block_rows: int, workers: int) -> list[T]:
+    """``[fn(lo, hi), ...]`` over ``workers`` contiguous chunks of ``range(n)`` whose bounds are
+    multiples of ``block_rows`` (so each chunk holds whole blocks), on that many threads, in order.
+
+    ``fn`` should run its products with one BLAS thread (call this inside ``blas_threads(1)``: the
+    limit applies to every thread of the process)."""
+    blocks = -(-n // block_rows)
+    workers = max(1, min(workers, blocks))
+    edges = [min(n, (blocks * i // workers) * block_rows) for i in range(workers + 1)]
+    if workers == 1:
+        return [fn(0, n)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(fn, lo, hi) for lo, hi in zip(edges[:-1], edges[1:])]
+        return [f.result() for f in futures]

@@ -28,13 +28,14 @@ they saved.)
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import nnls
 
-from fitsnap_uq.linear.threads import blas_threads
+from fitsnap_uq.linear.threads import blas_threads, map_row_chunks, pass_workers
 
 BLOCK = 256
 """Rows of ``F`` per block: a block of 256 x 500 doubles (1 MB) stays in a core's L2 cache while its
@@ -69,9 +70,9 @@ class VarianceFit:
     grad: np.ndarray | None = None
 
 
-def _spans(n: int, block_rows: int, step: int):
-    """Slices of the rows ``0:n*step:step`` in blocks of ``block_rows``, and their positions."""
-    for s in range(0, n, block_rows):
+def _spans(n: int, block_rows: int, step: int, start: int = 0):
+    """Slices of the rows ``start*step:n*step:step`` in blocks of ``block_rows``, and their positions."""
+    for s in range(start, n, block_rows):
         e = min(s + block_rows, n)
         yield slice(s * step, e * step, step), s, e
 
@@ -80,8 +81,12 @@ def variances(block: Blocks, n: int, theta: np.ndarray, offset: float | np.ndarr
               block_rows: int = BLOCK, step: int = 1) -> np.ndarray:
     """(n,) ``F theta + offset`` (not clipped) over every ``step``-th row of ``F``."""
     v = np.empty(n)
-    for rows, s, e in _spans(n, block_rows, step):
-        v[s:e] = block(rows) @ theta
+
+    def chunk(lo: int, hi: int) -> None:
+        for rows, s, e in _spans(hi, block_rows, step, lo):
+            v[s:e] = block(rows) @ theta
+
+    map_row_chunks(chunk, n, block_rows, pass_workers(2.0 * n * theta.size))
     return v + offset
 
 
@@ -100,10 +105,16 @@ def _add_weighted_gram(h: np.ndarray, fb: np.ndarray, wb: np.ndarray) -> None:
 
 def weighted_gram(block: Blocks, n: int, m: int, wv: np.ndarray, block_rows: int = BLOCK,
                   step: int = 1) -> np.ndarray:
-    """(m, m) ``F^T diag(wv) F`` over every ``step``-th row of ``F``, one pass."""
-    h = np.zeros((m, m))
-    for rows, s, e in _spans(n, block_rows, step):
-        _add_weighted_gram(h, block(rows), wv[s:e])
+    """(m, m) ``F^T diag(wv) F`` over every ``step``-th row of ``F``, one pass (its blocks spread over
+    :func:`~fitsnap_uq.linear.threads.pass_workers` threads)."""
+
+    def chunk(lo: int, hi: int) -> np.ndarray:
+        h = np.zeros((m, m))
+        for rows, s, e in _spans(hi, block_rows, step, lo):
+            _add_weighted_gram(h, block(rows), wv[s:e])
+        return h
+
+    h = functools.reduce(np.add, map_row_chunks(chunk, n, block_rows, pass_workers(2.0 * n * m * m)))
     return 0.5 * (h + h.T)
 
 
@@ -111,26 +122,40 @@ def _point(block: Blocks, n: int, m: int, theta: np.ndarray, offset: float | np.
            weight: np.ndarray, block_rows: int, step: int, cols: np.ndarray, colsq: np.ndarray | None = None
            ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
     """The objective, the variances (n,), the gradient (m,) and the Hessian at ``theta``: one pass over
-    the blocks of ``F`` (the variances of a block, then its terms). The Hessian (m, m) is formed on
-    the columns ``cols`` ((m,) bool) only, zero elsewhere: parameters held at a bound need none.
-    ``colsq``: (m,) if given, ``sum_i w_i F_ij^2`` is added to it in the same pass."""
+    the blocks of ``F`` (the variances of a block, then its terms; the blocks spread over
+    :func:`~fitsnap_uq.linear.threads.pass_workers` threads, partial sums added in order). The Hessian
+    (m, m) is formed on the columns ``cols`` ((m,) bool) only, zero elsewhere: parameters held at a
+    bound need none. ``colsq``: (m,) if given, ``sum_i w_i F_ij^2`` is added to it in the same pass."""
     v = np.empty(n)
-    g = np.zeros(m)
     every = bool(cols.all())
-    hc = np.zeros((int(cols.sum()), int(cols.sum())))
+    k = int(cols.sum())
     off = np.broadcast_to(np.asarray(offset, dtype=float), (n,))
-    # A trial point of the line search may be far off (v ~ 0): its terms overflow, f is inf or nan
-    # and the point is rejected.
+
+    def chunk(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        g = np.zeros(m)
+        hc = np.zeros((k, k))
+        sq = None if colsq is None else np.zeros(m)
+        # A trial point of the line search may be far off (v ~ 0): its terms overflow, f is inf or
+        # nan and the point is rejected.
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore", under="ignore"):
+            for rows, s, e in _spans(hi, block_rows, step, lo):
+                fb = block(rows)
+                vb = np.maximum(fb @ theta + off[s:e], 1e-300)
+                v[s:e] = vb
+                wb, rb = weight[s:e], rt2[s:e]
+                g += (0.5 * wb * (1.0 / vb - rb / vb**2)) @ fb
+                if sq is not None:
+                    sq += wb @ (fb * fb)
+                _add_weighted_gram(hc, fb if every else fb[:, cols],
+                                   0.5 * wb * (2.0 * rb / vb**3 - 1.0 / vb**2))
+        return g, hc, sq
+
+    parts = map_row_chunks(chunk, n, block_rows, pass_workers(2.0 * n * (m + k * k)))
+    g = functools.reduce(np.add, [p[0] for p in parts])
+    hc = functools.reduce(np.add, [p[1] for p in parts])
+    if colsq is not None:
+        colsq += functools.reduce(np.add, [p[2] for p in parts])
     with np.errstate(divide="ignore", over="ignore", invalid="ignore", under="ignore"):
-        for rows, s, e in _spans(n, block_rows, step):
-            fb = block(rows)
-            vb = np.maximum(fb @ theta + off[s:e], 1e-300)
-            v[s:e] = vb
-            wb, rb = weight[s:e], rt2[s:e]
-            g += (0.5 * wb * (1.0 / vb - rb / vb**2)) @ fb
-            if colsq is not None:
-                colsq += wb @ (fb * fb)
-            _add_weighted_gram(hc, fb if every else fb[:, cols], 0.5 * wb * (2.0 * rb / vb**3 - 1.0 / vb**2))
         f = 0.5 * float(np.sum(weight * (np.log(v) + rt2 / v)))
     h = np.zeros((m, m))
     h[np.ix_(cols, cols)] = 0.5 * (hc + hc.T)
@@ -163,8 +188,10 @@ def newton_variances(block: Blocks, n: int, m: int, rt2: np.ndarray, weight: np.
     Returns:
         A :class:`VarianceFit`.
 
-    BLAS threads: one (the products of a cache-sized block are small: with two threads on two busy
-    cores a pass of 300,000 x 500 rows took 4-8 s of CPU, with one 0.2-0.4 s).
+    BLAS threads: one per block (the products of a cache-sized block are small: with two BLAS threads
+    on two busy cores a pass of 300,000 x 500 rows took 4-8 s of CPU, with one 0.2-0.4 s); the blocks
+    of a large pass are spread over the thread budget as Python threads
+    (:func:`~fitsnap_uq.linear.threads.map_row_chunks`).
     """
     with blas_threads(1):
         return _newton_variances(block, n, m, rt2, weight, theta, bounds, offset, max_iter, gtol,
