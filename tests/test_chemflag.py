@@ -228,8 +228,9 @@ def test_fix_snap_uq_under_mpirun_equals_posterior_predict(fitted, built_plugin,
 
 @pytest.mark.slow  # guards a landed feature; CI runs it (.ci/run), the default run stays < 5 min
 @pytest.mark.mpi
+@pytest.mark.parametrize("ranks", [0, 2], ids=["serial", "mpirun -np 2"])
 @pytest.mark.parametrize("descriptors", ["lammps", "native"])
-def test_md_under_mpirun_equals_posterior_predict(fitted, descriptors, request, tmp_path):
+def test_md_cli_equals_posterior_predict(fitted, descriptors, ranks, request, tmp_path):
     flag, stem = fitted
     env = None
     if descriptors == "native":
@@ -238,11 +239,11 @@ def test_md_under_mpirun_equals_posterior_predict(fitted, descriptors, request, 
     (tmp_path / "in.md").write_text(setup(stem) + "run 0\n" + DUMP.format(cols="d_uq_estd d_uq_fstd"))
     proc = run_cli(["md", "in.md", "--posterior", f"{stem}.posterior.npz", "--every", "1",
                     "--summary", "s.json", "--log", "none", "--descriptors", descriptors],
-                   cwd=tmp_path, mpi=2, extra_env=env)
+                   cwd=tmp_path, mpi=ranks, extra_env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = np.loadtxt(tmp_path / "peratom.txt", skiprows=9)
     pe = json.loads((tmp_path / "s.json").read_text())["last"]["pe_std"]
-    report(f"[{flag}] fitsnap-uq md ({descriptors} descriptors), mpirun -np 2",
+    report(f"[{flag}] fitsnap-uq md ({descriptors} descriptors), {'mpirun -np 2' if ranks else 'serial'}",
            (rows[:, 1], rows[:, 2], [pe]), (want[0], want[1], [want[2]]))
 
 
