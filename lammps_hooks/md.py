@@ -72,6 +72,8 @@ def run_md(script: str | Path, posterior: Posterior | str | Path | None, every: 
     from mpi4py import MPI
 
     comm = comm or MPI.COMM_WORLD
+    if noise and nnensemble is not None:
+        raise InputError("--noise adds a linear posterior's noise floors; a network ensemble has none")
     if nnensemble is None:
         post = posterior if isinstance(posterior, Posterior) else Posterior.load(posterior)
         script, commands, snap = snap_script(script, "the uncertainty hook")
@@ -85,8 +87,6 @@ def run_md(script: str | Path, posterior: Posterior | str | Path | None, every: 
         mliap = find_mliap_model(commands)
         known = mliap is not None and mliap.elements and "NULL" not in mliap.elements
         type_elements = mliap.elements if known else None
-    if noise and nnensemble is not None:
-        raise InputError("--noise adds a linear posterior's noise floors; a network ensemble has none")
     if flag_above is not None and flag_dir is None:
         raise InputError("--flag-above needs --flag-dir (where flagged frames go)")
     store = None

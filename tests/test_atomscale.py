@@ -202,3 +202,18 @@ def test_hook_model_with_noise_needs_the_floors():
     bare = Posterior(post.mean, post.cov, post.elements, post.snap, noise_var={"Force": 1e-3})
     with pytest.raises(InputError, match="no Energy noise std"):
         LinearSnapModel(bare, noise=True)
+
+
+def test_noise_is_for_a_linear_posterior():
+    """The hook's and fitsnap-uq md's noise option adds a Posterior's floors: refused for another
+    model (a network ensemble has none) instead of being ignored."""
+    from fitsnap_uq.errors import InputError
+    from lammps_hooks.md import run_md
+    from lammps_hooks.snap_uq import SnapUQHook
+    from lammps_hooks.uq_model import LinearSnapModel
+
+    model = LinearSnapModel(_scaled_two_element_posterior(PHI))
+    with pytest.raises(ValueError, match="noise=True adds a Posterior's noise floors"):
+        SnapUQHook(None, model, noise=True)
+    with pytest.raises(InputError, match="--noise adds a linear posterior's noise floors"):
+        run_md("in.md", None, nnensemble="ens.nnensemble.json", noise=True)
