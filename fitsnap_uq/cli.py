@@ -91,7 +91,7 @@ def _cmd_md(args: argparse.Namespace) -> int:
         flag_dir=args.flag_dir, flag_above=args.flag_above, halt_above=args.halt_above,
         measure=args.measure, max_flags=args.max_flags, min_distance=args.min_distance,
         source=args.source, comm=comm, log=args.log, descriptors=args.descriptors,
-        nnensemble=args.nnensemble), comm)
+        nnensemble=args.nnensemble, noise=args.noise), comm)
     if code:
         return code
     if comm is None or comm.Get_rank() == 0:
@@ -317,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="descriptor computes: the fitsnap-uq plugin's one-pass compute snap/uq/atom "
                          "(native; build it once with 'fitsnap-uq build-plugin'), LAMMPS' sna/atom + "
                          "snad/atom (lammps), or native when built (auto, the default)")
+    md.add_argument("--noise", action="store_true",
+                    help="add the posterior's noise floors (Energy, Force) to the stds, as "
+                         "Posterior.predict with noise (default: the coefficient part only)")
     md.add_argument("--log", default="log.lammps", help="LAMMPS log file (default log.lammps)")
     md.add_argument("--summary", help="write the hook's values (last, history) and the cost of its "
                                      "evaluations to this JSON file")

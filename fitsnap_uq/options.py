@@ -93,8 +93,8 @@ UQ_KEYS: dict[str, Key] = {
                       "BAYES predictive = model_error: yes to multiply each force's coefficient variance "
                       "by a per-atom factor exp(theta . z) of the atom's element and environment "
                       "(fitsnap_uq.linear.atomscale; learned from cross-validated force residuals). "
-                      "Posterior.predict (with atom ids and elements) and the Python MD hook apply it; "
-                      "the native plugin does not yet, so it is off by default.", ("yes", "no")),
+                      "Posterior.predict (with atom ids and elements), the Python MD hook and the "
+                      "native plugin (fix snap/uq) apply it.", ("yes", "no")),
     "prior": Key("isotropic", str,
                  "Prior on the coefficients: none (flat), isotropic (one precision) or ard (one "
                  "precision per coefficient, automatic relevance determination).",

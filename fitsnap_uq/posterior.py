@@ -164,31 +164,42 @@ class Posterior:
 
     def predictive_factor(self) -> np.ndarray:
         """(p, r) factor ``L`` with ``L L^T = predictive_cov``, r <= p, built without factorizing the
-        (possibly singular) predictive covariance itself: ``sqrt(c)`` times the Cholesky factor of
-        the live block of ``cov``, beside ``diag(sqrt(coef_var))`` and the model error's factor,
-        compressed to at most p columns by a QR decomposition (exact to rounding)."""
+        (possibly singular) predictive covariance itself: ``sqrt(c)`` times :meth:`fit_factor`
+        beside :meth:`model_error_factor`, compressed to at most p columns by a QR decomposition
+        (exact to rounding)."""
         if self._pred_factor is not None:
             return self._pred_factor
-        p = self.n_coefficients
-        live, chol = self._cov_cholesky()
-        base = np.zeros((p, chol.shape[1]))
-        base[live] = chol
+        base = self.fit_factor()
         self._pred_factor = base
         if self.model_error is None:
             return base
-        me = self.model_error
-        parts = [np.sqrt(me["cov_scale"]) * base, me["factor"]]
-        nz = np.flatnonzero(me["coef_var"] > 0)
-        if nz.size:
-            diag = np.zeros((p, nz.size))
-            diag[nz, np.arange(nz.size)] = np.sqrt(me["coef_var"][nz])
-            parts.append(diag)
-        factor = np.hstack(parts)
+        factor = np.hstack([np.sqrt(self.model_error["cov_scale"]) * base, self.model_error_factor()])
         factor = factor[:, np.any(factor != 0, axis=0)]
-        if factor.shape[1] > p:
+        if factor.shape[1] > self.n_coefficients:
             factor = np.linalg.qr(factor.T, mode="r").T  # L L^T = (Q R)^T (Q R) = R^T R
         self._pred_factor = factor
         return factor
+
+    def fit_factor(self) -> np.ndarray:
+        """(p, r) factor ``F`` with ``F F^T = cov`` (the fit's posterior covariance ``S``): the
+        Cholesky factor of its live block, zero rows for the coefficients held fixed."""
+        live, chol = self._cov_cholesky()
+        base = np.zeros((self.n_coefficients, chol.shape[1]))
+        base[live] = chol
+        return base
+
+    def model_error_factor(self) -> np.ndarray:
+        """(p, r) factor ``G`` with ``G G^T = M = diag(coef_var) + factor factor^T``, the model
+        error's covariance (r = 0 without a model error): the low-rank factor beside one column
+        ``sqrt(coef_var_k) e_k`` per coefficient with a nonzero variance."""
+        p = self.n_coefficients
+        if self.model_error is None:
+            return np.zeros((p, 0))
+        me = self.model_error
+        nz = np.flatnonzero(me["coef_var"] > 0)
+        diag = np.zeros((p, nz.size))
+        diag[nz, np.arange(nz.size)] = np.sqrt(me["coef_var"][nz])
+        return np.hstack([me["factor"], diag])
 
     def _cov_cholesky(self) -> tuple[np.ndarray, np.ndarray]:
         """The live coefficients of ``cov`` and the Cholesky factor of their block (cached)."""
@@ -292,9 +303,11 @@ class Posterior:
         """The per-atom scale of the force variance (:mod:`fitsnap_uq.linear.atomscale`), if learned."""
         return None if self.model_error is None else self.model_error.get("atom_scale")
 
-    def force_log_scale(self, a: np.ndarray, atom: np.ndarray, element: np.ndarray) -> np.ndarray:
-        """(n,) log of the per-atom factor on each row's coefficient variance (0 on rows with
-        ``atom < 0`` and without a learned :attr:`atom_scale`).
+    def force_log_scales(self, a: np.ndarray, atom: np.ndarray, element: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """``(theta . z_j, phi . z_j)``, each (n,): the logs of the per-atom factors on each row's
+        coefficient variance and on its noise floor (0 on rows with ``atom < 0`` and without a
+        learned :attr:`atom_scale`; see :mod:`fitsnap_uq.linear.atomscale`).
 
         Args:
             a: (n, p) or (n, len(fit_columns)) rows; all three force rows of every atom named in
@@ -304,36 +317,46 @@ class Posterior:
             element: (n,) element index (in :attr:`elements`) of each force row's atom.
         """
         full = self.to_layout(a)
-        out = np.zeros(full.shape[0])
+        coef, floor = np.zeros(full.shape[0]), np.zeros(full.shape[0])
         atom = np.asarray(atom)
         sel = atom >= 0
         scale = self.atom_scale
         if scale is None or not sel.any():
-            return out
+            return coef, floor
         me = self.model_error
         rows = full[sel]
+        # a^T M a and a^T S a (|a G|^2 and |a F|^2 with the factors of model_error_factor and
+        # fit_factor, as the plugin computes them; the diagonal part without forming its columns)
         me_var = (rows**2) @ me["coef_var"] + np.sum((rows @ me["factor"]) ** 2, axis=1)
         live, chol = self._cov_cholesky()
         fit_var = np.sum((rows[:, live] @ chol) ** 2, axis=1)
         feats = atom_sums(me_var, fit_var, np.einsum("ij,ij->i", rows, rows), atom[sel])
-        out[sel] = scale.log_scale(feats, np.asarray(element)[sel])
-        return out
+        coef[sel], floor[sel] = scale.log_scales(feats, np.asarray(element)[sel])
+        return coef, floor
+
+    def force_log_scale(self, a: np.ndarray, atom: np.ndarray, element: np.ndarray) -> np.ndarray:
+        """(n,) ``theta . z_j``, the log of the per-atom factor on each row's coefficient variance
+        (:meth:`force_log_scales`)."""
+        return self.force_log_scales(a, atom, element)[0]
 
     def predict_raw(self, a: np.ndarray, noise: str | Sequence[str] | None = None,
                     atom: np.ndarray | None = None, element: np.ndarray | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
         """Mean (n,) and uncalibrated Gaussian std (n,) for descriptor rows ``a``: the predictive
         covariance's part (:attr:`predictive_cov`, as ``||a L||^2`` with its factor
-        :meth:`predictive_factor`, the same numbers the MD hook and the plugin compute), times the
-        per-atom factor of force rows when ``atom`` and ``element`` are given
-        (:meth:`force_log_scale`), plus the noise variance of ``noise``."""
+        :meth:`predictive_factor`, the same numbers the MD hook and the plugin compute) plus the
+        noise variance of ``noise``; when ``atom`` and ``element`` are given and the Posterior has
+        an :attr:`atom_scale`, a force row's first part is multiplied by ``exp(theta . z_j)`` and its
+        noise variance by ``exp(phi . z_j)`` (:meth:`force_log_scales`)."""
         full = self.to_layout(a)
         mean = full @ self.mean
         var = np.sum((full @ self.predictive_factor()) ** 2, axis=1)
+        noise_var = self._noise_variance(noise, full.shape[0])
         if atom is not None and element is not None:
-            var = var * np.exp(np.clip(self.force_log_scale(full, atom, element), -50.0, 50.0))
-        var = var + self._noise_variance(noise, full.shape[0])
-        return mean, np.sqrt(var)
+            log_coef, log_floor = self.force_log_scales(full, atom, element)
+            var = var * np.exp(np.clip(log_coef, -50.0, 50.0))
+            noise_var = noise_var * np.exp(np.clip(log_floor, -50.0, 50.0))
+        return mean, np.sqrt(var + noise_var)
 
     def multiplier(self, level: float, quantity: str | None) -> float:
         """Half-width of the central interval at ``level`` coverage, in units of the raw sigma.
@@ -374,8 +397,8 @@ class Posterior:
             noise: None (coefficient uncertainty only), a noise class name for all rows, or one
                 name per row; adds that class's noise variance.
             atom, element: optional (n,) atom ids and element indices of force rows (-1 elsewhere):
-                with a learned :attr:`atom_scale`, each force row's coefficient variance is scaled
-                by its atom's factor (:meth:`force_log_scale`).
+                with a learned :attr:`atom_scale`, each force row's coefficient variance and its
+                noise variance are scaled by its atom's factors (:meth:`force_log_scales`).
         """
         mean, _ = self.predict_raw(a, noise, atom, element)
         return mean, self.interval(a, ONE_SIGMA, noise, atom, element)

@@ -211,7 +211,10 @@ class UQSolverMixin:
             compare_svd: also tabulate each group's RMSE beside FitSNAP SVD's (weighted least
                 squares on the training rows), for fits whose learned noise re-weights the mean.
         """
-        mean, sigma = posterior.predict_raw(rows.a, noise=list(names))
+        labels = {}
+        if posterior.atom_scale is not None and rows.atom is not None and rows.element is not None:
+            labels = {"atom": rows.atom_ids(), "element": rows.element}  # the per-atom force scale
+        mean, sigma = posterior.predict_raw(rows.a, noise=list(names), **labels)
         multiplier = posterior.multiplier if posterior.recalibration is not None else None
         extra = self.report_outliers(rows)
         if compare_svd:

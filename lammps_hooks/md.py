@@ -54,7 +54,7 @@ def run_md(script: str | Path, posterior: Posterior | str | Path | None, every: 
            halt_above: float | None = None, measure: str | None = None, max_flags: int | None = 100,
            min_distance: float = 1e-3, source: str = "auto", comm: Any = None,
            lmp: Any = None, log: str | None = "log.lammps", screen: bool = True,
-           descriptors: str = "auto", nnensemble: Any = None) -> MDResult:
+           descriptors: str = "auto", nnensemble: Any = None, noise: bool = False) -> MDResult:
     """Run ``script`` with a :class:`SnapUQHook` attached (see the module docstring).
 
     Args:
@@ -62,7 +62,8 @@ def run_md(script: str | Path, posterior: Posterior | str | Path | None, every: 
         posterior: a Posterior or its file (None with ``nnensemble``).
         nnensemble: instead, a FitSNAP network ensemble (:class:`~fitsnap_uq.nn.fitsnap_ensemble.NNEnsemble`
             or its ``.nnensemble.json``): an :class:`~lammps_hooks.nn_uq.NNEnsembleHook` (``source`` unused).
-        every, forces, measure, source, descriptors: as :class:`SnapUQHook`.
+        every, forces, measure, source, descriptors, noise: as :class:`SnapUQHook` (``noise``: a
+            Posterior only).
         flag_dir, flag_above, max_flags, min_distance: the query store (flagging off without both).
         halt_above: stop the run above this value of the measure.
         comm: mpi4py communicator for LAMMPS (default: COMM_WORLD).
@@ -71,6 +72,8 @@ def run_md(script: str | Path, posterior: Posterior | str | Path | None, every: 
     from mpi4py import MPI
 
     comm = comm or MPI.COMM_WORLD
+    if noise and nnensemble is not None:
+        raise InputError("--noise adds a linear posterior's noise floors; a network ensemble has none")
     if nnensemble is None:
         post = posterior if isinstance(posterior, Posterior) else Posterior.load(posterior)
         script, commands, snap = snap_script(script, "the uncertainty hook")
@@ -96,7 +99,8 @@ def run_md(script: str | Path, posterior: Posterior | str | Path | None, every: 
         if nnensemble is None:
             hook = SnapUQHook(lmp, post, every=every, forces=forces, source=source,
                               type_elements=type_elements, store=store, flag_above=flag_above,
-                              halt_above=halt_above, measure=measure, comm=comm, descriptors=descriptors)
+                              halt_above=halt_above, measure=measure, comm=comm, descriptors=descriptors,
+                              noise=noise)
         else:
             from lammps_hooks.nn_uq import NNEnsembleHook
 

@@ -12,9 +12,9 @@ in a folder of ``LAMMPS_PLUGIN_PATH``) and uses::
 :class:`~lammps_hooks.uq_model.LinearSnapModel` the hook wraps it in. The fix computes the same
 quantities as :class:`lammps_hooks.snap_uq.SnapUQHook`, from the same coefficient factor.
 
-Plugin posterior file (text, version 1; ``#`` starts a comment; whitespace-separated)::
+Plugin posterior file (text, version 2; ``#`` starts a comment; whitespace-separated)::
 
-    fitsnap-uq-plugin-posterior 1
+    fitsnap-uq-plugin-posterior 2
     elements NELEM E1 .. En          element names, in the order of the coefficient blocks
     block B                          coefficients per element block: constant + descriptors
     source analytic|samples          where the factor comes from (predictive factor or samples)
@@ -24,7 +24,19 @@ Plugin posterior file (text, version 1; ``#`` starts a comment; whitespace-separ
     wj W1 .. Wn
     mean P   v_1 .. v_P              (P,) posterior mean coefficients (snapcoeff layout)
     factor P R   L_11 .. L_PR        (P, R) row-major, Cov(theta) = L L^T
+    noise VE VF                      optional: the noise floors, Energy (eV/atom)^2, Force (eV/A)^2
+    atom_scale NELEM                 optional: the per-atom force scale (fitsnap_uq.linear.atomscale),
+    scale_theta K  t_1 .. t_K        then its weights (K = NELEM + 3: one-hot element, 3 features),
+    scale_phi K  f_1 .. f_K          the floor's weights,
+    scale_mu 3 ..  scale_sd 3 ..  scale_eps 3 ..   the features' standardization and floors,
+    scale_fitfactor P R1 ..          (P, R1) row-major, S = F F^T (the fit's covariance),
+    scale_mefactor P R2 ..           (P, R2) row-major, M = G G^T (the model error's covariance)
     end
+
+Version 1 files (no ``noise``, no ``atom_scale``) are still read by the plugin. With an atom scale,
+the plugin gives force component x of atom j the variance ``exp(theta . z_j) |D_jx L|^2`` (plus,
+with its keyword ``noise yes``, ``exp(phi . z_j) VF``), ``z_j`` from ``|D_jx G|^2``, ``|D_jx F|^2``
+and ``|D_jx|^2`` summed over x, y, z (as ``Posterior.predict_raw`` with ``atom=``/``element=``).
 
 A network ensemble (:func:`write_plugin_ensemble`; ``fitsnap-uq build-plugin --ensemble
 P.nnensemble.json --out P.nn.uq``) has the same header and SNAP keys, then instead of ``mean`` and
@@ -75,7 +87,7 @@ LAMMPS_HEADERS = ("lammps.h", "pointers.h", "lmptype.h", "fix.h", "compute.h", "
 TESTED_VERSIONS = ("22 Jul 2025",)
 """LAMMPS versions (``lmp->version``) whose C++ API the plugin sources are written for."""
 MAGIC = "fitsnap-uq-plugin-posterior"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
@@ -104,7 +116,8 @@ def write_plugin_posterior(posterior: LinearSnapModel | Posterior | str | os.Pat
 
     Returns the path written. The mean and the factor L (P, R) are the model's
     (:attr:`~lammps_hooks.uq_model.LinearSnapModel.mean`, ``factor``), the ones the hook uses, so
-    both give the same stds.
+    both give the same stds; the noise floors and the per-atom force scale (with its factors of
+    ``S`` and ``M``) are the Posterior's, where it has them.
     """
     if not isinstance(posterior, (Posterior, LinearSnapModel)):
         posterior = Posterior.load(posterior)
@@ -118,17 +131,26 @@ def write_plugin_posterior(posterior: LinearSnapModel | Posterior | str | os.Pat
                              section="BISPECTRUM", key=key)
     model = posterior if isinstance(posterior, LinearSnapModel) else \
         LinearSnapModel(posterior, source, nsamples, seed)
-    if model.posterior.atom_scale is not None:
-        raise InputError("the posterior has a per-atom force scale ([UQ] atom_scale = yes), which the "
-                         "native plugin does not apply yet: use the Python hook (fitsnap-uq md) or fit "
-                         "with atom_scale = no", file=source_file)
     mean, factor = model.mean, model.factor
-    p, r = factor.shape
+    p = factor.shape[0]
     lines = [*_header_lines(f"posterior for fix snap/uq ({model.source} spread)", model.elements,
                             model.block_size, model.source, snap),
-             f"mean {p}", *(_num(v) for v in mean),
-             f"factor {p} {r}", *(" ".join(_num(v) for v in row) for row in factor),
-             "end", ""]
+             f"mean {p}", *(_num(v) for v in mean), *_matrix_lines("factor", factor)]
+    post = model.posterior
+    if "Energy" in post.noise_var and "Force" in post.noise_var:
+        lines.append(f"noise {_num(post.noise_var['Energy'])} {_num(post.noise_var['Force'])}")
+    scale = post.atom_scale
+    if scale is not None:
+        if scale.nelem != len(model.elements):
+            raise InputError(f"the posterior's per-atom force scale has {scale.nelem} elements, the "
+                             f"potential {len(model.elements)}", file=source_file)
+        lines += [f"atom_scale {scale.nelem}",
+                  *(f"scale_{name} {len(v)} " + " ".join(_num(x) for x in v)
+                    for name, v in (("theta", scale.theta), ("phi", scale.phi), ("mu", scale.mu),
+                                    ("sd", scale.sd), ("eps", scale.eps))),
+                  *_matrix_lines("scale_fitfactor", post.fit_factor()),
+                  *_matrix_lines("scale_mefactor", post.model_error_factor())]
+    lines += ["end", ""]
     out = Path(path)
     atomic_write(out, "\n".join(lines))
     return out
@@ -136,6 +158,11 @@ def write_plugin_posterior(posterior: LinearSnapModel | Posterior | str | os.Pat
 
 def _num(x: float) -> str:
     return repr(float(x))
+
+
+def _matrix_lines(key: str, m: np.ndarray) -> list[str]:
+    """``key P R`` and the (P, R) matrix ``m`` row by row."""
+    return [f"{key} {m.shape[0]} {m.shape[1]}", *(" ".join(_num(v) for v in row) for row in m)]
 
 
 def _header_lines(what: str, elements: list[str], block: int, source: str, snap: dict[str, Any]

@@ -23,7 +23,9 @@ Gaussian posteriors are propagated analytically, sampled ones (MCMC, model error
 The covariance is the Posterior's :attr:`~fitsnap_uq.posterior.Posterior.predictive_cov`: the
 coefficients' uncertainty and, where the fit learned it, the model error of new configurations (the
 numbers ``Posterior.predict(rows)`` gives with ``noise=None``); the per-quantity floors of its noise
-model do not enter.
+model enter only with ``noise=True``. A per-atom force scale in the Posterior
+(:mod:`fitsnap_uq.linear.atomscale`) multiplies each atom's force variance as ``Posterior.predict``
+with ``atom=``/``element=`` does.
 On attach, the hook checks that the Posterior's mean coefficients and SNAP parameters reproduce the
 energy of the running ``snap`` pair style (to 1e-8 relative) and refuses otherwise.
 
@@ -91,6 +93,9 @@ class SnapUQHook:
             plugin must be loaded in ``lmp`` or built in :func:`lammps_hooks.native.default_outdir`),
             ``lammps`` (``compute sna/atom`` and ``compute snad/atom``), or ``auto`` (``native``
             when the plugin is there, else ``lammps``). Same numbers.
+        noise: with a Posterior, also the noise floors of its predictive model
+            (:class:`~lammps_hooks.uq_model.LinearSnapModel`; ``Posterior.predict_raw(rows, noise=Q)``
+            instead of ``noise=None``).
     """
 
     def __init__(self, lmp: Any, model: UQModel | Posterior, every: int = 10, forces: bool = True,
@@ -98,7 +103,7 @@ class SnapUQHook:
                  type_elements: Sequence[str] | None = None, prefix: str = "uq",
                  store: QueryStore | None = None, flag_above: float | None = None,
                  halt_above: float | None = None, measure: str | None = None, comm: Any = None,
-                 descriptors: str = "auto") -> None:
+                 descriptors: str = "auto", noise: bool = False) -> None:
         if descriptors not in ("auto", "native", "lammps"):
             raise ValueError(f"descriptors must be auto, native or lammps, not {descriptors!r}")
         self.descriptor_source = descriptors
@@ -107,7 +112,10 @@ class SnapUQHook:
             raise ValueError(f"every must be >= 1, got {every}")
         self.lmp = lmp
         if isinstance(model, Posterior):
-            model = LinearSnapModel(model, source, nsamples, seed)
+            model = LinearSnapModel(model, source, nsamples, seed, noise=noise)
+        elif noise:
+            raise ValueError("noise=True adds a Posterior's noise floors; pass the Posterior (or a "
+                             "LinearSnapModel made with noise=True)")
         self.model: UQModel = model
         self.every = int(every)
         self.forces = bool(forces) and bool(model.force_std)

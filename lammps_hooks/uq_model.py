@@ -39,6 +39,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from fitsnap_uq.errors import InputError
 from fitsnap_uq.posterior import Posterior
 from lammps_hooks.uq_math import CoefficientSpread, energy_rows, force_rows, force_std, spread_of
 
@@ -141,24 +142,37 @@ class LinearSnapModel:
     Args:
         posterior: the coefficients' posterior (its mean is the pair style's coefficients).
         source, nsamples, seed: as :func:`~lammps_hooks.uq_math.spread_of`.
+        noise: also add the Posterior's noise floors (``Energy`` (eV/atom)^2 to each atom's and to
+            the per-atom configuration energy's variance, ``Force`` (eV/A)^2 to each force
+            component's, scaled per atom with an atom scale): the numbers of
+            ``Posterior.predict_raw(rows, noise=...)``; default False, ``noise=None``'s.
 
     Attributes:
         posterior: the Posterior; spread: its :class:`~lammps_hooks.uq_math.CoefficientSpread`.
         mean: (p,) mean coefficients; factor: (p, r) with ``Cov(theta) = factor @ factor.T`` (what the
             native plugin's posterior file holds); block_size: coefficients per element block.
+        noise_var: ``(Energy, Force)`` floor variances added (zeros without ``noise``).
     """
 
     force_std = True
     checks_pair_style = True
 
     def __init__(self, posterior: Posterior, source: str = "auto", nsamples: int = 1000,
-                 seed: int = 0) -> None:
+                 seed: int = 0, noise: bool = False) -> None:
         self.posterior = posterior
         self.spread: CoefficientSpread = spread_of(posterior, source, nsamples, seed)
         self.elements: list[str] = list(posterior.elements)
         self.snap: dict[str, Any] = dict(posterior.snap)
         self.block_size = int(posterior.block_size)
         self.ncoeff = self.block_size - 1
+        self.noise = bool(noise)
+        self.noise_var = (0.0, 0.0)
+        if self.noise:
+            missing = [q for q in ("Energy", "Force") if q not in posterior.noise_var]
+            if missing:
+                raise InputError(f"the posterior has no {' and no '.join(missing)} noise std, so the "
+                                 "uncertainty with noise cannot be computed", file=posterior.path)
+            self.noise_var = (posterior.noise_var["Energy"], posterior.noise_var["Force"])
 
     @property
     def source(self) -> str:
@@ -181,27 +195,37 @@ class LinearSnapModel:
 
     def per_atom(self, b: np.ndarray, elements: np.ndarray, d: np.ndarray | None = None,
                  type_to_element: np.ndarray | None = None) -> AtomUncertainty:
-        """Energy std ``||x_i L||``, force std ``sqrt(trace(D_i Cov D_i^T))`` (times the square root of
-        the atom's factor ``exp(theta . z_i)`` when the Posterior has a per-atom scale,
-        :meth:`~fitsnap_uq.posterior.Posterior.force_log_scale`); partial: the summed row."""
+        """Energy std ``sqrt(|x_i L|^2 [+ sigma_E^2])``; force std
+        ``sqrt(exp(theta . z_i) trace(D_i Cov D_i^T) [+ 3 exp(phi . z_i) sigma_F^2])`` (the factors
+        are 1 without a per-atom scale in the Posterior,
+        :meth:`~fitsnap_uq.posterior.Posterior.force_log_scales`; the bracketed floors with
+        ``noise``); partial: the summed row."""
         rows = self.rows(b, elements)
+        noise_e, noise_f = self.noise_var
         fstd = None
         if d is not None:
             frows = force_rows(d, type_to_element, len(self.elements), self.block_size)
-            fstd = force_std(frows, self.spread)
+            coef = force_std(frows, self.spread) ** 2
+            floor = np.full(coef.shape, 3.0 * noise_f)
             if self.posterior.atom_scale is not None and frows.shape[0]:
-                # the per-atom factor of the force variance (Posterior.force_log_scale), from the
-                # atom's three force rows and its element
+                # the per-atom factors (Posterior.force_log_scales), from the atom's three force
+                # rows and its element
                 n, p = frows.shape[0], frows.shape[2]
-                log_scale = self.posterior.force_log_scale(
+                log_coef, log_floor = (x[::3] for x in self.posterior.force_log_scales(
                     frows.reshape(3 * n, p), np.repeat(np.arange(n), 3),
-                    np.repeat(np.asarray(elements, dtype=int), 3))[::3]
-                fstd = fstd * np.exp(0.5 * np.clip(log_scale, -50.0, 50.0))
+                    np.repeat(np.asarray(elements, dtype=int), 3)))
+                coef = coef * np.exp(np.clip(log_coef, -50.0, 50.0))
+                floor = floor * np.exp(np.clip(log_floor, -50.0, 50.0))
+            fstd = np.sqrt(coef + floor)
         partial = rows.sum(axis=0) if rows.shape[0] else np.zeros(rows.shape[1])
-        return AtomUncertainty(estd=self.spread.std(rows), fstd=fstd, partial=partial)
+        estd = np.sqrt(self.spread.std(rows) ** 2 + noise_e)
+        return AtomUncertainty(estd=estd, fstd=fstd, partial=partial)
 
     def total(self, partial: np.ndarray, natoms: int) -> TotalUncertainty:
-        """Std of ``(sum_i x_i) . theta``; fingerprint: the mean energy row."""
-        return TotalUncertainty(pe_std=float(self.spread.std(partial)),
+        """Std of ``(sum_i x_i) . theta`` (with ``noise``, plus ``natoms^2 sigma_E^2``: the
+        per-atom energy floor of the configuration, times its atoms); fingerprint: the mean energy
+        row."""
+        var = float(self.spread.std(partial)) ** 2 + natoms**2 * self.noise_var[0]
+        return TotalUncertainty(pe_std=float(np.sqrt(var)),
                                 energy=float(partial @ self.posterior.mean),
                                 fingerprint=partial / max(natoms, 1))

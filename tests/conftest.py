@@ -201,11 +201,15 @@ def built_plugin(tmp_path_factory) -> Path:
     return build_plugin(tmp_path_factory.mktemp("plugin"))
 
 
-def predicted_on(lmp, post) -> tuple[np.ndarray, np.ndarray, float]:
+def predicted_on(lmp, post, noise: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
     """Per-atom energy and force sigma (atom-id order; eV, eV/A) and the total-energy sigma (eV) of the
     configuration in ``lmp`` (box, atoms and snap pair style defined), from ``Posterior.predict`` on its
-    descriptor rows (LAMMPS' sna/atom and snad/atom, serial). With ``pair_style snap`` alone, checks first
-    that the rows reproduce its per-atom energies and forces, so the rows' layout is LAMMPS' (in
+    descriptor rows (LAMMPS' sna/atom and snad/atom, serial), each force row labelled with its atom and
+    element (the per-atom force scale, if the posterior has one). With ``noise``, the Energy and Force
+    floors are included and the sigma is ``predict_raw``'s (the Gaussian sigma the hook and the plugin
+    give; ``predict`` would also apply the stored recalibration), the total energy's ``N`` times that
+    of the configuration's per-atom energy row. With ``pair_style snap`` alone, checks first that the
+    rows reproduce its per-atom energies and forces, so the rows' layout is LAMMPS' (in
     ``hybrid/overlay`` the hook's check of the snap energy is what there is). Closes ``lmp``."""
     from lammps_hooks.snap_uq import SnapUQHook
     from lammps_hooks.uq_math import energy_rows, force_rows
@@ -222,15 +226,22 @@ def predicted_on(lmp, post) -> tuple[np.ndarray, np.ndarray, float]:
     snap_alone = lmp.extract_global("pair_style") == "snap"
     lmp.close()
     nelem = len(post.elements)
-    x = energy_rows(b, hook.type_to_element[types - 1], nelem, post.block_size)
+    elem = hook.type_to_element[types - 1]
+    x = energy_rows(b, elem, nelem, post.block_size)
     fr = force_rows(d, hook.type_to_element, nelem, post.block_size)
     if snap_alone:
         np.testing.assert_allclose(x @ post.mean, pe, rtol=1e-10)
         np.testing.assert_allclose(fr @ post.mean, f, rtol=0, atol=1e-10 * np.abs(f).max())
-    _, estd = post.predict(x)
-    _, fcomp = post.predict(fr.reshape(-1, post.n_coefficients))
+    labels = {"atom": np.repeat(np.arange(n), 3), "element": np.repeat(elem, 3)}
+    if noise:
+        _, estd = post.predict_raw(x, "Energy")
+        _, fcomp = post.predict_raw(fr.reshape(-1, post.n_coefficients), "Force", **labels)
+        pe_std = n * post.predict_raw(x.mean(axis=0)[None, :], "Energy")[1]
+    else:
+        _, estd = post.predict(x)
+        _, fcomp = post.predict(fr.reshape(-1, post.n_coefficients), **labels)
+        _, pe_std = post.predict(x.sum(axis=0)[None, :])
     fstd = np.sqrt(np.sum(fcomp.reshape(n, 3) ** 2, axis=1))
-    _, pe_std = post.predict(x.sum(axis=0)[None, :])
     order = np.argsort(ids)
     assert np.all(fstd > 1e-6) and np.ptp(fstd) > 0  # off the lattice: not round-off
     return estd[order], fstd[order], float(pe_std[0])

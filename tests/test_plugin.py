@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import HAS_CXX, SHARED_TA, run_cli
+from conftest import HAS_CXX, SHARED_TA, predicted_on, run_cli
 
+from fitsnap_uq.linear.atomscale import AtomScale
 from fitsnap_uq.posterior import Posterior
 from lammps_hooks.native import (
     LammpsVersionError,
@@ -107,7 +108,7 @@ def plugin_values(proc: subprocess.CompletedProcess, cwd: Path) -> tuple[np.ndar
 
 
 def hook_values(stem: Path, posterior: Posterior, every: int, steps: int, descriptors: str = "lammps",
-                plugin: Path | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+                plugin: Path | None = None, noise: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
     """The Python hook on the same run (in this process, serial); by default on LAMMPS' own
     descriptor computes (sna/atom, snad/atom), independent of the plugin's compute snap/uq/atom."""
     from fitsnap_uq.compat import import_lammps
@@ -116,7 +117,7 @@ def hook_values(stem: Path, posterior: Posterior, every: int, steps: int, descri
     if plugin is not None:
         lmp.command(f"plugin load {plugin}")
     lmp.commands_string(SETUP.format(stem=stem))
-    hook = SnapUQHook(lmp, posterior, every=every, descriptors=descriptors).attach()
+    hook = SnapUQHook(lmp, posterior, every=every, descriptors=descriptors, noise=noise).attach()
     assert hook.native == (descriptors == "native")
     lmp.command(f"run {steps}")
     n = lmp.get_natoms()
@@ -285,6 +286,81 @@ def test_samples_posterior_equals_hook(plugin, ta_stem, tmp_path):
     compare(plugin_values(proc, tmp_path), hook_values(ta_stem, sampled, 10, 10), "samples")
 
 
+def scaled_posterior(ta_stem: Path) -> Posterior:
+    """The Ta fit's posterior with a per-atom force scale set by hand: nonzero weights on the
+    intercept and every feature, for the coefficient part (theta) and for the floor (phi); floors of
+    (0.01 eV/atom)^2 and (0.2 eV/A)^2 (the fit's are small beside its coefficient part, where phi
+    would hardly show)."""
+    post = posterior_of(ta_stem)
+    assert post.model_error is not None
+    floors = {**post.noise_var, "Energy": 1e-4, "Force": 0.04}
+    scale = AtomScale(theta=np.array([0.4, 0.5, -0.3, 0.2]), mu=np.zeros(3), sd=np.full(3, 8.0),
+                      nelem=1, lam=0.01, floor_var=floors["Force"], eps=np.full(3, 1e-30),
+                      phi=np.array([-0.3, 0.25, 0.4, -0.15]))
+    me = {k: v for k, v in post.model_error.items() if k != "atom_scale"}
+    return Posterior(post.mean, post.cov, post.elements, post.snap, noise_var=floors,
+                     model_error={**me, "atom_scale": scale.to_dict()}, ties=post.ties)
+
+
+def predicted_here(stem: Path, post: Posterior, noise: bool) -> tuple[np.ndarray, np.ndarray, float]:
+    """:func:`conftest.predicted_on` on SETUP's configuration (step 0)."""
+    from fitsnap_uq.compat import import_lammps
+
+    lmp = import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none"])
+    lmp.commands_string(SETUP.format(stem=stem))
+    return predicted_on(lmp, post, noise=noise)
+
+
+@pytest.mark.parametrize("ranks", [0, pytest.param(2, marks=pytest.mark.mpi)], ids=["serial", "mpirun"])
+@pytest.mark.parametrize("noise", [False, True], ids=["coefficients", "noise"])
+def test_atom_scaled_posterior_equals_posterior_predict(plugin, ta_stem, tmp_path, ranks, noise):
+    """A per-atom force scale (theta, and phi on the floor with noise yes): the plugin's and the hook's
+    per-atom and per-configuration sigma equal Posterior.predict on the configuration's rows, each
+    force row labelled with its atom and element, to 1e-8."""
+    post = scaled_posterior(ta_stem)
+    uq = write_plugin_posterior(post.save(tmp_path / "scaled.posterior.npz"), tmp_path / "scaled.uq")
+    assert "\natom_scale 1\n" in uq.read_text() and "\nnoise " in uq.read_text()
+    estd, fstd, pe_std = predicted_here(ta_stem, post, noise)
+    script = (f"plugin load {plugin}\n" + SETUP.format(stem=ta_stem)
+              + f"fix uq all snap/uq 1 {uq} noise {'yes' if noise else 'no'}\nrun 0\n"
+              + "write_dump all custom peratom.txt id f_uq[1] f_uq[2] modify sort id format float %.17g\n"
+              + f'print "UQ {VALUES}"\n')
+    proc = run_lmp(script, tmp_path, ranks=ranks)
+    assert "per-atom force scale" in proc.stdout
+    pe, pf, pg = plugin_values(proc, tmp_path)
+    he, hf, hg = hook_values(ta_stem, post, every=1, steps=0, noise=noise)
+    for name, got, want in (("plugin estd", pe, estd), ("plugin fstd", pf, fstd),
+                            ("plugin pe_std", [pg["pe_std"]], [pe_std]),
+                            ("plugin fstd_max", [pg["fstd_max"]], [fstd.max()]),
+                            ("plugin fstd_mean", [pg["fstd_mean"]], [fstd.mean()]),
+                            ("hook estd", he, estd), ("hook fstd", hf, fstd),
+                            ("hook pe_std", [hg["pe_std"]], [pe_std])):
+        diff = np.abs(np.asarray(got) - want)
+        print(f"[Ta scaled, {'noise' if noise else 'coefficients'}, ranks {ranks or 1}] {name} vs "
+              f"Posterior.predict: max abs difference {diff.max():.2e}, max relative "
+              f"{np.max(diff / np.abs(want)):.2e}")
+        np.testing.assert_allclose(got, want, rtol=1e-8)
+    # the scale, and with noise the floor scaled by exp(phi . z), change the numbers well above 1e-8
+    _, plain, _ = predicted_here(ta_stem, posterior_of(ta_stem), noise=False)
+    assert np.min(np.abs(pf / plain - 1)) > 1e-3
+    if noise:
+        _, coefficients, _ = predicted_here(ta_stem, post, noise=False)
+        assert np.min(pf / coefficients - 1) > 1e-3
+
+
+def test_version_1_file_is_still_read(plugin, ta_stem, ta_uq, ta_hook, tmp_path):
+    old = tmp_path / "old.uq"
+    text = ta_uq.read_text().replace("fitsnap-uq-plugin-posterior 2", "fitsnap-uq-plugin-posterior 1")
+    old.write_text(re.sub(r"\nnoise [^\n]*\n", "\n", text))
+    script = (f"plugin load {plugin}\n" + SETUP.format(stem=ta_stem)
+              + PLUGIN_RUN.format(every=5, uq=old, steps=10, values=VALUES))
+    compare(plugin_values(run_lmp(script, tmp_path), tmp_path), ta_hook, "version 1 file")
+    proc = run_lmp(f"plugin load {plugin}\n" + SETUP.format(stem=ta_stem)
+                   + f"fix uq all snap/uq 5 {old} noise yes\n", tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and f"posterior file {old}: key 'noise'" in out, out[-1500:]
+
+
 def test_lammps_plugin_path_autoload(plugin, ta_stem, ta_uq, tmp_path):
     script = SETUP.format(stem=ta_stem) + PLUGIN_RUN.format(every=5, uq=ta_uq, steps=5,
                                                                       values=VALUES)
@@ -423,6 +499,11 @@ def test_posterior_file_of_another_element_is_refused(plugin, ta_stem, tmp_path)
      "'factor' has rank 1000000000"),
     (lambda t: re.sub(r"\nfactor (\d+) \d+\n", r"\nfactor \1 99999\n", t), "'factor' announces"),
     (lambda t: re.sub(r"\nmean \d+\n", "\nmean 999999999\n", t), "'mean' announces 999999999 values"),
+    (lambda t: t.replace("fitsnap-uq-plugin-posterior 2", "fitsnap-uq-plugin-posterior 3"),
+     "format version 3 is not 1 .. 2"),
+    (lambda t: t.replace("\nend\n", "\natom_scale 1\nscale_theta 4 0 0 0 0\nend\n"),
+     "'scale_theta' and 'scale_phi' need 4 values each"),
+    (lambda t: t.replace("\nend\n", "\nscale_phi 4 0 0 0 0\nend\n"), "need 'atom_scale NELEM'"),
 ])
 def test_bad_posterior_file_names_file_and_key(plugin, ta_stem, ta_uq, tmp_path, edit, message):
     bad = tmp_path / "bad.uq"

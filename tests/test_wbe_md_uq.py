@@ -1,7 +1,9 @@
 """Two elements at their real size: BAYES fits of the W-Be DFT data (predictive model of new
-configurations included), then the per-atom and per-configuration sigma of an MD configuration from
-the Python hook and from the native plugin, both under ``mpirun -np 2``, against
-``Posterior.predict`` on that configuration's descriptor rows (slow: a fit takes one to two minutes).
+configurations and per-atom force scale, ``[UQ] atom_scale = yes``, included), then the per-atom and
+per-configuration sigma of an MD configuration from the Python hook and from the native plugin, both
+under ``mpirun -np 2``, against ``Posterior.predict`` on that configuration's descriptor rows, each
+force row labelled with its atom and element, without and with the noise floors (slow: a fit takes one
+to two minutes).
 
 Three potentials: the published linear SNAP (2J = 8, all groups); explicit multi-element SNAP
 (``chemflag = 1``, ``bnormflag = 1``, 2J = 6: 240 coefficients per element) and quadratic SNAP
@@ -64,7 +66,7 @@ VARIANTS = {
 def wbe_input(text: str, variant: str) -> str:
     """The published W-Be input with solver BAYES; for a variant, its [BISPECTRUM] values and the
     subset of groups :data:`GROUPS`."""
-    text = text.replace("solver = SVD", "solver = BAYES")
+    text = text.replace("solver = SVD", "solver = BAYES") + "\n[UQ]\natom_scale = yes\n"
     values = dict(VARIANTS[variant])
     if not values:
         return text
@@ -105,36 +107,41 @@ def wbe_fit(request, tmp_path_factory) -> tuple[str, Path]:
     return request.param, dest / "WBe_pot"
 
 
-def predicted(stem: Path) -> tuple[np.ndarray, np.ndarray, float]:
+def predicted(stem: Path, noise: bool) -> tuple[np.ndarray, np.ndarray, float]:
     """Per-atom energy and force sigma and the total-energy sigma of the configuration, from
     ``Posterior.predict`` on its descriptor rows (:func:`conftest.predicted_on`)."""
     from fitsnap_uq.compat import import_lammps
 
     post = Posterior.load(f"{stem}.posterior.npz")
     assert post.model_error is not None and post.elements == ["W", "Be"]
+    assert post.atom_scale is not None and post.atom_scale.nelem == 2
     lmp = import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none"])
     lmp.commands_string(SETUP.format(stem=stem))
-    return predicted_on(lmp, post)
+    return predicted_on(lmp, post, noise=noise)
 
 
-def test_hook_and_plugin_equal_posterior_predict_under_mpirun(wbe_fit, built_plugin, tmp_path):
+@pytest.mark.parametrize("noise", [False, True], ids=["coefficients", "noise"])
+def test_hook_and_plugin_equal_posterior_predict_under_mpirun(wbe_fit, built_plugin, tmp_path, noise):
     variant, wbe_stem = wbe_fit
-    estd, fstd, pe_std = predicted(wbe_stem)
+    estd, fstd, pe_std = predicted(wbe_stem, noise)
     # The Python hook, fitsnap-uq md under mpirun -np 2.
     folder = tmp_path / "hook"
     folder.mkdir()
     (folder / "in.md").write_text(SETUP.format(stem=wbe_stem) + "run 0\n"
                                   + DUMP.format(cols="d_uq_estd d_uq_fstd"))
     proc = run_cli(["md", "in.md", "--posterior", f"{wbe_stem}.posterior.npz", "--every", "1",
-                    "--summary", "s.json", "--log", "none"], cwd=folder, mpi=2)
+                    "--summary", "s.json", "--log", "none", *(["--noise"] if noise else [])],
+                   cwd=folder, mpi=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     hook = np.loadtxt(folder / "peratom.txt", skiprows=9)
     # The native plugin, lmp -in under mpirun -np 2.
     uq = write_plugin_posterior(f"{wbe_stem}.posterior.npz", tmp_path / "WBe.uq")
+    assert "\natom_scale 2\n" in uq.read_text()
     folder = tmp_path / "plugin"
     folder.mkdir()
     script = (f"plugin load {built_plugin}\n" + SETUP.format(stem=wbe_stem)
-              + f"fix uq all snap/uq 1 {uq}\nrun 0\n" + DUMP.format(cols="f_uq[1] f_uq[2]")
+              + f"fix uq all snap/uq 1 {uq} noise {'yes' if noise else 'no'}\nrun 0\n"
+              + DUMP.format(cols="f_uq[1] f_uq[2]")
               + 'print "PESTD $(f_uq[1]:%.17g)"\n')
     run = run_lmp(script, folder, ranks=2)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
@@ -144,6 +151,7 @@ def test_hook_and_plugin_equal_posterior_predict_under_mpirun(wbe_fit, built_plu
     for name, got, want in (("hook estd", hook[:, 1], estd), ("hook fstd", hook[:, 2], fstd),
                             ("plugin estd", plugin[:, 1], estd), ("plugin fstd", plugin[:, 2], fstd),
                             ("hook pe_std", [hook_pe], [pe_std]), ("plugin pe_std", [plugin_pe], [pe_std])):
-        rel = np.max(np.abs(np.asarray(got) - want) / np.abs(want))
-        print(f"[W-Be {variant}] {name} vs Posterior.predict: max relative difference {rel:.2e}")
+        diff = np.abs(np.asarray(got) - want)
+        print(f"[W-Be {variant}, {'noise' if noise else 'coefficients'}] {name} vs Posterior.predict: "
+              f"max abs difference {diff.max():.2e}, max relative {np.max(diff / np.abs(want)):.2e}")
         np.testing.assert_allclose(got, want, rtol=RTOL)

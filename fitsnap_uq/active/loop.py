@@ -794,11 +794,14 @@ class Loop:
     # -------------------------------------------------------------- selection
     def describe(self, data_root: Path, groups: list[str], folder: Path) -> Any:
         """FitSNAP's descriptor rows (:class:`~fitsnap_uq.linear.rows.Rows`) of the JSON ``groups`` below
-        ``data_root``, with the loop's SNAP settings; FitSNAP runs in ``folder`` (in this process)."""
+        ``data_root``, with the loop's SNAP settings, force rows labelled with their atom and element
+        where FitSNAP records them (a posterior's per-atom force scale needs them); FitSNAP runs in
+        ``folder`` (in this process)."""
         import contextlib
         import io
 
         from fitsnap_uq.fitting import descriptor_rows
+        from fitsnap_uq.solvers import with_atom_labels
 
         folder.mkdir(parents=True, exist_ok=True)
         text = self.fitsnap_input(groups).replace(f"dataPath = {self.work / 'data' / 'JSON'}",
@@ -808,19 +811,20 @@ class Loop:
         os.chdir(folder)
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # FitSNAP's timing lines
-                rows, _ = descriptor_rows(str(folder / "describe.in"), comm=self._lammps_comm())
+                rows, snap = descriptor_rows(str(folder / "describe.in"), comm=self._lammps_comm())
         finally:
             os.chdir(old)
-        return rows
+        return rows if rows is None else with_atom_labels(rows, snap.pt.fitsnap_dict)
 
     def select_frames(self, k: int, posterior: Path, frames: list[Path]) -> list[Path]:
         """The frames of iteration k's MD to label, chosen by ``[select] strategy`` (best first).
 
         Every evaluated frame is a candidate if the calibrated ``level`` force interval of one of its
         atoms is wider than the atom's element's ``tolerance`` (half-width in eV/A: the posterior's
-        recalibrated interval of the force, noise included). The strategy chooses ``batch`` of them
-        on the posterior (force rows; energy rows only give the K-means fingerprints), optionally
-        weighted by QM cost (atoms^(3 cost_gamma)). Kept in ``iter<k>/select/chosen.json``.
+        recalibrated interval of the force, noise and per-atom force scale included). The strategy
+        chooses ``batch`` of them on the posterior (force rows; energy rows only give the K-means
+        fingerprints), optionally weighted by QM cost (atoms^(3 cost_gamma)). Kept in
+        ``iter<k>/select/chosen.json``.
         """
         import shutil
 
@@ -845,7 +849,10 @@ class Loop:
         configs = rows.configs.astype(str)
         force = types == "Force"
         half = np.zeros(len(types))
-        half[force] = post.interval(a[force], self.cfg.level, noise="Force")
+        labels = {}
+        if post.atom_scale is not None and rows.atom is not None and rows.element is not None:
+            labels = {"atom": rows.atom_ids()[force], "element": rows.element[force]}
+        half[force] = post.interval(a[force], self.cfg.level, noise="Force", **labels)
         order = sorted(names)
         widest: dict[str, float] = {}
         eligible = []

@@ -4,9 +4,10 @@ The predictive model (:mod:`fitsnap_uq.linear.predictive`) gives a force row ``a
 component of the force on atom j) the variance ``c a^T S a + a^T M a + sigma_F^2``. Its coefficient
 part follows the descriptors but is one covariance for every environment, and on held-out
 configurations it over-covers some kinds of atoms and under-covers others. This module multiplies the
-coefficient part by a per-atom factor that depends on the atom's own environment:
+coefficient part by a per-atom factor that depends on the atom's own environment, and (in general)
+the force floor by another:
 
-    var(a_jx) = (c a_jx^T S a_jx + a_jx^T M a_jx) * exp(theta . z_j) + sigma_F^2
+    var(a_jx) = exp(theta . z_j) * (c a_jx^T S a_jx + a_jx^T M a_jx) + exp(phi . z_j) * sigma_F^2
 
 with ``z_j`` = [one-hot element of atom j (its intercepts), standardized log features of the atom]:
 
@@ -20,7 +21,9 @@ the rows ``D_j`` (``compute snad/atom``) can evaluate it. ``theta`` maximizes th
 of the cross-validated force residuals (the rest of the model held fixed, the force floor
 ``sigma_F^2`` refitted with it) with a ridge penalty ``lam |theta_features|^2`` on the non-intercept
 part; ``lam`` is chosen among :data:`LAMBDAS` by K-fold cross-validation over configurations of that
-likelihood. Energies are not scaled.
+likelihood. ``phi`` (the floor's weights) is stored with ``theta`` and applied by
+``Posterior.predict``, the MD hook and the native plugin; :func:`fit_atom_scale` sets it to zero (the
+floor is then one constant, ``sigma_F^2``). Energies are not scaled.
 
 Units: variances in (eV/A)^2; the features are dimensionless after standardization. Pure numpy/scipy.
 """
@@ -44,7 +47,8 @@ FEATURES = ("log_me", "log_fitvar", "log_rownorm")
 
 @dataclass
 class AtomScale:
-    """Fitted per-atom scale ``exp(theta . z_j)`` of the force variance's coefficient part.
+    """Fitted per-atom scales of the force variance: ``exp(theta . z_j)`` of its coefficient part,
+    ``exp(phi . z_j)`` of its floor.
 
     Attributes:
         theta: (nelem + 3,) intercept per element, then the weights of the standardized features.
@@ -54,6 +58,8 @@ class AtomScale:
         eps: (3,) floors of the raw feature sums (:data:`REL_FLOOR` times their training medians).
         floor_var: ``sigma_F^2`` in (eV/A)^2, refitted with ``theta`` (added after the scale; it
             replaces the model's force floor).
+        phi: (nelem + 3,) weights of the floor's per-atom factor ``exp(phi . z_j)``, laid out as
+            ``theta``; None (the default) is zeros: a floor that is the same for every atom.
     """
 
     theta: np.ndarray
@@ -63,23 +69,39 @@ class AtomScale:
     lam: float
     floor_var: float
     eps: np.ndarray
+    phi: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.theta = np.asarray(self.theta, float).reshape(-1)
+        self.phi = (np.zeros_like(self.theta) if self.phi is None
+                    else np.asarray(self.phi, float).reshape(-1))
+        if self.theta.shape != (self.nelem + len(FEATURES),) or self.phi.shape != self.theta.shape:
+            raise ValueError(f"atom scale: theta and phi must have nelem + {len(FEATURES)} = "
+                             f"{self.nelem + len(FEATURES)} values, got {self.theta.size} and "
+                             f"{self.phi.size}")
+
+    def log_scales(self, sums: np.ndarray, element: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(theta . z, phi . z)``, each (n,), of atoms with raw feature sums ``sums`` (n, 3)
+        (:func:`atom_sums`) and element indices ``element`` (n,)."""
+        z = design(np.log(np.maximum(sums, self.eps)), element, self.mu, self.sd, self.nelem)
+        return z @ self.theta, z @ self.phi
 
     def log_scale(self, sums: np.ndarray, element: np.ndarray) -> np.ndarray:
-        """(n,) ``theta . z`` of atoms with raw feature sums ``sums`` (n, 3) (:func:`atom_sums`) and
-        element indices ``element`` (n,)."""
-        return design(np.log(np.maximum(sums, self.eps)), element, self.mu, self.sd,
-                      self.nelem) @ self.theta
+        """(n,) ``theta . z`` (the coefficient part's log factor); see :meth:`log_scales`."""
+        return self.log_scales(sums, element)[0]
 
     def to_dict(self) -> dict:
         return {"theta": self.theta.tolist(), "mu": self.mu.tolist(), "sd": self.sd.tolist(),
                 "nelem": self.nelem, "lam": self.lam, "floor_var": self.floor_var,
-                "eps": self.eps.tolist()}
+                "eps": self.eps.tolist(), "phi": self.phi.tolist()}
 
     @classmethod
     def from_dict(cls, d: dict) -> AtomScale:
+        """The inverse of :meth:`to_dict`; dicts written before ``phi`` existed get zeros."""
         return cls(np.asarray(d["theta"], float), np.asarray(d["mu"], float), np.asarray(d["sd"], float),
                    int(d["nelem"]), float(d["lam"]), float(d["floor_var"]),
-                   np.asarray(d.get("eps", [TINY] * 3), float))
+                   np.asarray(d.get("eps", [TINY] * 3), float),
+                   None if d.get("phi") is None else np.asarray(d["phi"], float))
 
 
 def atom_sums(me: np.ndarray, fitvar: np.ndarray, rownorm: np.ndarray, atom: np.ndarray
@@ -168,4 +190,5 @@ def fit_atom_scale(sums: np.ndarray, element: np.ndarray, base: np.ndarray, resi
         scores.append(s)
     lam = float(LAMBDAS[int(np.argmin(scores))])
     theta, floor = _fit_theta(z, base, r2, floor_var, lam, nelem)
-    return AtomScale(theta=theta, mu=mu, sd=sd, nelem=nelem, lam=lam, floor_var=floor, eps=eps)
+    return AtomScale(theta=theta, mu=mu, sd=sd, nelem=nelem, lam=lam, floor_var=floor, eps=eps,
+                     phi=np.zeros_like(theta))

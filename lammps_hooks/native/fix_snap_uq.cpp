@@ -17,10 +17,15 @@
        evaluations, seconds in the descriptors, seconds in the rest (the products with L, the
        reductions, the fingerprint, flagging)
      scalar f_ID: the value of the `measure` that `flag` and `halt` threshold.
+   With a per-atom force scale in the file (atom_scale), each force component's variance |D_ix L|^2
+   is multiplied by exp(theta . z_i) (fitsnap_uq/linear/atomscale.py; force_variance below); with
+   `noise yes` the file's noise floors are added: noise_energy to each x_i^T Cov x_i, N^2 noise_energy
+   to X^T Cov X, exp(phi . z_i) noise_force to each force component's variance (Posterior.predict_raw
+   with noise and atom labels). Energies are not scaled.
    This is the same computation, with the same factor L, as lammps_hooks/snap_uq.py (SnapUQHook),
    whose numbers are the reference (tests/test_plugin.py compares the two to 1e-10).
 
-   Keywords: forces yes|no, measure NAME, flag THRESHOLD FILE.xyz, halt THRESHOLD,
+   Keywords: forces yes|no, noise yes|no, measure NAME, flag THRESHOLD FILE.xyz, halt THRESHOLD,
              elements E1 .. Entypes, verify yes|no.
    The element of each atom type is the one the snap pair_coeff gives it (which must come before the
    fix); `elements`, if given, must agree with it, and every element must be in the posterior file.
@@ -57,7 +62,7 @@ static const char *const GLOBAL_NAMES[] = {"pe_std",    "pe_atom_std", "estd_max
                                            "fstd_max",  "fstd_mean",   "nflagged", "halt"};
 static_assert(sizeof(GLOBAL_NAMES) / sizeof(GLOBAL_NAMES[0]) == 8, "the uncertainty entries of f_ID");
 static const char *const POSTERIOR_MAGIC = "fitsnap-uq-plugin-posterior";
-static const int POSTERIOR_VERSION = 1;
+static const int POSTERIOR_VERSION = 2;    // 2 added noise and atom_scale; 1 is still read
 static const long MAX_FACTOR_RANK = 100000;    // columns of the factor L (live coefficients or samples)
 static const long MAX_MEMBERS = 10000;          // members of a network ensemble
 enum { ACT_LINEAR, ACT_TANH, ACT_SIGMOID, ACT_RELU, ACT_SOFTPLUS };
@@ -76,7 +81,9 @@ struct PairElements : public Pair {
 /* ---------------------------------------------------------------------- */
 
 FixSnapUQ::FixSnapUQ(LAMMPS *lmp, int narg, char **arg) :
-    Fix(lmp, narg, arg), block(0), rank(0), chemflag(0), nnflag(0), nmembers(0), forces(1), measure(FSTD_MAX), flagflag(0), haltflag(0),
+    Fix(lmp, narg, arg), block(0), rank(0), chemflag(0), have_noise(0), noise_energy(0.0),
+    noise_force(0.0), scaleflag(0), fit_rank(0), me_rank(0), nnflag(0), nmembers(0), forces(1),
+    noiseflag(0), measure(FSTD_MAX), flagflag(0), haltflag(0),
     verifyflag(1), flag_above(0.0), halt_above(0.0), flag_fp(nullptr), c_sna(nullptr),
     c_pair(nullptr), uq(nullptr), verified(0), have_key(false), last_key(0),
     last_step(-1)
@@ -109,6 +116,10 @@ FixSnapUQ::FixSnapUQ(LAMMPS *lmp, int narg, char **arg) :
     if (key == "forces") {
       if (iarg + 2 > narg) error->all(FLERR, "fix snap/uq: forces needs yes or no");
       forces = utils::logical(FLERR, arg[iarg + 1], false, lmp);
+      iarg += 2;
+    } else if (key == "noise") {
+      if (iarg + 2 > narg) error->all(FLERR, "fix snap/uq: noise needs yes or no");
+      noiseflag = utils::logical(FLERR, arg[iarg + 1], false, lmp);
       iarg += 2;
     } else if (key == "verify") {
       if (iarg + 2 > narg) error->all(FLERR, "fix snap/uq: verify needs yes or no");
@@ -144,6 +155,14 @@ FixSnapUQ::FixSnapUQ(LAMMPS *lmp, int narg, char **arg) :
     } else
       error->all(FLERR, "fix snap/uq: unknown keyword {}", key);
   }
+  if (noiseflag && nnflag)
+    error->all(FLERR, "fix snap/uq: noise yes adds a linear posterior's noise floors; network "
+                      "ensemble file {} has none", posterior_file);
+  if (noiseflag && !have_noise)
+    error->all(FLERR, "fix snap/uq: posterior file {}: key 'noise': noise yes needs the posterior's "
+                      "noise floors, which the file does not have (a posterior without Energy and "
+                      "Force noise, or a version 1 file: rewrite it with fitsnap-uq build-plugin)",
+               posterior_file);
   if (!measure_set) measure = forces ? FSTD_MAX : ESTD_MAX;
   if ((measure == FSTD_MAX || measure == FSTD_MEAN) && !forces)
     error->all(FLERR, "fix snap/uq: measure {} needs forces yes", GLOBAL_NAMES[measure]);
@@ -282,8 +301,10 @@ FixSnapUQ::FixSnapUQ(LAMMPS *lmp, int narg, char **arg) :
       utils::logmesg(lmp, "fix snap/uq: element(s){}, network ensemble of {} members on {} descriptors "
                           "from {}\n", names, nmembers, block - 1, posterior_file);
     else
-      utils::logmesg(lmp, "fix snap/uq: element(s){}, {} coefficients, {} spread of rank {} from {}\n",
-                     names, mean.size(), source, rank, posterior_file);
+      utils::logmesg(lmp, "fix snap/uq: element(s){}, {} coefficients, {} spread of rank {}{}{} from {}\n",
+                     names, mean.size(), source, rank,
+                     scaleflag ? ", per-atom force scale" : "", noiseflag ? ", noise floors" : "",
+                     posterior_file);
   }
 }
 
@@ -641,6 +662,9 @@ void FixSnapUQ::evaluate(double &descriptor_seconds)
     for (int c = 0; c < r; c++) var += v[c] * v[c];
   }
   const double natoms = std::max(sums_all[2], 1.0);
+  // the per-atom energy floor of the configuration, times its atoms (Posterior.predict's energy
+  // rows are per atom)
+  if (noiseflag) var += sums_all[2] * sums_all[2] * noise_energy;
   gvec[PE_STD] = sqrt(var);
   gvec[PE_ATOM_STD] = gvec[PE_STD] / natoms;
   gvec[ESTD_MAX] = maxes_all[0];
@@ -664,22 +688,22 @@ void FixSnapUQ::evaluate(double &descriptor_seconds)
 }
 
 /* ----------------------------------------------------------------------
-   linear posterior: per atom v = x_i^T L (r,), estd = |v|; force rows per component c:
-   v = D_i[c] L, fstd^2 = sum |v|^2; total: the group's sum of rows x_i (p)
+   linear posterior: per atom v = x_i^T L (r,), estd = |v| (with noise: sqrt(|v|^2 + noise_energy));
+   fstd^2 = force_variance; total: the group's sum of rows x_i (p)
 ------------------------------------------------------------------------- */
 
 void FixSnapUQ::per_atom_linear(double **b, double *local, std::vector<double> &total)
 {
   const int nlocal = atom->nlocal;
-  const int ntypes = atom->ntypes;
   const int *type = atom->type;
   const int *mask = atom->mask;
   const int ncoeff = block - 1;
   const int p = (int) mean.size();
   const int r = rank;
   total.assign(p, 0.0);
-  std::vector<double> v(r), vf(3 * r);
+  std::vector<double> v(r), work;
   const double *L = factor.data();
+  const double evar_floor = noiseflag ? noise_energy : 0.0;
 
   for (int i = 0; i < nlocal; i++) {
     const int off = type2elem[type[i]] * block;
@@ -688,22 +712,68 @@ void FixSnapUQ::per_atom_linear(double **b, double *local, std::vector<double> &
       uq[i][0] = uq[i][1] = 0.0;
       continue;
     }
-    const double estd = sqrt(energy_variance(bi, ncoeff, L + (size_t) off * r, r, v.data()));
+    const double estd =
+        sqrt(energy_variance(bi, ncoeff, L + (size_t) off * r, r, v.data()) + evar_floor);
     total[off] += 1.0;
     for (int k = 0; k < ncoeff; k++) total[off + 1 + k] += bi[k];
-    double fstd = 0.0;
-    if (forces) {
-      // snad/atom layout (after B): for LAMMPS type T, columns 3*ncoeff*(T-1) + [x|y|z]*ncoeff
-      std::fill(vf.begin(), vf.end(), 0.0);
-      for (int t = 1; t <= ntypes; t++)
-        add_force_rows(bi + ncoeff + 3 * ncoeff * (t - 1), ncoeff,
-                       L + (size_t) (type2elem[t] * block + 1) * r, r, vf.data());
-      double fvar = 0.0;
-      for (int c = 0; c < 3 * r; c++) fvar += vf[c] * vf[c];
-      fstd = sqrt(fvar);
-    }
+    const double fstd = forces ? sqrt(force_variance(bi, off / block, work)) : 0.0;
     tally(uq[i], estd, fstd, local);
   }
+}
+
+/* ----------------------------------------------------------------------
+   the variance of the force vector of the atom whose descriptor row (B, then the snad/atom force
+   rows D) is bi and whose element is elem (eV/A)^2: sum over x, y, z of |D_x L|^2 (times
+   exp(theta . z) with an atom scale), plus with noise yes 3 noise_force (times exp(phi . z) with an
+   atom scale); work: scratch
+------------------------------------------------------------------------- */
+
+double FixSnapUQ::force_variance(const double *bi, int elem, std::vector<double> &work)
+{
+  const int ntypes = atom->ntypes;
+  const int ncoeff = block - 1;
+  const int r = rank;
+  const int p = (int) mean.size();
+  // scratch: D^T L (3 r), and with an atom scale D^T F (3 fit_rank), D^T G (3 me_rank), D (3 p)
+  const size_t need = 3 * ((size_t) r + (scaleflag ? (size_t) fit_rank + me_rank + p : 0));
+  if (work.size() < need) work.resize(need);
+  std::fill(work.begin(), work.begin() + need, 0.0);
+  double *vf = work.data();
+  // snad/atom layout (after B): for LAMMPS type T, columns 3*ncoeff*(T-1) + [x|y|z]*ncoeff
+  for (int t = 1; t <= ntypes; t++)
+    add_force_rows(bi + ncoeff + 3 * ncoeff * (t - 1), ncoeff,
+                   factor.data() + (size_t) (type2elem[t] * block + 1) * r, r, vf);
+  double coef = 0.0;
+  for (int c = 0; c < 3 * r; c++) coef += vf[c] * vf[c];
+  double floor_var = noiseflag ? 3.0 * noise_force : 0.0;
+  if (!scaleflag) return coef + floor_var;
+
+  // the atom's features: sums over x, y, z of |D G|^2, |D F|^2, |D|^2 (D in the snapcoeff layout:
+  // the columns of several types of one element add up)
+  double *vs = vf + 3 * r, *vm = vs + 3 * fit_rank, *row = vm + 3 * me_rank;
+  for (int t = 1; t <= ntypes; t++) {
+    const double *d = bi + ncoeff + 3 * ncoeff * (t - 1);
+    const int first = type2elem[t] * block + 1;
+    add_force_rows(d, ncoeff, fit_factor.data() + (size_t) first * fit_rank, fit_rank, vs);
+    add_force_rows(d, ncoeff, me_factor.data() + (size_t) first * me_rank, me_rank, vm);
+    for (int c = 0; c < 3; c++)
+      for (int k = 0; k < ncoeff; k++) row[c * p + first + k] += d[c * ncoeff + k];
+  }
+  double sums[3] = {0.0, 0.0, 0.0};
+  for (int c = 0; c < 3 * me_rank; c++) sums[0] += vm[c] * vm[c];
+  for (int c = 0; c < 3 * fit_rank; c++) sums[1] += vs[c] * vs[c];
+  for (int c = 0; c < 3 * p; c++) sums[2] += row[c] * row[c];
+  // theta . z and phi . z: the element's intercept, then the standardized log features
+  const int nelem = (int) elements.size();
+  double log_coef = scale_theta[elem], log_floor = scale_phi[elem];
+  for (int f = 0; f < 3; f++) {
+    const double z = (log(std::max(sums[f], scale_eps[f])) - scale_mu[f]) / scale_sd[f];
+    log_coef += scale_theta[nelem + f] * z;
+    log_floor += scale_phi[nelem + f] * z;
+  }
+  log_coef = std::min(std::max(log_coef, -50.0), 50.0);
+  log_floor = std::min(std::max(log_floor, -50.0), 50.0);
+  return coef * exp(log_coef) + floor_var * exp(log_floor);
 }
 
 /* ----------------------------------------------------------------------
@@ -989,8 +1059,10 @@ void FixSnapUQ::read_posterior(const std::string &file)
     bad(fmt::format("not a fitsnap-uq plugin posterior (first word '{}', expected '{}'); write it "
                     "with 'fitsnap-uq build-plugin --posterior P.posterior.npz --out P.uq'",
                     magic, POSTERIOR_MAGIC));
-  if (count("version") != POSTERIOR_VERSION)
-    bad(fmt::format("format version is not {}; rewrite it with this fitsnap-uq", POSTERIOR_VERSION));
+  const long version = count("version");
+  if (version < 1 || version > POSTERIOR_VERSION)
+    bad(fmt::format("format version {} is not 1 .. {}; rewrite it with this fitsnap-uq", version,
+                    POSTERIOR_VERSION));
 
   std::map<std::string, std::string> scalars;
   const std::vector<std::string> scalar_keys = {"rcutfac",       "rfac0",     "twojmax",
@@ -998,6 +1070,27 @@ void FixSnapUQ::read_posterior(const std::string &file)
                                                 "switchflag",    "bnormflag", "wselfallflag",
                                                 "chemflag"};
   bool have_mean = false, have_factor = false, have_end = false;
+  long scale_nelem = -1;
+  bool have_fit_factor = false, have_me_factor = false;
+  std::map<std::string, std::vector<double> *> scale_vectors = {
+      {"scale_theta", &scale_theta}, {"scale_phi", &scale_phi}, {"scale_mu", &scale_mu},
+      {"scale_sd", &scale_sd},       {"scale_eps", &scale_eps}};
+  // a P x R matrix, row-major, after 'mean' (P = its values)
+  auto matrix = [&](const std::string &key, std::vector<double> &dest) {
+    long n = count(key);
+    long r = count(key);
+    if (!have_mean || n != (long) mean.size())
+      bad(fmt::format("'{}' has {} rows but 'mean' has {} values", key, n, mean.size()));
+    if (r > MAX_FACTOR_RANK)
+      bad(fmt::format("'{}' has rank {}, more than {} (the factor is P x R with R the live "
+                      "coefficients or the samples)", key, r, MAX_FACTOR_RANK));
+    fits(key, (bigint) n * (bigint) r);
+    dest.resize((size_t) n * r);
+    for (size_t k = 0; k < dest.size(); k++) dest[k] = number(key);
+    for (double val : dest)
+      if (!std::isfinite(val)) bad("'" + key + "' has a non-finite value");
+    return (int) r;
+  };
   std::string key;
   while (in >> key) {
     if (key == "end") {
@@ -1072,18 +1165,30 @@ void FixSnapUQ::read_posterior(const std::string &file)
       for (long k = 0; k < n; k++) mean[k] = number(key);
       have_mean = true;
     } else if (key == "factor") {
-      long n = count(key);
-      long r = count(key);
-      if (!have_mean || n != (long) mean.size())
-        bad(fmt::format("'factor' has {} rows but 'mean' has {} values", n, mean.size()));
-      if (r > MAX_FACTOR_RANK)
-        bad(fmt::format("'factor' has rank {}, more than {} (the factor is P x R with R the live "
-                        "coefficients or the samples)", r, MAX_FACTOR_RANK));
-      fits(key, (bigint) n * (bigint) r);
-      rank = (int) r;
-      factor.resize((size_t) n * r);
-      for (size_t k = 0; k < factor.size(); k++) factor[k] = number(key);
+      rank = matrix(key, factor);
       have_factor = true;
+    } else if (key == "noise") {
+      noise_energy = number(key);
+      noise_force = number(key);
+      if (!(noise_energy >= 0.0 && noise_force >= 0.0 && std::isfinite(noise_energy) &&
+            std::isfinite(noise_force)))
+        bad("'noise' expects two finite variances >= 0");
+      have_noise = 1;
+    } else if (key == "atom_scale") {
+      scale_nelem = count(key);
+      scaleflag = 1;
+    } else if (scale_vectors.count(key)) {
+      long n = count(key);
+      fits(key, n);
+      auto &dest = *scale_vectors[key];
+      dest.resize(n);
+      for (long k = 0; k < n; k++) dest[k] = number(key);
+    } else if (key == "scale_fitfactor") {
+      fit_rank = matrix(key, fit_factor);
+      have_fit_factor = true;
+    } else if (key == "scale_mefactor") {
+      me_rank = matrix(key, me_factor);
+      have_me_factor = true;
     } else
       bad("unknown key '" + key + "'");
   }
@@ -1122,8 +1227,24 @@ void FixSnapUQ::read_posterior(const std::string &file)
     if (!scalars.count(k)) bad(fmt::format("missing key '{}'", k));
   for (double val : mean)
     if (!std::isfinite(val)) bad("'mean' has a non-finite value");
-  for (double val : factor)
-    if (!std::isfinite(val)) bad("'factor' has a non-finite value");
+  if (scaleflag) {
+    if (nnflag) bad("'atom_scale' is for model linear");
+    const size_t nz = elements.size() + 3;
+    if (scale_nelem != (long) elements.size())
+      bad(fmt::format("'atom_scale' has {} elements, the file {}", scale_nelem, elements.size()));
+    if (scale_theta.size() != nz || scale_phi.size() != nz)
+      bad(fmt::format("'scale_theta' and 'scale_phi' need {} values each (elements + 3)", nz));
+    if (scale_mu.size() != 3 || scale_sd.size() != 3 || scale_eps.size() != 3)
+      bad("'scale_mu', 'scale_sd' and 'scale_eps' need 3 values each");
+    if (!have_fit_factor) bad("missing key 'scale_fitfactor' (atom_scale)");
+    if (!have_me_factor) bad("missing key 'scale_mefactor' (atom_scale)");
+    for (const auto *vec : {&scale_theta, &scale_phi, &scale_mu, &scale_eps})
+      for (double val : *vec)
+        if (!std::isfinite(val)) bad("an 'atom_scale' value is not finite");
+    for (double val : scale_sd)
+      if (!(val > 0.0 && std::isfinite(val))) bad("'scale_sd' must be > 0");
+  } else if (!scale_theta.empty() || !scale_phi.empty() || have_fit_factor || have_me_factor)
+    bad("'scale_...' keys need 'atom_scale NELEM' before them");
 
   rcutfac_txt = scalars["rcutfac"];
   rfac0_txt = scalars["rfac0"];

@@ -49,6 +49,19 @@ class FixSnapUQ : public Fix {
   int chemflag;                          // explicit multi-element SNAP: chem keyword of the compute
   std::vector<std::string> radelem_txt, wj_txt;                  // per element, as written
 
+  // noise floors (file version 2, optional; variances): Energy (eV/atom)^2, Force (eV/A)^2
+  int have_noise;
+  double noise_energy, noise_force;
+  // per-atom force scale (file version 2, optional; fitsnap_uq/linear/atomscale.py): force
+  // component x of atom j gets exp(theta . z_j) |D_jx L|^2 + exp(phi . z_j) noise_force, with
+  // z_j = [one-hot element, (log(max(s_f, eps_f)) - mu_f) / sd_f for the sums s over x, y, z of
+  // |D_jx G|^2 (model error M = G G^T), |D_jx F|^2 (fit S = F F^T), |D_jx|^2]
+  int scaleflag;
+  std::vector<double> scale_theta, scale_phi;       // (nelem + 3)
+  std::vector<double> scale_mu, scale_sd, scale_eps;    // (3)
+  int fit_rank, me_rank;
+  std::vector<double> fit_factor, me_factor;        // (p, fit_rank), (p, me_rank), row-major
+
   // a network ensemble instead (`model nn` in the file): K members, one network per element each,
   // every network a stack of dense layers nodes = act(W x + b) with W (nout, nin) row-major
   struct DenseLayer {
@@ -64,6 +77,7 @@ class FixSnapUQ : public Fix {
 
   // options
   int forces;                 // 1: per-atom force std (compute snad/atom)
+  int noiseflag;              // 1: the noise floors are added (keyword noise yes)
   int measure;                // index into the global vector that flag/halt threshold
   int flagflag, haltflag, verifyflag;
   double flag_above, halt_above;
@@ -84,6 +98,7 @@ class FixSnapUQ : public Fix {
   bigint last_step;
 
   void read_posterior(const std::string &);
+  double force_variance(const double *bi, int elem, std::vector<double> &work);
   void evaluate_timed(double t0, uint64_t key);
   void evaluate(double &descriptor_seconds);
   void per_atom_linear(double **b, double *local, std::vector<double> &total);
