@@ -544,8 +544,10 @@ def run_dataset(key: str, args: argparse.Namespace, peers: Peers, report: dict, 
         report[key] = {"skipped": True}
         return
     rows, unpen = loaded
-    if args.atom_scale:
-        rows = attach_atoms(rows, key)
+    if args.atom_scale or args.energy_scale:
+        rows = attach_atoms(rows, key)  # atom/element labels and numbers of atoms
+        if not args.atom_scale:
+            rows = replace(rows, atom=None, element=None)
     rows = rows.subset(rows.w != 0)
     ngroups = np.unique(rows.groups.astype(str)).size
     nconf = np.unique(rows.config_keys()).size
