@@ -48,8 +48,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fitsnap_uq import calibration as C  # noqa: E402
+from fitsnap_uq.linear.atomscale import FLOOR_MODES  # noqa: E402
 from fitsnap_uq.linear.rows import (  # noqa: E402
+    BASES,
     Rows,
+    composition,
+    composition_columns,
     fit_and_recalibrate,
     fit_with_model_error,
     recalibration_map,
@@ -166,18 +170,20 @@ def attach_atoms(rows: Rows, key: str) -> Rows:
     keys = rows.config_keys()
     atom = np.full(types.size, -1)
     element = np.full(types.size, -1)
+    natoms = np.zeros(types.size, dtype=int)
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1], True])
     for s, e in zip(starts[:-1], starts[1:]):
         path = src / "JSON" / str(rows.groups[s]) / str(rows.configs[s])
         text = path.read_text()
         data = json.loads(text[text.index("{"):])["Dataset"]["Data"][0]
         codes = np.array([order[t] for t in data["AtomTypes"]])
+        natoms[s:e] = codes.size
         force = s + np.flatnonzero(types[s:e] == "Force")
         if force.size != 3 * codes.size:
             raise ValueError(f"{path}: {force.size} force rows for {codes.size} atoms")
         atom[force] = np.repeat(np.arange(codes.size), 3)
         element[force] = np.repeat(codes, 3)
-    return replace(rows, atom=atom, element=element)
+    return replace(rows, atom=atom, element=element, natoms=natoms)
 
 
 def split_by_group(rows: Rows, seed: int, frac: float = 0.2) -> np.ndarray:
@@ -280,10 +286,14 @@ def run_methods(train: Rows, test: Rows, unpen: np.ndarray | None, peers: Peers,
                                             **(ours or {}))
     mean = a @ full.result.mean
     pv = _quad(a, full.result.cov)
-    log_scale = None
-    if test.atom is not None and test.element is not None:
-        log_scale = pm.atom_log_scale(a, pv, test.atom_ids(), test.element)
-    sigma = np.sqrt(pm.variance(a, pv, types, log_scale))
+    labelled = test.atom is not None and test.element is not None
+    # element fractions of the energy rows from the potential's per-element constant columns (found
+    # on the training rows: the layout, not the test data)
+    comp = (composition(a, composition_columns(train.a, train.row_types))
+            if pm.energy_scale is not None else None)
+    log_scale, log_floor = pm.log_scales(a, pv, types, test.atom_ids() if labelled else None,
+                                         test.element if labelled else None, comp, test.natoms)
+    sigma = np.sqrt(pm.variance(a, pv, types, log_scale, log_floor))
     out["ours raw"] = {"mean": mean, "sigma": sigma, "mult": gauss}
     out["ours recal"] = {"mean": mean, "sigma": sigma, "mult": _interp_multiplier(recalibration_map(ratios))}
     clock("ours", t0)
@@ -524,7 +534,8 @@ def acceptance(scores: dict, check: dict) -> list[tuple[str, str, bool]]:
 
 def ours_options(args: argparse.Namespace) -> dict:
     """Keyword arguments of ours' ``fit_with_model_error`` from the command line."""
-    return {"rank": args.rank, "basis": args.basis}
+    return {"rank": args.rank, "basis": args.basis, "atom_floor": args.atom_floor,
+            "energy_scale": args.energy_scale}
 
 
 def run_dataset(key: str, args: argparse.Namespace, peers: Peers, report: dict, md: list[str]) -> None:
@@ -533,8 +544,10 @@ def run_dataset(key: str, args: argparse.Namespace, peers: Peers, report: dict, 
         report[key] = {"skipped": True}
         return
     rows, unpen = loaded
-    if args.atom_scale:
-        rows = attach_atoms(rows, key)
+    if args.atom_scale or args.energy_scale:
+        rows = attach_atoms(rows, key)  # atom/element labels and numbers of atoms
+        if not args.atom_scale:
+            rows = replace(rows, atom=None, element=None)
     rows = rows.subset(rows.w != 0)
     ngroups = np.unique(rows.groups.astype(str)).size
     nconf = np.unique(rows.config_keys()).size
@@ -674,12 +687,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke test: one seed, Ta only, 3 LOGO groups")
     ap.add_argument("--recompute", action="store_true", help="recompute FitSNAP's rows (ignore the cache)")
     ap.add_argument("--outdir", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--basis", choices=("posterior", "coefficients"), default="posterior",
+    ap.add_argument("--basis", choices=BASES, default="posterior",
                     help="axes on which ours' model error is diagonal (fit_with_model_error's basis)")
     ap.add_argument("--rank", type=int, default=0,
                     help="rank of the correlated model-error part of ours (fit_with_model_error's rank)")
     ap.add_argument("--no-atom-scale", dest="atom_scale", action="store_false",
                     help="no per-atom force scale in ours (the rows carry no atom/element labels)")
+    ap.add_argument("--atom-floor", choices=FLOOR_MODES, default="constant",
+                    help="how ours' per-atom force scale's floor depends on the atom "
+                         "(fit_atom_scale's floor_model)")
+    ap.add_argument("--no-energy-scale", dest="energy_scale", action="store_false",
+                    help="no per-configuration energy scale in ours")
     ap.add_argument("--_dump-rows", nargs=2, metavar=("INFILE", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._dump_rows:

@@ -83,9 +83,10 @@ UQ_KEYS: dict[str, Key] = {
                       ("model_error", "noise_classes")),
     "model_error_basis": Key("posterior", str,
                              "BAYES predictive = model_error: the axes on which the model error is "
-                             "diagonal: posterior (the principal axes of the fit's posterior covariance) or "
-                             "coefficients (each SNAP coefficient its own, as in MODELERROR).",
-                             ("posterior", "coefficients")),
+                             "diagonal: posterior (the principal axes of the fit's posterior covariance), "
+                             "coefficients (each SNAP coefficient its own, as in MODELERROR) or misfit (the "
+                             "principal axes of the held-out rows' pointwise corrections, as POPS).",
+                             ("posterior", "coefficients", "misfit")),
     "model_error_rank": Key("0", _positive_int,
                             "BAYES predictive = model_error: rank of an extra correlated part U U^T of the "
                             "model error (0: none; more parameters, slower, can overfit small data)."),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fitsnap_uq.linear.atomscale import atom_sums, fit_atom_scale
+from fitsnap_uq.linear.atomscale import AtomScale, atom_sums, fit_atom_scale, fit_scales
 from fitsnap_uq.linear.rows import Rows, fit_with_model_error
 
 
@@ -39,6 +39,64 @@ def test_recovers_an_element_scale_and_a_feature_slope():
     assert sc.lam in (1e-4, 1e-2, 1.0)
 
 
+def test_fit_scales_recovers_the_floors_slope():
+    """Residual variance base exp(z theta) + floor exp(z phi) with a feature in both: the fit finds
+    both slopes, and a floor held constant (phi's intercept only) cannot follow the feature."""
+    rng = np.random.default_rng(3)
+    n = 20000
+    x = rng.standard_normal(n)
+    z = np.stack([np.ones(n), x], axis=1)
+    base = np.exp(rng.standard_normal(n))
+    th_true, ph_true = np.array([0.2, 0.5]), np.array([0.0, 1.5])
+    var = base * np.exp(z @ th_true) + 0.5 * np.exp(z @ ph_true)
+    resid = rng.standard_normal(n) * np.sqrt(var)
+    config = np.arange(n) // 5
+    pen = np.array([0.0, 1.0])
+    th, ph, lam = fit_scales(z, base, resid, 0.5, pen, np.array([True, True]), config)
+    assert lam in (1e-4, 1e-2, 1.0)
+    np.testing.assert_allclose(th, th_true, atol=0.15)
+    np.testing.assert_allclose(ph, ph_true, atol=0.15)
+    th0, ph0, _ = fit_scales(z, base, resid, 0.5, pen, np.array([True, False]), config)
+    assert ph0[1] == 0.0
+    assert th0[1] > th_true[1] + 0.2  # the coefficient part takes up the floor's slope instead
+
+
+@pytest.mark.parametrize("mode", ["features", "element", "constant"])
+def test_floor_models_and_the_variance_they_give(mode):
+    """A force floor that grows with the atoms' row norm (symmetry-fixed atoms: tiny rows, tiny
+    errors): ``features`` follows it and has the best likelihood; ``element`` moves only the element
+    intercepts of phi, ``constant`` none (its floor is refitted instead); AtomScale.variance is
+    base exp(theta.z) + sigma_F^2 exp(phi.z) and survives to_dict/from_dict."""
+    rng = np.random.default_rng(4)
+    n_atoms = 4000
+    atom = np.repeat(np.arange(n_atoms), 3)
+    element = np.repeat(rng.integers(0, 2, n_atoms), 3)
+    sums = np.exp(np.repeat(rng.standard_normal((n_atoms, 3)), 3, axis=0))
+    base = 1e-3 * np.exp(rng.standard_normal(3 * n_atoms))
+    true = base + 1e-2 * sums[:, 2] ** 1.5
+    resid = rng.standard_normal(base.size) * np.sqrt(true)
+    sc = fit_atom_scale(sums, element, base, resid, 1e-2, 2, config=atom // 4, floor_model=mode)
+    var = sc.variance(base, sums, element)
+    np.testing.assert_allclose(var, base * np.exp(sc.log_scale(sums, element))
+                               + sc.floor_var * np.exp(sc.log_floor_scale(sums, element)), rtol=1e-12)
+    nll = 0.5 * np.mean(np.log(var) + resid**2 / var)
+    nll_true = 0.5 * np.mean(np.log(true) + resid**2 / true)
+    if mode == "features":
+        assert nll < nll_true + 0.01
+        assert sc.phi[4] > 1.0  # the row-norm feature
+    else:
+        assert nll > nll_true + 0.05
+        assert np.all(sc.phi[2:] == 0.0)
+        if mode == "constant":
+            assert np.all(sc.phi == 0.0)
+    back = AtomScale.from_dict(sc.to_dict())
+    np.testing.assert_allclose(back.variance(base, sums, element), var, rtol=1e-12)
+    old = {k: v for k, v in sc.to_dict().items() if k != "phi"}  # stored before phi existed
+    np.testing.assert_array_equal(AtomScale.from_dict(old).phi, np.zeros(5))
+    with pytest.raises(ValueError, match="floor_model"):
+        fit_atom_scale(sums, element, base, resid, 1e-2, 2, config=atom // 4, floor_model="x")
+
+
 def _rows(rng, n_conf=120, n_atoms=4, m=5, scale=(1.0, 9.0)):
     """Toy rows: per configuration one energy row and 3 x n_atoms force rows; the true model error
     on force rows is 9x larger for atoms of element 1."""
@@ -67,10 +125,14 @@ def test_fit_with_model_error_learns_the_scale_and_predicts_with_it():
     # element 1's force variance is ~9x element 0's
     assert model.atom_scale.theta[1] - model.atom_scale.theta[0] == pytest.approx(np.log(9.0), abs=0.6)
     f = rows.row_types.astype(str) == "Force"
-    pv = np.zeros(rows.b.size)
-    ls = model.atom_log_scale(rows.a, pv, rows.atom_ids(), rows.element)
-    assert np.all(ls[~f] == 0.0)
-    var = model.variance(rows.a, pv, rows.row_types.astype(str), ls)
+    pv = np.einsum("ij,jk,ik->i", rows.a, full.result.cov, rows.a)
+    ls, lf = model.atom_log_scales(rows.a, pv, rows.atom_ids(), rows.element)
+    assert np.all(ls[~f] == 0.0) and np.all(lf[~f] == 0.0)
+    np.testing.assert_array_equal(ls, model.atom_log_scale(rows.a, pv, rows.atom_ids(), rows.element))
+    var = model.variance(rows.a, pv, rows.row_types.astype(str), ls, lf)
+    coef = (model.cov_scale * pv + model.model_error_var(rows.a))[f] * np.exp(ls[f])
+    np.testing.assert_allclose(var[f], coef + model.floor_var["Force"] * np.exp(lf[f]), rtol=1e-12)
+    assert np.sqrt(np.mean(var[f])) < 3 * np.sqrt(np.mean(rows.b[f] ** 2))  # on the errors' scale
     plain = model.variance(rows.a, pv, rows.row_types.astype(str))
     assert np.all(var[~f] == plain[~f])
     assert set(ratios) == {"Energy", "Force"}
@@ -85,7 +147,9 @@ def test_posterior_predicts_what_the_model_gives_and_round_trips(tmp_path):
     from fitsnap_uq.posterior import Posterior
 
     rows = _rows(np.random.default_rng(2), n_conf=60)
-    full, model, _ = fit_with_model_error(rows, folds=5, seed=0)
+    # a constant floor (phi = 0): what Posterior.predict_raw applies today
+    full, model, _ = fit_with_model_error(rows, folds=5, seed=0, atom_floor="constant")
+    assert np.all(model.atom_scale.phi == 0.0)
     m = rows.a.shape[1]
     post = Posterior(full.result.mean, full.result.cov, ["A", "B"][:1], {"bzeroflag": 0},
                      noise_var=dict(model.floor_var),
@@ -217,3 +281,91 @@ def test_noise_is_for_a_linear_posterior():
         SnapUQHook(None, model, noise=True)
     with pytest.raises(InputError, match="--noise adds a linear posterior's noise floors"):
         run_md("in.md", None, nnensemble="ens.nnensemble.json", noise=True)
+
+
+def test_composition_columns_find_the_element_fractions():
+    """FitSNAP's layout: each element block starts with a constant column, the element's fraction on
+    an energy row (per atom) and 0 on force rows; any other layout gives None (one intercept)."""
+    from fitsnap_uq.linear.rows import composition, composition_columns
+
+    rng = np.random.default_rng(6)
+    n_e, n_f, k = 30, 90, 4
+    frac = rng.random(n_e)
+    energy = np.hstack([frac[:, None], rng.standard_normal((n_e, k)), 1 - frac[:, None],
+                        rng.standard_normal((n_e, k))])
+    force = np.hstack([np.zeros((n_f, 1)), rng.standard_normal((n_f, k)), np.zeros((n_f, 1)),
+                       rng.standard_normal((n_f, k))])
+    a = np.vstack([energy, force])
+    types = np.array(["Energy"] * n_e + ["Force"] * n_f)
+    cols = composition_columns(a, types)
+    np.testing.assert_array_equal(cols, [0, k + 1])
+    np.testing.assert_allclose(composition(energy, cols), np.stack([frac, 1 - frac], axis=1))
+    assert composition_columns(a[:, 1:], types) is None  # fractions no longer sum to 1
+    assert composition_columns(energy, types[:n_e]) is None  # no force rows to tell them apart
+    np.testing.assert_array_equal(composition(energy, None), np.ones((n_e, 1)))
+
+
+def test_energy_scale_is_learned_and_applied_to_energy_rows_only():
+    """Energy errors whose spread grows with the configuration's number of atoms (which no descriptor
+    row shows): fit_with_model_error's energy scale follows it (held-out ratios far less dispersed
+    than without it), log_scales/variance give the scored rows' variance, force rows are untouched,
+    and without Rows.natoms it refuses."""
+    rng = np.random.default_rng(7)
+    m, n_conf = 6, 400
+    coef = rng.standard_normal(m)
+    recs = []
+    for c in range(n_conf):
+        e_row = rng.standard_normal(m)
+        nat = int(rng.integers(1, 300))
+        recs.append((e_row, e_row @ coef + 0.002 * nat * rng.standard_normal(), "Energy", f"c{c}", nat))
+        for _ in range(3):
+            row = rng.standard_normal(m)
+            recs.append((row, row @ coef + 0.02 * rng.standard_normal(), "Force", f"c{c}", nat))
+    a, b, types, cfg, nat = (list(x) for x in zip(*recs))
+    n = len(b)
+    rows = Rows(np.array(a), np.array(b), np.ones(n), np.zeros(n, bool), np.full(n, "g", dtype=object),
+                np.array(types, dtype=object), np.array(cfg, dtype=object), natoms=np.array(nat))
+    _, plain, r0 = fit_with_model_error(rows, folds=5, seed=0)
+    full, model, r1 = fit_with_model_error(rows, folds=5, seed=0, energy_scale=True)
+    assert plain.energy_scale is None and model.energy_scale is not None
+    assert model.energy_scale.theta.size == 1 + 4  # one intercept (no constant columns), 4 features
+    # log N (standardized): the variance grows with N, through the floor here (the toy's energy
+    # errors are far above the model error that the forces set)
+    assert model.energy_scale.phi[-1] > 0.5
+    assert np.mean(r1["Energy"] ** 2) == pytest.approx(1.0, abs=0.25)
+    # sigma follows the errors: log(ratio^2) spreads less (a calibrated Gaussian: var pi^2/2 = 4.9)
+    assert np.var(np.log(r1["Energy"] ** 2)) < np.var(np.log(r0["Energy"] ** 2)) - 0.5
+    t = rows.row_types.astype(str)
+    pv = np.einsum("ij,jk,ik->i", rows.a, full.result.cov, rows.a)
+    ls, lf = model.log_scales(rows.a, pv, t, composition=np.ones((n, 1)), natoms=rows.natoms)
+    assert np.all(ls[t == "Force"] == 0.0) and np.all(lf[t == "Force"] == 0.0)
+    assert np.ptp(lf[t == "Energy"]) > 1.0
+    var = model.variance(rows.a, pv, t, ls, lf)
+    np.testing.assert_allclose(var[t == "Force"], plain.variance(rows.a, pv, t)[t == "Force"], rtol=1e-6)
+    bare = Rows(rows.a, rows.b, rows.w, rows.testing, rows.groups, rows.row_types, rows.configs)
+    with pytest.raises(ValueError, match="natoms"):
+        fit_with_model_error(bare, folds=5, seed=0, energy_scale=True)
+
+
+def test_constant_floor_scale_stores_the_model_it_fitted():
+    """floor_model = constant fits theta with a column of ones beside the one-hot intercepts (the
+    floor's free factor); the stored AtomScale gives exactly the variances of that fitted model
+    (the ones column's theta folded into the intercepts, not dropped)."""
+    from fitsnap_uq.linear import atomscale as A
+
+    rng = np.random.default_rng(11)
+    n = 2400
+    sums = np.exp(rng.normal(size=(n, 3)))
+    element = rng.integers(0, 2, n)
+    base = 0.01 * sums[:, 0]
+    resid = rng.normal(size=n) * np.sqrt(3.0 * base * np.exp(0.5 * element) + 0.02)
+    config = np.arange(n) // 3
+    sc = A.fit_atom_scale(sums, element, base, resid, 0.01, 2, config, floor_model="constant")
+    z = A.design(np.log(np.maximum(sums, sc.eps)), element, sc.mu, sc.sd, 2)
+    zc = np.hstack([z, np.ones((n, 1))])
+    theta, phi, lam = A.fit_scales(zc, base, resid, 0.01, np.r_[0, 0, 1, 1, 1, 0.0],
+                                   np.r_[np.zeros(5, bool), True], config)
+    assert abs(theta[-1]) > 0.05  # the ones column carries part of the scale
+    want = base * np.exp(zc @ theta) + 0.01 * np.exp(phi[-1])
+    np.testing.assert_allclose(sc.variance(base, sums, element), want, rtol=1e-10)
+    assert np.all(sc.phi == 0.0) and sc.lam == lam

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fitsnap_uq.calibration import block_metrics
-from fitsnap_uq.linear.predictive import fit_predictive
+from fitsnap_uq.linear.predictive import fit_predictive, misfit_covariance
 from fitsnap_uq.linear.rows import Rows, fit_rows, fit_with_model_error, recalibration_map
 from fitsnap_uq.posterior import Posterior
 
@@ -108,6 +108,28 @@ def test_new_configurations_are_calibrated_in_each_kind(basis):
     assert m["miscal_area"] < 0.05 and m["spearman"] > 0.3
     # The mean is the fit of the user's weights (one noise class), not re-weighted by the model.
     np.testing.assert_allclose(full.result.mean, fit_rows(train, noise_classes="one").result.mean)
+
+
+def test_misfit_covariance_is_the_pops_corrections_of_the_high_leverage_rows():
+    """Each kept row's correction d_i = S a_i r_i / (a_i^T S a_i) fits it exactly (a_i . d_i = r_i);
+    the covariance averages d d^T over the rows at or above the leverage percentile (one row: rank
+    one)."""
+    rng = np.random.default_rng(8)
+    n, m = 400, 4
+    a = rng.standard_normal((n, m))
+    g = rng.standard_normal((m, m))
+    cov = g @ g.T + np.eye(m)
+    u = np.array([0.0, 1.0, 0.0, 0.0])
+    resid = (a @ u) * rng.standard_normal(n) * 0.1
+    q = misfit_covariance(a, resid, cov)
+    lev = np.einsum("ij,jk,ik->i", a, cov, a)
+    keep = lev >= np.median(lev)
+    d = (a[keep] @ cov) * (resid[keep] / lev[keep])[:, None]
+    np.testing.assert_allclose(np.einsum("ij,ij->i", a[keep], d), resid[keep], rtol=1e-10)
+    np.testing.assert_allclose(q, d.T @ d / keep.sum(), rtol=1e-12)
+    q_all = misfit_covariance(a, resid, cov, percentile=0.0)
+    assert not np.allclose(q_all, q)
+    assert np.linalg.matrix_rank(misfit_covariance(a[:1], resid[:1], cov)) == 1
 
 
 def test_posterior_keeps_the_model_error_and_reads_version_1(tmp_path):

@@ -1,13 +1,14 @@
-"""A per-atom scale of the force variance, learned from cross-validated residuals.
+"""Per-atom scales of the force variance and per-configuration scales of the energy variance,
+learned from cross-validated residuals.
 
 The predictive model (:mod:`fitsnap_uq.linear.predictive`) gives a force row ``a`` (one Cartesian
 component of the force on atom j) the variance ``c a^T S a + a^T M a + sigma_F^2``. Its coefficient
-part follows the descriptors but is one covariance for every environment, and on held-out
-configurations it over-covers some kinds of atoms and under-covers others. This module multiplies the
-coefficient part by a per-atom factor that depends on the atom's own environment, and (in general)
-the force floor by another:
+part follows the descriptors but is one covariance for every environment, and its floor is one
+constant: on held-out configurations it over-covers some kinds of atoms (a constant floor is far
+above the errors of forces that symmetry nearly fixes) and under-covers others. This module scales
+both parts by per-atom factors that depend on the atom's own environment:
 
-    var(a_jx) = exp(theta . z_j) * (c a_jx^T S a_jx + a_jx^T M a_jx) + exp(phi . z_j) * sigma_F^2
+    var(a_jx) = (c a_jx^T S a_jx + a_jx^T M a_jx) * exp(theta . z_j) + sigma_F^2 * exp(phi . z_j)
 
 with ``z_j`` = [one-hot element of atom j (its intercepts), standardized log features of the atom]:
 
@@ -17,15 +18,21 @@ with ``z_j`` = [one-hot element of atom j (its intercepts), standardized log fea
 * ``log d_j``: the squared norm of its force rows ``sum_x |a_jx|^2`` (FitSNAP layout, unweighted).
 
 Every feature comes from the atom's three force rows and the posterior, so an MD code that has
-the rows ``D_j`` (``compute snad/atom``) can evaluate it. ``theta`` maximizes the Gaussian likelihood
-of the cross-validated force residuals (the rest of the model held fixed, the force floor
-``sigma_F^2`` refitted with it) with a ridge penalty ``lam |theta_features|^2`` on the non-intercept
-part; ``lam`` is chosen among :data:`LAMBDAS` by K-fold cross-validation over configurations of that
-likelihood. ``phi`` (the floor's weights) is stored with ``theta`` and applied by
-``Posterior.predict``, the MD hook and the native plugin; :func:`fit_atom_scale` sets it to zero (the
-floor is then one constant, ``sigma_F^2``). Energies are not scaled.
+the rows ``D_j`` (``compute snad/atom``) can evaluate it. ``theta`` and ``phi`` maximize the Gaussian
+likelihood of the cross-validated force residuals (the rest of the model held fixed; ``sigma_F^2`` is
+the model's floor, a reference that ``phi``'s intercepts rescale) with a ridge penalty
+``lam (|theta_features|^2 + |phi_features|^2)`` on the non-intercept parts; ``lam`` is chosen among
+:data:`LAMBDAS` by K-fold cross-validation over configurations of that likelihood
+(:func:`fit_scales`). ``floor_model = element`` keeps only ``phi``'s intercepts, ``constant`` none
+(one refitted floor, the model before ``phi``).
 
-Units: variances in (eV/A)^2; the features are dimensionless after standardization. Pure numpy/scipy.
+The same form scales an energy row (per atom) of a configuration, with ``z`` = [the configuration's
+element fractions (its intercepts: a composition-weighted mean), standardized logs of the energy
+row's own ``a^T M a``, ``a^T S a``, ``|a|^2`` and of the number of atoms N] (:func:`energy_features`; an
+:class:`AtomScale` whose ``element`` argument is an (n, nelem) array of fractions).
+
+Units: variances in (eV/A)^2 (forces) or (eV/atom)^2 (energies); the features are dimensionless
+after standardization. Pure numpy/scipy.
 """
 
 from __future__ import annotations
@@ -47,19 +54,19 @@ FEATURES = ("log_me", "log_fitvar", "log_rownorm")
 
 @dataclass
 class AtomScale:
-    """Fitted per-atom scales of the force variance: ``exp(theta . z_j)`` of its coefficient part,
-    ``exp(phi . z_j)`` of its floor.
+    """Fitted per-atom scales of the force variance: ``exp(theta . z_j)`` on its coefficient part,
+    ``exp(phi . z_j)`` on its floor.
 
     Attributes:
         theta: (nelem + 3,) intercept per element, then the weights of the standardized features.
         mu, sd: (3,) means and stds of the log features over the training atoms.
         nelem: number of elements (element indices 0..nelem-1).
         lam: ridge penalty chosen by cross-validation.
+        floor_var: ``sigma_F^2`` in (eV/A)^2, the floor's reference (it replaces the model's force
+            floor): an atom's floor is ``exp(phi . z_j) sigma_F^2``.
         eps: (3,) floors of the raw feature sums (:data:`REL_FLOOR` times their training medians).
-        floor_var: ``sigma_F^2`` in (eV/A)^2, refitted with ``theta`` (added after the scale; it
-            replaces the model's force floor).
-        phi: (nelem + 3,) weights of the floor's per-atom factor ``exp(phi . z_j)``, laid out as
-            ``theta``; None (the default) is zeros: a floor that is the same for every atom.
+        phi: (nelem + 3,) as ``theta``, the log-linear scale of the floor; zeros (the default, and a
+            scale stored without it): one constant floor ``sigma_F^2``.
     """
 
     theta: np.ndarray
@@ -75,20 +82,35 @@ class AtomScale:
         self.theta = np.asarray(self.theta, float).reshape(-1)
         self.phi = (np.zeros_like(self.theta) if self.phi is None
                     else np.asarray(self.phi, float).reshape(-1))
-        if self.theta.shape != (self.nelem + len(FEATURES),) or self.phi.shape != self.theta.shape:
-            raise ValueError(f"atom scale: theta and phi must have nelem + {len(FEATURES)} = "
-                             f"{self.nelem + len(FEATURES)} values, got {self.theta.size} and "
-                             f"{self.phi.size}")
+        nfeat = np.asarray(self.mu).size
+        if self.theta.shape != (self.nelem + nfeat,) or self.phi.shape != self.theta.shape:
+            raise ValueError(f"atom scale: theta and phi must have nelem + {nfeat} = "
+                             f"{self.nelem + nfeat} values, got {self.theta.size} and {self.phi.size}")
+
+    def _z(self, sums: np.ndarray, element: np.ndarray) -> np.ndarray:
+        return design(np.log(np.maximum(sums, self.eps)), element, self.mu, self.sd, self.nelem)
 
     def log_scales(self, sums: np.ndarray, element: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(theta . z, phi . z)``, each (n,), of atoms with raw feature sums ``sums`` (n, 3)
         (:func:`atom_sums`) and element indices ``element`` (n,)."""
-        z = design(np.log(np.maximum(sums, self.eps)), element, self.mu, self.sd, self.nelem)
+        z = self._z(sums, element)
         return z @ self.theta, z @ self.phi
 
     def log_scale(self, sums: np.ndarray, element: np.ndarray) -> np.ndarray:
-        """(n,) ``theta . z`` (the coefficient part's log factor); see :meth:`log_scales`."""
-        return self.log_scales(sums, element)[0]
+        """(n,) ``theta . z`` of atoms with raw feature sums ``sums`` (n, 3) (:func:`atom_sums`) and
+        element indices ``element`` (n,)."""
+        return self._z(sums, element) @ self.theta
+
+    def log_floor_scale(self, sums: np.ndarray, element: np.ndarray) -> np.ndarray:
+        """(n,) ``phi . z`` (arguments as :meth:`log_scale`)."""
+        return self._z(sums, element) @ self.phi
+
+    def variance(self, base: np.ndarray, sums: np.ndarray, element: np.ndarray) -> np.ndarray:
+        """(n,) force variance ``base exp(theta . z) + sigma_F^2 exp(phi . z)`` in (eV/A)^2 of rows
+        whose coefficient part is ``base`` (n,) (arguments otherwise as :meth:`log_scale`)."""
+        z = self._z(sums, element)
+        return (np.asarray(base, float) * np.exp(np.clip(z @ self.theta, -50.0, 50.0))
+                + self.floor_var * np.exp(np.clip(z @ self.phi, -50.0, 50.0)))
 
     def to_dict(self) -> dict:
         return {"theta": self.theta.tolist(), "mu": self.mu.tolist(), "sd": self.sd.tolist(),
@@ -97,7 +119,6 @@ class AtomScale:
 
     @classmethod
     def from_dict(cls, d: dict) -> AtomScale:
-        """The inverse of :meth:`to_dict`; dicts written before ``phi`` existed get zeros."""
         return cls(np.asarray(d["theta"], float), np.asarray(d["mu"], float), np.asarray(d["sd"], float),
                    int(d["nelem"]), float(d["lam"]), float(d["floor_var"]),
                    np.asarray(d.get("eps", [TINY] * 3), float),
@@ -116,65 +137,91 @@ def atom_sums(me: np.ndarray, fitvar: np.ndarray, rownorm: np.ndarray, atom: np.
     return out
 
 
+def energy_features(me: np.ndarray, fitvar: np.ndarray, a: np.ndarray, natoms: np.ndarray
+                    ) -> np.ndarray:
+    """(n, 4) raw features of energy rows ``a`` (n, m) (per atom, FitSNAP layout): their model-error
+    variance ``me`` (n,) (``a^T M a``), fit variance ``fitvar`` (n,) (``a^T S a``), ``|a|^2`` and the
+    number of atoms ``natoms`` (n,) of the row's configuration."""
+    a = np.asarray(a, float)
+    return np.stack([np.asarray(me, float), np.asarray(fitvar, float), np.einsum("ij,ij->i", a, a),
+                     np.asarray(natoms, float)], axis=1)
+
+
 def design(feats: np.ndarray, element: np.ndarray, mu: np.ndarray, sd: np.ndarray, nelem: int
            ) -> np.ndarray:
-    """(n, nelem + 3) ``z``: one-hot element, then the standardized features."""
-    element = np.asarray(element, dtype=int)
-    onehot = (element[:, None] == np.arange(nelem)[None, :]).astype(float)
+    """(n, nelem + k) ``z``: the element intercepts, then the standardized features ``feats`` (n, k).
+
+    ``element``: (n,) element indices (one-hot intercepts: an atom), or (n, nelem) element fractions
+    (a configuration: the composition-weighted mean of the intercepts)."""
+    element = np.asarray(element)
+    if element.ndim == 2:
+        onehot = element.astype(float)
+    else:
+        onehot = (element.astype(int)[:, None] == np.arange(nelem)[None, :]).astype(float)
     return np.hstack([onehot, (np.asarray(feats, float) - mu) / sd])
 
 
-def _fit_theta(z: np.ndarray, base: np.ndarray, r2: np.ndarray, floor: float, lam: float,
-               nelem: int) -> tuple[np.ndarray, float]:
-    """Minimize the mean Gaussian NLL of ``r2`` under ``base * exp(z theta) + f`` over ``theta`` and
-    the floor ``f`` (started at ``floor``), plus ``lam/2 |theta_features|^2``; returns ``(theta, f)``."""
+def _fit_scales(z: np.ndarray, base: np.ndarray, r2: np.ndarray, floor: float, lam: float,
+                pen: np.ndarray, floor_free: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Minimize the mean Gaussian NLL of ``r2`` (n,) under ``base exp(z theta) + floor exp(z phi)``
+    plus ``lam/2 (|pen theta|^2 + |pen phi|^2)`` over ``theta`` and the ``floor_free`` (k,) bool
+    components of ``phi`` (the others stay 0); ``z`` (n, k), ``pen`` (k,) 0 on intercepts, 1 on
+    features. Returns ``(theta, phi)``, each (k,)."""
     ms = max(float(np.mean(r2)), TINY)
-    b, rt = base / ms, r2 / ms
-    pen = np.r_[np.zeros(nelem), np.ones(z.shape[1] - nelem)]
+    b, rt, fl = base / ms, r2 / ms, max(floor, TINY) / ms
+    k = z.shape[1]
+    free = np.flatnonzero(floor_free)
 
     def obj(x: np.ndarray) -> tuple[float, np.ndarray]:
-        th, fl = x[:-1], np.exp(x[-1])
+        th = x[:k]
+        ph = np.zeros(k)
+        ph[free] = x[k:]
         scaled = b * np.exp(np.clip(z @ th, -50.0, 50.0))
-        v = np.maximum(scaled + fl, TINY)
-        f = 0.5 * float(np.mean(np.log(v) + rt / v)) + 0.5 * lam * float(np.sum((pen * th) ** 2))
+        fscaled = fl * np.exp(np.clip(z @ ph, -50.0, 50.0))
+        v = np.maximum(scaled + fscaled, TINY)
+        f = (0.5 * float(np.mean(np.log(v) + rt / v))
+             + 0.5 * lam * float(np.sum((pen * th) ** 2) + np.sum((pen * ph) ** 2)))
         gv = 0.5 * (1.0 / v - rt / v**2) / v.size
-        return f, np.r_[z.T @ (gv * scaled) + lam * pen * th, np.sum(gv) * fl]
+        g_ph = z.T @ (gv * fscaled) + lam * pen * ph
+        return f, np.r_[z.T @ (gv * scaled) + lam * pen * th, g_ph[free]]
 
-    x0 = np.r_[np.zeros(z.shape[1]), np.log(max(floor / ms, 1e-12))]
-    res = minimize(obj, x0, jac=True, method="L-BFGS-B",
-                   bounds=[(None, None)] * z.shape[1] + [(np.log(1e-16), np.log(1e4))],
-                   options={"maxiter": 2000, "gtol": 1e-10, "ftol": 1e-14})
-    return res.x[:-1], float(np.exp(res.x[-1]) * ms)
+    res = minimize(obj, np.zeros(k + free.size), jac=True, method="L-BFGS-B",
+                   options={"maxiter": 3000, "gtol": 1e-10, "ftol": 1e-14})
+    phi = np.zeros(k)
+    phi[free] = res.x[k:]
+    return res.x[:k], phi
 
 
-def _nll(z: np.ndarray, theta: np.ndarray, base: np.ndarray, r2: np.ndarray, floor: float) -> float:
-    v = np.maximum(base * np.exp(np.clip(z @ theta, -50.0, 50.0)) + floor, TINY)
+def _nll(z: np.ndarray, theta: np.ndarray, phi: np.ndarray, base: np.ndarray, r2: np.ndarray,
+         floor: float) -> float:
+    v = np.maximum(base * np.exp(np.clip(z @ theta, -50.0, 50.0))
+                   + floor * np.exp(np.clip(z @ phi, -50.0, 50.0)), TINY)
     return 0.5 * float(np.mean(np.log(2 * np.pi * v) + r2 / v))
 
 
-def fit_atom_scale(sums: np.ndarray, element: np.ndarray, base: np.ndarray, resid: np.ndarray,
-                   floor_var: float, nelem: int, config: np.ndarray, folds: int = 5, seed: int = 0
-                   ) -> AtomScale:
-    """Fit the per-atom scale on cross-validated force residuals.
+def fit_scales(z: np.ndarray, base: np.ndarray, resid: np.ndarray, floor: float, pen: np.ndarray,
+               floor_free: np.ndarray, config: np.ndarray, folds: int = 5, seed: int = 0
+               ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Log-linear scales of both parts of a variance, ``base exp(z theta) + floor exp(z phi)``,
+    fitted to held-out residuals; the ridge penalty ``lam`` is chosen among :data:`LAMBDAS` by a
+    K-fold cross-validation over configurations of the same likelihood.
 
     Args:
-        sums: (n, 3) raw per-atom feature sums of the rows (:func:`atom_sums`).
-        element: (n,) element index of each row's atom.
-        base: (n,) the coefficient part of each row's variance (``c a^T S_f a + a^T M a``).
-        resid: (n,) held-out residuals (eV/A).
-        floor_var: ``sigma_F^2`` of the model without the scale (the start of the refitted floor).
-        nelem: number of elements.
+        z: (n, k) design (intercept columns, then standardized features).
+        base: (n,) the coefficient part of each row's variance; floor: the constant part (a
+            reference: ``phi``'s intercepts rescale it).
+        resid: (n,) held-out residuals (units of sqrt(base)).
+        pen: (k,) 1 on penalized (feature) columns, 0 on intercepts.
+        floor_free: (k,) bool, the components of ``phi`` that are fitted (the others stay 0).
         config: (n,) configuration id of each row (the inner CV deals whole configurations).
-        folds, seed: the inner cross-validation choosing ``lam``.
+
+    Returns:
+        ``(theta, phi, lam)``.
     """
-    sums = np.asarray(sums, float)
-    eps = np.maximum(REL_FLOOR * np.median(sums, axis=0), TINY)
-    feats = np.log(np.maximum(sums, eps))
-    mu = feats.mean(axis=0)
-    sd = np.maximum(feats.std(axis=0), 1e-12)
-    z = design(feats, element, mu, sd, nelem)
     r2 = np.asarray(resid, float) ** 2
     base = np.asarray(base, float)
+    pen = np.asarray(pen, float)
+    floor_free = np.asarray(floor_free, bool)
     _, code = np.unique(np.asarray(config), return_inverse=True)
     order = np.random.default_rng(seed).permutation(code.max() + 1)
     fold = (order % folds)[code]
@@ -185,10 +232,55 @@ def fit_atom_scale(sums: np.ndarray, element: np.ndarray, base: np.ndarray, resi
             tr, te = fold != f, fold == f
             if not te.any() or not tr.any():
                 continue
-            th, fl = _fit_theta(z[tr], base[tr], r2[tr], floor_var, lam, nelem)
-            s += _nll(z[te], th, base[te], r2[te], fl) * te.sum()
+            th, ph = _fit_scales(z[tr], base[tr], r2[tr], floor, lam, pen, floor_free)
+            s += _nll(z[te], th, ph, base[te], r2[te], floor) * te.sum()
         scores.append(s)
     lam = float(LAMBDAS[int(np.argmin(scores))])
-    theta, floor = _fit_theta(z, base, r2, floor_var, lam, nelem)
+    theta, phi = _fit_scales(z, base, r2, floor, lam, pen, floor_free)
+    return theta, phi, lam
+
+
+FLOOR_MODES = ("features", "element", "constant")
+"""How the force floor depends on the atom: ``exp(phi . z_j)`` with every component of ``phi``
+(``features``, default), its element intercepts only (``element``), or one constant (``constant``,
+the model before ``phi``)."""
+
+
+def fit_atom_scale(sums: np.ndarray, element: np.ndarray, base: np.ndarray, resid: np.ndarray,
+                   floor_var: float, nelem: int, config: np.ndarray, folds: int = 5, seed: int = 0,
+                   floor_model: str = "features") -> AtomScale:
+    """Fit the per-atom scale on cross-validated force residuals.
+
+    Args:
+        sums: (n, 3) raw per-atom feature sums of the rows (:func:`atom_sums`).
+        element: (n,) element index of each row's atom.
+        base: (n,) the coefficient part of each row's variance (``c a^T S_f a + a^T M a``).
+        resid: (n,) held-out residuals (eV/A).
+        floor_var: ``sigma_F^2`` of the model without the scale ((eV/A)^2): the reference of the
+            floor, which ``exp(phi . z_j)`` rescales (``constant``: refitted instead).
+        nelem: number of elements.
+        config: (n,) configuration id of each row (the inner CV deals whole configurations).
+        folds, seed: the inner cross-validation choosing ``lam``.
+        floor_model: one of :data:`FLOOR_MODES`.
+    """
+    if floor_model not in FLOOR_MODES:
+        raise ValueError(f"floor_model must be one of {FLOOR_MODES}, not {floor_model!r}")
+    sums = np.asarray(sums, float)
+    eps = np.maximum(REL_FLOOR * np.median(sums, axis=0), TINY)
+    feats = np.log(np.maximum(sums, eps))
+    mu = feats.mean(axis=0)
+    sd = np.maximum(feats.std(axis=0), 1e-12)
+    z = design(feats, element, mu, sd, nelem)
+    pen = np.r_[np.zeros(nelem), np.ones(z.shape[1] - nelem)]
+    floor = max(float(floor_var), TINY)
+    if floor_model == "constant":  # one common floor: the column of ones in the span of the one-hots
+        zc = np.hstack([z, np.ones((z.shape[0], 1))])
+        free = np.r_[np.zeros(z.shape[1], bool), True]
+        theta, phi, lam = fit_scales(zc, base, resid, floor, np.r_[pen, 0.0], free, config, folds, seed)
+        # the column of ones is the sum of the one-hot columns: its theta goes to the intercepts
+        return AtomScale(theta=np.r_[theta[:nelem] + theta[-1], theta[nelem:-1]], mu=mu, sd=sd,
+                         nelem=nelem, lam=lam, floor_var=floor * float(np.exp(phi[-1])), eps=eps)
+    free = pen == 0 if floor_model == "element" else np.ones(z.shape[1], bool)
+    theta, phi, lam = fit_scales(z, base, resid, floor, pen, free, config, folds, seed)
     return AtomScale(theta=theta, mu=mu, sd=sd, nelem=nelem, lam=lam, floor_var=floor, eps=eps,
-                     phi=np.zeros_like(theta))
+                     phi=phi)

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
-from fitsnap_uq.linear.atomscale import AtomScale, atom_sums
+from fitsnap_uq.linear.atomscale import AtomScale, atom_sums, energy_features
 from fitsnap_uq.linear.threads import limited
 from fitsnap_uq.linear.varfit import newton_variances
 
@@ -70,8 +70,12 @@ class PredictiveModel:
         nll: mean negative log-likelihood per scored row at the optimum.
         n_rows: {quantity: rows it was fitted on}.
         converged, message: the optimizer's report.
-        atom_scale: optional per-atom scale of the force rows' coefficient part
+        atom_scale: optional per-atom scales of the force rows' coefficient part and floor
             (:mod:`fitsnap_uq.linear.atomscale`); None: no scale.
+        energy_scale: optional per-configuration scales of the energy rows' coefficient part and
+            floor (an :class:`~fitsnap_uq.linear.atomscale.AtomScale` whose features are the energy
+            row's own ``a^T M a``, ``a^T S a``, ``|a|^2`` and whose intercepts are weighted by the
+            configuration's element fractions); None: no scale.
     """
 
     cov_scale: float
@@ -83,6 +87,7 @@ class PredictiveModel:
     converged: bool
     message: str
     atom_scale: AtomScale | None = field(default=None)
+    energy_scale: AtomScale | None = field(default=None)
 
     def model_error_var(self, a: np.ndarray) -> np.ndarray:
         """(n,) ``a^T M a``, the model-error variance of rows ``a`` (n, m)."""
@@ -90,20 +95,23 @@ class PredictiveModel:
         return (a**2) @ self.coef_var + low
 
     def variance(self, a: np.ndarray, post_var: np.ndarray, row_types: np.ndarray,
-                 log_scale: np.ndarray | None = None) -> np.ndarray:
+                 log_scale: np.ndarray | None = None, log_floor: np.ndarray | None = None
+                 ) -> np.ndarray:
         """(n,) predictive variance of rows ``a`` (n, m) whose fit variance is ``post_var`` (n,);
-        ``log_scale`` (n,): optional log of a factor on each row's coefficient part
-        (:meth:`atom_log_scale`)."""
+        ``log_scale``, ``log_floor`` (n,): optional logs of factors on each row's coefficient part
+        and on its floor (:meth:`atom_log_scales`)."""
         floor = np.array([self.floor_var.get(str(q), 0.0) for q in row_types])
         coef = self.cov_scale * post_var + self.model_error_var(a)
         if log_scale is not None:
             coef = coef * np.exp(np.clip(log_scale, -50.0, 50.0))
+        if log_floor is not None:
+            floor = floor * np.exp(np.clip(log_floor, -50.0, 50.0))
         return coef + floor
 
-    def atom_log_scale(self, a: np.ndarray, post_var: np.ndarray, atom: np.ndarray,
-                       element: np.ndarray) -> np.ndarray:
-        """(n,) log of the per-atom scale of each row (0 on rows with ``atom < 0`` or without an
-        :attr:`atom_scale`).
+    def atom_log_scales(self, a: np.ndarray, post_var: np.ndarray, atom: np.ndarray,
+                        element: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n,) logs of the per-atom factors of each row's coefficient part and of its floor (0 on
+        rows with ``atom < 0`` or without an :attr:`atom_scale`).
 
         Args:
             a: (n, m) rows; every force row of an atom that has any must be among them (the features
@@ -112,16 +120,62 @@ class PredictiveModel:
             atom: (n,) atom id per row (unique across configurations), -1 on non-force rows.
             element: (n,) element index of the row's atom.
         """
-        out = np.zeros(np.shape(a)[0])
+        out, out_floor = np.zeros(np.shape(a)[0]), np.zeros(np.shape(a)[0])
         atom = np.asarray(atom)
         sel = atom >= 0
         if self.atom_scale is None or not sel.any():
-            return out
+            return out, out_floor
         a_f = np.asarray(a)[sel]
         feats = atom_sums(self.model_error_var(a_f), np.asarray(post_var)[sel],
-                              np.einsum("ij,ij->i", a_f, a_f), atom[sel])
-        out[sel] = self.atom_scale.log_scale(feats, np.asarray(element)[sel])
-        return out
+                          np.einsum("ij,ij->i", a_f, a_f), atom[sel])
+        el = np.asarray(element)[sel]
+        out[sel] = self.atom_scale.log_scale(feats, el)
+        out_floor[sel] = self.atom_scale.log_floor_scale(feats, el)
+        return out, out_floor
+
+    def energy_log_scales(self, a: np.ndarray, post_var: np.ndarray, row_types: np.ndarray,
+                          composition: np.ndarray, natoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n,) logs of the per-configuration factors of each energy row's coefficient part and
+        floor (0 on other rows, or without an :attr:`energy_scale`).
+
+        Args:
+            a: (n, m) rows; post_var: (n,) ``a^T S a`` of the full fit.
+            row_types: (n,) ``Energy``/``Force``/``Stress``.
+            composition: (n, nelem) element fractions of each row's configuration, natoms: (n,)
+                its number of atoms (used on energy rows only).
+        """
+        out, out_floor = np.zeros(np.shape(a)[0]), np.zeros(np.shape(a)[0])
+        sel = np.asarray(row_types).astype(str) == "Energy"
+        if self.energy_scale is None or not sel.any():
+            return out, out_floor
+        a_e = np.asarray(a)[sel]
+        feats = energy_features(self.model_error_var(a_e), np.asarray(post_var)[sel], a_e,
+                                np.asarray(natoms)[sel])
+        comp = np.asarray(composition, float)[sel]
+        out[sel] = self.energy_scale.log_scale(feats, comp)
+        out_floor[sel] = self.energy_scale.log_floor_scale(feats, comp)
+        return out, out_floor
+
+    def atom_log_scale(self, a: np.ndarray, post_var: np.ndarray, atom: np.ndarray,
+                       element: np.ndarray) -> np.ndarray:
+        """(n,) the first of :meth:`atom_log_scales` (the coefficient part's)."""
+        return self.atom_log_scales(a, post_var, atom, element)[0]
+
+    def log_scales(self, a: np.ndarray, post_var: np.ndarray, row_types: np.ndarray,
+                   atom: np.ndarray | None = None, element: np.ndarray | None = None,
+                   composition: np.ndarray | None = None, natoms: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """(n,) logs of the factors of every row's coefficient part and floor: per atom on force
+        rows (with ``atom`` and ``element``, :meth:`atom_log_scales`), per configuration on energy
+        rows (with ``composition`` and ``natoms``, :meth:`energy_log_scales`); 0 elsewhere. Pass them to
+        :meth:`variance`."""
+        ls, lf = np.zeros(np.shape(a)[0]), np.zeros(np.shape(a)[0])
+        if atom is not None and element is not None:
+            ls, lf = self.atom_log_scales(a, post_var, atom, element)
+        if composition is not None and natoms is not None:
+            es, ef = self.energy_log_scales(a, post_var, row_types, composition, natoms)
+            ls, lf = ls + es, lf + ef
+        return ls, lf
 
     @property
     def floor_std(self) -> dict[str, float]:
@@ -314,3 +368,33 @@ def _lbfgs_low_rank(at: np.ndarray, at2: np.ndarray, vt: np.ndarray, qidx: np.nd
                    options={"maxiter": max_iter, "maxfun": 4 * max_iter, "ftol": 1e-13, "gtol": 1e-10})
     c, s2, fl, u = unpack(res.x)
     return c, s2, fl, u, float(res.fun), bool(res.success), str(res.message)
+
+
+MISFIT_LEVERAGE_PERCENTILE = 50.0
+"""Rows whose leverage ``a^T S a`` is below this percentile of the rows' are left out of
+:func:`misfit_covariance` (POPSRegression's default ``leverage_percentile``)."""
+
+
+def misfit_covariance(a: np.ndarray, resid: np.ndarray, cov: np.ndarray,
+                      percentile: float = MISFIT_LEVERAGE_PERCENTILE) -> np.ndarray:
+    """(m, m) covariance of the pointwise corrections of held-out rows (POPS, Swinburne and Perez,
+    Mach. Learn.: Sci. Technol. 6, 015008 (2025)): the smallest change of the coefficients, in the
+    metric of the fit's covariance, that fits row i exactly is ``d_i = S a_i r_i / (a_i^T S a_i)``;
+    returns the mean of ``d_i d_i^T`` over the rows whose leverage ``a_i^T S a_i`` is at or above
+    ``percentile`` of the rows' (and nonzero). Its principal axes are the directions in which the
+    fitted coefficients miss the data (used as the axes of the model error: only they matter, not
+    its scale).
+
+    Args:
+        a: (n, m) held-out rows (unweighted, FitSNAP layout); resid: (n,) their residuals;
+        cov: (m, m) the fit's coefficient covariance S (any positive scale).
+    """
+    a = np.asarray(a, float)
+    sa = a @ np.asarray(cov, float)  # (n, m) S a_i
+    lev = np.einsum("ij,ij->i", sa, a)
+    ok = lev > 1e-14 * max(float(lev.max()), 1e-300) if lev.size else lev > 0
+    if not ok.any():
+        return np.asarray(cov, float).copy()
+    keep = ok & (lev >= np.percentile(lev[ok], percentile))
+    d = sa[keep] * (np.asarray(resid, float)[keep] / lev[keep])[:, None]
+    return d.T @ d / d.shape[0]

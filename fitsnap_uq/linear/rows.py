@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from fitsnap_uq.linear import noise as noise_model
-from fitsnap_uq.linear.atomscale import atom_sums, fit_atom_scale
+from fitsnap_uq.linear.atomscale import atom_sums, energy_features, fit_atom_scale
 from fitsnap_uq.linear.bayes import (
     BayesResult,
     ClassStats,
@@ -36,7 +36,7 @@ from fitsnap_uq.linear.bayes import (
     merge_stats,
 )
 from fitsnap_uq.linear.gaussian import row_variance
-from fitsnap_uq.linear.predictive import PredictiveModel, fit_predictive
+from fitsnap_uq.linear.predictive import SHARED, PredictiveModel, fit_predictive, misfit_covariance
 from fitsnap_uq.linear.threads import limited
 
 RECAL_LEVELS = np.unique(np.concatenate([np.linspace(0.01, 0.99, 99), [0.682689492, 0.954499736]]))
@@ -58,6 +58,8 @@ class Rows:
         element: optional (n,) int, element index of that atom (the potential's element order), -1
             on other rows. With both, :func:`fit_with_model_error` learns a per-atom force scale
             (:mod:`fitsnap_uq.linear.atomscale`).
+        natoms: optional (n,) int, number of atoms of each row's configuration (needed by the
+            per-configuration energy scale).
     """
 
     a: np.ndarray
@@ -69,6 +71,7 @@ class Rows:
     configs: np.ndarray
     atom: np.ndarray | None = None
     element: np.ndarray | None = None
+    natoms: np.ndarray | None = None
 
     def subset(self, keep: np.ndarray) -> Rows:
         """The rows where ``keep`` (bool mask or indices) selects; ``self`` (no copy) when a mask keeps
@@ -79,7 +82,8 @@ class Rows:
         return Rows(self.a[keep], self.b[keep], self.w[keep], self.testing[keep], self.groups[keep],
                     self.row_types[keep], self.configs[keep],
                     None if self.atom is None else self.atom[keep],
-                    None if self.element is None else self.element[keep])
+                    None if self.element is None else self.element[keep],
+                    None if self.natoms is None else self.natoms[keep])
 
     def atom_ids(self) -> np.ndarray:
         """(n,) an integer id per atom of the force rows (same on its rows), -1 elsewhere; needs
@@ -384,7 +388,8 @@ def fit_with_model_error(rows: Rows, folds: int = 5, seed: int = 0, noise_classe
                          tol: float = 1e-8, max_rows: int = 50000,
                          unpenalized: np.ndarray | None = None, rank: int = 0,
                          basis: str = "posterior", keep: np.ndarray | None = None,
-                         on_fold: Callable[[int], None] | None = None
+                         on_fold: Callable[[int], None] | None = None, atom_floor: str = "constant",
+                         energy_scale: bool = False
                          ) -> tuple[RowsFit, PredictiveModel, dict[str, np.ndarray]]:
     """Fit the mean of ``rows`` and learn the predictive model of new configurations by K-fold CV.
 
@@ -404,17 +409,26 @@ def fit_with_model_error(rows: Rows, folds: int = 5, seed: int = 0, noise_classe
             eigenvectors of the mean fit's posterior covariance S (so each principal direction of
             the fit, well or poorly determined by the weighted data, gets its own model error; this
             contains ``c S`` as the case of equal variances), or ``coefficients`` (each SNAP
-            coefficient its own, the embedded model error of Sargsyan et al. as written).
+            coefficient its own, the embedded model error of Sargsyan et al. as written), or
+            ``misfit``: the principal axes of the held-out rows' misfit covariance
+            (:func:`~fitsnap_uq.linear.predictive.misfit_covariance`, the axes of POPS).
         keep: optional (n,) bool, the rows to use (as ``rows.subset(keep)``, without copying them).
         on_fold: called with f after the fit of fold f (progress reporting).
+        atom_floor: how the per-atom force scale's floor depends on the atom (rows with atom and
+            element labels only): ``fit_atom_scale``'s ``floor_model``. Default ``constant``: a
+            floor per element or per atom lowered the force Spearman and the recalibrated NLL on
+            held-out Ta and W-Be configurations (``benchmarks/calibration_newdata.py``).
+        energy_scale: also learn a per-configuration scale of the energy variance
+            (:attr:`~fitsnap_uq.linear.predictive.PredictiveModel.energy_scale`; its intercepts are
+            weighted by the element fractions of :func:`composition`).
 
     Returns:
         The full fit, the predictive model (with ``basis = posterior`` its ``factor`` holds the
         rotated model error), and ``{quantity: |residual| / sigma}`` of the scored held-out rows
         under that model (for the quantile recalibration).
     """
-    if basis not in ("posterior", "coefficients"):
-        raise ValueError(f"basis must be 'posterior' or 'coefficients', not {basis!r}")
+    if basis not in BASES:
+        raise ValueError(f"basis must be one of {BASES}, not {basis!r}")
     nonzero = rows.w != 0 if keep is None else (rows.w != 0) & np.asarray(keep, dtype=bool)
     fs, full = _folds_and_full_fit(rows, folds, seed, noise_classes, prior, weights, max_iter, tol,
                                    unpenalized, keep=nonzero, fold_over=nonzero)
@@ -427,15 +441,23 @@ def fit_with_model_error(rows: Rows, folds: int = 5, seed: int = 0, noise_classe
     cv = cross_validate(rows, fs, full, prior, max_iter, tol, unpenalized, scored, on_fold=on_fold)
     a = rows.a[cv.index]
     t = types[cv.index]
+    if energy_scale and rows.natoms is None:
+        raise ValueError("energy_scale needs the rows' numbers of atoms (Rows.natoms)")
+    comp_cols = composition_columns(a, t) if energy_scale else None
     if basis == "coefficients":
         model = fit_predictive(a, cv.resid, cv.post_var, t, rank=rank, seed=seed)
         var = model.variance(a, cv.post_var, t)
     else:
-        # (m, m) orthonormal principal axes of S over the active columns; the columns the fit leaves
-        # out (all-zero descriptors) keep their own unit axes, so they get no model error.
+        # (m, m) orthonormal principal axes of S (or of the misfit covariance) over the active
+        # columns; the columns the fit leaves out (all-zero descriptors) keep their own unit axes,
+        # so they get no model error.
         act = full.result.active
         axes = np.eye(a.shape[1])
-        axes[np.ix_(act, act)] = np.linalg.eigh(full.result.cov[np.ix_(act, act)])[1]
+        cov_act = full.result.cov[np.ix_(act, act)]
+        if basis == "misfit":
+            shared = np.isin(t, SHARED)
+            cov_act = misfit_covariance(a[np.ix_(shared, act)], cv.resid[shared], cov_act)
+        axes[np.ix_(act, act)] = np.linalg.eigh(cov_act)[1]
         a = a @ axes  # the held-out rows on the axes (the unrotated copy is not needed again)
         rotated = fit_predictive(a, cv.resid, cv.post_var, t, rank=rank, seed=seed)
         # diag(s^2) on the axes is the covariance axes diag(s^2) axes^T: a factor of the coefficients.
@@ -444,19 +466,24 @@ def fit_with_model_error(rows: Rows, folds: int = 5, seed: int = 0, noise_classe
         # variance(a_rot) under the rotated model equals variance(a) under the coefficient-axes one
         var = rotated.variance(a, cv.post_var, t)
     if rows.atom is not None and rows.element is not None and np.any(t == "Force"):
-        model, var = _with_atom_scale(rows, fs.design.use, full, model, cv, t, var, folds, seed)
+        model, var = _with_atom_scale(rows, fs.design.use, full, model, cv, t, var, folds, seed,
+                                      atom_floor)
+    if energy_scale and np.any(t == "Energy"):
+        model, var = _with_energy_scale(rows, full, model, cv, t, var, comp_cols, folds, seed)
     std = np.sqrt(var)
     ratios = {q: np.abs(cv.resid[t == q]) / std[t == q] for q in np.unique(t)}
     return full, model, ratios
 
 
+BASES = ("posterior", "coefficients", "misfit")
+"""Axes on which :func:`fit_with_model_error`'s model error is diagonal."""
 ATOM_BLOCK = 20000
 """Force rows per block when the per-atom features of every training atom are computed."""
 
 
 def _with_atom_scale(rows: Rows, use: np.ndarray, full: RowsFit, model: PredictiveModel,
-                     cv: CrossValidated, types: np.ndarray, var: np.ndarray, folds: int, seed: int
-                     ) -> tuple[PredictiveModel, np.ndarray]:
+                     cv: CrossValidated, types: np.ndarray, var: np.ndarray, folds: int, seed: int,
+                     floor_model: str = "constant") -> tuple[PredictiveModel, np.ndarray]:
     """Learn the per-atom force scale (:mod:`fitsnap_uq.linear.atomscale`) on the cross-validated
     force rows; returns the model with it and the scored rows' variances (n,) under it.
 
@@ -480,11 +507,62 @@ def _with_atom_scale(rows: Rows, use: np.ndarray, full: RowsFit, model: Predicti
     _, config = noise_model.pair_codes(rows.groups, rows.configs)
     element = np.asarray(rows.element, dtype=int)
     scale = fit_atom_scale(feats_all[pos[held]], element[held], base, cv.resid[scored], floor,
-                           int(element.max()) + 1, config[held], folds=folds, seed=seed)
+                           int(element.max()) + 1, config[held], folds=folds, seed=seed,
+                           floor_model=floor_model)
     var = var.copy()
-    var[scored] = base * np.exp(np.clip(scale.log_scale(feats_all[pos[held]], element[held]),
-                                        -50.0, 50.0)) + scale.floor_var
+    var[scored] = scale.variance(base, feats_all[pos[held]], element[held])
     return replace(model, atom_scale=scale, floor_var={**model.floor_var, "Force": scale.floor_var}), var
+
+
+def composition_columns(a: np.ndarray, row_types: np.ndarray) -> np.ndarray | None:
+    """Indices of the per-element constant columns of FitSNAP's layout in rows ``a`` (n, m): zero on
+    every force and stress row, nonzero on some energy row, and summing to 1 on every energy row (an
+    energy row per atom holds each element's fraction there). None if the rows show no such columns
+    (no force or stress rows, or another layout)."""
+    types = np.asarray(row_types).astype(str)
+    energy = types == "Energy"
+    if not energy.any() or energy.all():
+        return None
+    nz_other = np.zeros(a.shape[1], dtype=bool)
+    for s in range(0, energy.size, ATOM_BLOCK):  # blocks: no copy of the rows
+        blk, e = a[s:s + ATOM_BLOCK], energy[s:s + ATOM_BLOCK]
+        nz_other |= np.any(blk[~e] != 0, axis=0)
+    a_e = a[energy]
+    cols = np.flatnonzero(~nz_other & np.any(a_e != 0, axis=0))
+    frac = a_e[:, cols]
+    if cols.size == 0 or not np.allclose(frac.sum(axis=1), 1.0, atol=1e-8) or np.any(frac < -1e-12):
+        return None
+    return cols
+
+
+def composition(a: np.ndarray, cols: np.ndarray | None) -> np.ndarray:
+    """(n, k) element fractions of energy rows ``a`` (n, m) from their constant columns ``cols``
+    (:func:`composition_columns`); (n, 1) ones when ``cols`` is None (one intercept)."""
+    if cols is None:
+        return np.ones((np.shape(a)[0], 1))
+    return np.clip(np.asarray(a)[:, cols], 0.0, 1.0)
+
+
+def _with_energy_scale(rows: Rows, full: RowsFit, model: PredictiveModel, cv: CrossValidated,
+                       types: np.ndarray, var: np.ndarray, comp_cols: np.ndarray | None, folds: int,
+                       seed: int) -> tuple[PredictiveModel, np.ndarray]:
+    """Learn the per-configuration energy scale on the cross-validated energy rows; returns the
+    model with it and the scored rows' variances (n,) under it. Features from the full fit's ``S``
+    and the learned model error (as a prediction computes them); floor model ``features``."""
+    scored = types == "Energy"
+    held = cv.index[scored]
+    a_e = rows.a[held]
+    feats = energy_features(model.model_error_var(a_e), row_variance(a_e, full.result.cov), a_e,
+                            np.asarray(rows.natoms)[held])
+    comp = composition(a_e, comp_cols)
+    floor = float(model.floor_var.get("Energy", 0.0))
+    base = np.maximum(var[scored] - floor, 0.0)
+    _, config = noise_model.pair_codes(rows.groups, rows.configs)
+    scale = fit_atom_scale(feats, comp, base, cv.resid[scored], floor, comp.shape[1], config[held],
+                           folds=folds, seed=seed, floor_model="features")
+    var = var.copy()
+    var[scored] = scale.variance(base, feats, comp)
+    return replace(model, energy_scale=scale, floor_var={**model.floor_var, "Energy": scale.floor_var}), var
 
 
 @limited(_rows_cols)
