@@ -7,7 +7,7 @@ EMT system (Cu-Au, fcc, Cu3Au composition, 32-atom cells).
     python benchmarks/al_otf.py --system wh --seeds 0 --methods random threshold max_std
 
 ``--system wh``: hydrogen in bcc W with GFN1-xTB instead (``benchmarks/_wh.py``; 16 W + 1-2 H cells,
-scored on the loop's own test set from an independent MD at 1200 K), written to ``OUTDIR/wh``.
+scored on frames of an independent xTB MD at 1200 K), written to ``OUTDIR/wh``.
 
 Per seed every method starts from the same labelled lattice structures and is scored on the same test
 set: frames of an independent EMT Langevin MD (ASE) at the hottest loop temperature, from another random

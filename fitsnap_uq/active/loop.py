@@ -946,9 +946,11 @@ class Loop:
         The MD runs fit 0's potential (``posterior``) at the hottest condition (:meth:`hottest`) with the
         exploration's script (the user's template or the built-in NVT/NPT run) and the uncertainty hook
         every ``every`` steps, but its own velocity seed (seed + 30000) and, on the built-in lattice, its
-        own random arrangement of the elements (:meth:`md_start`). The frames are taken evenly spaced
-        from the second half of the run (:func:`spread_frames`). Deterministic in the seed; the choice is
-        kept in ``testmd/done.json`` (a run cut short starts over).
+        own random arrangement of the elements (:meth:`md_start`); it runs its full length, whatever fit
+        0's uncertainty (no ``halt_above``: its frames are for QM, and fit 0 is the least sure fit). The
+        frames are taken evenly spaced from the second half of the run (:func:`spread_frames`).
+        Deterministic in the seed; the choice is kept in ``testmd/done.json`` (a run cut short starts
+        over).
         """
         import shutil
 
@@ -970,7 +972,7 @@ class Loop:
             with _progress.timed(f"fitsnap-uq al: test-set MD at {where} ({cfg.md_steps} steps, fit 0)",
                                  show=self.progress):
                 res = run_md(folder / "in.md", posterior, every=cfg.every, flag_dir=folder / "flagged",
-                             flag_above=0.0, halt_above=cfg.halt_above, max_flags=None,
+                             flag_above=0.0, halt_above=None, max_flags=None,
                              log=str(folder / "log.lammps"), screen=False, comm=self._lammps_comm())
             frames = [p for p in sorted((folder / "flagged" / "json").rglob("*.json"))
                       if not p.stem.endswith("_step0")]  # the start structure is no test
