@@ -190,7 +190,8 @@ def dask_pool(workers: int, scheduler: str = "") -> Callable[[contextlib.ExitSta
             try:
                 client = Client(scheduler, timeout="20s")
             except (OSError, TimeoutError) as exc:
-                raise InputError(f"cannot reach the Dask scheduler {scheduler!r}: {exc}") from None
+                raise InputError(f"cannot reach the Dask scheduler {scheduler!r}: {exc}", section="oracle",
+                                 key="dask_scheduler") from None
         else:
             cluster = stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=1,
                                                        processes=True, dashboard_address=None,
