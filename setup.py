@@ -44,7 +44,10 @@ setup(
             # lint-imports: tests/test_layers.py checks the import contracts of pyproject.toml (the core
             # imports no FitSNAP/LAMMPS/MPI; imports point from orchestration down to the core; no cycles)
             "import-linter>=2.17",
+            "dask[distributed]",  # the dask QM executor's tests run the real local cluster
         ],
+        # QM labelling of fitsnap-uq al on a Dask cluster ([oracle] executor = "dask")
+        "dask": ["dask[distributed]"],
         # peers of benchmarks/calibration_newdata.py, on the same rows: POPSRegression (misspecification-
         # aware Bayesian ridge) and pytuq (Sandia's UQ library behind the seed talk)
         "bench": ["popsregression", "pytuq"],

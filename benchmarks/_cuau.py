@@ -28,7 +28,12 @@ def _value(v: Any) -> str:
 
 def cuau_toml(**tables: dict[str, Any]) -> str:
     """The config as TOML, with ``tables`` ({table: {key: value}}) overriding or adding keys."""
-    merged = {name: dict(keys) for name, keys in BASE.items()}
+    return config_toml(BASE, **tables)
+
+
+def config_toml(base: dict[str, dict[str, Any]], **tables: dict[str, Any]) -> str:
+    """The config ``base`` as TOML, with ``tables`` ({table: {key: value}}) overriding or adding keys."""
+    merged = {name: dict(keys) for name, keys in base.items()}
     for name, keys in tables.items():
         merged.setdefault(name, {}).update(keys)
     return "".join(f"[{name}]\n" + "".join(f"{k} = {_value(v)}\n" for k, v in keys.items())

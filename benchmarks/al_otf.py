@@ -4,6 +4,10 @@ EMT system (Cu-Au, fcc, Cu3Au composition, 32-atom cells).
 
     python benchmarks/al_otf.py --seeds 0 1 2 [--methods random threshold max_std d_optimal]
         [--budget 14] [--outdir benchmarks/out/al_otf]
+    python benchmarks/al_otf.py --system wh --seeds 0 --methods random threshold max_std
+
+``--system wh``: hydrogen in bcc W with GFN1-xTB instead (``benchmarks/_wh.py``; 16 W + 1-2 H cells,
+scored on frames of an independent xTB MD at 1200 K), written to ``OUTDIR/wh``.
 
 Per seed every method starts from the same labelled lattice structures and is scored on the same test
 set: frames of an independent EMT Langevin MD (ASE) at the hottest loop temperature, from another random
@@ -29,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _cuau import cuau_toml  # noqa: E402
+from _wh import run_wh  # noqa: E402
 
 
 def test_frames(path: Path, seed: int, temperature: float, frames: int = 8) -> None:
@@ -61,6 +66,8 @@ def test_frames(path: Path, seed: int, temperature: float, frames: int = 8) -> N
 
 def run(method: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
     """One loop (resumed if cut short, reused if finished); returns its summary."""
+    if args.system == "wh":
+        return run_wh(method, seed, args, out)
     folder = out / f"seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     test = folder / "test_md.extxyz"
@@ -104,8 +111,10 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=6)
     ap.add_argument("--flag-above", type=float, default=0.005, help="threshold method: raw eV/A")
     ap.add_argument("--outdir", default=str(ROOT / "benchmarks" / "out" / "al_otf"))
+    ap.add_argument("--system", choices=["cuau", "wh"], default="cuau",
+                    help="cuau: Cu-Au with EMT; wh: H in W with GFN1-xTB (benchmarks/_wh.py), in OUTDIR/wh")
     args = ap.parse_args()
-    out = Path(args.outdir).resolve()
+    out = Path(args.outdir).resolve() / ("wh" if args.system == "wh" else "")
     results: dict[str, dict[int, list[dict]]] = {m: {} for m in args.methods}
     failed: dict[str, list[int]] = {m: [] for m in args.methods}
     for seed in args.seeds:
@@ -151,13 +160,18 @@ def main() -> int:
         ok = calls <= 0.5 and cost <= 0.7
         print(f"best strategy {best}: {calls:.2f}x the QM calls, {cost:.2f}x the cost of random -> "
               f"{'PASS' if ok else 'FAIL'} (bounds 0.5x, 0.7x)")
-    plot(results, args.seeds, out)
+    plot(results, args.seeds, out, TITLES[args.system])
     (out / "results.json").write_text(json.dumps({"args": vars(args), "curves": results, "fractions": table},
                                                  indent=1))
     return 0
 
 
-def plot(results: dict[str, dict[int, list[dict]]], seeds: list[int], out: Path) -> None:
+TITLES = {"cuau": "fitsnap-uq al on Cu-Au (EMT): strategies vs random and first-come threshold",
+          "wh": "fitsnap-uq al on H in W (GFN1-xTB): strategies vs random and first-come threshold"}
+
+
+def plot(results: dict[str, dict[int, list[dict]]], seeds: list[int], out: Path, title: str = TITLES["cuau"]
+         ) -> None:
     """Learning curves against QM calls and atoms^3 cost, one line per method and seed."""
     sys.path.insert(0, str(ROOT))
     from fitsnap_uq.plotting import pyplot, save
@@ -175,7 +189,7 @@ def plot(results: dict[str, dict[int, list[dict]]], seeds: list[int], out: Path)
     for ax in axes:
         ax.set_ylabel("test force RMSE (eV/A)")
         ax.legend()
-    fig.suptitle("fitsnap-uq al on Cu-Au (EMT): strategies vs random and first-come threshold")
+    fig.suptitle(title)
     fig.tight_layout()
     save(fig, out / "learning_curves.png")
 

@@ -125,7 +125,8 @@ class DemoSettings:
                         temperatures=list(self.temperatures or e["temperatures"]), md_cells=n,
                         md_steps=self.md_steps,
                         flag_above=e["flag_above"], max_flags=4, iterations=self.iterations,
-                        qm_budget=self.qm_budget, test_structures=self.test_structures)
+                        qm_budget=self.qm_budget, test_structures=self.test_structures,
+                        test_set="lattice")
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """``fitsnap-uq al`` started from what a user has (issue 18, acceptance 2): a two-element FitSNAP project
 (input + JSON training set labelled with the same oracle, EMT), extra structures and test structures in
-extxyz, and the user's own LAMMPS template running NPT at two pressures."""
+extxyz, and the user's own LAMMPS template running NPT at two pressures; QM calls on two worker
+processes; scored on the user's test structures and on frames of an independent MD at the hottest
+condition."""
 
 from __future__ import annotations
 
@@ -74,6 +76,8 @@ structures = ["extra.extxyz"]
 test_files = ["mytest.extxyz"]
 [oracle]
 name = "emt"
+executor = "processes"
+workers = 2
 [md]
 template = "in.npt"
 md_data = "start.extxyz"
@@ -85,7 +89,7 @@ max_flags = 1
 [loop]
 iterations = 2
 qm_budget = 6
-test_structures = 0
+test_structures = 2
 """
 
 
@@ -136,7 +140,18 @@ def test_al_from_a_fitsnap_project_and_an_npt_template(tmp_path):
     assert summary["elements"] == ["Cu", "Au"]
     assert curve[0]["configurations"] == 6 + 2 and curve[0]["qm_calls"] == 2  # project + extxyz
     assert curve[-1]["qm_calls"] > curve[0]["qm_calls"]
-    assert curve[0]["test_configurations"] == 2  # the user's test structures
+    # both test sets scored at every fit: 2 frames of the independent MD (the first set), the user's 2
+    assert all(c["test_configurations"] == 2 and c["by_test_set"]["user"]["test_configurations"] == 2
+               and c["by_test_set"]["md"]["force_rmse"] == c["force_rmse"] for c in curve)
+    assert summary["qm_calls_test"] == {"md": 2, "user": 2}  # outside the training budget
+    assert summary["qm_calls_training"] == curve[-1]["qm_calls"] <= 6
+    # the test MD: the hottest condition (1000 K, 20000 bar) in the user's template, its own seed
+    script = (work / "testmd" / "in.md").read_text()
+    assert "iso 20000 20000 1.0" in script and "${" not in script and " 30002 loop geom" in script
+    chosen = json.loads((work / "testmd" / "done.json").read_text())["chosen"]
+    assert len(chosen) == 2 and not any(c.endswith("_step0.json") for c in chosen)
+    assert sorted(p.name for p in (work / "testset").glob("*.json")) == sorted(
+        f"md_{Path(c).stem}.json" for c in chosen)
     fit_input = (work / "iter0" / "fit" / "al.in").read_text()
     assert "Bulk = 1.0 0.0 1.0 1.0 1e-6" in fit_input and "Strained = 1.0 0.0 2.0 0.5 1e-6" in fit_input
     assert "type = Cu Au" in fit_input and "radelem = 0.5 0.55" in fit_input
@@ -149,6 +164,7 @@ def test_al_from_a_fitsnap_project_and_an_npt_template(tmp_path):
     assert {c["file"].split("/")[2] for c in journal if c["set"] == "train"} >= {"Initial", "Flagged0"}
     report = (work / "report.md").read_text()
     assert "test force RMSE" in report and "QM cost" in report and "95% bootstrap" in report
+    assert "## Test set: md" in report and "## Test set: user" in report and "executor processes" in report
     assert (work / "learning_curve.png").exists()
     # the project's files were copied once, unchanged
     src = sorted((tmp_path / "project" / "JSON").rglob("*.json"))

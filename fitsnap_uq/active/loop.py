@@ -6,7 +6,10 @@ Everything lives in the work folder (default: next to the config, ``<config stem
 
 * ``data/JSON/<group>/<name>.json``: labelled configurations (FitSNAP JSON), written atomically;
 * ``journal.jsonl``: one line per completed QM call (appended and fsynced after its file is written);
-* ``testset/``: an independent QM-labelled test set (its own budget), for the learning curve;
+* ``testset/``: the loop's QM-labelled test set (``[loop] test_set``: ``md``, frames of an independent MD
+  at the hottest condition, run in ``testmd/``; or ``lattice``, rattled cells), ``testset_user/``: the
+  user's ``test_files`` labelled by the oracle; every fit is scored on each (QM calls outside the
+  training budget, counted and reported apart);
 * ``iter<k>/fit``: the FitSNAP input and outputs of fit k; ``iter<k>/md_<T>K``: MD script and flags;
   ``iter<k>/select``: the candidates' descriptors and the choice;
 * ``report.md``, ``summary.json`` and ``learning_curve.png``; ``.lock`` (see below).
@@ -20,7 +23,7 @@ Starting data (``[start]``): the built-in lattice structures (``[system] initial
 configurations of any ASE-readable files (``structures``: extxyz, POSCAR, cif, LAMMPS data...; every
 frame, labelled by the oracle), and a FitSNAP project (``fitsnap_input``: its JSON training set is copied
 into ``data/JSON`` once and fitted with its own groups, sizes and weights; no QM call). ``test_files``:
-ASE-readable structures added to the QM test set.
+ASE-readable structures, labelled by the oracle and scored as a test set of their own.
 
 Exploration (``[md]``): NVT (or NPT at each of ``pressures``, bar) of the MD start structure (``md_data``,
 any ASE-readable file, or the lattice in ``md_cells``), or the user's own LAMMPS input ``template``, run
@@ -62,7 +65,10 @@ over by the next.
 Progress (:mod:`fitsnap_uq.progress`, rank 0): a stage line per labelling step, fit, test and MD run,
 and a bar over each step's QM calls.
 
-Under ``mpirun -np N fitsnap-uq al CONFIG.toml`` the QM calls of each labelling step (initial
+QM calls run on ``[oracle] executor`` (:mod:`fitsnap_uq.active.executors`): in this process
+(``serial``), over MPI ranks (``mpi``), a local process pool (``processes``, ``workers``) or a Dask
+cluster (``dask``, ``dask_scheduler``); each call's outcome is journalled when it arrives. Under
+``mpirun -np N fitsnap-uq al CONFIG.toml`` the QM calls of each labelling step (initial
 structures, test set, flagged frames) are spread over the N ranks (round-robin; each rank writes the
 files it labelled, atomically); everything else (fits, MD, test errors, journal, report) runs on rank
 0 alone, as in a serial run, while the other ranks wait for the next labelling step (asleep, not
@@ -83,13 +89,21 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fitsnap_uq import progress as _progress
+from fitsnap_uq.active.executors import (
+    DASK_MISSING,
+    EXECUTORS,
+    MPIExecutor,
+    dask_available,
+    die_with_parent,
+    make_executor,
+)
 from fitsnap_uq.active.lock import FolderLock
 from fitsnap_uq.active.oracles import (
     MPI_LAUNCHER_ENV,
     ASEOracle,
+    Outcome,
     ase_serial,
     is_labelled,
-    label_many,
     oracle_from_name,
     read_fitsnap_json,
     world_comm,
@@ -100,7 +114,6 @@ from fitsnap_uq.active.strategies import STRATEGIES, Candidates
 from fitsnap_uq.errors import InputError
 from fitsnap_uq.fitsnap_json import atoms_record, write_record
 from fitsnap_uq.io import atomic_write
-from fitsnap_uq.parallel import sleeping_bcast
 
 
 @dataclass
@@ -124,6 +137,9 @@ class ALConfig:
     test_files: list[str] = field(default_factory=list)
     oracle: str = "xtb"
     electronic_temperature: float = 3000.0
+    executor: str = "auto"
+    workers: int = 0  # processes / local Dask cluster; 0: the CPU count
+    dask_scheduler: str = ""
     twojmax: int = 6
     rcutfac: float = 4.67637
     rfac0: float = 0.99363
@@ -152,6 +168,7 @@ class ALConfig:
     iterations: int = 4
     qm_budget: int = 40
     test_structures: int = 4
+    test_set: str = "md"
     base: str = "."
     source: str = ""  # the config file, for messages
 
@@ -159,13 +176,13 @@ class ALConfig:
         "system": ("element", "elements", "composition", "lattice", "a", "supercell", "initial", "rattle",
                    "test_rattle", "strain", "seed"),
         "start": ("fitsnap_input", "structures", "test_files"),
-        "oracle": ("oracle", "electronic_temperature"),
+        "oracle": ("oracle", "electronic_temperature", "executor", "workers", "dask_scheduler"),
         "snap": ("twojmax", "rcutfac", "rfac0", "radelem", "wj", "zbl"),
         "fit": ("noise_classes", "recalibration"),
         "select": ("strategy", "batch", "cost_gamma", "spread", "tolerance", "level"),
         "md": ("temperatures", "pressures", "template", "md_data", "md_cells", "md_steps", "timestep",
                "every", "flag_above", "halt_above", "max_flags"),
-        "loop": ("iterations", "qm_budget", "test_structures")}
+        "loop": ("iterations", "qm_budget", "test_structures", "test_set")}
 
     @classmethod
     def read(cls, path: str | Path) -> ALConfig:
@@ -263,6 +280,17 @@ class ALConfig:
             raise InputError("must be at least 1", **self._where("batch"))
         if not 0.0 < self.level < 1.0:
             raise InputError("a coverage in (0, 1)", **self._where("level"))
+        if self.executor not in ("auto", *EXECUTORS):
+            raise InputError(f"unknown executor; known: auto, {', '.join(EXECUTORS)}",
+                             **self._where("executor"))
+        if self.workers < 0:
+            raise InputError("must be at least 0 (0: the CPU count)", **self._where("workers"))
+        if self.dask_scheduler and self.executor != "dask":
+            raise InputError("a Dask scheduler needs executor = \"dask\"", **self._where("dask_scheduler"))
+        if self.executor == "dask" and not dask_available():
+            raise InputError(DASK_MISSING, **self._where("executor"))
+        if self.test_set not in TEST_SETS:
+            raise InputError(f"unknown test set; known: {', '.join(TEST_SETS)}", **self._where("test_set"))
         known = set(self.species()) | {"*"}
         if isinstance(self.tolerance, dict) and not self.fitsnap_input and not set(self.tolerance) <= known:
             raise InputError(f"keys must be elements of {self.species()} (or '*')",
@@ -276,6 +304,11 @@ class ALConfig:
         return float(self.tolerance)
 
 
+TEST_SETS = ("md", "lattice")
+"""``[loop] test_set``: the loop's own test set of ``test_structures`` configurations: ``md``, frames of an
+independent MD at the hottest condition (:meth:`Loop.md_test_set`), or ``lattice``, rattled and strained
+lattice cells (``test_rattle``)."""
+
 SELECTIONS = ("threshold", *STRATEGIES)
 """``[select] strategy``: ``threshold`` (the first ``max_flags`` frames of each MD run above ``flag_above``,
 in raw eV/A), or a strategy of :mod:`fitsnap_uq.active.strategies` choosing among every evaluated frame."""
@@ -283,18 +316,6 @@ in raw eV/A), or a strategy of :mod:`fitsnap_uq.active.strategies` choosing amon
 LOOP_GROUP_WEIGHTS = "1.0 0.0 1.0 1.0 1e-6"
 """``[GROUPS]`` sizes and weights of the loop's own groups (training_size testing_size eweight fweight
 vweight): all in training, energies and forces weighted alike, stresses nearly off."""
-
-
-def _die_with_parent() -> None:
-    """In a child process (``preexec_fn``): on Linux, be killed when the parent dies, so a fit of a loop
-    killed with ``kill -9`` does not go on writing into the folder the rerun works in."""
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the rerun's fit overwrites the orphan's files
-        pass
 
 
 def first_fit_of(name: str) -> int | None:
@@ -307,6 +328,22 @@ def first_fit_of(name: str) -> int | None:
     if group.startswith("Flagged") and group[7:].isdigit():
         return int(group[7:]) + 1
     return 0
+
+
+NO_TEST: dict[str, Any] = {"energy_rmse": float("nan"), "force_rmse": float("nan"),
+                           "energy_rmse_95": (float("nan"), float("nan")),
+                           "force_rmse_95": (float("nan"), float("nan")), "test_configurations": 0}
+"""The test errors of a fit when there is no labelled test configuration."""
+
+
+def spread_frames(m: int, n: int) -> list[int]:
+    """Indices of ``n`` of ``m`` MD frames (in time order) for a test set: evenly spaced over the second
+    half of the run, the last frame included (over the whole run when its second half has fewer than
+    ``n``); all of them when ``m`` <= ``n``. Sorted."""
+    if m <= n:
+        return list(range(m))
+    start = m // 2 if m - m // 2 >= n else 0
+    return sorted({int(round(x)) for x in np.linspace(m - 1, start, n)})
 
 
 def bootstrap_rmse(sq_sums: np.ndarray, counts: np.ndarray, seed: int = 0, draws: int = 2000
@@ -351,6 +388,11 @@ class Loop:
                                                      electronic_temperature=config.electronic_temperature)
         except InputError as exc:
             raise InputError(exc.detail, **config._where("oracle")) from None
+        try:
+            self.executor = make_executor(config.executor, self.oracle, self.comm, config.workers,
+                                          config.dask_scheduler)
+        except InputError as exc:
+            raise InputError(exc.detail, **config._where("executor")) from None
         self.progress = progress and self.rank == 0
         self.journal = self.work / "journal.jsonl"
 
@@ -427,10 +469,12 @@ class Loop:
 
     def label_batch(self, tasks: list[tuple[Any, Path]], set_name: str = "train", budget: bool = True,
                     desc: str = "QM") -> None:
-        """Label (atoms, path) tasks in order, skipping files that hold a label and calls that failed
-        before (journalled: an uninterrupted run does not retry them either); with ``budget``, stop
-        when the QM budget is spent. Several ranks: the calls are spread over them (rank 0 only calls
-        this; the others serve in :meth:`run`), results journalled by rank 0 in task order."""
+        """Label (atoms, path) tasks, skipping files that hold a label and calls that failed before
+        (journalled: an uninterrupted run does not retry them either); with ``budget``, no more calls
+        than the QM budget has left (failed calls count). The calls run on the loop's executor
+        (:mod:`fitsnap_uq.active.executors`; rank 0 only calls this, the other MPI ranks serve in
+        :meth:`run`); each outcome is journalled when it arrives: in task order with ``serial``, in
+        completion order with ``processes`` and ``dask``, when the step is done with ``mpi``."""
         todo: list[tuple[Any, Path]] = []
         left = self._budget_left() if budget else len(tasks)
         failed = {c.get("file") for c in self.qm_calls() if not c.get("ok")}
@@ -449,33 +493,25 @@ class Loop:
             if tasks:
                 _progress.stage(f"{desc}: labelled earlier", self.progress)
             return
-        if self.size == 1:
-            for atoms, path in _progress.bar(todo, desc=desc, unit="QM calls", show=self.progress):
-                if budget and self._budget_left() <= 0:  # failed calls count too
-                    break
-                self.label(atoms, path, set_name)
-            return
-        _progress.stage(f"{desc}: {len(todo)} QM calls on {self.size} ranks", self.progress)
-        sleeping_bcast(self.comm, ("label", todo), root=0)
-        for (atoms, path), (rank, outcome) in zip(todo, label_many(todo, self.oracle, self.comm)):
-            if outcome.ok:
-                record = {**self._call_record(path, set_name, float(outcome.energy), len(atoms)),
-                          "rank": rank}
-            else:
-                record = {"file": str(path.relative_to(self.work)), "set": set_name, "ok": False,
-                          "rank": rank, "error": outcome.error}
-            self._log_call(record)
+        if self.executor.name != "serial":
+            _progress.stage(f"{desc}: {len(todo)} QM calls on {self.executor.name}"
+                            + (f" ({self.size} ranks)" if self.size > 1 else ""), self.progress)
+        with _progress.bar(total=len(todo), desc=desc, unit="QM calls", show=self.progress) as bar:
+            for i, worker, outcome in self.executor.label(todo):
+                self._log_call(self._outcome_record(todo[i][1], set_name, outcome, len(todo[i][0]), worker))
+                bar.update(1)
 
-    def _serve(self) -> dict[str, Any]:
-        """A rank other than 0: label its share of each batch rank 0 sends, until rank 0 stops."""
-        while True:
-            kind, payload = sleeping_bcast(self.comm, None, root=0)
-            if kind == "label":
-                label_many(payload, self.oracle, self.comm)
-            elif kind == "stop":
-                if payload is None:
-                    raise RuntimeError("active-learning loop: rank 0 failed (see its error)")
-                return payload
+    def _outcome_record(self, path: Path, set_name: str, outcome: Outcome, natoms: int,
+                        worker: int | None) -> dict[str, Any]:
+        """The journal line of a QM call's outcome (``rank``: the MPI rank that made it, under mpi)."""
+        if outcome.ok:
+            record = self._call_record(path, set_name, float(outcome.energy), natoms)
+        else:
+            record = {"file": str(path.relative_to(self.work)), "set": set_name, "ok": False,
+                      "error": outcome.error}
+        if worker is not None:
+            record["rank"] = worker
+        return record
 
     def _subprocess_env(self) -> dict[str, str]:
         """Environment of the fit subprocess: this package on the path, and no MPI launcher variables
@@ -653,7 +689,7 @@ class Loop:
                              show=self.progress):
             proc = subprocess.run([sys.executable, "-m", "fitsnap_uq", "--no-progress", "fit", "al.in",
                                    "--overwrite"], cwd=folder, env=env, capture_output=True, text=True,
-                                  preexec_fn=_die_with_parent)
+                                  preexec_fn=die_with_parent)
         if proc.returncode != 0:
             raise RuntimeError(f"fit {k} failed:\n{proc.stderr[-3000:]}")
         atomic_write(done, json.dumps(record))
@@ -682,34 +718,37 @@ class Loop:
         pressures: list[float | None] = [float(p) for p in self.cfg.pressures] or [None]
         return [(float(t), p) for t in self.cfg.temperatures for p in pressures]
 
-    def md_start(self) -> Path:
+    def md_start(self, test: bool = False) -> Path:
         """The MD start structure as a LAMMPS data file (types in element order, with masses): the
-        config's ``md_data`` file, or the lattice in ``md_cells``. Written once, atomically."""
+        config's ``md_data`` file, or the lattice in ``md_cells`` (``test``: the test MD's, with its own
+        random arrangement of the elements). Written once, atomically."""
         import io
 
         import ase.io
 
-        path = self.work / "md_start.data"
+        path = self.work / ("md_test_start.data" if test else "md_start.data")
         if path.exists():
             return path
         if self.cfg.md_data:
             atoms = ase.io.read(self.cfg.path(self.cfg.md_data))
         else:
-            atoms = self.lattice_cell(self.cfg.md_cells, np.random.default_rng(self.cfg.seed + 20_000))
+            seed = self.cfg.seed + (30_000 if test else 20_000)
+            atoms = self.lattice_cell(self.cfg.md_cells, np.random.default_rng(seed))
         buf = io.StringIO()
         ase.io.write(buf, atoms, format="lammps-data", specorder=self.elements, masses=True)
         atomic_write(path, buf.getvalue())
         return path
 
     def md_script(self, temperature: float, k: int, pressure: float | None = None,
-                  folder: Path | None = None) -> str:
-        """The MD input of iteration k at one condition: the user's template filled in, or the built-in
-        NVT/NPT run. ``folder``: where the template's potential file is written (default: the
-        iteration's MD folder of the condition)."""
+                  folder: Path | None = None, seed: int | None = None, data: Path | None = None) -> str:
+        """The MD input of iteration k (fit k's potential) at one condition: the user's template filled
+        in, or the built-in NVT/NPT run. ``folder``: where the template's potential file is written
+        (default: the iteration's MD folder of the condition); ``seed`` (velocities; default: the
+        config's seed + k + 1) and ``data`` (start structure; default :meth:`md_start`)."""
         c = self.cfg
         stem = self.work / f"iter{k}" / "fit" / "pot"
-        data = self.md_start()
-        seed = c.seed + k + 1
+        data = data or self.md_start()
+        seed = c.seed + k + 1 if seed is None else seed
         if c.template:
             folder = folder or self.md_folder(k, temperature, pressure)
             folder.mkdir(parents=True, exist_ok=True)
@@ -891,18 +930,80 @@ class Loop:
         return [names[c] for c in chosen]
 
     # ------------------------------------------------------------------- test
-    def test_errors(self, posterior: Path) -> dict[str, Any]:
-        """Energy (eV/atom) and force (eV/A) RMSE of the posterior mean on the QM test set, with 95%
-        bootstrap intervals over the test configurations; kept in ``test_errors.json`` beside the
-        posterior (removed when the fit is redone)."""
+    def test_sets(self) -> dict[str, Path]:
+        """The test sets every fit is scored on, name -> folder of labelled FitSNAP JSON files: the loop's
+        own (``[loop] test_set``, ``md`` or ``lattice``, in ``testset/``; when ``test_structures`` > 0)
+        and the user's ``test_files`` (``user``, in ``testset_user/``)."""
+        out = {}
+        if self.cfg.test_structures > 0:
+            out[self.cfg.test_set] = self.work / "testset"
+        if self.cfg.test_files:
+            out["user"] = self.work / "testset_user"
+        return out
+
+    def hottest(self) -> tuple[float, float | None]:
+        """The hottest exploration condition: the highest temperature (K) and, at it, the highest
+        pressure (bar; None for NVT)."""
+        return max(self.conditions(), key=lambda c: (c[0], -np.inf if c[1] is None else c[1]))
+
+    def md_test_set(self, posterior: Path) -> None:
+        """The ``md`` test set: ``test_structures`` frames of an MD independent of the exploration, labelled
+        by the oracle into ``testset/`` (QM calls outside the training budget, journalled as ``test``).
+
+        The MD runs fit 0's potential (``posterior``) at the hottest condition (:meth:`hottest`) with the
+        exploration's script (the user's template or the built-in NVT/NPT run) and the uncertainty hook
+        every ``every`` steps, but its own velocity seed (seed + 30000) and, on the built-in lattice, its
+        own random arrangement of the elements (:meth:`md_start`); it runs its full length, whatever fit
+        0's uncertainty (no ``halt_above``: its frames are for QM, and fit 0 is the least sure fit). The
+        frames are taken evenly spaced from the second half of the run (:func:`spread_frames`).
+        Deterministic in the seed; the choice is kept in ``testmd/done.json`` (a run cut short starts
+        over).
+        """
+        import shutil
+
+        cfg = self.cfg
+        if cfg.test_set != "md" or cfg.test_structures == 0:
+            return
+        folder = self.work / "testmd"
+        done = folder / "done.json"
+        if not done.exists():
+            from lammps_hooks.md import run_md
+
+            temperature, pressure = self.hottest()
+            folder.mkdir(parents=True, exist_ok=True)
+            script = self.md_script(temperature, 0, pressure, folder, seed=cfg.seed + 30_000,
+                                    data=self.md_start(test=True))
+            (folder / "in.md").write_text(script)
+            shutil.rmtree(folder / "flagged", ignore_errors=True)
+            where = f"{temperature:g} K" + ("" if pressure is None else f", {pressure:g} bar")
+            with _progress.timed(f"fitsnap-uq al: test-set MD at {where} ({cfg.md_steps} steps, fit 0)",
+                                 show=self.progress):
+                res = run_md(folder / "in.md", posterior, every=cfg.every, flag_dir=folder / "flagged",
+                             flag_above=0.0, halt_above=None, max_flags=None,
+                             log=str(folder / "log.lammps"), screen=False, comm=self._lammps_comm())
+            frames = [p for p in sorted((folder / "flagged" / "json").rglob("*.json"))
+                      if not p.stem.endswith("_step0")]  # the start structure is no test
+            picked = spread_frames(len(frames), cfg.test_structures)
+            chosen = [str(frames[i].relative_to(folder)) for i in picked]
+            atomic_write(done, json.dumps({"temperature": temperature, "pressure": pressure,
+                                           "halted": bool(res.halted), "frames_evaluated": len(frames),
+                                           "chosen": chosen}))
+        tasks = [(read_fitsnap_json(folder / name)[1], self.work / "testset" / f"md_{Path(name).stem}.json")
+                 for name in json.loads(done.read_text())["chosen"]]
+        self.label_batch(tasks, set_name="test", budget=False, desc="QM: test set (independent MD)")
+
+    def test_errors(self, posterior: Path) -> dict[str, dict[str, Any]]:
+        """Per test set (:meth:`test_sets`): energy (eV/atom) and force (eV/A) RMSE of the posterior mean,
+        with 95% bootstrap intervals over the test configurations; kept in ``test_errors.json`` beside
+        the posterior (removed when the fit is redone)."""
         cache = posterior.parent / "test_errors.json"
         if cache.exists():
             return json.loads(cache.read_text())
-        errors = self._test_errors(posterior)
+        errors = {name: self._test_errors(posterior, folder) for name, folder in self.test_sets().items()}
         atomic_write(cache, json.dumps(errors))
         return errors
 
-    def _test_errors(self, posterior: Path) -> dict[str, Any]:
+    def _test_errors(self, posterior: Path, folder: Path) -> dict[str, Any]:
         from ase.calculators.lammpslib import LAMMPSlib
 
         from fitsnap_uq.compat import import_lammps
@@ -912,7 +1013,7 @@ class Loop:
         cmds = self.pair_lines(stem)
         types = {el: i + 1 for i, el in enumerate(self.elements)}
         de, f_sq, f_n = [], [], []
-        for path in sorted((self.work / "testset").glob("*.json")):
+        for path in sorted(folder.glob("*.json")):
             _, atoms = read_fitsnap_json(path)
             record = json.loads(path.read_text())["Dataset"]["Data"][0]
             atoms.calc = LAMMPSlib(lmpcmds=cmds, atom_types=types, log_file=None,
@@ -921,6 +1022,8 @@ class Loop:
             diff = (atoms.get_forces() - np.asarray(record["Forces"])).ravel()
             f_sq.append(float(diff @ diff))
             f_n.append(diff.size)
+        if not f_sq:  # no labelled configuration (every call failed)
+            return dict(NO_TEST)
         e_sq, f_sq_a, f_n_a = np.square(de), np.asarray(f_sq), np.asarray(f_n, dtype=float)
         return {"energy_rmse": float(np.sqrt(np.mean(e_sq))),
                 "force_rmse": float(np.sqrt(f_sq_a.sum() / f_n_a.sum())),
@@ -932,20 +1035,27 @@ class Loop:
     def run(self) -> dict[str, Any]:
         """Run (or resume) the loop; returns the learning curve and why it stopped (on every rank).
         Raises :class:`fitsnap_uq.active.lock.FolderBusy` (on rank 0) when another loop holds the folder."""
-        if self.size == 1:
-            with FolderLock(self.work, "fitsnap-uq al"):
-                return self._run()
-        with ase_serial():  # rank 0 reads and writes frames alone: ASE must not broadcast over COMM_WORLD
-            if self.rank != 0:
-                return self._serve()
-            summary = None
-            try:
+        try:
+            if self.size == 1:
                 with FolderLock(self.work, "fitsnap-uq al"):
-                    summary = self._run()
-            finally:
-                # None tells the other ranks rank 0 failed.
-                sleeping_bcast(self.comm, ("stop", summary), root=0)
-            return summary
+                    return self._run()
+            executor = self.executor
+            assert isinstance(executor, MPIExecutor)  # make_executor allows no other under mpirun
+            with ase_serial():  # rank 0 reads and writes frames alone: ASE must not broadcast over COMM_WORLD
+                if self.rank != 0:
+                    summary = executor.serve()
+                    if summary is None:
+                        raise RuntimeError("active-learning loop: rank 0 failed (see its error)")
+                    return summary
+                summary = None
+                try:
+                    with FolderLock(self.work, "fitsnap-uq al"):
+                        summary = self._run()
+                finally:
+                    executor.stop(summary)  # None tells the other ranks rank 0 failed
+                return summary
+        finally:
+            self.executor.close()
 
     def _run(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -956,13 +1066,15 @@ class Loop:
                     enumerate(self.user_structures(cfg.structures))]
         self.label_batch([(atoms, self.work / "data" / "JSON" / "Initial" / f"{name}.json")
                           for atoms, name in initial], desc="QM: initial structures")
-        test_scale = 2.0 if cfg.test_rattle is None else cfg.test_rattle / cfg.rattle
-        test = [(atoms, f"test{i:03d}") for i, atoms in
-                enumerate(self.structures(cfg.test_structures, cfg.seed + 10_000, scale_rattle=test_scale))]
-        test += [(atoms, f"{stem}_{i:03d}") for i, (stem, atoms) in
-                 enumerate(self.user_structures(cfg.test_files))]
-        self.label_batch([(atoms, self.work / "testset" / f"{name}.json") for atoms, name in test],
-                         set_name="test", budget=False, desc="QM: test set")
+        if cfg.test_set == "lattice":
+            test_scale = 2.0 if cfg.test_rattle is None else cfg.test_rattle / cfg.rattle
+            lattice = self.structures(cfg.test_structures, cfg.seed + 10_000, scale_rattle=test_scale)
+            self.label_batch([(atoms, self.work / "testset" / f"test{i:03d}.json")
+                              for i, atoms in enumerate(lattice)],
+                             set_name="test", budget=False, desc="QM: test set (lattice)")
+        self.label_batch([(atoms, self.work / "testset_user" / f"{stem}_{i:03d}.json")
+                          for i, (stem, atoms) in enumerate(self.user_structures(cfg.test_files))],
+                         set_name="test", budget=False, desc="QM: your test structures")
         curve, reason = [], "iterations done"
         for k in range(cfg.iterations):
             _progress.stage(f"fitsnap-uq al: iteration {k + 1} of {cfg.iterations}: fit, MD with the "
@@ -990,54 +1102,97 @@ class Loop:
             _progress.stage("fitsnap-uq al: final fit", self.progress)
             curve.append(self._curve_point(cfg.iterations, self.fit(cfg.iterations)))
         calls = self.qm_calls()
+        sets = self.test_sets()
+        test_calls = {name: sum(1 for c in calls if c.get("set") == "test" and
+                                Path(c.get("file", "")).parts[:1] == (folder.name,))
+                      for name, folder in sets.items()}
         summary = {"curve": curve, "stopped": reason, "qm_calls": len(calls),
+                   "qm_calls_training": sum(1 for c in calls if c.get("set") == "train"),
+                   "qm_calls_test": test_calls,
                    "failed_qm_calls": sum(1 for c in calls if not c.get("ok")),
                    "qm_cost_atoms3": float(sum(float(c.get("natoms", 0)) ** 3 for c in calls
                                                if c.get("ok"))),
+                   "test_sets": {name: self._test_set_source(name) for name in sets},
                    "elements": self.elements}
         self.report(summary)
         return summary
 
+    def _test_set_source(self, name: str) -> str:
+        """Where a test set's configurations come from, in words (for the summary and the report)."""
+        if name == "user":
+            return f"the user's test structures ({', '.join(self.cfg.test_files)})"
+        if name == "lattice":
+            return f"{self.cfg.test_structures} rattled and strained lattice cells"
+        info = json.loads((self.work / "testmd" / "done.json").read_text())
+        bar = "" if info["pressure"] is None else f", {info['pressure']:g} bar"
+        where = f"{info['temperature']:g} K{bar}"
+        return (f"{len(info['chosen'])} frames of an independent MD with fit 0 at the hottest condition "
+                f"({where}; {info['frames_evaluated']} frames evaluated"
+                f"{', halted early' if info['halted'] else ''})")
+
     def _curve_point(self, k: int, posterior: Path) -> dict[str, Any]:
-        errors = self.test_errors(posterior)
+        """Fit k's point of the learning curve: its training data and QM cost, and its errors on the first
+        test set of :meth:`test_sets`, with every set's under ``by_test_set`` when there are several."""
+        if k == 0:
+            self.md_test_set(posterior)
+        by_set = self.test_errors(posterior)
         calls, cost = self.qm_spent(k)
-        _progress.stage(f"fitsnap-uq al: fit {k}: test force RMSE {errors['force_rmse']:.4f} eV/A, "
-                        f"energy RMSE {errors['energy_rmse']:.4f} eV/atom", self.progress)
-        return {"iteration": k, "configurations": self.training_configurations(k), "qm_calls": calls,
-                "qm_cost_atoms3": cost, **errors}
+        for name, errors in by_set.items():
+            _progress.stage(f"fitsnap-uq al: fit {k}: test force RMSE {errors['force_rmse']:.4f} eV/A, "
+                            f"energy RMSE {errors['energy_rmse']:.4f} eV/atom ({name} test set)",
+                            self.progress)
+        point = {"iteration": k, "configurations": self.training_configurations(k), "qm_calls": calls,
+                 "qm_cost_atoms3": cost, **next(iter(by_set.values()), NO_TEST)}
+        if len(by_set) > 1:
+            point["by_test_set"] = by_set
+        return point
 
     def report(self, summary: dict[str, Any]) -> None:
-        """``report.md``, ``summary.json`` and ``learning_curve.png`` in the work folder."""
+        """``report.md``, ``summary.json`` and ``learning_curve.png`` in the work folder: one table and one
+        curve per test set."""
         from fitsnap_uq.plotting import pyplot, save
 
         curve = summary["curve"]
+        sets = summary["test_sets"] or {"none": "no test set"}
+        spent = "".join(f", {n} for the {name} test set" for name, n in summary["qm_calls_test"].items())
         lines = ["# Active-learning run", "",
-                 f"Elements: {', '.join(self.elements)}. Oracle: {self.oracle.name}. Stopped: "
-                 f"{summary['stopped']}. QM calls: {summary['qm_calls']} ({summary['failed_qm_calls']} "
-                 f"failed; training and test), QM cost {summary['qm_cost_atoms3']:.3g} atoms^3.", "",
-                 "Test errors of each fit's posterior mean on the QM test set "
-                 f"({curve[-1]['test_configurations'] if curve else 0} configurations), with 95% bootstrap "
-                 "intervals over the test configurations.", "",
-                 "| iteration | training configurations | QM calls | QM cost (atoms^3) | "
-                 "test energy RMSE (eV/atom) | test force RMSE (eV/A) |", "|---|---|---|---|---|---|"]
-        lines += [f"| {c['iteration']} | {c['configurations']} | {c['qm_calls']} | "
-                  f"{c['qm_cost_atoms3']:.3g} | "
-                  f"{c['energy_rmse']:.4f} [{c['energy_rmse_95'][0]:.4f}, {c['energy_rmse_95'][1]:.4f}] | "
-                  f"{c['force_rmse']:.4f} [{c['force_rmse_95'][0]:.4f}, {c['force_rmse_95'][1]:.4f}] |"
-                  for c in curve]
-        atomic_write(self.work / "report.md", "\n".join(lines) + "\n")
-        atomic_write(self.work / "summary.json", json.dumps(summary, indent=1))
+                 f"Elements: {', '.join(self.elements)}. Oracle: {self.oracle.name}, executor "
+                 f"{self.executor.name}. Stopped: {summary['stopped']}. QM calls: {summary['qm_calls']} "
+                 f"({summary['failed_qm_calls']} failed): {summary['qm_calls_training']} for training "
+                 f"(budget {self.cfg.qm_budget}){spent}. QM cost {summary['qm_cost_atoms3']:.3g} atoms^3 "
+                 "(training and test).", ""]
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        x = [c["qm_calls"] for c in curve]
-        y = np.asarray([c["force_rmse"] for c in curve])
-        band = np.asarray([c["force_rmse_95"] for c in curve]).reshape(-1, 2)
-        ax.errorbar(x, y, yerr=[y - band[:, 0], band[:, 1] - y], fmt="o-", capsize=3)
+        for name, source in sets.items():
+            per_set = [c.get("by_test_set", {}).get(name, c) for c in curve]
+            n = per_set[-1]["test_configurations"] if per_set else 0
+            lines += [f"## Test set: {name}", "",
+                      f"{source[0].upper()}{source[1:]}: {n} configurations. Errors of each fit's posterior "
+                      "mean, with 95% bootstrap intervals over the test configurations.", "",
+                      "| iteration | training configurations | QM calls | QM cost (atoms^3) | "
+                      "test energy RMSE (eV/atom) | test force RMSE (eV/A) |", "|---|---|---|---|---|---|"]
+            lines += [f"| {c['iteration']} | {c['configurations']} | {c['qm_calls']} | "
+                      f"{c['qm_cost_atoms3']:.3g} | {_with_band(e, 'energy')} | {_with_band(e, 'force')} |"
+                      for c, e in zip(curve, per_set)]
+            lines.append("")
+            y = np.asarray([e["force_rmse"] for e in per_set])
+            band = np.asarray([e["force_rmse_95"] for e in per_set]).reshape(-1, 2)
+            ax.errorbar([c["qm_calls"] for c in curve], y, yerr=[y - band[:, 0], band[:, 1] - y], fmt="o-",
+                        capsize=3, label=f"{name} test set")
+        atomic_write(self.work / "report.md", "\n".join(lines))
+        atomic_write(self.work / "summary.json", json.dumps(summary, indent=1))
         ax.set_xlabel("QM calls (training)")
         ax.set_ylabel("test force RMSE (eV/A)")
         ax.set_title("Active-learning curve (95% bootstrap intervals)")
+        ax.legend()
         fig.tight_layout()
         save(fig, self.work / "learning_curve.png")
+
+
+def _with_band(errors: dict[str, Any], quantity: str) -> str:
+    """``RMSE [lo, hi]`` of ``energy`` or ``force`` for the report's tables."""
+    lo, hi = errors[f"{quantity}_rmse_95"]
+    return f"{errors[f'{quantity}_rmse']:.4f} [{lo:.4f}, {hi:.4f}]"
 
 
 def run_state(workdir: str | Path) -> dict[str, Any]:

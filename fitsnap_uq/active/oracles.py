@@ -12,7 +12,8 @@ Under ``mpirun -np N`` (mpi4py's COMM_WORLD, or any communicator passed in), :fu
 atomic counter) and gather the outcome to every rank; each rank writes the files it labelled (atomically,
 so a shared file system is assumed). A rank whose calls are done waits for the others asleep
 (:func:`fitsnap_uq.parallel.sleeping_barrier`), not spinning in MPI, so it leaves its core to the
-ranks still computing. On one rank they behave exactly as a plain loop.
+ranks still computing. On one rank they behave exactly as a plain loop. The active-learning loop reaches
+these and the other engines (a process pool, Dask) through :mod:`fitsnap_uq.active.executors`.
 """
 
 from __future__ import annotations
@@ -113,13 +114,30 @@ def oracle_from_name(name: str, electronic_temperature: float = 3000.0, max_iter
         raise InputError(f"unknown oracle {name!r}; built in: xtb (= gfn1), gfn1, gfn2, emt, or any "
                          "ASE calculator as module:factory (e.g. ase.calculators.emt:EMT)")
 
-    def make() -> Any:
+    return ASEOracle(TBLiteFactory(method, electronic_temperature, max_iterations),
+                     name=f"{method} (tblite, {electronic_temperature:g} K)", retries=retries)
+
+
+@dataclass(frozen=True)
+class TBLiteFactory:
+    """Makes tblite's ASE calculator; a plain picklable object (not a closure), so an oracle over it
+    can be sent to worker processes (:mod:`fitsnap_uq.active.executors`).
+
+    Attributes:
+        method: ``GFN1-xTB`` or ``GFN2-xTB``.
+        electronic_temperature: Fermi smearing of the SCF (K).
+        max_iterations: SCF iterations.
+    """
+
+    method: str
+    electronic_temperature: float = 3000.0
+    max_iterations: int = 500
+
+    def __call__(self) -> Any:
         from tblite.ase import TBLite
 
-        return TBLite(method=method, electronic_temperature=electronic_temperature,
-                      max_iterations=max_iterations, verbosity=0)
-
-    return ASEOracle(make, name=f"{method} (tblite, {electronic_temperature:g} K)", retries=retries)
+        return TBLite(method=self.method, electronic_temperature=self.electronic_temperature,
+                      max_iterations=self.max_iterations, verbosity=0)
 
 
 def calculator_factory(spec: str) -> Callable[[], Any]:
@@ -294,11 +312,14 @@ class Outcome:
     energy: float | None = None
 
 
-def _label_task(path: str | Path, oracle: ASEOracle, atoms: Any | None = None, catch: bool = True
+def label_task(path: str | Path, oracle: ASEOracle, atoms: Any | None = None, catch: bool = True
                 ) -> Outcome:
-    """Label one file (``atoms`` given: write a new record; else fill the file's placeholders).
-    ``catch``: an exception other than the oracle's (a bad file, a full disk) becomes a failed outcome
-    (needed under MPI, where one rank raising would leave the others waiting)."""
+    """Label one file (``atoms`` given: write a new record; else fill the file's placeholders): the unit
+    of work of every executor (:mod:`fitsnap_uq.active.executors`), run where the call runs (an MPI
+    rank, a worker process, a Dask worker), which writes the file atomically and returns a small
+    picklable :class:`Outcome`. ``catch``: an exception other than the oracle's (a bad file, a full
+    disk) becomes a failed outcome (needed under MPI, where one rank raising would leave the others
+    waiting); else it is raised."""
     try:
         if atoms is None:
             result = label_json_file(path, oracle)
@@ -326,7 +347,7 @@ def label_many(tasks: Sequence[tuple[Any | None, str | Path]], oracle: ASEOracle
     """
     parallel = _size(comm) > 1
     with ase_serial(parallel):
-        return distribute(len(tasks), lambda i: _label_task(tasks[i][1], oracle, tasks[i][0], parallel),
+        return distribute(len(tasks), lambda i: label_task(tasks[i][1], oracle, tasks[i][0], parallel),
                           comm, schedule)
 
 
