@@ -16,7 +16,9 @@ arrangements (``[start] test_files``, the user's own test structures).
 
 A method is a strategy of :mod:`fitsnap_uq.active.strategies`, ``random`` or ``threshold`` (the first
 ``max_flags`` frames of each run above ``--flag-above`` raw eV/A), with ``@gamma`` for cost weighting
-(scores divided by (atoms^3)^gamma; ``d_optimal@1``: information gain per unit of QM cost).
+(scores divided by (atoms^3)^gamma; ``d_optimal@1``: information gain per unit of QM cost) and
+``:shortlist`` for the K-means spread of ``max_std`` (the best of each of ``batch`` clusters among the
+``shortlist x batch`` best; default 3).
 
 Learning curves: test force RMSE against training QM calls and against QM cost (sum of atoms^3). For
 each method and seed: the QM calls (and cost) at which its curve first reaches random's final test force
@@ -92,10 +94,11 @@ def md_frames_file(path: Path, kinds: tuple[str, ...], temperatures: tuple[float
     write_frames(path, out)
 
 
-def parse_method(method: str) -> tuple[str, float]:
-    """``name[@gamma]`` -> (strategy, cost gamma)."""
-    name, _, gamma = method.partition("@")
-    return name, float(gamma) if gamma else 0.0
+def parse_method(method: str) -> tuple[str, float, int]:
+    """``name[@gamma][:shortlist]`` -> (strategy, cost gamma, K-means shortlist factor)."""
+    head, _, shortlist = method.partition(":")
+    name, _, gamma = head.partition("@")
+    return name, float(gamma) if gamma else 0.0, int(shortlist) if shortlist else 3
 
 
 def run_loop(config: Path, work: Path) -> dict:
@@ -125,7 +128,7 @@ def seed_folder(out: Path, seed: int) -> tuple[Path, list[str], list[str]]:
 def run(method: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
     """One loop (resumed if cut short, reused if finished); returns its summary."""
     folder, pool, tests = seed_folder(out, seed)
-    strategy, gamma = parse_method(method)
+    strategy, gamma, shortlist = parse_method(method)
     conditions = len(pool) * len(TEMPERATURES)
     config = folder / f"{method}.toml"
     config.write_text(cuau_toml(
@@ -134,7 +137,7 @@ def run(method: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
         md={"temperatures": list(TEMPERATURES), "md_data": pool, "md_steps": args.md_steps,
             "every": args.every, "flag_above": args.flag_above,
             "max_flags": max(1, args.batch // conditions)},
-        select={"strategy": strategy, "batch": args.batch, "cost_gamma": gamma},
+        select={"strategy": strategy, "batch": args.batch, "cost_gamma": gamma, "shortlist": shortlist},
         loop={"iterations": args.iterations, "qm_budget": args.budget, "test_structures": 0}))
     return run_loop(config, folder / method)
 

@@ -138,6 +138,7 @@ class ALConfig:
     batch: int = 4
     cost_gamma: float = 0.0
     spread: bool = True
+    shortlist: int = 3  # spread: K-means among the shortlist x batch best
     tolerance: float | dict[str, float] = 0.0
     level: float = 0.95
     temperatures: list[float] = field(default_factory=lambda: [800.0, 2000.0])
@@ -164,7 +165,7 @@ class ALConfig:
         "oracle": ("oracle", "electronic_temperature"),
         "snap": ("twojmax", "rcutfac", "rfac0", "radelem", "wj", "zbl"),
         "fit": ("noise_classes", "recalibration"),
-        "select": ("strategy", "batch", "cost_gamma", "spread", "tolerance", "level"),
+        "select": ("strategy", "batch", "cost_gamma", "spread", "shortlist", "tolerance", "level"),
         "md": ("temperatures", "pressures", "template", "md_data", "md_cells", "md_steps", "timestep",
                "every", "flag_above", "halt_above", "max_flags"),
         "loop": ("iterations", "qm_budget", "test_structures")}
@@ -270,8 +271,9 @@ class ALConfig:
             raise InputError(f"unknown strategy; known: {', '.join(SELECTIONS)}", **self._where("strategy"))
         if self.recalibration not in ("quantile", "none"):
             raise InputError("quantile or none", **self._where("recalibration"))
-        if self.batch < 1:
-            raise InputError("must be at least 1", **self._where("batch"))
+        for key in ("batch", "shortlist"):
+            if getattr(self, key) < 1:
+                raise InputError("must be at least 1", **self._where(key))
         if not 0.0 < self.level < 1.0:
             raise InputError("a coverage in (0, 1)", **self._where("level"))
         known = set(self.species()) | {"*"}
@@ -895,7 +897,7 @@ class Loop:
             forces = [v for q, v in post.noise_var.items() if q.endswith("Force")] or [1.0]
             noise = {"Force": float(np.mean(forces)), "Energy": np.inf}  # energy rows: fingerprints only
             settings = QuerySettings(strategy=self.cfg.strategy, cost_gamma=self.cfg.cost_gamma,
-                                     spread=self.cfg.spread)
+                                     spread=self.cfg.spread, shortlist=self.cfg.shortlist)
             train = None
             if self.cfg.strategy == "qbc":
                 train = self.describe(self.work / "data" / "JSON", self.fit_groups(k), folder / "train")
