@@ -1,9 +1,12 @@
-"""The two-element Cu-Au EMT active-learning config shared by the AL benchmarks and their tests."""
+"""The two-element Cu-Au EMT active-learning config shared by the AL benchmarks and their tests, and the
+Cu-Au structures (bulk cells, vacancy, slab) and EMT MD frames of the on-the-fly benchmark."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+import numpy as np
 
 BASE: dict[str, dict[str, Any]] = {
     "system": {"elements": ["Cu", "Au"], "composition": [0.75, 0.25], "lattice": "fcc", "a": 3.75,
@@ -38,3 +41,44 @@ def config_toml(base: dict[str, dict[str, Any]], **tables: dict[str, Any]) -> st
         merged.setdefault(name, {}).update(keys)
     return "".join(f"[{name}]\n" + "".join(f"{k} = {_value(v)}\n" for k, v in keys.items())
                    for name, keys in merged.items())
+
+
+def cuau_cell(repeat: tuple[int, int, int], rng: Any, vacancy: bool = False, vacuum: float = 0.0) -> Any:
+    """A Cu3Au-composition fcc cell (a = 3.75 A, cubic cells repeated), Au on random sites (exact
+    counts, ``rng``: numpy Generator); ``vacancy``: one random Cu removed; ``vacuum`` (A): a (001)
+    slab with that much vacuum along z (periodic box, two free surfaces)."""
+    from ase.build import bulk
+
+    atoms = bulk("Cu", "fcc", a=3.75, cubic=True).repeat(repeat)
+    n = len(atoms)
+    au = int(round(0.25 * n))
+    atoms.set_chemical_symbols(list(np.array(["Cu"] * (n - au) + ["Au"] * au)[rng.permutation(n)]))
+    if vacancy:
+        cu = np.flatnonzero(np.array(atoms.get_chemical_symbols()) == "Cu")
+        del atoms[int(rng.choice(cu))]
+    if vacuum:
+        atoms.center(vacuum=0.5 * vacuum, axis=2)
+    return atoms
+
+
+def emt_md_frames(atoms: Any, temperature: float, rng: Any, frames: int, equilibrate: int = 500,
+                  spacing: int = 100) -> list[Any]:
+    """``frames`` snapshots of an EMT Langevin MD (ASE, 2 fs steps, friction 0.02) of ``atoms`` at
+    ``temperature`` K, ``spacing`` steps apart after ``equilibrate`` steps (no calculator attached)."""
+    from ase import units
+    from ase.calculators.emt import EMT
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    atoms = atoms.copy()
+    atoms.calc = EMT()
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+    dyn = Langevin(atoms, 2 * units.fs, temperature_K=temperature, friction=0.02, rng=rng)
+    dyn.run(equilibrate)
+    out = []
+    for _ in range(frames):
+        dyn.run(spacing)
+        snap = atoms.copy()
+        snap.calc = None
+        out.append(snap)
+    return out

@@ -58,9 +58,13 @@ def test_select_config_and_errors(tmp_path):
     path.write_text(TWO.replace("tolerance = 0.0", "tolerance = {Cu = 0.2, '*' = 0.4}"))
     cfg = ALConfig.read(path)
     assert (cfg.tolerance_of("Cu"), cfg.tolerance_of("Au"), cfg.strategy) == (0.2, 0.4, "max_std")
+    assert cfg.shortlist == 3
+    path.write_text(TWO.replace("batch = 2", "batch = 2\nshortlist = 10"))
+    assert ALConfig.read(path).shortlist == 10
     for old, new, key in [('strategy = "max_std"', 'strategy = "best"', "strategy"),
                           ("tolerance = 0.0", "tolerance = {Ta = 0.1}", "tolerance"),
-                          ("batch = 2", "batch = 0", "batch")]:
+                          ("batch = 2", "batch = 0", "batch"),
+                          ("batch = 2", "batch = 2\nshortlist = 0", "shortlist")]:
         path.write_text(TWO.replace(old, new))
         with pytest.raises(InputError, match=rf"section \[select\], key '{key}'"):
             ALConfig.read(path)

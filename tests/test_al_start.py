@@ -213,3 +213,36 @@ def test_a_failed_fit_ends_the_loop_with_its_message_and_exit_1(tmp_path):
     assert proc.stderr.startswith("fitsnap-uq: error: fit 0 failed:")
     assert "the work folder al_al is kept" in proc.stderr
     assert (tmp_path / "al_al" / "iter0" / "fit" / "al.in").exists()
+
+
+def test_several_md_start_structures_each_run_at_every_condition(tmp_path):
+    """``[md] md_data`` as a list: every temperature x pressure from each structure, in folders named by
+    the file stems, each structure's LAMMPS data written once (types in element order); one structure
+    keeps the folder names of a single ``md_data``; a value that is not file names is refused."""
+    import ase.io
+    from ase.build import bulk
+
+    big = bulk("Cu", "fcc", a=3.75, cubic=True).repeat((2, 2, 2))
+    big.symbols[:8] = "Au"
+    ase.io.write(tmp_path / "bulk.extxyz", big)
+    ase.io.write(tmp_path / "vac.extxyz", big[1:])
+    base = ('[system]\nelements = ["Cu", "Au"]\n[oracle]\nname = "emt"\n'
+            "[md]\ntemperatures = [600.0, 1200.0]\n")
+    (tmp_path / "al.toml").write_text(base + 'md_data = ["bulk.extxyz", "vac.extxyz"]\n')
+    loop = Loop(ALConfig.read(tmp_path / "al.toml"), tmp_path / "w", progress=False)
+    assert loop.conditions() == [(600.0, None, 0), (1200.0, None, 0), (600.0, None, 1), (1200.0, None, 1)]
+    assert [loop.md_folder(0, t, p, s).name for t, p, s in loop.conditions()] == [
+        "md_bulk_600K", "md_bulk_1200K", "md_vac_600K", "md_vac_1200K"]
+    script = loop.md_script(600.0, 0, start=1)
+    assert f"read_data {tmp_path / 'w' / 'md_start_vac.data'}" in script
+    data = (tmp_path / "w" / "md_start_vac.data").read_text()
+    assert "31 atoms" in data and "2 atom types" in data
+    body = data.split("Atoms")[1].split("\n\n")[1].splitlines()
+    assert sorted(int(line.split()[1]) for line in body).count(2) == 7  # Au is type 2
+    (tmp_path / "al.toml").write_text(base + 'md_data = ["bulk.extxyz"]\n')
+    one = Loop(ALConfig.read(tmp_path / "al.toml"), tmp_path / "w1", progress=False)
+    assert [one.md_folder(0, t, p, s).name for t, p, s in one.conditions()] == ["md_600K", "md_1200K"]
+    assert "md_start.data" in one.md_script(600.0, 0)
+    (tmp_path / "al.toml").write_text(base + "md_data = [1, 2]\n")
+    with pytest.raises(InputError, match=r"section \[md\], key 'md_data': a file name or a list"):
+        ALConfig.read(tmp_path / "al.toml")

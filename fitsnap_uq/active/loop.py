@@ -27,7 +27,9 @@ ASE-readable structures, labelled by the oracle and scored as a test set of thei
 
 Exploration (``[md]``): NVT (or NPT at each of ``pressures``, bar) of the MD start structure (``md_data``,
 any ASE-readable file, or the lattice in ``md_cells``), or the user's own LAMMPS input ``template``, run
-at each temperature (x pressure) with the uncertainty hook. In a template the loop fills in
+at each temperature (x pressure) with the uncertainty hook. ``md_data`` may list several files (bulk
+cells of different sizes, a vacancy, a slab...): every condition is then run from each of them
+(``iter<k>/md_<file stem>_<condition>``). In a template the loop fills in
 ``${temperature}`` (K), ``${pressure}`` (bar), ``${seed}``, ``${steps}``, ``${timestep}`` (ps),
 ``${data_file}`` (the MD start structure, LAMMPS data, types in element order) and ``${potential}`` (a file
 with the pair_style/pair_coeff lines of the fit: use ``include ${potential}``); any other ``${...}`` is
@@ -152,12 +154,13 @@ class ALConfig:
     batch: int = 4
     cost_gamma: float = 0.0
     spread: bool = True
+    shortlist: int = 3  # spread: K-means among the shortlist x batch best
     tolerance: float | dict[str, float] = 0.0
     level: float = 0.95
     temperatures: list[float] = field(default_factory=lambda: [800.0, 2000.0])
     pressures: list[float] = field(default_factory=list)  # bar; empty: NVT
     template: str = ""
-    md_data: str = ""
+    md_data: str | list[str] = ""  # one file or several (each MD condition from each)
     md_cells: tuple[int, int, int] = (3, 3, 3)
     md_steps: int = 300
     timestep: float = 0.002
@@ -179,7 +182,7 @@ class ALConfig:
         "oracle": ("oracle", "electronic_temperature", "executor", "workers", "dask_scheduler"),
         "snap": ("twojmax", "rcutfac", "rfac0", "radelem", "wj", "zbl"),
         "fit": ("noise_classes", "recalibration"),
-        "select": ("strategy", "batch", "cost_gamma", "spread", "tolerance", "level"),
+        "select": ("strategy", "batch", "cost_gamma", "spread", "shortlist", "tolerance", "level"),
         "md": ("temperatures", "pressures", "template", "md_data", "md_cells", "md_steps", "timestep",
                "every", "flag_above", "halt_above", "max_flags"),
         "loop": ("iterations", "qm_budget", "test_structures", "test_set")}
@@ -223,6 +226,12 @@ class ALConfig:
         """A path of the config (relative to its folder)."""
         return (Path(self.base) / name).resolve()
 
+    def md_files(self) -> list[str]:
+        """The MD start structure files (``md_data``; empty: the lattice in ``md_cells``)."""
+        if isinstance(self.md_data, str):
+            return [self.md_data] if self.md_data else []
+        return [str(name) for name in self.md_data]
+
     def species(self) -> list[str]:
         """The elements of the built-in structures, in type order."""
         return list(self.elements) or [self.element]
@@ -255,10 +264,13 @@ class ALConfig:
         if not self.fitsnap_input:
             self.per_element("radelem", len(self.species()))
             self.per_element("wj", len(self.species()))
+        if not isinstance(self.md_data, str) and not (
+                isinstance(self.md_data, (list, tuple)) and all(isinstance(x, str) for x in self.md_data)):
+            raise InputError("a file name or a list of file names", **self._where("md_data"))
         files = {"fitsnap_input": [self.fitsnap_input] if self.fitsnap_input else [],
                  "structures": self.structures, "test_files": self.test_files,
                  "template": [self.template] if self.template else [],
-                 "md_data": [self.md_data] if self.md_data else []}
+                 "md_data": self.md_files()}
         for key, names in files.items():
             for name in names:
                 if not self.path(name).is_file():
@@ -276,8 +288,9 @@ class ALConfig:
             raise InputError(f"unknown strategy; known: {', '.join(SELECTIONS)}", **self._where("strategy"))
         if self.recalibration not in ("quantile", "none"):
             raise InputError("quantile or none", **self._where("recalibration"))
-        if self.batch < 1:
-            raise InputError("must be at least 1", **self._where("batch"))
+        for key in ("batch", "shortlist"):
+            if getattr(self, key) < 1:
+                raise InputError("must be at least 1", **self._where(key))
         if not 0.0 < self.level < 1.0:
             raise InputError("a coverage in (0, 1)", **self._where("level"))
         if self.executor not in ("auto", *EXECUTORS):
@@ -713,24 +726,39 @@ class Loop:
         return calls, cost
 
     # --------------------------------------------------------------------- MD
-    def conditions(self) -> list[tuple[float, float | None]]:
-        """(temperature K, pressure bar or None for NVT) of each MD run per iteration."""
+    def conditions(self) -> list[tuple[float, float | None, int]]:
+        """(temperature K, pressure bar or None for NVT, index of the MD start structure in
+        ``md_data``) of each MD run per iteration."""
         pressures: list[float | None] = [float(p) for p in self.cfg.pressures] or [None]
-        return [(float(t), p) for t in self.cfg.temperatures for p in pressures]
+        starts = range(max(1, len(self.cfg.md_files())))
+        return [(float(t), p, s) for s in starts for t in self.cfg.temperatures for p in pressures]
 
-    def md_start(self, test: bool = False) -> Path:
-        """The MD start structure as a LAMMPS data file (types in element order, with masses): the
-        config's ``md_data`` file, or the lattice in ``md_cells`` (``test``: the test MD's, with its own
-        random arrangement of the elements). Written once, atomically."""
+    def start_names(self) -> list[str]:
+        """The name of each MD start structure in folder names: none with one structure (folders
+        ``md_<T>K...``), else the file stems (``md_<stem>_<T>K...``), numbered if two stems are equal."""
+        files = self.cfg.md_files()
+        if len(files) <= 1:
+            return [""]
+        stems = [Path(name).stem for name in files]
+        if len(set(stems)) < len(stems):
+            stems = [f"{i}{stem}" for i, stem in enumerate(stems)]
+        return stems
+
+    def md_start(self, start: int = 0, test: bool = False) -> Path:
+        """MD start structure ``start`` (index in ``md_data``) as a LAMMPS data file (types in element
+        order, with masses): the config's ``md_data`` file, or the lattice in ``md_cells`` (``test``:
+        the test MD's, with its own random arrangement of the elements). Written once, atomically."""
         import io
 
         import ase.io
 
-        path = self.work / ("md_test_start.data" if test else "md_start.data")
+        name = self.start_names()[start]
+        prefix = "md_test_start" if test else "md_start"
+        path = self.work / (f"{prefix}_{name}.data" if name else f"{prefix}.data")
         if path.exists():
             return path
-        if self.cfg.md_data:
-            atoms = ase.io.read(self.cfg.path(self.cfg.md_data))
+        if self.cfg.md_files():
+            atoms = ase.io.read(self.cfg.path(self.cfg.md_files()[start]))
         else:
             seed = self.cfg.seed + (30_000 if test else 20_000)
             atoms = self.lattice_cell(self.cfg.md_cells, np.random.default_rng(seed))
@@ -740,17 +768,19 @@ class Loop:
         return path
 
     def md_script(self, temperature: float, k: int, pressure: float | None = None,
-                  folder: Path | None = None, seed: int | None = None, data: Path | None = None) -> str:
-        """The MD input of iteration k (fit k's potential) at one condition: the user's template filled
-        in, or the built-in NVT/NPT run. ``folder``: where the template's potential file is written
-        (default: the iteration's MD folder of the condition); ``seed`` (velocities; default: the
-        config's seed + k + 1) and ``data`` (start structure; default :meth:`md_start`)."""
+                  folder: Path | None = None, seed: int | None = None, data: Path | None = None,
+                  start: int = 0) -> str:
+        """The MD input of iteration k (fit k's potential) at one condition, from MD start structure
+        ``start``: the user's template filled in, or the built-in NVT/NPT run. ``folder``: where the
+        template's potential file is written (default: the iteration's MD folder of the condition);
+        ``seed`` (velocities; default: the config's seed + k + 1) and ``data`` (start structure;
+        default :meth:`md_start` ``(start)``)."""
         c = self.cfg
         stem = self.work / f"iter{k}" / "fit" / "pot"
-        data = data or self.md_start()
+        data = data or self.md_start(start)
         seed = c.seed + k + 1 if seed is None else seed
         if c.template:
-            folder = folder or self.md_folder(k, temperature, pressure)
+            folder = folder or self.md_folder(k, temperature, pressure, start)
             folder.mkdir(parents=True, exist_ok=True)
             potential = folder / "potential.mod"
             potential.write_text("\n".join(self.pair_lines(stem)) + "\n")
@@ -772,9 +802,11 @@ class Loop:
             f"velocity all create {2 * temperature} {seed} loop geom", ensemble,
             f"timestep {c.timestep}", "thermo 100", f"run {c.md_steps}", ""])
 
-    def md_folder(self, k: int, temperature: float, pressure: float | None) -> Path:
+    def md_folder(self, k: int, temperature: float, pressure: float | None, start: int = 0) -> Path:
+        """``iter<k>/md_[<start name>_]<T>K[_<P>bar]``."""
         tail = "" if pressure is None else f"_{pressure:g}bar"
-        return self.work / f"iter{k}" / f"md_{temperature:g}K{tail}"
+        name = self.start_names()[start]
+        return self.work / f"iter{k}" / f"md_{name + '_' if name else ''}{temperature:g}K{tail}"
 
     def md(self, k: int, posterior: Path) -> list[Path]:
         """MD at each condition with the hook; returns the flagged (unlabelled) JSON files, without
@@ -785,12 +817,12 @@ class Loop:
         from lammps_hooks.md import run_md
 
         flagged: list[Path] = []
-        for temperature, pressure in self.conditions():
-            folder = self.md_folder(k, temperature, pressure)
+        for temperature, pressure, start in self.conditions():
+            folder = self.md_folder(k, temperature, pressure, start)
             folder.mkdir(parents=True, exist_ok=True)
             done = folder / "done.json"
             if not done.exists():
-                (folder / "in.md").write_text(self.md_script(temperature, k, pressure, folder))
+                (folder / "in.md").write_text(self.md_script(temperature, k, pressure, folder, start=start))
                 shutil.rmtree(folder / "flagged", ignore_errors=True)  # a run cut short starts over
                 with _progress.timed(f"fitsnap-uq al: MD {k} at {folder.name[3:]} ({self.cfg.md_steps} "
                                      "steps with the uncertainty hook)", show=self.progress):
@@ -913,7 +945,7 @@ class Loop:
             forces = [v for q, v in post.noise_var.items() if q.endswith("Force")] or [1.0]
             noise = {"Force": float(np.mean(forces)), "Energy": np.inf}  # energy rows: fingerprints only
             settings = QuerySettings(strategy=self.cfg.strategy, cost_gamma=self.cfg.cost_gamma,
-                                     spread=self.cfg.spread)
+                                     spread=self.cfg.spread, shortlist=self.cfg.shortlist)
             train = None
             if self.cfg.strategy == "qbc":
                 train = self.describe(self.work / "data" / "JSON", self.fit_groups(k), folder / "train")
@@ -944,7 +976,9 @@ class Loop:
     def hottest(self) -> tuple[float, float | None]:
         """The hottest exploration condition: the highest temperature (K) and, at it, the highest
         pressure (bar; None for NVT)."""
-        return max(self.conditions(), key=lambda c: (c[0], -np.inf if c[1] is None else c[1]))
+        temperature, pressure, _ = max(self.conditions(),
+                                       key=lambda c: (c[0], -np.inf if c[1] is None else c[1]))
+        return temperature, pressure
 
     def md_test_set(self, posterior: Path) -> None:
         """The ``md`` test set: ``test_structures`` frames of an MD independent of the exploration, labelled
