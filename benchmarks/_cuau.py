@@ -65,15 +65,24 @@ def emt_md_frames(atoms: Any, temperature: float, rng: Any, frames: int, equilib
                   spacing: int = 100) -> list[Any]:
     """``frames`` snapshots of an EMT Langevin MD (ASE, 2 fs steps, friction 0.02) of ``atoms`` at
     ``temperature`` K, ``spacing`` steps apart after ``equilibrate`` steps (no calculator attached)."""
-    from ase import units
     from ase.calculators.emt import EMT
+
+    return langevin_frames(atoms.copy(), EMT(), temperature, rng, frames, 2.0, 0.02, equilibrate, spacing)
+
+
+def langevin_frames(atoms: Any, calc: Any, temperature: float, rng: Any, frames: int, timestep_fs: float,
+                    friction: float, equilibrate: int, spacing: int) -> list[Any]:
+    """``frames`` snapshots of an ASE Langevin MD of ``atoms`` (driven by ``calc``; Maxwell-Boltzmann
+    velocities at ``temperature`` K from ``rng``; ``friction`` in ASE's inverse time units),
+    ``spacing`` steps of ``timestep_fs`` fs apart after ``equilibrate`` steps; no calculator attached
+    to the snapshots."""
+    from ase import units
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
-    atoms = atoms.copy()
-    atoms.calc = EMT()
+    atoms.calc = calc
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
-    dyn = Langevin(atoms, 2 * units.fs, temperature_K=temperature, friction=0.02, rng=rng)
+    dyn = Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature, friction=friction, rng=rng)
     dyn.run(equilibrate)
     out = []
     for _ in range(frames):

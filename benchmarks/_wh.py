@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _cuau import config_toml
+from _cuau import config_toml, langevin_frames
 
 A_W = 3.165
 """bcc W lattice constant (A)."""
@@ -92,8 +92,6 @@ def xtb_test_frames(path: Path, seed: int, temperature: float = 1200.0, frames: 
     user test set (``test_files``): physical hot configurations, whatever the fits do."""
     import ase.io
     from ase import units
-    from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
     from fitsnap_uq.active.oracles import oracle_from_name
 
@@ -101,16 +99,8 @@ def xtb_test_frames(path: Path, seed: int, temperature: float = 1200.0, frames: 
         return
     rng = np.random.default_rng(60_000 + seed)
     atoms = wh_cell(2, rng, rattle=0.0, strain=0.0)
-    atoms.calc = oracle_from_name("xtb").make_calculator()
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
-    dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=temperature, friction=0.02 / units.fs, rng=rng)
-    dyn.run(equilibrate)
-    out = []
-    for _ in range(frames):
-        dyn.run(every)
-        snap = atoms.copy()
-        snap.calc = None
-        out.append(snap)
+    out = langevin_frames(atoms, oracle_from_name("xtb").make_calculator(), temperature, rng, frames, 0.5,
+                          0.02 / units.fs, equilibrate, every)
     ase.io.write(path, out)
 
 
