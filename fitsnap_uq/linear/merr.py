@@ -225,14 +225,14 @@ def _fixed_mean_pass(rb: RowBlocks, embed: np.ndarray, v: np.ndarray, precision:
     """The curvature scales of the variances ``sqrt(sum_i (a_ik^2 / v_i)^2)`` (q,) and, with
     ``precision``, ``A^T V^-1 A`` (p, p) at known variances ``v`` (n,): what :func:`_iid_pass` adds with
     ``extras``, without its objective and gradient (known from the variances' Newton fit), in one pass
-    of :data:`fitsnap_uq.linear.varfit.BLOCK` rows (cache-sized blocks) with one BLAS thread each
+    of :func:`fitsnap_uq.linear.varfit.cache_rows` rows (cache-sized blocks) with one BLAS thread each
     (300,000 x 500 rows on two busy cores: 4 s, 16 s with two BLAS threads), the blocks spread over
     the thread budget as Python threads."""
     from fitsnap_uq.linear.threads import blas_threads
-    from fitsnap_uq.linear.varfit import BLOCK as ROWS
+    from fitsnap_uq.linear.varfit import cache_rows
 
     with blas_threads(1):
-        return _fixed_mean_sums(rb, embed, v, precision, ROWS)
+        return _fixed_mean_sums(rb, embed, v, precision, cache_rows(rb.p))
 
 
 def _fixed_mean_sums(rb: RowBlocks, embed: np.ndarray, v: np.ndarray, precision: bool, rows: int

@@ -33,14 +33,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg.blas import dsyrk
 from scipy.optimize import nnls
 
 from fitsnap_uq.linear.threads import blas_threads, map_row_chunks, pass_workers
 
 BLOCK = 256
-"""Rows of ``F`` per block: a block of 256 x 500 doubles (1 MB) stays in a core's L2 cache while its
-terms are formed (measured on 300,000 x 500 rows: a pass of ``F theta`` costs 0.13 s of CPU in blocks
-of 256 rows, 0.9 s in blocks of 2048, whose 8 MB spill to the shared L3 cache)."""
+"""Rows of ``F`` per block at 500 columns: a block of 256 x 500 doubles (1 MB) stays in a core's L2
+cache while its terms are formed (measured on 300,000 x 500 rows: a pass of ``F theta`` costs 0.13 s
+of CPU in blocks of 256 rows, 0.9 s in blocks of 2048, whose 8 MB spill to the shared L3 cache).
+Narrower ``F`` gets more rows per block, the same bytes (:func:`cache_rows`)."""
+CACHE_BYTES = BLOCK * 500 * 8
+"""Bytes of one block of ``F`` (:func:`cache_rows`)."""
+
+
+def cache_rows(m: int) -> int:
+    """Rows per block of an ``F`` with ``m`` columns: :data:`CACHE_BYTES` of doubles, at least
+    :data:`BLOCK` rows (the W-Be subset's 110 columns: 1163 rows; its MODELERROR fit took 1.25 s in
+    such blocks, 1.68 s in blocks of 256 rows, whose per-block Python overhead dominated)."""
+    return max(BLOCK, CACHE_BYTES // (8 * max(int(m), 1)))
 
 Blocks = Callable[[slice], np.ndarray]
 """``block(rows) -> F[rows]`` for a slice of rows (with a step: a subsample)."""
@@ -91,8 +102,9 @@ def variances(block: Blocks, n: int, theta: np.ndarray, offset: float | np.ndarr
 
 
 def _add_weighted_gram(h: np.ndarray, fb: np.ndarray, wb: np.ndarray) -> None:
-    """``h += fb^T diag(wb) fb`` as symmetric rank-k updates of the rows of each sign of ``wb``: each row
-    enters one update, so m^2 flops per row instead of a general product's 2 m^2."""
+    """The upper triangle of ``h += fb^T diag(wb) fb`` ((m, m), Fortran order) as symmetric rank-k
+    updates (BLAS ``dsyrk``) of the rows of each sign of ``wb``: m^2 flops per row instead of a general
+    product's 2 m^2; the lower triangle is left alone (:func:`_from_upper`)."""
     pos = wb > 0
     for sel, sign in ((pos, 1.0), (wb < 0, -1.0)):
         count = int(np.count_nonzero(sel))
@@ -100,7 +112,19 @@ def _add_weighted_gram(h: np.ndarray, fb: np.ndarray, wb: np.ndarray) -> None:
             continue
         part = fb if count == wb.size else fb[sel]
         b = part * np.sqrt(np.abs(wb[sel] if count < wb.size else wb))[:, None]
-        h += sign * (b.T @ b)
+        out = dsyrk(sign, b, beta=1.0, c=h, trans=1, lower=0, overwrite_c=1)
+        if out is not h:
+            h[...] = out
+
+
+def _gram_buffer(m: int) -> np.ndarray:
+    """A zero (m, m) Fortran-order accumulator for :func:`_add_weighted_gram` (updated in place)."""
+    return np.zeros((m, m), order="F")
+
+
+def _from_upper(h: np.ndarray) -> np.ndarray:
+    """The symmetric matrix whose upper triangle is ``h``'s."""
+    return np.triu(h) + np.triu(h, 1).T
 
 
 def weighted_gram(block: Blocks, n: int, m: int, wv: np.ndarray, block_rows: int = BLOCK,
@@ -109,13 +133,13 @@ def weighted_gram(block: Blocks, n: int, m: int, wv: np.ndarray, block_rows: int
     :func:`~fitsnap_uq.linear.threads.pass_workers` threads)."""
 
     def chunk(lo: int, hi: int) -> np.ndarray:
-        h = np.zeros((m, m))
+        h = _gram_buffer(m)
         for rows, s, e in _spans(hi, block_rows, step, lo):
             _add_weighted_gram(h, block(rows), wv[s:e])
         return h
 
     h = functools.reduce(np.add, map_row_chunks(chunk, n, block_rows, pass_workers(2.0 * n * m * m)))
-    return 0.5 * (h + h.T)
+    return _from_upper(h)
 
 
 def _point(block: Blocks, n: int, m: int, theta: np.ndarray, offset: float | np.ndarray, rt2: np.ndarray,
@@ -133,7 +157,7 @@ def _point(block: Blocks, n: int, m: int, theta: np.ndarray, offset: float | np.
 
     def chunk(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         g = np.zeros(m)
-        hc = np.zeros((k, k))
+        hc = _gram_buffer(k)
         sq = None if colsq is None else np.zeros(m)
         # A trial point of the line search may be far off (v ~ 0): its terms overflow, f is inf or
         # nan and the point is rejected.
@@ -158,13 +182,13 @@ def _point(block: Blocks, n: int, m: int, theta: np.ndarray, offset: float | np.
     with np.errstate(divide="ignore", over="ignore", invalid="ignore", under="ignore"):
         f = 0.5 * float(np.sum(weight * (np.log(v) + rt2 / v)))
     h = np.zeros((m, m))
-    h[np.ix_(cols, cols)] = 0.5 * (hc + hc.T)
+    h[np.ix_(cols, cols)] = _from_upper(hc)
     return (f if np.isfinite(f) else np.inf), v, g, h
 
 
 def newton_variances(block: Blocks, n: int, m: int, rt2: np.ndarray, weight: np.ndarray,
                      theta: np.ndarray, bounds: tuple[float, float], offset: float | np.ndarray = 0.0,
-                     max_iter: int = 500, gtol: float = 1e-10, block_rows: int = BLOCK,
+                     max_iter: int = 500, gtol: float = 1e-10, block_rows: int | None = None,
                      progress: Callable[[int, float, float], None] | None = None, stride: int = 1,
                      warm: bool = True) -> VarianceFit:
     """Minimize ``f`` (module docstring) over ``theta`` in ``bounds`` by projected Newton.
@@ -177,6 +201,7 @@ def newton_variances(block: Blocks, n: int, m: int, rt2: np.ndarray, weight: np.
         max_iter: most iterations.
         gtol: stop when every free parameter's ``|theta_j df/dtheta_j|`` (the gradient in log
             coordinates) is at most ``gtol``, or when a full Newton step no longer lowers ``f``.
+        block_rows: rows per block (default :func:`cache_rows` ``(m)``).
         progress: optional callback ``progress(iteration, f, projected gradient)``.
         stride: use every ``stride``-th row of ``F`` only (``n`` of them; ``rt2``, ``weight`` and an
             array ``offset`` given for those rows).
@@ -195,7 +220,7 @@ def newton_variances(block: Blocks, n: int, m: int, rt2: np.ndarray, weight: np.
     """
     with blas_threads(1):
         return _newton_variances(block, n, m, rt2, weight, theta, bounds, offset, max_iter, gtol,
-                                 block_rows, progress, stride, warm)
+                                 block_rows or cache_rows(m), progress, stride, warm)
 
 
 def _newton_variances(block: Blocks, n: int, m: int, rt2: np.ndarray, weight: np.ndarray,
