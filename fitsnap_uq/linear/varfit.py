@@ -33,7 +33,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg.blas import dsyrk
 from scipy.optimize import nnls
 
 from fitsnap_uq.linear.threads import blas_threads, map_row_chunks, pass_workers
@@ -102,9 +101,9 @@ def variances(block: Blocks, n: int, theta: np.ndarray, offset: float | np.ndarr
 
 
 def _add_weighted_gram(h: np.ndarray, fb: np.ndarray, wb: np.ndarray) -> None:
-    """The upper triangle of ``h += fb^T diag(wb) fb`` ((m, m), Fortran order) as symmetric rank-k
-    updates (BLAS ``dsyrk``) of the rows of each sign of ``wb``: m^2 flops per row instead of a general
-    product's 2 m^2; the lower triangle is left alone (:func:`_from_upper`)."""
+    """``h += fb^T diag(wb) fb`` ((m, m)) as products of the rows of each sign of ``wb`` scaled by
+    ``sqrt(|wb|)``. (BLAS ``dsyrk`` on the upper triangle, half the flops, measured slower here with
+    one thread: 300,000 x 500 MODELERROR 7.4-9.1 s against 6.5-7.2 s.)"""
     pos = wb > 0
     for sel, sign in ((pos, 1.0), (wb < 0, -1.0)):
         count = int(np.count_nonzero(sel))
@@ -112,18 +111,16 @@ def _add_weighted_gram(h: np.ndarray, fb: np.ndarray, wb: np.ndarray) -> None:
             continue
         part = fb if count == wb.size else fb[sel]
         b = part * np.sqrt(np.abs(wb[sel] if count < wb.size else wb))[:, None]
-        out = dsyrk(sign, b, beta=1.0, c=h, trans=1, lower=0, overwrite_c=1)
-        if out is not h:
-            h[...] = out
+        h += sign * (b.T @ b)
 
 
 def _gram_buffer(m: int) -> np.ndarray:
-    """A zero (m, m) Fortran-order accumulator for :func:`_add_weighted_gram` (updated in place)."""
-    return np.zeros((m, m), order="F")
+    """A zero (m, m) accumulator for :func:`_add_weighted_gram`."""
+    return np.zeros((m, m))
 
 
 def _from_upper(h: np.ndarray) -> np.ndarray:
-    """The symmetric matrix whose upper triangle is ``h``'s."""
+    """The symmetric matrix whose upper triangle is ``h``'s (exactly symmetric)."""
     return np.triu(h) + np.triu(h, 1).T
 
 
