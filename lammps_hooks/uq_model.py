@@ -205,20 +205,25 @@ class LinearSnapModel:
         fstd = None
         if d is not None:
             frows = force_rows(d, type_to_element, len(self.elements), self.block_size)
-            coef = force_std(frows, self.spread) ** 2
-            floor = np.full(coef.shape, 3.0 * noise_f)
-            if self.posterior.atom_scale is not None and frows.shape[0]:
-                # the per-atom factors (Posterior.force_log_scales), from the atom's three force
-                # rows and its element
-                n, p = frows.shape[0], frows.shape[2]
-                log_coef, log_floor = (x[::3] for x in self.posterior.force_log_scales(
-                    frows.reshape(3 * n, p), np.repeat(np.arange(n), 3),
-                    np.repeat(np.asarray(elements, dtype=int), 3)))
-                coef = coef * np.exp(np.clip(log_coef, -50.0, 50.0))
-                floor = floor * np.exp(np.clip(log_floor, -50.0, 50.0))
-            fstd = np.sqrt(coef + floor)
+            fstd = force_std(frows, self.spread)
+            scaled = self.posterior.atom_scale is not None and frows.shape[0] > 0
+            if scaled or self.noise:  # otherwise the plain std (the MD hook's usual path)
+                coef = fstd**2
+                floor = np.full(coef.shape, 3.0 * noise_f)
+                if scaled:
+                    # the per-atom factors (Posterior.force_log_scales), from the atom's three
+                    # force rows and its element
+                    n, p = frows.shape[0], frows.shape[2]
+                    log_coef, log_floor = (x[::3] for x in self.posterior.force_log_scales(
+                        frows.reshape(3 * n, p), np.repeat(np.arange(n), 3),
+                        np.repeat(np.asarray(elements, dtype=int), 3)))
+                    coef = coef * np.exp(np.clip(log_coef, -50.0, 50.0))
+                    floor = floor * np.exp(np.clip(log_floor, -50.0, 50.0))
+                fstd = np.sqrt(coef + floor)
         partial = rows.sum(axis=0) if rows.shape[0] else np.zeros(rows.shape[1])
-        estd = np.sqrt(self.spread.std(rows) ** 2 + noise_e)
+        estd = self.spread.std(rows)
+        if self.noise:
+            estd = np.sqrt(estd**2 + noise_e)
         return AtomUncertainty(estd=estd, fstd=fstd, partial=partial)
 
     def total(self, partial: np.ndarray, natoms: int) -> TotalUncertainty:
