@@ -114,29 +114,19 @@ def _add_weighted_gram(h: np.ndarray, fb: np.ndarray, wb: np.ndarray) -> None:
         h += sign * (b.T @ b)
 
 
-def _gram_buffer(m: int) -> np.ndarray:
-    """A zero (m, m) accumulator for :func:`_add_weighted_gram`."""
-    return np.zeros((m, m))
-
-
-def _from_upper(h: np.ndarray) -> np.ndarray:
-    """The symmetric matrix whose upper triangle is ``h``'s (exactly symmetric)."""
-    return np.triu(h) + np.triu(h, 1).T
-
-
 def weighted_gram(block: Blocks, n: int, m: int, wv: np.ndarray, block_rows: int = BLOCK,
                   step: int = 1) -> np.ndarray:
     """(m, m) ``F^T diag(wv) F`` over every ``step``-th row of ``F``, one pass (its blocks spread over
     :func:`~fitsnap_uq.linear.threads.pass_workers` threads)."""
 
     def chunk(lo: int, hi: int) -> np.ndarray:
-        h = _gram_buffer(m)
+        h = np.zeros((m, m))
         for rows, s, e in _spans(hi, block_rows, step, lo):
             _add_weighted_gram(h, block(rows), wv[s:e])
         return h
 
     h = functools.reduce(np.add, map_row_chunks(chunk, n, block_rows, pass_workers(2.0 * n * m * m)))
-    return _from_upper(h)
+    return 0.5 * (h + h.T)
 
 
 def _point(block: Blocks, n: int, m: int, theta: np.ndarray, offset: float | np.ndarray, rt2: np.ndarray,
@@ -154,7 +144,7 @@ def _point(block: Blocks, n: int, m: int, theta: np.ndarray, offset: float | np.
 
     def chunk(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         g = np.zeros(m)
-        hc = _gram_buffer(k)
+        hc = np.zeros((k, k))
         sq = None if colsq is None else np.zeros(m)
         # A trial point of the line search may be far off (v ~ 0): its terms overflow, f is inf or
         # nan and the point is rejected.
@@ -179,7 +169,7 @@ def _point(block: Blocks, n: int, m: int, theta: np.ndarray, offset: float | np.
     with np.errstate(divide="ignore", over="ignore", invalid="ignore", under="ignore"):
         f = 0.5 * float(np.sum(weight * (np.log(v) + rt2 / v)))
     h = np.zeros((m, m))
-    h[np.ix_(cols, cols)] = _from_upper(hc)
+    h[np.ix_(cols, cols)] = 0.5 * (hc + hc.T)
     return (f if np.isfinite(f) else np.inf), v, g, h
 
 
