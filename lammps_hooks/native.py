@@ -29,6 +29,7 @@ Plugin posterior file (text, version 2; ``#`` starts a comment; whitespace-separ
     scale_theta K  t_1 .. t_K        then its weights (K = NELEM + 3: one-hot element, 3 features),
     scale_phi K  f_1 .. f_K          the floor's weights,
     scale_mu 3 ..  scale_sd 3 ..  scale_eps 3 ..   the features' standardization and floors,
+    scale_zlo 3 ..  scale_zhi 3 ..   optional: the standardized features' training range (clipped to)
     scale_fitfactor P R1 ..          (P, R1) row-major, S = F F^T (the fit's covariance),
     scale_mefactor P R2 ..           (P, R2) row-major, M = G G^T (the model error's covariance)
     end
@@ -147,7 +148,9 @@ def write_plugin_posterior(posterior: LinearSnapModel | Posterior | str | os.Pat
         lines += [f"atom_scale {scale.nelem}",
                   *(f"scale_{name} {len(v)} " + " ".join(_num(x) for x in v)
                     for name, v in (("theta", scale.theta), ("phi", scale.phi), ("mu", scale.mu),
-                                    ("sd", scale.sd), ("eps", scale.eps))),
+                                    ("sd", scale.sd), ("eps", scale.eps),
+                                    *((("zlo", scale.zlo), ("zhi", scale.zhi))
+                                      if scale.zlo is not None else ()))),
                   *_matrix_lines("scale_fitfactor", post.fit_factor()),
                   *_matrix_lines("scale_mefactor", post.model_error_factor())]
     lines += ["end", ""]

@@ -3,6 +3,8 @@ fit_with_model_error on rows that carry atom and element labels."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -369,3 +371,37 @@ def test_constant_floor_scale_stores_the_model_it_fitted():
     want = base * np.exp(zc @ theta) + 0.01 * np.exp(phi[-1])
     np.testing.assert_allclose(sc.variance(base, sums, element), want, rtol=1e-10)
     assert np.all(sc.phi == 0.0) and sc.lam == lam
+
+
+def test_new_atoms_features_are_clipped_to_the_training_range(tmp_path):
+    """fit_atom_scale stores the standardized features' training range; a new atom beyond it gets the
+    scale of the range's edge (no extrapolation of exp(theta . z)), one inside it is untouched; the
+    range survives the Posterior file, and a scale stored without it does not clip."""
+    from fitsnap_uq.linear.atomscale import AtomScale
+
+    rng = np.random.default_rng(11)
+    n = 600
+    sums = np.exp(rng.normal(0.0, 1.0, (n, 3)))
+    element = rng.integers(0, 2, n)
+    base = sums[:, 0] * 1e-2
+    resid = rng.standard_normal(n) * np.sqrt(base * np.exp(0.8 * np.log(sums[:, 1])) + 1e-4)
+    sc = fit_atom_scale(sums, element, base, resid, 1e-4, 2, config=np.arange(n) // 3)
+    z = (np.log(sums) - sc.mu) / sc.sd
+    np.testing.assert_allclose(sc.zlo, z.min(axis=0))
+    np.testing.assert_allclose(sc.zhi, z.max(axis=0))
+    assert abs(sc.theta[3]) > 0.1
+    inside = sums[:5]
+    far = inside.copy()
+    far[:, 1] *= 1e8  # feature 2 far beyond the training range
+    edge = inside.copy()
+    edge[:, 1] = np.exp(sc.mu[1] + sc.sd[1] * sc.zhi[1])
+    el = element[:5]
+    np.testing.assert_allclose(sc.log_scale(far, el), sc.log_scale(edge, el), rtol=1e-12)
+    unclipped = AtomScale.from_dict({k: v for k, v in sc.to_dict().items() if k not in ("zlo", "zhi")})
+    np.testing.assert_allclose(unclipped.log_scale(inside, el), sc.log_scale(inside, el), rtol=1e-12)
+    assert np.all(np.abs(unclipped.log_scale(far, el) - sc.log_scale(far, el)) > 1.0)
+    back = AtomScale.from_dict(json.loads(json.dumps(sc.to_dict())))
+    np.testing.assert_array_equal(back.zlo, sc.zlo)
+    np.testing.assert_array_equal(back.zhi, sc.zhi)
+    with pytest.raises(ValueError, match="zlo and zhi"):
+        AtomScale.from_dict({**sc.to_dict(), "zhi": None})

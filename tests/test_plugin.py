@@ -286,17 +286,19 @@ def test_samples_posterior_equals_hook(plugin, ta_stem, tmp_path):
     compare(plugin_values(proc, tmp_path), hook_values(ta_stem, sampled, 10, 10), "samples")
 
 
-def scaled_posterior(ta_stem: Path) -> Posterior:
+def scaled_posterior(ta_stem: Path, clip: bool = False) -> Posterior:
     """The Ta fit's posterior with a per-atom force scale set by hand: nonzero weights on the
     intercept and every feature, for the coefficient part (theta) and for the floor (phi); floors of
     (0.01 eV/atom)^2 and (0.2 eV/A)^2 (the fit's are small beside its coefficient part, where phi
-    would hardly show)."""
+    would hardly show). ``clip``: a feature range (zlo = zhi) that every atom's features are clipped
+    to."""
     post = posterior_of(ta_stem)
     assert post.model_error is not None
     floors = {**post.noise_var, "Energy": 1e-4, "Force": 0.04}
+    zlim = np.array([-0.6, 0.3, -0.2]) if clip else None
     scale = AtomScale(theta=np.array([0.4, 0.5, -0.3, 0.2]), mu=np.zeros(3), sd=np.full(3, 8.0),
                       nelem=1, lam=0.01, floor_var=floors["Force"], eps=np.full(3, 1e-30),
-                      phi=np.array([-0.3, 0.25, 0.4, -0.15]))
+                      phi=np.array([-0.3, 0.25, 0.4, -0.15]), zlo=zlim, zhi=zlim)
     me = {k: v for k, v in post.model_error.items() if k != "atom_scale"}
     return Posterior(post.mean, post.cov, post.elements, post.snap, noise_var=floors,
                      model_error={**me, "atom_scale": scale.to_dict()}, ties=post.ties)
@@ -312,14 +314,17 @@ def predicted_here(stem: Path, post: Posterior, noise: bool) -> tuple[np.ndarray
 
 
 @pytest.mark.parametrize("ranks", [0, pytest.param(2, marks=pytest.mark.mpi)], ids=["serial", "mpirun"])
-@pytest.mark.parametrize("noise", [False, True], ids=["coefficients", "noise"])
-def test_atom_scaled_posterior_equals_posterior_predict(plugin, ta_stem, tmp_path, ranks, noise):
+@pytest.mark.parametrize("noise,clip", [(False, False), (True, False), (True, True)],
+                         ids=["coefficients", "noise", "noise-clipped"])
+def test_atom_scaled_posterior_equals_posterior_predict(plugin, ta_stem, tmp_path, ranks, noise, clip):
     """A per-atom force scale (theta, and phi on the floor with noise yes): the plugin's and the hook's
     per-atom and per-configuration sigma equal Posterior.predict on the configuration's rows, each
-    force row labelled with its atom and element, to 1e-8."""
-    post = scaled_posterior(ta_stem)
+    force row labelled with its atom and element, to 1e-8; with a feature range, the clipped features
+    too."""
+    post = scaled_posterior(ta_stem, clip)
     uq = write_plugin_posterior(post.save(tmp_path / "scaled.posterior.npz"), tmp_path / "scaled.uq")
     assert "\natom_scale 1\n" in uq.read_text() and "\nnoise " in uq.read_text()
+    assert ("\nscale_zlo 3 " in uq.read_text()) == clip
     estd, fstd, pe_std = predicted_here(ta_stem, post, noise)
     script = (f"plugin load {plugin}\n" + SETUP.format(stem=ta_stem)
               + f"fix uq all snap/uq 1 {uq} noise {'yes' if noise else 'no'}\nrun 0\n"
@@ -346,6 +351,9 @@ def test_atom_scaled_posterior_equals_posterior_predict(plugin, ta_stem, tmp_pat
     if noise:
         _, coefficients, _ = predicted_here(ta_stem, post, noise=False)
         assert np.min(pf / coefficients - 1) > 1e-3
+    if clip:  # the clipping changes the numbers: the unclipped scale gives others
+        _, unclipped, _ = predicted_here(ta_stem, scaled_posterior(ta_stem), noise=True)
+        assert np.max(np.abs(pf / unclipped - 1)) > 1e-3
 
 
 def test_version_1_file_is_still_read(plugin, ta_stem, ta_uq, ta_hook, tmp_path):

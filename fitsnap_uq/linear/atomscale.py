@@ -67,6 +67,11 @@ class AtomScale:
         eps: (3,) floors of the raw feature sums (:data:`REL_FLOOR` times their training medians).
         phi: (nelem + 3,) as ``theta``, the log-linear scale of the floor; zeros (the default, and a
             scale stored without it): one constant floor ``sigma_F^2``.
+        zlo, zhi: (3,) the range of the standardized features over the training atoms; a new
+            atom's features are clipped to it, so the scales
+            do not extrapolate the log-linear fit beyond what cross-validation saw (the coefficient
+            part ``c a^T S a + a^T M a`` itself still grows with the descriptors). None (a scale
+            stored without them): no clipping.
     """
 
     theta: np.ndarray
@@ -77,6 +82,8 @@ class AtomScale:
     floor_var: float
     eps: np.ndarray
     phi: np.ndarray | None = None
+    zlo: np.ndarray | None = None
+    zhi: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.theta = np.asarray(self.theta, float).reshape(-1)
@@ -86,9 +93,19 @@ class AtomScale:
         if self.theta.shape != (self.nelem + nfeat,) or self.phi.shape != self.theta.shape:
             raise ValueError(f"atom scale: theta and phi must have nelem + {nfeat} = "
                              f"{self.nelem + nfeat} values, got {self.theta.size} and {self.phi.size}")
+        if (self.zlo is None) != (self.zhi is None):
+            raise ValueError("atom scale: zlo and zhi go together")
+        if self.zlo is not None:
+            self.zlo = np.asarray(self.zlo, float).reshape(-1)
+            self.zhi = np.asarray(self.zhi, float).reshape(-1)
+            if self.zlo.shape != (nfeat,) or self.zhi.shape != (nfeat,) or np.any(self.zlo > self.zhi):
+                raise ValueError(f"atom scale: zlo and zhi must be {nfeat} values with zlo <= zhi")
 
     def _z(self, sums: np.ndarray, element: np.ndarray) -> np.ndarray:
-        return design(np.log(np.maximum(sums, self.eps)), element, self.mu, self.sd, self.nelem)
+        z = design(np.log(np.maximum(sums, self.eps)), element, self.mu, self.sd, self.nelem)
+        if self.zlo is not None:
+            z[:, self.nelem:] = np.clip(z[:, self.nelem:], self.zlo, self.zhi)
+        return z
 
     def log_scales(self, sums: np.ndarray, element: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(theta . z, phi . z)``, each (n,), of atoms with raw feature sums ``sums`` (n, 3)
@@ -115,14 +132,17 @@ class AtomScale:
     def to_dict(self) -> dict:
         return {"theta": self.theta.tolist(), "mu": self.mu.tolist(), "sd": self.sd.tolist(),
                 "nelem": self.nelem, "lam": self.lam, "floor_var": self.floor_var,
-                "eps": self.eps.tolist(), "phi": self.phi.tolist()}
+                "eps": self.eps.tolist(), "phi": self.phi.tolist(),
+                **({} if self.zlo is None else {"zlo": self.zlo.tolist(), "zhi": self.zhi.tolist()})}
 
     @classmethod
     def from_dict(cls, d: dict) -> AtomScale:
         return cls(np.asarray(d["theta"], float), np.asarray(d["mu"], float), np.asarray(d["sd"], float),
                    int(d["nelem"]), float(d["lam"]), float(d["floor_var"]),
                    np.asarray(d.get("eps", [TINY] * 3), float),
-                   None if d.get("phi") is None else np.asarray(d["phi"], float))
+                   None if d.get("phi") is None else np.asarray(d["phi"], float),
+                   None if d.get("zlo") is None else np.asarray(d["zlo"], float),
+                   None if d.get("zhi") is None else np.asarray(d["zhi"], float))
 
 
 def atom_sums(me: np.ndarray, fitvar: np.ndarray, rownorm: np.ndarray, atom: np.ndarray
@@ -271,6 +291,8 @@ def fit_atom_scale(sums: np.ndarray, element: np.ndarray, base: np.ndarray, resi
     mu = feats.mean(axis=0)
     sd = np.maximum(feats.std(axis=0), 1e-12)
     z = design(feats, element, mu, sd, nelem)
+    zlo = z[:, nelem:].min(axis=0)
+    zhi = z[:, nelem:].max(axis=0)
     pen = np.r_[np.zeros(nelem), np.ones(z.shape[1] - nelem)]
     floor = max(float(floor_var), TINY)
     if floor_model == "constant":  # one common floor: the column of ones in the span of the one-hots
@@ -279,8 +301,9 @@ def fit_atom_scale(sums: np.ndarray, element: np.ndarray, base: np.ndarray, resi
         theta, phi, lam = fit_scales(zc, base, resid, floor, np.r_[pen, 0.0], free, config, folds, seed)
         # the column of ones is the sum of the one-hot columns: its theta goes to the intercepts
         return AtomScale(theta=np.r_[theta[:nelem] + theta[-1], theta[nelem:-1]], mu=mu, sd=sd,
-                         nelem=nelem, lam=lam, floor_var=floor * float(np.exp(phi[-1])), eps=eps)
+                         nelem=nelem, lam=lam, floor_var=floor * float(np.exp(phi[-1])), eps=eps,
+                         zlo=zlo, zhi=zhi)
     free = pen == 0 if floor_model == "element" else np.ones(z.shape[1], bool)
     theta, phi, lam = fit_scales(z, base, resid, floor, pen, free, config, folds, seed)
     return AtomScale(theta=theta, mu=mu, sd=sd, nelem=nelem, lam=lam, floor_var=floor, eps=eps,
-                     phi=phi)
+                     phi=phi, zlo=zlo, zhi=zhi)

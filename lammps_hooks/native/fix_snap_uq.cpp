@@ -18,7 +18,8 @@
        reductions, the fingerprint, flagging)
      scalar f_ID: the value of the `measure` that `flag` and `halt` threshold.
    With a per-atom force scale in the file (atom_scale), each force component's variance |D_ix L|^2
-   is multiplied by exp(theta . z_i) (fitsnap_uq/linear/atomscale.py; force_variance below); with
+   is multiplied by exp(theta . z_i) (fitsnap_uq/linear/atomscale.py; force_variance below; z_i's
+   standardized features clipped to the training range scale_zlo .. scale_zhi when given); with
    `noise yes` the file's noise floors are added: noise_energy to each x_i^T Cov x_i, N^2 noise_energy
    to X^T Cov X, exp(phi . z_i) noise_force to each force component's variance (Posterior.predict_raw
    with noise and atom labels). Energies are not scaled.
@@ -767,7 +768,8 @@ double FixSnapUQ::force_variance(const double *bi, int elem, std::vector<double>
   const int nelem = (int) elements.size();
   double log_coef = scale_theta[elem], log_floor = scale_phi[elem];
   for (int f = 0; f < 3; f++) {
-    const double z = (log(std::max(sums[f], scale_eps[f])) - scale_mu[f]) / scale_sd[f];
+    double z = (log(std::max(sums[f], scale_eps[f])) - scale_mu[f]) / scale_sd[f];
+    if (!scale_zlo.empty()) z = std::min(std::max(z, scale_zlo[f]), scale_zhi[f]);
     log_coef += scale_theta[nelem + f] * z;
     log_floor += scale_phi[nelem + f] * z;
   }
@@ -1074,7 +1076,8 @@ void FixSnapUQ::read_posterior(const std::string &file)
   bool have_fit_factor = false, have_me_factor = false;
   std::map<std::string, std::vector<double> *> scale_vectors = {
       {"scale_theta", &scale_theta}, {"scale_phi", &scale_phi}, {"scale_mu", &scale_mu},
-      {"scale_sd", &scale_sd},       {"scale_eps", &scale_eps}};
+      {"scale_sd", &scale_sd},       {"scale_eps", &scale_eps},
+      {"scale_zlo", &scale_zlo},     {"scale_zhi", &scale_zhi}};
   // a P x R matrix, row-major, after 'mean' (P = its values)
   auto matrix = [&](const std::string &key, std::vector<double> &dest) {
     long n = count(key);
@@ -1243,7 +1246,14 @@ void FixSnapUQ::read_posterior(const std::string &file)
         if (!std::isfinite(val)) bad("an 'atom_scale' value is not finite");
     for (double val : scale_sd)
       if (!(val > 0.0 && std::isfinite(val))) bad("'scale_sd' must be > 0");
-  } else if (!scale_theta.empty() || !scale_phi.empty() || have_fit_factor || have_me_factor)
+    if (scale_zlo.size() != scale_zhi.size() || (!scale_zlo.empty() && scale_zlo.size() != 3))
+      bad("'scale_zlo' and 'scale_zhi' need 3 values each, both or neither");
+    for (size_t f = 0; f < scale_zlo.size(); f++)
+      if (!(scale_zlo[f] <= scale_zhi[f]) || !std::isfinite(scale_zlo[f]) ||
+          !std::isfinite(scale_zhi[f]))
+        bad("'scale_zlo' must be <= 'scale_zhi', both finite");
+  } else if (!scale_theta.empty() || !scale_phi.empty() || !scale_zlo.empty() || have_fit_factor ||
+             have_me_factor)
     bad("'scale_...' keys need 'atom_scale NELEM' before them");
 
   rcutfac_txt = scalars["rcutfac"];

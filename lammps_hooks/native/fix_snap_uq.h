@@ -59,6 +59,7 @@ class FixSnapUQ : public Fix {
   int scaleflag;
   std::vector<double> scale_theta, scale_phi;       // (nelem + 3)
   std::vector<double> scale_mu, scale_sd, scale_eps;    // (3)
+  std::vector<double> scale_zlo, scale_zhi;            // (3) or empty: no clipping
   int fit_rank, me_rank;
   std::vector<double> fit_factor, me_factor;        // (p, fit_rank), (p, me_rank), row-major
 
