@@ -96,6 +96,14 @@ UQ_KEYS: dict[str, Key] = {
                       "(fitsnap_uq.linear.atomscale; learned from cross-validated force residuals). "
                       "Posterior.predict (with atom ids and elements), the Python MD hook and the "
                       "native plugin (fix snap/uq) apply it.", ("yes", "no")),
+    "energy_scale": Key("no", str,
+                        "BAYES predictive = model_error: yes to multiply each configuration's energy "
+                        "variance (per atom) by a factor exp(theta . z) of its composition and of its "
+                        "energy row (a^T M a, a^T S a, |a|^2, number of atoms), and its energy floor by "
+                        "exp(phi . z) (fitsnap_uq.linear.atomscale; learned from cross-validated energy "
+                        "residuals). Posterior.predict (with each energy row's number of atoms), the "
+                        "Python MD hook and the native plugin (fix snap/uq) apply it to the "
+                        "configuration's energy sigma.", ("yes", "no")),
     "prior": Key("isotropic", str,
                  "Prior on the coefficients: none (flat), isotropic (one precision) or ard (one "
                  "precision per coefficient, automatic relevance determination).",

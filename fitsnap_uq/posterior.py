@@ -57,7 +57,7 @@ import numpy as np
 from fitsnap_uq.errors import InputError, NumericalError
 from fitsnap_uq.io import atomic_write as _atomic_write
 from fitsnap_uq.io import json_default as _json_default
-from fitsnap_uq.linear.atomscale import AtomScale, atom_sums
+from fitsnap_uq.linear.atomscale import AtomScale, atom_sums, energy_features
 from fitsnap_uq.linear.gaussian import ONE_SIGMA, interval_multiplier, live_cholesky
 
 FORMAT_VERSION = 2
@@ -106,7 +106,11 @@ class Posterior:
         info: solver name, settings and report (JSON-serializable).
         model_error: the predictive model of new configurations, if learned:
             ``{"cov_scale": c, "coef_var": (p,), "factor": (p, r)}`` (snapcoeff layout); the
-            predictive covariance is ``c * cov + diag(coef_var) + factor factor^T``.
+            predictive covariance is ``c * cov + diag(coef_var) + factor factor^T``; optionally
+            ``atom_scale`` (an :class:`~fitsnap_uq.linear.atomscale.AtomScale` dict: the per-atom
+            force scale) and ``energy_scale`` (the same dict plus ``composition_columns``, the
+            snapcoeff-layout columns holding an energy row's element fractions, empty for one
+            intercept: the per-configuration energy scale).
         ties: ``(column, earlier column, factor)`` of tied coefficients (see the module docstring),
             snapcoeff layout.
     """
@@ -151,6 +155,9 @@ class Posterior:
             self.model_error = {"cov_scale": scale, "coef_var": coef_var, "factor": factor}
             if model_error.get("atom_scale") is not None:
                 self.model_error["atom_scale"] = AtomScale.from_dict(dict(model_error["atom_scale"]))
+            if model_error.get("energy_scale") is not None:
+                self.model_error["energy_scale"], self.model_error["energy_columns"] = \
+                    _energy_scale_of(dict(model_error["energy_scale"]), p)
         self.ties = [(int(j), int(i), float(f)) for j, i, f in (ties or [])]
         for j, i, f in self.ties:
             if not (0 <= i < j < p and np.isfinite(f) and f != 0):
@@ -303,6 +310,66 @@ class Posterior:
         """The per-atom scale of the force variance (:mod:`fitsnap_uq.linear.atomscale`), if learned."""
         return None if self.model_error is None else self.model_error.get("atom_scale")
 
+    @property
+    def energy_scale(self) -> AtomScale | None:
+        """The per-configuration scale of the energy variance (:mod:`fitsnap_uq.linear.atomscale`,
+        features :func:`~fitsnap_uq.linear.atomscale.energy_features`), if learned."""
+        return None if self.model_error is None else self.model_error.get("energy_scale")
+
+    @property
+    def energy_columns(self) -> np.ndarray:
+        """(k,) snapcoeff-layout columns whose values on an energy row (per atom) are the
+        configuration's element fractions, the intercepts of :attr:`energy_scale` (empty: one
+        intercept)."""
+        if self.model_error is None or self.model_error.get("energy_columns") is None:
+            return np.zeros(0, dtype=int)
+        return self.model_error["energy_columns"]
+
+    def _row_variances(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(a^T M a, a^T S a)``, each (n,), of rows (n, p) in the snapcoeff layout: ``|a G|^2`` and
+        ``|a F|^2`` with the factors of :meth:`model_error_factor` and :meth:`fit_factor`, as the
+        plugin computes them (the diagonal part without forming its columns)."""
+        me = self.model_error
+        if me is None:
+            raise ValueError("the posterior has no model error")
+        me_var = (rows**2) @ me["coef_var"] + np.sum((rows @ me["factor"]) ** 2, axis=1)
+        live, chol = self._cov_cholesky()
+        fit_var = np.sum((rows[:, live] @ chol) ** 2, axis=1)
+        return me_var, fit_var
+
+    def energy_log_scales(self, a: np.ndarray, natoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(theta . z, phi . z)``, each (n,): the logs of the per-configuration factors on each
+        energy row's coefficient variance and on its noise floor (0 on rows with ``natoms <= 0`` and
+        without a learned :attr:`energy_scale`).
+
+        ``z`` = [the configuration's element fractions (the row's :attr:`energy_columns`, clipped to
+        [0, 1]; 1 without them), standardized logs of the row's ``a^T M a``, ``a^T S a``, ``|a|^2``
+        (over FitSNAP's columns, :attr:`fit_columns`) and of ``natoms``] (as
+        :meth:`~fitsnap_uq.linear.predictive.PredictiveModel.energy_log_scales`).
+
+        Args:
+            a: (n, p) or (n, len(fit_columns)) rows; energy rows per atom (the configuration's
+                descriptor sum divided by its number of atoms).
+            natoms: (n,) the number of atoms of each energy row's configuration, 0 (or negative) on
+                force and stress rows.
+        """
+        full = self.to_layout(a)
+        coef, floor = np.zeros(full.shape[0]), np.zeros(full.shape[0])
+        natoms = np.asarray(natoms, dtype=float).reshape(-1)
+        if natoms.shape != (full.shape[0],):
+            raise ValueError(f"natoms: {natoms.size} values for {full.shape[0]} rows")
+        sel = natoms > 0
+        scale = self.energy_scale
+        if scale is None or not sel.any():
+            return coef, floor
+        rows = full[sel]
+        me_var, fit_var = self._row_variances(rows)
+        feats = energy_features(me_var, fit_var, rows[:, self.fit_columns], natoms[sel])
+        cols = self.energy_columns
+        comp = np.ones((rows.shape[0], 1)) if cols.size == 0 else np.clip(rows[:, cols], 0.0, 1.0)
+        coef[sel], floor[sel] = scale.log_scales(feats, comp)
+        return coef, floor
+
     def force_log_scales(self, a: np.ndarray, atom: np.ndarray, element: np.ndarray
                          ) -> tuple[np.ndarray, np.ndarray]:
         """``(theta . z_j, phi . z_j)``, each (n,): the logs of the per-atom factors on each row's
@@ -323,13 +390,8 @@ class Posterior:
         scale = self.atom_scale
         if scale is None or not sel.any():
             return coef, floor
-        me = self.model_error
         rows = full[sel]
-        # a^T M a and a^T S a (|a G|^2 and |a F|^2 with the factors of model_error_factor and
-        # fit_factor, as the plugin computes them; the diagonal part without forming its columns)
-        me_var = (rows**2) @ me["coef_var"] + np.sum((rows @ me["factor"]) ** 2, axis=1)
-        live, chol = self._cov_cholesky()
-        fit_var = np.sum((rows[:, live] @ chol) ** 2, axis=1)
+        me_var, fit_var = self._row_variances(rows)
         feats = atom_sums(me_var, fit_var, np.einsum("ij,ij->i", rows, rows), atom[sel])
         coef[sel], floor[sel] = scale.log_scales(feats, np.asarray(element)[sel])
         return coef, floor
@@ -340,20 +402,26 @@ class Posterior:
         return self.force_log_scales(a, atom, element)[0]
 
     def predict_raw(self, a: np.ndarray, noise: str | Sequence[str] | None = None,
-                    atom: np.ndarray | None = None, element: np.ndarray | None = None
-                    ) -> tuple[np.ndarray, np.ndarray]:
+                    atom: np.ndarray | None = None, element: np.ndarray | None = None,
+                    natoms: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Mean (n,) and uncalibrated Gaussian std (n,) for descriptor rows ``a``: the predictive
         covariance's part (:attr:`predictive_cov`, as ``||a L||^2`` with its factor
         :meth:`predictive_factor`, the same numbers the MD hook and the plugin compute) plus the
         noise variance of ``noise``; when ``atom`` and ``element`` are given and the Posterior has
         an :attr:`atom_scale`, a force row's first part is multiplied by ``exp(theta . z_j)`` and its
-        noise variance by ``exp(phi . z_j)`` (:meth:`force_log_scales`)."""
+        noise variance by ``exp(phi . z_j)`` (:meth:`force_log_scales`); when ``natoms`` is given and
+        the Posterior has an :attr:`energy_scale`, an energy row's (``natoms > 0``) likewise by its
+        configuration's factors (:meth:`energy_log_scales`)."""
         full = self.to_layout(a)
         mean = full @ self.mean
         var = np.sum((full @ self.predictive_factor()) ** 2, axis=1)
         noise_var = self._noise_variance(noise, full.shape[0])
         if atom is not None and element is not None:
             log_coef, log_floor = self.force_log_scales(full, atom, element)
+            var = var * np.exp(np.clip(log_coef, -50.0, 50.0))
+            noise_var = noise_var * np.exp(np.clip(log_floor, -50.0, 50.0))
+        if natoms is not None:
+            log_coef, log_floor = self.energy_log_scales(full, natoms)
             var = var * np.exp(np.clip(log_coef, -50.0, 50.0))
             noise_var = noise_var * np.exp(np.clip(log_floor, -50.0, 50.0))
         return mean, np.sqrt(var + noise_var)
@@ -376,20 +444,20 @@ class Posterior:
 
     def interval(self, a: np.ndarray, level: float = 0.95,
                  noise: str | Sequence[str] | None = None, atom: np.ndarray | None = None,
-                 element: np.ndarray | None = None) -> np.ndarray:
+                 element: np.ndarray | None = None, natoms: np.ndarray | None = None) -> np.ndarray:
         """Half-widths (n,) of the calibrated central interval at coverage ``level``.
 
         With ``noise=None`` the interval is the coefficient part only and is not recalibrated (the
         recalibration is learned on total predictive errors of a quantity).
         """
-        _, std = self.predict_raw(a, noise, atom, element)
+        _, std = self.predict_raw(a, noise, atom, element, natoms)
         quants = self._quantities(noise, std.shape[0])
         mult = {q: self.multiplier(level, q) for q in set(quants)}
         return std * np.array([mult[q] for q in quants])
 
     def predict(self, a: np.ndarray, noise: str | Sequence[str] | None = None,
-                atom: np.ndarray | None = None, element: np.ndarray | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+                atom: np.ndarray | None = None, element: np.ndarray | None = None,
+                natoms: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Mean (n,) and calibrated 1-sigma (68.3%) half-width (n,) for unweighted rows ``a``.
 
         Args:
@@ -399,9 +467,13 @@ class Posterior:
             atom, element: optional (n,) atom ids and element indices of force rows (-1 elsewhere):
                 with a learned :attr:`atom_scale`, each force row's coefficient variance and its
                 noise variance are scaled by its atom's factors (:meth:`force_log_scales`).
+            natoms: optional (n,) number of atoms of each energy row's configuration (0 on force and
+                stress rows): with a learned :attr:`energy_scale`, each energy row's coefficient
+                variance and noise variance are scaled by its configuration's factors
+                (:meth:`energy_log_scales`).
         """
-        mean, _ = self.predict_raw(a, noise, atom, element)
-        return mean, self.interval(a, ONE_SIGMA, noise, atom, element)
+        mean, _ = self.predict_raw(a, noise, atom, element, natoms)
+        return mean, self.interval(a, ONE_SIGMA, noise, atom, element, natoms)
 
     # --------------------------------------------------------------- sampling
     def sample(self, n: int, seed: int | None = 0) -> np.ndarray:
@@ -437,7 +509,11 @@ class Posterior:
             "model_error": (None if self.model_error is None
                             else {"cov_scale": self.model_error["cov_scale"],
                                   **({"atom_scale": self.model_error["atom_scale"].to_dict()}
-                                     if self.model_error.get("atom_scale") is not None else {})}),
+                                     if self.model_error.get("atom_scale") is not None else {}),
+                                  **({"energy_scale": {
+                                      **self.model_error["energy_scale"].to_dict(),
+                                      "composition_columns": self.energy_columns.tolist()}}
+                                     if self.model_error.get("energy_scale") is not None else {})}),
             "ties": [list(t) for t in self.ties],
         }
 
@@ -492,6 +568,7 @@ class Posterior:
             p = arrays["mean"].shape[0]
             model_error = {"cov_scale": header["model_error"].get("cov_scale", 1.0),
                            "atom_scale": header["model_error"].get("atom_scale"),
+                           "energy_scale": header["model_error"].get("energy_scale"),
                            "coef_var": arrays["me_coef_var"],
                            "factor": arrays.get("me_factor", np.zeros((p, 0)))}
         try:
@@ -530,6 +607,25 @@ class Posterior:
         return path
 
 
+def _energy_scale_of(d: dict[str, Any], p: int) -> tuple[AtomScale, np.ndarray]:
+    """The energy scale and its composition columns (snapcoeff layout) from their dict (the
+    :class:`~fitsnap_uq.linear.atomscale.AtomScale` dict plus ``composition_columns``); checks that
+    the intercepts match the columns (one without columns) and the four features."""
+    given = d.pop("composition_columns", None)
+    cols = np.asarray([] if given is None else given, dtype=int).reshape(-1)
+    scale = AtomScale.from_dict(d)
+    if scale.mu.size != 4 or scale.sd.size != 4 or scale.eps.size != 4:
+        raise ValueError("the energy scale needs 4 features (log a^T M a, log a^T S a, log |a|^2, "
+                         f"log natoms), got {scale.mu.size}")
+    if scale.nelem != max(cols.size, 1) or np.any(cols < 0) or np.any(cols >= p):
+        raise ValueError(f"the energy scale has {scale.nelem} intercepts but composition columns "
+                         f"{cols.tolist()} (of {p} coefficients)")
+    if not (np.all(np.isfinite(scale.theta)) and np.all(np.isfinite(scale.phi))
+            and np.all(np.isfinite(scale.mu)) and np.all(scale.sd > 0)):
+        raise ValueError("the energy scale must be finite with sd > 0")
+    return scale, cols
+
+
 def per_element(value: Any, n: int) -> list:
     """One value per element: a scalar (or a one-element list) repeated ``n`` times, else the list itself."""
     vals = value if isinstance(value, (list, tuple)) else [value]
@@ -564,8 +660,13 @@ def posterior_from_fit(mean: np.ndarray, cov: np.ndarray, elements: list[str], s
         coef_var[cols] = model_error["coef_var"]
         factor = np.zeros((p, np.asarray(model_error["factor"]).shape[1]))
         factor[cols] = model_error["factor"]
+        energy = model_error.get("energy_scale")
+        if energy is not None:  # the composition columns from FitSNAP's layout to the snapcoeff one
+            energy = dict(energy)
+            energy["composition_columns"] = cols[np.asarray(
+                energy.get("composition_columns", []), dtype=int)].tolist()
         model_error = {"cov_scale": model_error["cov_scale"], "coef_var": coef_var, "factor": factor,
-                       "atom_scale": model_error.get("atom_scale")}
+                       "atom_scale": model_error.get("atom_scale"), "energy_scale": energy}
     ties = [(int(cols[j]), int(cols[i]), float(f)) for j, i, f in kwargs.pop("ties", None) or []]
     post = Posterior(full_mean, full_cov, elements, snap, model_error=model_error, ties=ties, **kwargs)
     post.mean = post.tied(post.mean)

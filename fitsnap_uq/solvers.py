@@ -84,6 +84,38 @@ def with_atom_labels(rows: Rows, d: Any) -> Rows:
     return replace(rows, atom=np.where(force, atom, -1), element=np.where(force, atype - 1, -1))
 
 
+def with_natoms(rows: Rows, infile: str | None = None) -> Rows:
+    """``rows`` with :attr:`Rows.natoms`, each row's configuration's number of atoms: its force rows
+    over 3 (FitSNAP writes 3 per atom; its linear calculators record no atom count).
+
+    Raises:
+        InputError: a configuration with an energy row has no force rows (``[CALCULATOR] force =
+            0``): the per-configuration energy scale (``[UQ] energy_scale``) cannot count its atoms.
+    """
+    _, code = pair_codes(rows.groups, rows.configs)
+    types = rows.row_types.astype(str)
+    nforce = np.bincount(code, weights=(types == "Force").astype(float),
+                         minlength=int(code.max()) + 1 if code.size else 0)
+    natoms = (nforce // 3).astype(np.int64)[code]
+    missing = (types == "Energy") & (natoms < 1)
+    if missing.any():
+        raise InputError(f"energy_scale = yes counts each configuration's atoms from its force rows, "
+                         f"and configuration {rows.configs[np.flatnonzero(missing)[0]]} has none "
+                         "([CALCULATOR] force = 1 is needed)", file=infile, section="UQ",
+                         key="energy_scale")
+    return replace(rows, natoms=natoms)
+
+
+def energy_scale_dict(pm: Any) -> dict[str, Any] | None:
+    """The Posterior's ``energy_scale`` entry of a
+    :class:`~fitsnap_uq.linear.predictive.PredictiveModel` (its composition columns in FitSNAP's
+    layout; :func:`~fitsnap_uq.posterior.posterior_from_fit` maps them), None without one."""
+    if pm.energy_scale is None:
+        return None
+    cols = [] if pm.energy_columns is None else np.asarray(pm.energy_columns, dtype=int).tolist()
+    return {**pm.energy_scale.to_dict(), "composition_columns": cols}
+
+
 def snap_parameters(config: Any) -> tuple[list[str], dict[str, Any]]:
     """Element order and SNAP parameters of a FitSNAP config (for the Posterior header)."""
     bs = config.sections["BISPECTRUM"]
@@ -211,9 +243,12 @@ class UQSolverMixin:
             compare_svd: also tabulate each group's RMSE beside FitSNAP SVD's (weighted least
                 squares on the training rows), for fits whose learned noise re-weights the mean.
         """
-        labels = {}
+        labels: dict[str, np.ndarray] = {}
         if posterior.atom_scale is not None and rows.atom is not None and rows.element is not None:
             labels = {"atom": rows.atom_ids(), "element": rows.element}  # the per-atom force scale
+        if posterior.energy_scale is not None and rows.natoms is not None:
+            # the per-configuration energy scale: each energy row's number of atoms
+            labels["natoms"] = np.where(rows.row_types.astype(str) == "Energy", rows.natoms, 0)
         mean, sigma = posterior.predict_raw(rows.a, noise=list(names), **labels)
         multiplier = posterior.multiplier if posterior.recalibration is not None else None
         extra = self.report_outliers(rows)
@@ -298,6 +333,10 @@ class BAYES(UQSolverMixin, Solver):
             rows = gather_rows(self.pt, self.infile)
             if self.options["atom_scale"] == "yes":
                 rows = with_atom_labels(rows, self.pt.fitsnap_dict)
+            energy_scale = (self.options["energy_scale"] == "yes"
+                            and self.options["predictive"] == "model_error")
+            if energy_scale:
+                rows = with_natoms(rows, self.infile)
             # The training rows are selected by a mask, not copied (the fits read the rows in blocks).
             keep = None if trainall else ~rows.testing
             used = rows.w != 0 if keep is None else keep & (rows.w != 0)
@@ -322,12 +361,14 @@ class BAYES(UQSolverMixin, Solver):
                     model, pm, ratios = fit_with_model_error(rows, folds=folds, seed=opts["seed"],
                                                              basis=opts["model_error_basis"],
                                                              rank=opts["model_error_rank"],
-                                                             keep=keep, on_fold=on_fold, **fit_opts)
+                                                             keep=keep, on_fold=on_fold,
+                                                             energy_scale=energy_scale, **fit_opts)
                     noise_var = dict(pm.floor_var)
                     model_error = {"cov_scale": pm.cov_scale, "coef_var": pm.coef_var,
                                    "factor": pm.factor,
                                    "atom_scale": (None if pm.atom_scale is None
-                                                  else pm.atom_scale.to_dict())}
+                                                  else pm.atom_scale.to_dict()),
+                                   "energy_scale": energy_scale_dict(pm)}
                     if opts["recalibration"] == "quantile":
                         recal = recalibration_map(ratios)
                 elif opts["recalibration"] == "quantile":

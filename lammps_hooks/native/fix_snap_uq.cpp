@@ -22,7 +22,10 @@
    standardized features clipped to the training range scale_zlo .. scale_zhi when given); with
    `noise yes` the file's noise floors are added: noise_energy to each x_i^T Cov x_i, N^2 noise_energy
    to X^T Cov X, exp(phi . z_i) noise_force to each force component's variance (Posterior.predict_raw
-   with noise and atom labels). Energies are not scaled.
+   with noise and atom labels). Per-atom energies are not scaled. With a per-configuration energy
+   scale in the file (energy_scale, version 3), the total-energy variance X^T Cov X is multiplied by
+   exp(theta . z) and its floor N^2 noise_energy by exp(phi . z), z from the configuration's energy
+   row per atom X / N (energy_log_scales below; Posterior.predict_raw with natoms).
    This is the same computation, with the same factor L, as lammps_hooks/snap_uq.py (SnapUQHook),
    whose numbers are the reference (tests/test_plugin.py compares the two to 1e-10).
 
@@ -63,7 +66,7 @@ static const char *const GLOBAL_NAMES[] = {"pe_std",    "pe_atom_std", "estd_max
                                            "fstd_max",  "fstd_mean",   "nflagged", "halt"};
 static_assert(sizeof(GLOBAL_NAMES) / sizeof(GLOBAL_NAMES[0]) == 8, "the uncertainty entries of f_ID");
 static const char *const POSTERIOR_MAGIC = "fitsnap-uq-plugin-posterior";
-static const int POSTERIOR_VERSION = 2;    // 2 added noise and atom_scale; 1 is still read
+static const int POSTERIOR_VERSION = 3;    // 3 added energy_scale, 2 noise and atom_scale; 1, 2 read
 static const long MAX_FACTOR_RANK = 100000;    // columns of the factor L (live coefficients or samples)
 static const long MAX_MEMBERS = 10000;          // members of a network ensemble
 enum { ACT_LINEAR, ACT_TANH, ACT_SIGMOID, ACT_RELU, ACT_SOFTPLUS };
@@ -83,7 +86,7 @@ struct PairElements : public Pair {
 
 FixSnapUQ::FixSnapUQ(LAMMPS *lmp, int narg, char **arg) :
     Fix(lmp, narg, arg), block(0), rank(0), chemflag(0), have_noise(0), noise_energy(0.0),
-    noise_force(0.0), scaleflag(0), fit_rank(0), me_rank(0), nnflag(0), nmembers(0), forces(1),
+    noise_force(0.0), scaleflag(0), fit_rank(0), me_rank(0), escaleflag(0), bzeroflag(0), nnflag(0), nmembers(0), forces(1),
     noiseflag(0), measure(FSTD_MAX), flagflag(0), haltflag(0),
     verifyflag(1), flag_above(0.0), halt_above(0.0), flag_fp(nullptr), c_sna(nullptr),
     c_pair(nullptr), uq(nullptr), verified(0), have_key(false), last_key(0),
@@ -304,7 +307,9 @@ FixSnapUQ::FixSnapUQ(LAMMPS *lmp, int narg, char **arg) :
     else
       utils::logmesg(lmp, "fix snap/uq: element(s){}, {} coefficients, {} spread of rank {}{}{} from {}\n",
                      names, mean.size(), source, rank,
-                     scaleflag ? ", per-atom force scale" : "", noiseflag ? ", noise floors" : "",
+                     std::string(scaleflag ? ", per-atom force scale" : "")
+                         + (escaleflag ? ", per-configuration energy scale" : ""),
+                     noiseflag ? ", noise floors" : "",
                      posterior_file);
   }
 }
@@ -664,8 +669,15 @@ void FixSnapUQ::evaluate(double &descriptor_seconds)
   }
   const double natoms = std::max(sums_all[2], 1.0);
   // the per-atom energy floor of the configuration, times its atoms (Posterior.predict's energy
-  // rows are per atom)
-  if (noiseflag) var += sums_all[2] * sums_all[2] * noise_energy;
+  // rows are per atom), both parts scaled by the configuration's factors with an energy scale
+  double efloor = noiseflag ? sums_all[2] * sums_all[2] * noise_energy : 0.0;
+  if (!nnflag && escaleflag && sums_all[2] > 0.0) {
+    double log_floor = 0.0;
+    const double log_coef = energy_log_scales(total_all, sums_all[2], log_floor);
+    var *= exp(log_coef);
+    efloor *= exp(log_floor);
+  }
+  var += efloor;
   gvec[PE_STD] = sqrt(var);
   gvec[PE_ATOM_STD] = gvec[PE_STD] / natoms;
   gvec[ESTD_MAX] = maxes_all[0];
@@ -776,6 +788,56 @@ double FixSnapUQ::force_variance(const double *bi, int elem, std::vector<double>
   log_coef = std::min(std::max(log_coef, -50.0), 50.0);
   log_floor = std::min(std::max(log_floor, -50.0), 50.0);
   return coef * exp(log_coef) + floor_var * exp(log_floor);
+}
+
+/* ----------------------------------------------------------------------
+   the per-configuration energy scale of the group's summed energy row x (p) of natoms atoms:
+   returns theta . z and sets log_floor = phi . z (both clipped to [-50, 50]); z from the energy row
+   per atom a = x / natoms: the composition (a in escale_cols, clipped to [0, 1]; 1 without columns),
+   then the standardized logs of |a G|^2, |a F|^2, |a|^2 over FitSNAP's columns (no constant columns
+   with bzeroflag 1) and natoms (Posterior.energy_log_scales)
+------------------------------------------------------------------------- */
+
+double FixSnapUQ::energy_log_scales(const std::vector<double> &x, double natoms,
+                                    double &log_floor) const
+{
+  const int p = (int) mean.size();
+  std::vector<double> a(p);
+  for (int k = 0; k < p; k++) a[k] = x[k] / natoms;
+  double feats[4] = {0.0, 0.0, 0.0, natoms};
+  // |a G|^2 and |a F|^2 (G, F: (p, rank) row-major)
+  const std::pair<const std::vector<double> *, int> parts[2] = {{&me_factor, me_rank},
+                                                                {&fit_factor, fit_rank}};
+  for (int f = 0; f < 2; f++) {
+    const int r = parts[f].second;
+    const double *m = parts[f].first->data();
+    std::vector<double> v(r, 0.0);
+    for (int k = 0; k < p; k++) {
+      if (a[k] == 0.0) continue;
+      const double *row = m + (size_t) k * r;
+      for (int c = 0; c < r; c++) v[c] += a[k] * row[c];
+    }
+    for (int c = 0; c < r; c++) feats[f] += v[c] * v[c];
+  }
+  for (int k = 0; k < p; k++)
+    if (!(bzeroflag && k % block == 0)) feats[2] += a[k] * a[k];
+  const int nint = escale_cols.empty() ? 1 : (int) escale_cols.size();
+  double log_coef = 0.0;
+  log_floor = 0.0;
+  for (int j = 0; j < nint; j++) {
+    const double comp =
+        escale_cols.empty() ? 1.0 : std::min(std::max(a[escale_cols[j]], 0.0), 1.0);
+    log_coef += escale_theta[j] * comp;
+    log_floor += escale_phi[j] * comp;
+  }
+  for (int f = 0; f < 4; f++) {
+    double z = (log(std::max(feats[f], escale_eps[f])) - escale_mu[f]) / escale_sd[f];
+    if (!escale_zlo.empty()) z = std::min(std::max(z, escale_zlo[f]), escale_zhi[f]);
+    log_coef += escale_theta[nint + f] * z;
+    log_floor += escale_phi[nint + f] * z;
+  }
+  log_floor = std::min(std::max(log_floor, -50.0), 50.0);
+  return std::min(std::max(log_coef, -50.0), 50.0);
 }
 
 /* ----------------------------------------------------------------------
@@ -1075,9 +1137,13 @@ void FixSnapUQ::read_posterior(const std::string &file)
   long scale_nelem = -1;
   bool have_fit_factor = false, have_me_factor = false;
   std::map<std::string, std::vector<double> *> scale_vectors = {
-      {"scale_theta", &scale_theta}, {"scale_phi", &scale_phi}, {"scale_mu", &scale_mu},
-      {"scale_sd", &scale_sd},       {"scale_eps", &scale_eps},
-      {"scale_zlo", &scale_zlo},     {"scale_zhi", &scale_zhi}};
+      {"scale_theta", &scale_theta},   {"scale_phi", &scale_phi},   {"scale_mu", &scale_mu},
+      {"scale_sd", &scale_sd},         {"scale_eps", &scale_eps},   {"scale_zlo", &scale_zlo},
+      {"scale_zhi", &scale_zhi},       {"escale_theta", &escale_theta},
+      {"escale_phi", &escale_phi},     {"escale_mu", &escale_mu},   {"escale_sd", &escale_sd},
+      {"escale_eps", &escale_eps},     {"escale_zlo", &escale_zlo}, {"escale_zhi", &escale_zhi}};
+  long escale_k = -1;
+  bool have_escale_cols = false;
   // a P x R matrix, row-major, after 'mean' (P = its values)
   auto matrix = [&](const std::string &key, std::vector<double> &dest) {
     long n = count(key);
@@ -1180,6 +1246,16 @@ void FixSnapUQ::read_posterior(const std::string &file)
     } else if (key == "atom_scale") {
       scale_nelem = count(key);
       scaleflag = 1;
+    } else if (key == "energy_scale") {
+      if (version < 3) bad("'energy_scale' needs file version 3");
+      escale_k = count(key);
+      escaleflag = 1;
+    } else if (key == "escale_cols") {
+      long n = count(key);
+      fits(key, n);
+      escale_cols.resize(n);
+      for (long k = 0; k < n; k++) escale_cols[k] = (int) count(key);
+      have_escale_cols = true;
     } else if (scale_vectors.count(key)) {
       long n = count(key);
       fits(key, n);
@@ -1252,9 +1328,42 @@ void FixSnapUQ::read_posterior(const std::string &file)
       if (!(scale_zlo[f] <= scale_zhi[f]) || !std::isfinite(scale_zlo[f]) ||
           !std::isfinite(scale_zhi[f]))
         bad("'scale_zlo' must be <= 'scale_zhi', both finite");
-  } else if (!scale_theta.empty() || !scale_phi.empty() || !scale_zlo.empty() || have_fit_factor ||
-             have_me_factor)
-    bad("'scale_...' keys need 'atom_scale NELEM' before them");
+  } else if (!scale_theta.empty() || !scale_phi.empty() || !scale_mu.empty() || !scale_sd.empty() ||
+             !scale_eps.empty() || !scale_zlo.empty() || !scale_zhi.empty() ||
+             ((have_fit_factor || have_me_factor) && !escaleflag))
+    bad("'scale_...' keys need 'atom_scale NELEM' before them (the factors: or 'energy_scale K')");
+  if (escaleflag) {
+    if (nnflag) bad("'energy_scale' is for model linear");
+    if (!have_escale_cols) bad("missing key 'escale_cols' (energy_scale)");
+    const long nint = escale_cols.empty() ? 1 : (long) escale_cols.size();
+    if (escale_k != nint)
+      bad(fmt::format("'energy_scale' has {} intercepts but 'escale_cols' {} columns", escale_k,
+                      escale_cols.size()));
+    for (int c : escale_cols)
+      if (c < 0 || c >= (int) mean.size())
+        bad(fmt::format("an 'escale_cols' column {} is not 0 .. {}", c, (long) mean.size() - 1));
+    const size_t nz = (size_t) nint + 4;
+    if (escale_theta.size() != nz || escale_phi.size() != nz)
+      bad(fmt::format("'escale_theta' and 'escale_phi' need {} values each (intercepts + 4)", nz));
+    if (escale_mu.size() != 4 || escale_sd.size() != 4 || escale_eps.size() != 4)
+      bad("'escale_mu', 'escale_sd' and 'escale_eps' need 4 values each");
+    if (!have_fit_factor) bad("missing key 'scale_fitfactor' (energy_scale)");
+    if (!have_me_factor) bad("missing key 'scale_mefactor' (energy_scale)");
+    for (const auto *vec : {&escale_theta, &escale_phi, &escale_mu, &escale_eps})
+      for (double val : *vec)
+        if (!std::isfinite(val)) bad("an 'energy_scale' value is not finite");
+    for (double val : escale_sd)
+      if (!(val > 0.0 && std::isfinite(val))) bad("'escale_sd' must be > 0");
+    if (escale_zlo.size() != escale_zhi.size() || (!escale_zlo.empty() && escale_zlo.size() != 4))
+      bad("'escale_zlo' and 'escale_zhi' need 4 values each, both or neither");
+    for (size_t f = 0; f < escale_zlo.size(); f++)
+      if (!(escale_zlo[f] <= escale_zhi[f]) || !std::isfinite(escale_zlo[f]) ||
+          !std::isfinite(escale_zhi[f]))
+        bad("'escale_zlo' must be <= 'escale_zhi', both finite");
+  } else if (have_escale_cols || !escale_theta.empty() || !escale_phi.empty() ||
+             !escale_mu.empty() || !escale_sd.empty() || !escale_eps.empty() ||
+             !escale_zlo.empty() || !escale_zhi.empty())
+    bad("'escale_...' keys need 'energy_scale K' before them");
 
   rcutfac_txt = scalars["rcutfac"];
   rfac0_txt = scalars["rfac0"];
@@ -1263,6 +1372,7 @@ void FixSnapUQ::read_posterior(const std::string &file)
     return scalars.count(k) ? scalars[k] : std::string(dflt);
   };
   chemflag = scalars.count("chemflag") && std::stod(scalars["chemflag"]) != 0.0;
+  bzeroflag = std::stod(scalars["bzeroflag"]) != 0.0;
   options_txt = fmt::format("rmin0 {} bzeroflag {} quadraticflag {} switchflag {} bnormflag {} "
                             "wselfallflag {}",
                             scalars["rmin0"], scalars["bzeroflag"], scalars["quadraticflag"],

@@ -62,6 +62,18 @@ class FixSnapUQ : public Fix {
   std::vector<double> scale_zlo, scale_zhi;            // (3) or empty: no clipping
   int fit_rank, me_rank;
   std::vector<double> fit_factor, me_factor;        // (p, fit_rank), (p, me_rank), row-major
+  // per-configuration energy scale (file version 3, optional; fitsnap_uq/linear/atomscale.py
+  // energy_features): the total-energy variance |X L|^2 gets exp(theta . z) and its floor
+  // N^2 noise_energy exp(phi . z), z = [composition (a's values in escale_cols, clipped to [0, 1];
+  // 1 without columns), (log(max(s_f, eps_f)) - mu_f) / sd_f for s = |a G|^2, |a F|^2, |a|^2 (FitSNAP's
+  // columns), N], a = X / N the configuration's energy row per atom
+  int escaleflag;
+  std::vector<int> escale_cols;                     // (K) or empty (one intercept)
+  std::vector<double> escale_theta, escale_phi;     // (K + 4)
+  std::vector<double> escale_mu, escale_sd, escale_eps;    // (4)
+  std::vector<double> escale_zlo, escale_zhi;              // (4) or empty: no clipping
+  int bzeroflag;                                     // 1: the constant columns are not FitSNAP's
+  double energy_log_scales(const std::vector<double> &x, double natoms, double &log_floor) const;
 
   // a network ensemble instead (`model nn` in the file): K members, one network per element each,
   // every network a stack of dense layers nodes = act(W x + b) with W (nout, nin) row-major
