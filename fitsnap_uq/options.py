@@ -90,20 +90,24 @@ UQ_KEYS: dict[str, Key] = {
     "model_error_rank": Key("0", _positive_int,
                             "BAYES predictive = model_error: rank of an extra correlated part U U^T of the "
                             "model error (0: none; more parameters, slower, can overfit small data)."),
-    "atom_scale": Key("no", str,
+    "atom_scale": Key("auto", str,
                       "BAYES predictive = model_error: yes to multiply each force's coefficient variance "
                       "by a per-atom factor exp(theta . z) of the atom's element and environment "
-                      "(fitsnap_uq.linear.atomscale; learned from cross-validated force residuals). "
-                      "Posterior.predict (with atom ids and elements), the Python MD hook and the "
-                      "native plugin (fix snap/uq) apply it.", ("yes", "no")),
-    "energy_scale": Key("no", str,
+                      "(fitsnap_uq.linear.atomscale; learned from cross-validated force residuals; the "
+                      "features clipped to the training atoms' range). Posterior.predict (with atom "
+                      "ids and elements), the Python MD hook and the native plugin (fix snap/uq) apply "
+                      "it. auto (default): yes when the training rows have forces.",
+                      ("auto", "yes", "no")),
+    "energy_scale": Key("auto", str,
                         "BAYES predictive = model_error: yes to multiply each configuration's energy "
                         "variance (per atom) by a factor exp(theta . z) of its composition and of its "
                         "energy row (a^T M a, a^T S a, |a|^2, number of atoms), and its energy floor by "
                         "exp(phi . z) (fitsnap_uq.linear.atomscale; learned from cross-validated energy "
                         "residuals). Posterior.predict (with each energy row's number of atoms), the "
                         "Python MD hook and the native plugin (fix snap/uq) apply it to the "
-                        "configuration's energy sigma.", ("yes", "no")),
+                        "configuration's energy sigma. auto (default): yes when every configuration "
+                        "with an energy row has force rows (they count its atoms).",
+                        ("auto", "yes", "no")),
     "prior": Key("isotropic", str,
                  "Prior on the coefficients: none (flat), isotropic (one precision) or ard (one "
                  "precision per coefficient, automatic relevance determination).",

@@ -327,14 +327,36 @@ class BAYES(UQSolverMixin, Solver):
     training and testing rows next to FitSNAP's metrics file.
     """
 
+    def scales(self, rows: Rows) -> tuple[bool, bool]:
+        """Whether the fit learns the per-atom force scale and the per-configuration energy scale:
+        ``[UQ] atom_scale`` and ``energy_scale`` (BAYES with ``predictive = model_error`` only);
+        ``auto`` is yes where the rows allow it (forces for the first; force rows in every
+        configuration with an energy row, which count its atoms, for the second), and says so
+        when they do not."""
+        opts = self.options
+        if opts["predictive"] != "model_error":
+            return False, False
+        types = rows.row_types.astype(str)
+        has_force = bool(np.any(types == "Force"))
+        atom = opts["atom_scale"] == "yes" or (opts["atom_scale"] == "auto" and has_force)
+        energy = opts["energy_scale"] == "yes"
+        if opts["energy_scale"] == "auto" and np.any(types == "Energy"):
+            _, code = pair_codes(rows.groups, rows.configs)
+            with_force = np.zeros(int(code.max()) + 1, dtype=bool)
+            with_force[code[types == "Force"]] = True
+            energy = bool(np.all(with_force[code[types == "Energy"]]))
+            if not energy:
+                self.pt.single_print("fitsnap-uq BAYES: energy_scale = auto: off, some configurations "
+                                     "have no force rows to count their atoms")
+        return atom, energy
+
     def perform_fit(self, a: Any = None, b: Any = None, w: Any = None, trainall: bool = False) -> None:
         def fit_on_rank_zero() -> None:
             self._check_output_free()
             rows = gather_rows(self.pt, self.infile)
-            if self.options["atom_scale"] == "yes":
+            atom_scale, energy_scale = self.scales(rows)
+            if atom_scale:
                 rows = with_atom_labels(rows, self.pt.fitsnap_dict)
-            energy_scale = (self.options["energy_scale"] == "yes"
-                            and self.options["predictive"] == "model_error")
             if energy_scale:
                 rows = with_natoms(rows, self.infile)
             # The training rows are selected by a mask, not copied (the fits read the rows in blocks).

@@ -26,7 +26,8 @@ def test_bayes_writes_posterior_and_calibration_report(cu_run):
     assert post.model_error is not None and post.model_error["cov_scale"] > 0
     assert np.any(post.model_error["factor"] != 0)  # the model error on the posterior's axes
     assert not np.allclose(post.predictive_cov, post.cov)
-    assert post.atom_scale is None  # opt-in ([UQ] atom_scale = yes)
+    # the per-atom force and per-configuration energy scales are on by default (auto: forces given)
+    assert post.atom_scale is not None and post.energy_scale is not None
     assert post.recalibration is not None and "Force" in post.recalibration
     np.testing.assert_allclose(read_snapcoeff(cu_run / "Cu_pot.snapcoeff"), post.mean, rtol=1e-12)
     samples = [read_snapcoeff(cu_run / f"Cu_pot.sample{i}.snapcoeff") for i in range(3)]
@@ -40,13 +41,21 @@ def test_bayes_writes_posterior_and_calibration_report(cu_run):
 
 def test_bayes_atom_scale_is_learned_from_fitsnaps_atom_labels(cu_run):
     """[UQ] atom_scale = yes: FitSNAP's Atom_I/Atom_Type label the force rows, the per-atom force scale
-    is learned and stored, and Posterior.predict applies it to force rows given atom labels."""
+    is learned and stored, and Posterior.predict applies it to force rows given atom labels; ``no``
+    switches both scales off."""
     write_cu_input(cu_run, solver="BAYES", extra="[UQ]\ncv_folds = 4\natom_scale = yes\n")
     proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run)
     assert proc.returncode == 0, proc.stderr[-3000:]
     post = Posterior.load(cu_run / "Cu_pot.posterior.npz")
     assert post.atom_scale is not None and post.atom_scale.nelem == 1
     assert np.all(np.isfinite(post.atom_scale.theta))
+    assert post.atom_scale.zlo is not None and np.all(post.atom_scale.zlo <= post.atom_scale.zhi)
+    write_cu_input(cu_run, solver="BAYES",
+                   extra="[UQ]\ncv_folds = 4\natom_scale = no\nenergy_scale = no\n")
+    proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    post = Posterior.load(cu_run / "Cu_pot.posterior.npz")
+    assert post.atom_scale is None and post.energy_scale is None
 
 
 def test_bayes_group_noise_is_opt_in_and_reported_against_svd(cu_run):

@@ -31,7 +31,13 @@ fix nve all nve
 """
 
 
-def fit_posterior(folder: Path, solver_extra: str = "") -> Path:
+PLAIN = "[UQ]\natom_scale = no\nenergy_scale = no\n"
+"""The plain predictive model (no per-atom or per-configuration scales: the hook's numbers are
+checked against direct numpy here; the scaled path against Posterior.predict in test_atomscale,
+test_energy_scale, test_plugin and test_chemflag)."""
+
+
+def fit_posterior(folder: Path, solver_extra: str = PLAIN) -> Path:
     write_cu_input(folder, solver="BAYES", extra=solver_extra)
     proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=folder)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -188,7 +194,7 @@ def test_refuses_a_posterior_that_is_not_the_pair_style(cu_posterior):
 
 def test_two_elements_with_types_in_another_order(tmp_path):
     make_cuag_dataset(tmp_path)
-    text = write_cu_input(tmp_path, solver="BAYES").read_text()
+    text = write_cu_input(tmp_path, solver="BAYES", extra=PLAIN).read_text()
     text = (text.replace("numTypes = 1", "numTypes = 2").replace("twojmax = 4", "twojmax = 4 4")
             .replace("radelem = 0.5", "radelem = 0.5 0.45")
             .replace("wj = 1.0", "wj = 1.0 0.9").replace("type = Cu", "type = Cu Ag")
