@@ -192,3 +192,17 @@ def test_duplicate_columns_on_the_gram_ties_exact_multiples_only():
     rep, factor = duplicate_columns(a.T @ a, np.ones(5, dtype=bool))
     assert rep.tolist() == [-1, -1, -1, 1, -1]
     assert abs(factor[3] + 2.5) < 1e-12
+
+
+@pytest.mark.parametrize("prior", ["none", "isotropic"])
+def test_a_duplicate_column_keeps_the_fit(prior):
+    """With a column that is 2 x an earlier one (left out of the fit, its share of the anchor folded
+    into the earlier column) the predictions are least squares' (up to the prior)."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(200, 5))
+    a = np.hstack([a, 2.0 * a[:, 1:2]])
+    y = a[:, :5] @ rng.normal(size=5) + 0.01 * rng.normal(size=200)
+    res = fit_bayes({"all": class_stats(a, y)}, prior=prior)
+    assert res.ties == [(5, 1, 2.0)] and res.mean[5] == 0
+    ls = sla.lstsq(a, y)[0]
+    assert np.max(np.abs(a @ res.mean - a @ ls)) < 1e-4 * np.std(y)

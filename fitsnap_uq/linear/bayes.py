@@ -524,6 +524,15 @@ def fit_bayes(stats: dict[str, ClassStats], prior: str = "isotropic", max_iter: 
     q = int(active.sum())
     if q == 0:
         raise NumericalError("every descriptor column is zero: nothing to fit")
+    ties = [(int(j), int(rep[j]), float(factor[j])) for j in np.flatnonzero(rep >= 0)]
+    if ties and np.any(st[0].anchor[rep >= 0] != 0):
+        # The fit moves the active columns only: the anchor's share on a left-out duplicate is
+        # folded into its earlier column (column j = factor * column rep: the same predictions).
+        anchor = st[0].anchor.copy()
+        for j, r, f in ties:
+            anchor[r] += f * anchor[j]
+            anchor[j] = 0.0
+        st = [s.reanchored(anchor) for s in st]
     prob = _Problem(st, active)
     flat = flat_all[active]
     pen = ~flat
@@ -656,5 +665,4 @@ def fit_bayes(stats: dict[str, ClassStats], prior: str = "isotropic", max_iter: 
     noise_var = {name: s.wref2 / b for name, s, b in zip(names, st, pt.beta)}
     return BayesResult(mean=full_mean, cov=full_cov, alpha=full_alpha, beta=pt.beta.copy(),
                        noise_var=noise_var, log_evidence=logev, active=active, iterations=iterations,
-                       converged=converged, message=message, history=history,
-                       ties=[(int(j), int(rep[j]), float(factor[j])) for j in np.flatnonzero(rep >= 0)])
+                       converged=converged, message=message, history=history, ties=ties)
