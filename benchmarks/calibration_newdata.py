@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from fitsnap_uq import calibration as C  # noqa: E402
 from fitsnap_uq.linear.atomscale import FLOOR_MODES  # noqa: E402
+from fitsnap_uq.linear.bayes import PRIORS  # noqa: E402
 from fitsnap_uq.linear.rows import (  # noqa: E402
     BASES,
     Rows,
@@ -534,8 +535,11 @@ def acceptance(scores: dict, check: dict) -> list[tuple[str, str, bool]]:
 
 def ours_options(args: argparse.Namespace) -> dict:
     """Keyword arguments of ours' ``fit_with_model_error`` from the command line."""
-    return {"rank": args.rank, "basis": args.basis, "atom_floor": args.atom_floor,
-            "energy_scale": args.energy_scale}
+    out = {"rank": args.rank, "basis": args.basis, "atom_floor": args.atom_floor,
+           "energy_scale": args.energy_scale}
+    if args.prior is not None:
+        out["prior"] = args.prior
+    return out
 
 
 def run_dataset(key: str, args: argparse.Namespace, peers: Peers, report: dict, md: list[str]) -> None:
@@ -698,6 +702,8 @@ def main(argv: list[str] | None = None) -> int:
                          "(fit_atom_scale's floor_model)")
     ap.add_argument("--no-energy-scale", dest="energy_scale", action="store_false",
                     help="no per-configuration energy scale in ours")
+    ap.add_argument("--prior", choices=PRIORS, default=None,
+                    help="ours' prior on the coefficients (fit_with_model_error's prior; default its own)")
     ap.add_argument("--_dump-rows", nargs=2, metavar=("INFILE", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._dump_rows:

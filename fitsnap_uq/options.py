@@ -109,9 +109,14 @@ UQ_KEYS: dict[str, Key] = {
                         "with an energy row has force rows (they count its atoms).",
                         ("auto", "yes", "no")),
     "prior": Key("isotropic", str,
-                 "Prior on the coefficients: none (flat), isotropic (one precision) or ard (one "
-                 "precision per coefficient, automatic relevance determination).",
-                 ("none", "isotropic", "ard")),
+                 "Prior on the coefficients, its strength maximizing the evidence: isotropic (one "
+                 "precision on the raw coefficients), none (flat), ard (one precision per coefficient, "
+                 "automatic relevance determination) or g (Zellner's g-prior: precision proportional to "
+                 "the Gram matrix of the weighted rows, so the mean is the weighted least-squares fit "
+                 "shrunk by the factor 1 - p/(signal-to-noise sum) and does not depend on the columns' "
+                 "scales; it does not regularize what the rows determine poorly; isotropic where the "
+                 "rows do not determine every coefficient).",
+                 ("none", "isotropic", "ard", "g")),
     "weights": Key("ratios", str,
                    "How FitSNAP's group weights enter: ratios (fixed relative precisions inside a "
                    "noise class; a class's overall level is learned) or ignore (every row weight 1; "

@@ -192,3 +192,108 @@ def test_duplicate_columns_on_the_gram_ties_exact_multiples_only():
     rep, factor = duplicate_columns(a.T @ a, np.ones(5, dtype=bool))
     assert rep.tolist() == [-1, -1, -1, 1, -1]
     assert abs(factor[3] + 2.5) < 1e-12
+
+
+def g_problem(n=300, seed=0, const=True):
+    """Rows with columns over 7 orders of magnitude (and a constant column), FitSNAP-like weights."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 5)) * np.logspace(-3, 4, 5)
+    x[:, 1] += 0.9 * x[:, 0] * 1e-3 / 1e-2  # correlated columns
+    a = np.hstack([np.ones((n, 1)), x]) if const else x
+    theta = rng.normal(size=a.shape[1]) / np.concatenate([[1.0], np.logspace(-3, 4, 5)])[-a.shape[1]:]
+    w = rng.choice([0.5, 2.0, 30.0], size=n)
+    y = a @ theta + rng.normal(size=n) / w
+    return a, y, w
+
+
+def test_g_prior_mean_is_weighted_least_squares_shrunk_by_c():
+    """Prior g (alpha M, M the weighted Gram matrix of the penalized columns with the constant column
+    projected out): the penalized coefficients are c times least squares', c = beta / (alpha + beta),
+    the constant re-fits to them, and at the evidence's fixed point 1 - c = p_P / (beta m^T M m);
+    the posterior covariance is (alpha M + beta G)^-1."""
+    a, y, w = g_problem()
+    flat = np.array([True] + [False] * 5)
+    res = fit_bayes({"all": class_stats(a, y, w)}, prior="g", unpenalized=flat, tol=1e-12)
+    assert res.converged and res.prior_precision is not None
+    ls = sla.lstsq(a * w[:, None], y * w)[0]
+    g = (a * w[:, None] ** 2).T @ a
+    alpha, beta = res.alpha[1], res.beta[0]
+    c = beta / (alpha + beta)
+    assert 1e-6 < 1 - c < 0.1  # a prior that does something, on 300 rows
+    np.testing.assert_allclose(res.mean[1:], c * ls[1:], rtol=1e-8)
+    b = g[0, 1:] / g[0, 0]
+    assert res.mean[0] == pytest.approx(ls[0] + (1 - c) * b @ ls[1:], rel=1e-8)
+    m = g[1:, 1:] - np.outer(g[1:, 0], b)
+    assert 1 - c == pytest.approx(5 / (beta * ls[1:] @ m @ ls[1:]), rel=1e-6)
+    prec = np.zeros((6, 6))
+    prec[1:, 1:] = alpha * m
+    np.testing.assert_allclose(res.prior_precision[1:, 1:], prec[1:, 1:], rtol=1e-7)
+    cov = np.linalg.inv(beta * g + res.prior_precision)
+    np.testing.assert_allclose(res.cov, cov, rtol=1e-6, atol=1e-9 * np.abs(cov).max())
+
+
+def test_g_prior_evidence_is_the_marginal_likelihood_and_maximal():
+    """Without flat columns the g-prior is proper: the log evidence is that of the weighted rows,
+    log N(W y; 0, I / beta + W A (alpha G)^-1 A^T W), and changing alpha or beta lowers it."""
+    a, y, w = g_problem(n=120, seed=1, const=False)
+    res = fit_bayes({"all": class_stats(a, y, w)}, prior="g", tol=1e-12)
+    aw, yw = a * w[:, None], y * w
+    g = aw.T @ aw
+
+    def ev(alpha, beta):
+        cov = np.eye(y.size) / beta + aw @ np.linalg.solve(alpha * g, aw.T)
+        return float(sla.cho_solve(sla.cho_factor(cov), yw) @ yw * -0.5
+                     - 0.5 * np.linalg.slogdet(cov)[1] - 0.5 * y.size * np.log(2 * np.pi))
+
+    alpha, beta = res.alpha[0], res.beta[0]
+    assert res.log_evidence == pytest.approx(ev(alpha, beta), rel=1e-9)
+    for fa, fb in ((1.3, 1.0), (0.7, 1.0), (1.0, 1.05), (1.0, 0.95)):
+        assert ev(alpha * fa, beta * fb) < ev(alpha, beta)
+
+
+def test_g_prior_does_not_depend_on_the_columns_scales_or_bzero():
+    """Any invertible map of the penalized columns, and a shift of them by the constant column (as
+    bzero), leave the g-prior's predictions, noise and evidence unchanged; the isotropic prior's
+    predictions change."""
+    a, y, w = g_problem(seed=2)
+    flat = np.array([True] + [False] * 5)
+    # new columns mixing the old ones (of scales 1e-3 .. 1e4) into scales 1e-2 .. 1e3
+    r = np.diag(np.logspace(3, -4, 5)) @ np.random.default_rng(5).normal(size=(5, 5)) @ np.diag(
+        np.logspace(-2, 3, 5))
+    b = a.copy()
+    b[:, 1:] = a[:, 1:] @ r + a[:, :1] * np.arange(1.0, 6.0)[None, :]
+    fits = {}
+    for prior in ("g", "isotropic"):
+        fits[prior] = [fit_bayes({"all": class_stats(x, y, w)}, prior=prior, unpenalized=flat, tol=1e-12)
+                       for x in (a, b)]
+    (ga, gb), (ia, ib) = fits["g"], fits["isotropic"]
+    np.testing.assert_allclose(b @ gb.mean, a @ ga.mean, rtol=1e-10, atol=1e-10 * np.abs(y).max())
+    assert gb.beta[0] == pytest.approx(ga.beta[0], rel=1e-10)
+    assert gb.log_evidence == pytest.approx(ga.log_evidence, abs=1e-6)
+    pv = np.einsum("ij,jk,ik->i", a, ga.cov, a)
+    np.testing.assert_allclose(np.einsum("ij,jk,ik->i", b, gb.cov, b), pv, rtol=1e-6)
+    assert np.max(np.abs(b @ ib.mean - a @ ia.mean)) > 0.1 * np.std(y)
+
+
+def test_g_prior_where_the_rows_do_not_determine_every_coefficient_is_isotropic():
+    rng = np.random.default_rng(0)
+    a, y = rng.normal(size=(5, 8)), rng.normal(size=5)
+    res = fit_bayes({"all": class_stats(a, y)}, prior="g")
+    ref = fit_bayes({"all": class_stats(a, y)}, prior="isotropic")
+    assert "isotropic prior was used" in res.message and res.prior_precision is None
+    np.testing.assert_allclose(res.mean, ref.mean, rtol=1e-12)
+    np.linalg.cholesky(res.cov)
+
+
+@pytest.mark.parametrize("prior", ["none", "g", "isotropic"])
+def test_a_duplicate_column_keeps_the_fit(prior):
+    """With a column that is 2 x an earlier one (left out of the fit, its share of the anchor folded
+    into the earlier column) the predictions are least squares' (up to the prior)."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(200, 5))
+    a = np.hstack([a, 2.0 * a[:, 1:2]])
+    y = a[:, :5] @ rng.normal(size=5) + 0.01 * rng.normal(size=200)
+    res = fit_bayes({"all": class_stats(a, y)}, prior=prior)
+    assert res.ties == [(5, 1, 2.0)] and res.mean[5] == 0
+    ls = sla.lstsq(a, y)[0]
+    assert np.max(np.abs(a @ res.mean - a @ ls)) < 1e-4 * np.std(y)

@@ -48,12 +48,13 @@ def grouped_rows(nconf: int = 300, p: int = 14, seed: int = 0) -> Rows:
                 configs=np.repeat([x[5] for x in blocks], 13).astype(object))
 
 
-def test_fold_statistics_equal_a_fit_of_that_fold_from_scratch():
+@pytest.mark.parametrize("prior", ["g", "isotropic"])
+def test_fold_statistics_equal_a_fit_of_that_fold_from_scratch(prior):
     """A fold's fit sums the other folds' statistics from the one pass: its Gram matrices, targets and
     residuals equal those of a pass over the fold's rows alone, and so does the fit (cold start)."""
     rows = grouped_rows()
     fs = fold_stats(rows, folds=5, seed=0, noise_classes="group", weights="ratios")
-    full = fit_rows(rows, noise_classes="group")
+    full = fit_rows(rows, noise_classes="group", prior=prior)
     m = full.result.mean * 1.001
     for f in (0, 3):
         keep = fs.fold != f
@@ -67,8 +68,8 @@ def test_fold_statistics_equal_a_fit_of_that_fold_from_scratch():
             np.testing.assert_allclose(merged[name].h, h_ref, rtol=1e-10, atol=1e-10 * np.abs(h_ref).max())
             assert merged[name].res2(m) == pytest.approx(own[name].res2(m), rel=1e-9)
             assert merged[name].n == own[name].n and merged[name].wref2 == own[name].wref2
-        folded = fold_fit(fs, f, full, "isotropic", 500, 1e-8, None)
-        scratch = fit_rows(rows, noise_classes="group", keep=keep)
+        folded = fold_fit(fs, f, full, prior, 500, 1e-8, None)
+        scratch = fit_rows(rows, noise_classes="group", keep=keep, prior=prior)
         np.testing.assert_allclose(folded.result.mean, scratch.result.mean, rtol=1e-8,
                                    atol=1e-10 * np.abs(scratch.result.mean).max())
         assert folded.result.log_evidence == pytest.approx(scratch.result.log_evidence, rel=1e-10)

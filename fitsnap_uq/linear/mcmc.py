@@ -145,12 +145,21 @@ def sample(log_prob: LogProb, x0: np.ndarray, chol: np.ndarray, nwalkers: int = 
                       acceptance=float(np.mean(acc)), autocorr=tau_max)
 
 
+def _prior_energy(theta: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """``theta^T Lambda theta`` per walker (W,) for ``theta`` (W, p): ``Lambda = diag(alpha)`` for
+    ``alpha`` (p,), the matrix itself for (p, p) (prior ``g``'s ``BayesResult.prior_precision``)."""
+    if np.ndim(alpha) == 2:
+        return np.einsum("wi,ij,wj->w", theta, alpha, theta)
+    return np.einsum("wi,i,wi->w", theta, alpha, theta)
+
+
 def gaussian_target(g: np.ndarray, h: np.ndarray, yy: float, n: int, alpha: np.ndarray | None = None,
                     noise_known: bool = False) -> LogProb:
     """Log posterior over ``[theta, log kappa]`` for Gaussian noise, from the Gram sums of the rows
     scaled by ``1 / sigma0_i``: ``g = A'^T A'``, ``h = A'^T y'``, ``yy = y'^T y'``, ``n`` rows.
-    With ``noise_known`` the unknowns are ``theta`` alone (kappa = 1): the posterior is then exactly
-    Gaussian, ``N(S h, S)`` with ``S = (g + diag(alpha))^-1``."""
+    The prior precision ``alpha``: (p,) its diagonal, or (p, p) the matrix. With ``noise_known`` the
+    unknowns are ``theta`` alone (kappa = 1): the posterior is then exactly Gaussian, ``N(S h, S)``
+    with ``S = (g + diag(alpha))^-1`` (``(g + alpha)^-1`` for a matrix)."""
 
     def logp(x: np.ndarray) -> np.ndarray:
         if noise_known:
@@ -160,14 +169,15 @@ def gaussian_target(g: np.ndarray, h: np.ndarray, yy: float, n: int, alpha: np.n
         quad = yy - 2.0 * theta @ h + np.einsum("wi,ij,wj->w", theta, g, theta)
         out = -0.5 * quad * np.exp(-2.0 * logk) - n * logk
         if alpha is not None:
-            out -= 0.5 * np.einsum("wi,i,wi->w", theta, alpha, theta)
+            out -= 0.5 * _prior_energy(theta, alpha)
         return out
 
     return logp
 
 
 def student_t_target(a: np.ndarray, y: np.ndarray, nu: float, alpha: np.ndarray | None = None) -> LogProb:
-    """Log posterior over ``[theta, log kappa]`` for Student-t noise on rows scaled by 1/sigma0_i."""
+    """Log posterior over ``[theta, log kappa]`` for Student-t noise on rows scaled by 1/sigma0_i
+    (prior precision ``alpha`` as in :func:`gaussian_target`)."""
     from scipy.special import gammaln
 
     const = gammaln((nu + 1) / 2) - gammaln(nu / 2) - 0.5 * np.log(nu * np.pi)
@@ -177,7 +187,7 @@ def student_t_target(a: np.ndarray, y: np.ndarray, nu: float, alpha: np.ndarray 
         r = (y[:, None] - a @ theta.T) * np.exp(-logk)[None, :]  # (n, W)
         out = y.size * (const - logk) - 0.5 * (nu + 1) * np.sum(np.log1p(r**2 / nu), axis=0)
         if alpha is not None:
-            out -= 0.5 * np.einsum("wi,i,wi->w", theta, alpha, theta)
+            out -= 0.5 * _prior_energy(theta, alpha)
         return out
 
     return logp
@@ -268,7 +278,10 @@ def sample_posterior(train: Rows, base: RowsFit, likelihood: str = "gaussian", n
                                                    fit_weights(train, weights)))
         sa = train.a[:, live] / sigma0[:, None]
         sy = train.b / sigma0
-        alpha = base.result.alpha[live] if prior != "none" else None
+        alpha = None
+        if prior != "none":  # the base fit's prior: diagonal, or prior g's matrix
+            pp = base.result.prior_precision
+            alpha = base.result.alpha[live] if pp is None else pp[np.ix_(live, live)]
         if likelihood == "gaussian":
             target = gaussian_target(sa.T @ sa, sa.T @ sy, float(sy @ sy), sy.size, alpha)
         else:
