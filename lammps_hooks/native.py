@@ -29,7 +29,7 @@ Plugin posterior file (text, version 3; ``#`` starts a comment; whitespace-separ
     scale_theta K  t_1 .. t_K        then its weights (K = NELEM + 3: one-hot element, 3 features),
     scale_phi K  f_1 .. f_K          the floor's weights,
     scale_mu 3 ..  scale_sd 3 ..  scale_eps 3 ..   the features' standardization and floors,
-    scale_zlo 3 ..  scale_zhi 3 ..   optional: the standardized features' training range (clipped to)
+    scale_zlo 3 ..  scale_zhi 3 ..   optional: the standardized features' training range (guarded at)
     energy_scale K                   optional (version 3): the per-configuration energy scale, K intercepts
     escale_cols C  c_1 .. c_C        its composition columns (0-based, snapcoeff layout; C = K, or C = 0
                                      and K = 1: one intercept),

@@ -373,10 +373,11 @@ def test_constant_floor_scale_stores_the_model_it_fitted():
     assert np.all(sc.phi == 0.0) and sc.lam == lam
 
 
-def test_new_atoms_features_are_clipped_to_the_training_range(tmp_path):
-    """fit_atom_scale stores the standardized features' training range; a new atom beyond it gets the
-    scale of the range's edge (no extrapolation of exp(theta . z)), one inside it is untouched; the
-    range survives the Posterior file, and a scale stored without it does not clip."""
+def test_beyond_the_training_range_a_feature_may_raise_the_scale_not_lower_it(tmp_path):
+    """fit_atom_scale stores the standardized features' training range; beyond it a feature counts
+    in full where it raises theta . z and as at the range's edge where it would lower it (phi . z
+    alike); inside the range nothing changes; the range survives the dict round trip, and a scale
+    stored without it has no guard."""
     from fitsnap_uq.linear.atomscale import AtomScale
 
     rng = np.random.default_rng(11)
@@ -389,17 +390,32 @@ def test_new_atoms_features_are_clipped_to_the_training_range(tmp_path):
     z = (np.log(sums) - sc.mu) / sc.sd
     np.testing.assert_allclose(sc.zlo, z.min(axis=0))
     np.testing.assert_allclose(sc.zhi, z.max(axis=0))
-    assert abs(sc.theta[3]) > 0.1
-    inside = sums[:5]
-    far = inside.copy()
-    far[:, 1] *= 1e8  # feature 2 far beyond the training range
-    edge = inside.copy()
-    edge[:, 1] = np.exp(sc.mu[1] + sc.sd[1] * sc.zhi[1])
-    el = element[:5]
-    np.testing.assert_allclose(sc.log_scale(far, el), sc.log_scale(edge, el), rtol=1e-12)
-    unclipped = AtomScale.from_dict({k: v for k, v in sc.to_dict().items() if k not in ("zlo", "zhi")})
-    np.testing.assert_allclose(unclipped.log_scale(inside, el), sc.log_scale(inside, el), rtol=1e-12)
-    assert np.all(np.abs(unclipped.log_scale(far, el) - sc.log_scale(far, el)) > 1.0)
+    # a hand-set scale: feature 0 raises the scale (theta > 0), feature 1 lowers it (theta < 0)
+    hand = AtomScale(theta=np.array([0.1, -0.2, 0.7, -0.5, 0.0]), mu=np.zeros(3), sd=np.ones(3),
+                     nelem=2, lam=0.01, floor_var=1e-4, eps=np.full(3, 1e-300),
+                     phi=np.array([0.0, 0.0, -0.3, 0.4, 0.0]), zlo=np.full(3, -1.0), zhi=np.full(3, 1.0))
+    el = np.array([0, 1])
+    at = lambda z0, z1: np.exp(np.array([[z0, z1, 0.0], [z0, z1, 0.0]]))  # noqa: E731
+    inside = hand.log_scales(at(0.5, -0.5), el)
+    np.testing.assert_allclose(inside[0], np.array([0.1, -0.2]) + 0.7 * 0.5 + 0.25, rtol=1e-12)
+    np.testing.assert_allclose(inside[1], -0.15 - 0.2, rtol=1e-12)
+    # z0 = 3 beyond zhi: raises theta . z (counts in full), would lower phi . z (held at the edge)
+    th, ph = hand.log_scales(at(3.0, 0.0), el)
+    np.testing.assert_allclose(th, np.array([0.1, -0.2]) + 0.7 * 3.0, rtol=1e-12)
+    np.testing.assert_allclose(ph, -0.3 * 1.0, rtol=1e-12)
+    # z1 = 3 beyond zhi: would lower theta . z (edge), raises phi . z (in full)
+    th, ph = hand.log_scales(at(0.0, 3.0), el)
+    np.testing.assert_allclose(th, np.array([0.1, -0.2]) - 0.5 * 1.0, rtol=1e-12)
+    np.testing.assert_allclose(ph, 0.4 * 3.0, rtol=1e-12)
+    # z0 = -4 below zlo: would lower theta . z (edge), raises phi . z (in full)
+    th, ph = hand.log_scales(at(-4.0, 0.0), el)
+    np.testing.assert_allclose(th, np.array([0.1, -0.2]) - 0.7, rtol=1e-12)
+    np.testing.assert_allclose(ph, 1.2, rtol=1e-12)
+    var = hand.variance(np.array([2.0, 3.0]), at(-4.0, 0.0), el)
+    np.testing.assert_allclose(var, np.array([2.0, 3.0]) * np.exp(th) + 1e-4 * np.exp(ph), rtol=1e-12)
+    bare = AtomScale.from_dict({k: v for k, v in hand.to_dict().items() if k not in ("zlo", "zhi")})
+    np.testing.assert_allclose(bare.log_scale(at(-4.0, 0.0), el), np.array([0.1, -0.2]) - 2.8,
+                               rtol=1e-12)
     back = AtomScale.from_dict(json.loads(json.dumps(sc.to_dict())))
     np.testing.assert_array_equal(back.zlo, sc.zlo)
     np.testing.assert_array_equal(back.zhi, sc.zhi)

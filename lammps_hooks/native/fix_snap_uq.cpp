@@ -19,7 +19,8 @@
      scalar f_ID: the value of the `measure` that `flag` and `halt` threshold.
    With a per-atom force scale in the file (atom_scale), each force component's variance |D_ix L|^2
    is multiplied by exp(theta . z_i) (fitsnap_uq/linear/atomscale.py; force_variance below; z_i's
-   standardized features clipped to the training range scale_zlo .. scale_zhi when given); with
+   standardized features guarded at the training range scale_zlo .. scale_zhi when given: beyond
+   it a feature may raise the scale but not lower it); with
    `noise yes` the file's noise floors are added: noise_energy to each x_i^T Cov x_i, N^2 noise_energy
    to X^T Cov X, exp(phi . z_i) noise_force to each force component's variance (Posterior.predict_raw
    with noise and atom labels). Per-atom energies are not scaled. With a per-configuration energy
@@ -735,6 +736,19 @@ void FixSnapUQ::per_atom_linear(double **b, double *local, std::vector<double> &
 }
 
 /* ----------------------------------------------------------------------
+   w * z with the range guard of a scale's standardized feature f (AtomScale._dot): beyond
+   [lo[f], hi[f]] the feature counts as at the edge where going on would lower w * z, in full where
+   it raises it; no range (empty lo): w * z
+------------------------------------------------------------------------- */
+
+static double guarded(double w, double z, const std::vector<double> &lo,
+                      const std::vector<double> &hi, int f)
+{
+  if (lo.empty()) return w * z;
+  const double edge = std::min(std::max(z, lo[f]), hi[f]);
+  return w * edge + std::max(0.0, w * (z - edge));
+}
+/* ----------------------------------------------------------------------
    the variance of the force vector of the atom whose descriptor row (B, then the snad/atom force
    rows D) is bi and whose element is elem (eV/A)^2: sum over x, y, z of |D_x L|^2 (times
    exp(theta . z) with an atom scale), plus with noise yes 3 noise_force (times exp(phi . z) with an
@@ -780,10 +794,9 @@ double FixSnapUQ::force_variance(const double *bi, int elem, std::vector<double>
   const int nelem = (int) elements.size();
   double log_coef = scale_theta[elem], log_floor = scale_phi[elem];
   for (int f = 0; f < 3; f++) {
-    double z = (log(std::max(sums[f], scale_eps[f])) - scale_mu[f]) / scale_sd[f];
-    if (!scale_zlo.empty()) z = std::min(std::max(z, scale_zlo[f]), scale_zhi[f]);
-    log_coef += scale_theta[nelem + f] * z;
-    log_floor += scale_phi[nelem + f] * z;
+    const double z = (log(std::max(sums[f], scale_eps[f])) - scale_mu[f]) / scale_sd[f];
+    log_coef += guarded(scale_theta[nelem + f], z, scale_zlo, scale_zhi, f);
+    log_floor += guarded(scale_phi[nelem + f], z, scale_zlo, scale_zhi, f);
   }
   log_coef = std::min(std::max(log_coef, -50.0), 50.0);
   log_floor = std::min(std::max(log_floor, -50.0), 50.0);
@@ -831,10 +844,9 @@ double FixSnapUQ::energy_log_scales(const std::vector<double> &x, double natoms,
     log_floor += escale_phi[j] * comp;
   }
   for (int f = 0; f < 4; f++) {
-    double z = (log(std::max(feats[f], escale_eps[f])) - escale_mu[f]) / escale_sd[f];
-    if (!escale_zlo.empty()) z = std::min(std::max(z, escale_zlo[f]), escale_zhi[f]);
-    log_coef += escale_theta[nint + f] * z;
-    log_floor += escale_phi[nint + f] * z;
+    const double z = (log(std::max(feats[f], escale_eps[f])) - escale_mu[f]) / escale_sd[f];
+    log_coef += guarded(escale_theta[nint + f], z, escale_zlo, escale_zhi, f);
+    log_floor += guarded(escale_phi[nint + f], z, escale_zlo, escale_zhi, f);
   }
   log_floor = std::min(std::max(log_floor, -50.0), 50.0);
   return std::min(std::max(log_coef, -50.0), 50.0);
