@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,11 +30,20 @@ def _fail(message: str, comm, code: int = 2) -> int:
 
 
 def _collective(run, comm):
-    """``run()`` on every rank; a user's mistake ends the run with its message (exit 2)."""
+    """``run()`` on every rank; a user's mistake ends the run with its message (exit 2). Under
+    ``mpirun`` any other error on one rank prints its traceback and aborts every rank (exit 1):
+    raised on, it would leave the others waiting in a collective call and the run hung."""
     try:
         return run(), 0
     except (InputError, NumericalError) as exc:
         return None, _fail(str(exc), comm)
+    except Exception:
+        if comm is None or comm.Get_size() == 1:
+            raise
+        traceback.print_exc()
+        sys.stderr.flush()
+        comm.Abort(1)
+        raise
 
 
 def _cmd_fit(rest: Sequence[str]) -> int:
