@@ -23,7 +23,8 @@ A method is a strategy of :mod:`fitsnap_uq.active.strategies`, ``random`` or ``t
 ``max_flags`` frames of each run above ``--flag-above`` raw eV/A), with ``@gamma`` for cost weighting
 (scores divided by (atoms^3)^gamma; ``d_optimal@1``: information gain per unit of QM cost) and
 ``:shortlist`` for the K-means spread of ``max_std`` (the best of each of ``batch`` clusters among the
-``shortlist x batch`` best; default 3).
+``shortlist x batch`` best; default 3) and ``+runs`` for ``[select] balance = "runs"`` (each pick from
+the MD runs with the fewest labelled frames; ``d_optimal+runs@1``: both).
 
 Learning curves: test force RMSE against training QM calls and against QM cost (sum of atoms^3). For
 each method and seed: the QM calls (and cost) at which its curve first reaches random's final test force
@@ -100,11 +101,13 @@ def md_frames_file(path: Path, kinds: tuple[str, ...], temperatures: tuple[float
     write_frames(path, out)
 
 
-def parse_method(method: str) -> tuple[str, float, int]:
-    """``name[@gamma][:shortlist]`` -> (strategy, cost gamma, K-means shortlist factor)."""
+def parse_method(method: str) -> tuple[str, float, int, str]:
+    """``name[+runs][@gamma][:shortlist]`` -> (strategy, cost gamma, K-means shortlist factor,
+    ``[select] balance``: ``runs`` with ``+runs``, else ``none``)."""
     head, _, shortlist = method.partition(":")
-    name, _, gamma = head.partition("@")
-    return name, float(gamma) if gamma else 0.0, int(shortlist) if shortlist else 3
+    head, _, gamma = head.partition("@")
+    name, _, balance = head.partition("+")
+    return name, float(gamma) if gamma else 0.0, int(shortlist) if shortlist else 3, balance or "none"
 
 
 def run_loop(config: Path, work: Path) -> dict:
@@ -136,7 +139,7 @@ def run(method: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
     if args.system == "wh":
         return run_wh(method, seed, args, out)
     folder, pool, tests = seed_folder(out, seed)
-    strategy, gamma, shortlist = parse_method(method)
+    strategy, gamma, shortlist, balance = parse_method(method)
     conditions = len(pool) * len(TEMPERATURES)
     config = folder / f"{method}.toml"
     config.write_text(cuau_toml(
@@ -145,7 +148,8 @@ def run(method: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
         md={"temperatures": list(TEMPERATURES), "md_data": pool, "md_steps": args.md_steps,
             "every": args.every, "flag_above": args.flag_above,
             "max_flags": max(1, args.batch // conditions)},
-        select={"strategy": strategy, "batch": args.batch, "cost_gamma": gamma, "shortlist": shortlist},
+        select={"strategy": strategy, "batch": args.batch, "cost_gamma": gamma, "shortlist": shortlist,
+                "balance": balance},
         loop={"iterations": args.iterations, "qm_budget": args.budget, "test_structures": 0}))
     return run_loop(config, folder / method)
 
