@@ -144,7 +144,7 @@ def run(method: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
     config = folder / f"{method}.toml"
     config.write_text(cuau_toml(
         system={"initial": 3, "rattle": 0.05, "seed": seed}, start={"test_files": tests},
-        snap={"twojmax": 6},
+        snap={"twojmax": args.twojmax},
         md={"temperatures": list(TEMPERATURES), "md_data": pool, "md_steps": args.md_steps,
             "every": args.every, "flag_above": args.flag_above,
             "max_flags": max(1, args.batch // conditions)},
@@ -154,7 +154,7 @@ def run(method: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
     return run_loop(config, folder / method)
 
 
-def run_reference(seed: int, n: int, out: Path) -> dict:
+def run_reference(seed: int, n: int, out: Path, twojmax: int = 6) -> dict:
     """The fit on the initial cells plus ``n`` frames of independent EMT MD of the explored structures
     at the explored temperatures (no MD, no selection: ``iterations = 0``)."""
     folder, _, tests = seed_folder(out, seed)
@@ -164,7 +164,7 @@ def run_reference(seed: int, n: int, out: Path) -> dict:
     config = folder / f"reference{n}.toml"
     config.write_text(cuau_toml(
         system={"initial": 3, "rattle": 0.05, "seed": seed},
-        start={"structures": [frames.name], "test_files": tests}, snap={"twojmax": 6},
+        start={"structures": [frames.name], "test_files": tests}, snap={"twojmax": twojmax},
         loop={"iterations": 0, "qm_budget": 3 + per * len(EXPLORED) * len(TEMPERATURES),
               "test_structures": 0}))
     return run_loop(config, folder / f"reference{n}")
@@ -235,6 +235,8 @@ def main() -> int:
     ap.add_argument("--md-steps", type=int, default=200, help="steps of each MD run (2 fs)")
     ap.add_argument("--every", type=int, default=20, help="steps between evaluated frames")
     ap.add_argument("--flag-above", type=float, default=0.005, help="threshold method: raw eV/A")
+    ap.add_argument("--twojmax", type=int, default=6, help="SNAP 2J of the Cu-Au model (6: 62 coefficients, "
+                    "8: 112); use another --outdir per value (finished runs are reused)")
     ap.add_argument("--reference", type=int, default=0, metavar="N",
                     help="also fit on N frames of independent MD of the explored conditions (0: no)")
     ap.add_argument("--outdir", default=str(ROOT / "benchmarks" / "out" / "al_otf"))
@@ -242,6 +244,8 @@ def main() -> int:
                     help="cuau: Cu-Au with EMT; wh: H in W with GFN1-xTB (benchmarks/_wh.py), in OUTDIR/wh")
     args = ap.parse_args()
     out = Path(args.outdir).resolve() / ("wh" if args.system == "wh" else "")
+    if args.system == "wh" and args.twojmax != 6:
+        ap.error("--twojmax is for the Cu-Au system")
     if args.system == "wh" and args.reference:
         ap.error("--reference is for the Cu-Au system")
     if "random" not in args.methods:
@@ -251,7 +255,7 @@ def main() -> int:
     references: dict[int, dict] = {}
     for seed in args.seeds:
         if args.reference:
-            references[seed] = run_reference(seed, args.reference, out)["curve"][-1]
+            references[seed] = run_reference(seed, args.reference, out, args.twojmax)["curve"][-1]
             ref = references[seed]
             print(f"seed {seed} reference: {ref['configurations']} configurations, {ref['qm_calls']} QM "
                   f"calls: test force RMSE {ref['force_rmse']:.4f} eV/A", flush=True)
