@@ -39,7 +39,8 @@ Selection (``[select]``): ``threshold`` labels the first ``max_flags`` new frame
 ``flag_above`` (raw eV/A); any strategy of :mod:`fitsnap_uq.active.strategies` instead takes every
 evaluated frame as a candidate when the recalibrated ``level`` interval of the force on one of its atoms
 is wider than the element's ``tolerance`` (eV/A; none left: the loop stops) and chooses ``batch`` of
-them on the fit's posterior (:func:`fitsnap_uq.active.query.choose`; ``iter<k>/select/chosen.json``).
+them on the fit's posterior (:func:`fitsnap_uq.active.query.choose`; ``iter<k>/select/chosen.json``);
+``balance = "runs"`` makes each pick among the MD runs with the fewest labelled frames (:data:`BALANCES`).
 The fits are recalibrated (``[fit] recalibration``, default quantile). A frame that repeats an earlier
 one (the shared start structure) is never a candidate twice.
 
