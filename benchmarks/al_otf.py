@@ -24,7 +24,8 @@ A method is a strategy of :mod:`fitsnap_uq.active.strategies`, ``random`` or ``t
 (scores divided by (atoms^3)^gamma; ``d_optimal@1``: information gain per unit of QM cost) and
 ``:shortlist`` for the K-means spread of ``max_std`` (the best of each of ``batch`` clusters among the
 ``shortlist x batch`` best; default 3) and ``+runs`` for ``[select] balance = "runs"`` (each pick from
-the MD runs with the fewest labelled frames; ``d_optimal+runs@1``: both).
+the MD runs with the fewest labelled frames; ``d_optimal+runs@1``: both), ``+cost`` for ``balance =
+"cost"`` (from the runs that have spent the least QM cost, atoms^3, once the pick is paid for).
 
 Learning curves: test force RMSE against training QM calls and against QM cost (sum of atoms^3). For
 each method and seed: the QM calls (and cost) at which its curve first reaches random's final test force
@@ -102,8 +103,8 @@ def md_frames_file(path: Path, kinds: tuple[str, ...], temperatures: tuple[float
 
 
 def parse_method(method: str) -> tuple[str, float, int, str]:
-    """``name[+runs][@gamma][:shortlist]`` -> (strategy, cost gamma, K-means shortlist factor,
-    ``[select] balance``: ``runs`` with ``+runs``, else ``none``)."""
+    """``name[+runs|+cost][@gamma][:shortlist]`` -> (strategy, cost gamma, K-means shortlist factor,
+    ``[select] balance``: ``runs`` or ``cost`` with ``+runs`` or ``+cost``, else ``none``)."""
     head, _, shortlist = method.partition(":")
     head, _, gamma = head.partition("@")
     name, _, balance = head.partition("+")

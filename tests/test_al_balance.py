@@ -85,7 +85,8 @@ def test_balance_config_and_errors(tmp_path):
     path.write_text(TWO.replace("batch = 2", 'batch = 2\nbalance = "runs"'))
     assert ALConfig.read(path).balance == "runs"
     assert ALConfig().balance == "none"
-    for old, new, what in [("batch = 2", 'batch = 2\nbalance = "md"', "unknown balance; known: none, runs"),
+    for old, new, what in [("batch = 2", 'batch = 2\nbalance = "md"',
+                            "unknown balance; known: none, runs, cost"),
                            ('strategy = "max_std"', 'strategy = "threshold"\nbalance = "runs"',
                             "balance = 'runs' needs a strategy that chooses a batch")]:
         path.write_text(TWO.replace(old, new))
@@ -115,3 +116,38 @@ def test_loop_strata_and_earlier_counts(tmp_path):
     strata, counts = loop.run_strata(2, frames)
     assert strata.tolist() == [1, 0, 1]
     assert counts.tolist() == [1, 2]  # Flagged2 is this iteration's own group: not counted
+
+
+def test_cost_balance_spends_evenly_over_strata():
+    """With weights (QM cost) a stratum's use is the cost spent on it: a pick goes to the stratum that
+    has spent the least once the pick is paid for (stratum 1's candidates cost 10x)."""
+    cands = blocks(12, 6, 4, seed=0)
+    weights = np.where(STRATA == 1, 10.0, 1.0)
+    cheap_first = choose(cands, 4, QuerySettings("max_std"), COV, NOISE, strata=STRATA, weights=weights)
+    assert list(cheap_first) == [5, 4, 3, 2]  # stratum 0 until it has spent as much as one costly pick
+    spent = choose(cands, 3, QuerySettings("max_std"), COV, NOISE, strata=STRATA,
+                   counts=np.array([20.0, 0.0]), weights=weights)
+    assert list(spent) == [11, 10, 5]  # stratum 0 spent 20 already: two costly picks (10, 20) first
+    greedy = choose(cands, 4, QuerySettings("d_optimal"), COV, NOISE, strata=STRATA, weights=weights)
+    assert STRATA[greedy].tolist() == [0, 0, 0, 0]
+
+
+def test_cost_balance_config(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(TWO.replace("batch = 2", 'batch = 2\nbalance = "cost"'))
+    assert ALConfig.read(path).balance == "cost"
+
+
+def test_loop_cost_strata_sum_atoms_cubed(tmp_path):
+    from ase.build import bulk
+
+    path = tmp_path / "c.toml"
+    path.write_text(TWO.replace("[md]\n", "[md]\npressures = [1.0, 10.0]\n"))
+    loop = Loop(ALConfig.read(path), tmp_path / "w", progress=False)
+    data = loop.work / "data" / "JSON"
+    for j, name, repeat in [(0, "md_1200K_10bar_frame1.json", 1), (0, "md_1200K_1bar_frame2.json", 2),
+                            (1, "md_1200K_10bar_frame3.json", 2)]:
+        assert loop.label(bulk("Cu", "fcc", a=3.6, cubic=True).repeat(repeat), data / f"Flagged{j}" / name)
+    frames = [loop.work / "iter2" / "md_1200K_1bar" / "flagged" / "json" / "Flagged" / "frame0.json"]
+    strata, counts = loop.run_strata(2, frames, cost=True)
+    assert strata.tolist() == [0] and counts.tolist() == [32.0**3, 4.0**3 + 32.0**3]

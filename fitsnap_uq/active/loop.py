@@ -40,7 +40,8 @@ Selection (``[select]``): ``threshold`` labels the first ``max_flags`` new frame
 evaluated frame as a candidate when the recalibrated ``level`` interval of the force on one of its atoms
 is wider than the element's ``tolerance`` (eV/A; none left: the loop stops) and chooses ``batch`` of
 them on the fit's posterior (:func:`fitsnap_uq.active.query.choose`; ``iter<k>/select/chosen.json``);
-``balance = "runs"`` makes each pick among the MD runs with the fewest labelled frames (:data:`BALANCES`).
+``balance = "runs"`` makes each pick among the MD runs with the fewest labelled frames, ``"cost"`` with
+the least QM cost spent (:data:`BALANCES`).
 The fits are recalibrated (``[fit] recalibration``, default quantile). A frame that repeats an earlier
 one (the shared start structure) is never a candidate twice.
 
@@ -156,7 +157,7 @@ class ALConfig:
     cost_gamma: float = 0.0
     spread: bool = True
     shortlist: int = 3  # spread: K-means among the shortlist x batch best
-    balance: str = "none"  # runs: each pick from the MD runs with the fewest labelled frames
+    balance: str = "none"  # runs / cost: each pick from the MD runs with the fewest labels / least cost
     tolerance: float | dict[str, float] = 0.0
     level: float = 0.95
     temperatures: list[float] = field(default_factory=lambda: [800.0, 2000.0])
@@ -330,11 +331,14 @@ TEST_SETS = ("md", "lattice")
 independent MD at the hottest condition (:meth:`Loop.md_test_set`), or ``lattice``, rattled and strained
 lattice cells (``test_rattle``)."""
 
-BALANCES = ("none", "runs")
+BALANCES = ("none", "runs", "cost")
 """``[select] balance``: ``none``, or ``runs``: each MD run (start structure x temperature x pressure) is a
 stratum, and each pick of a batch comes from the runs with the fewest frames labelled so far (earlier
 iterations' labels and this batch's picks), the strategy choosing among their frames
-(:func:`fitsnap_uq.active.strategies.least_used`); it replaces ``spread``."""
+(:func:`fitsnap_uq.active.strategies.least_used`); it replaces ``spread``. ``cost``: the same with the
+QM cost (atoms^3) spent on each run instead of its number of labels: a pick goes to the run that has
+spent the least once the pick is paid for, so a run of large cells is labelled only when the others
+have spent as much."""
 
 SELECTIONS = ("threshold", *STRATEGIES)
 """``[select] strategy``: ``threshold`` (the first ``max_flags`` frames of each MD run above ``flag_above``,
@@ -960,15 +964,17 @@ class Loop:
             noise = {"Force": float(np.mean(forces)), "Energy": np.inf}  # energy rows: fingerprints only
             settings = QuerySettings(strategy=self.cfg.strategy, cost_gamma=self.cfg.cost_gamma,
                                      spread=self.cfg.spread, shortlist=self.cfg.shortlist)
-            strata = counts = None
-            if self.cfg.balance == "runs":
-                strata, counts = self.run_strata(k, [names[name] for name in eligible])
+            strata = counts = weights = None
+            if self.cfg.balance != "none":
+                strata, counts = self.run_strata(k, [names[name] for name in eligible],
+                                                 cost=self.cfg.balance == "cost")
+                weights = natoms.astype(float) ** 3 if self.cfg.balance == "cost" else None
             train = None
             if self.cfg.strategy == "qbc":
                 train = self.describe(self.work / "data" / "JSON", self.fit_groups(k), folder / "train")
                 train = train.subset(train.row_types.astype(str) == "Force")
             picked = choose(cands, n, settings, post.predictive_cov, noise, self.cfg.seed + k, train,
-                            strata, counts)
+                            strata, counts, weights)
             chosen = [eligible[i] for i in picked]
         record = {"strategy": self.cfg.strategy, "candidates": len(order), "eligible": len(eligible),
                   "widest_half_width": widest,
@@ -979,20 +985,21 @@ class Loop:
                         f"above the tolerance ({len(order)} evaluated)", self.progress)
         return [names[c] for c in chosen]
 
-    def run_strata(self, k: int, frames: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-        """``[select] balance = "runs"``: the MD run of each of iteration k's candidate ``frames``
+    def run_strata(self, k: int, frames: list[Path], cost: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``[select] balance``: the MD run of each of iteration k's candidate ``frames``
         (``iter<k>/md_<run>/flagged/json/<group>/<frame>.json``) as an index into the loop's runs
         (:meth:`conditions`), and the frames labelled from each run in iterations before k (the
-        files ``data/JSON/Flagged<j>/md_<run>_<frame>.json``)."""
+        files ``data/JSON/Flagged<j>/md_<run>_<frame>.json``), or with ``cost`` their QM cost
+        (sum of atoms^3)."""
         runs = [self.md_folder(k, t, p, s).name for t, p, s in self.conditions()]
         strata = np.array([runs.index(path.parents[3].name) for path in frames], dtype=int)
-        counts = np.zeros(len(runs), dtype=int)
+        counts = np.zeros(len(runs))
         by_length = sorted(range(len(runs)), key=lambda i: -len(runs[i]))  # md_x_600K_1bar before md_x_600K
         for j in range(k):
             for f in sorted((self.work / "data" / "JSON" / f"Flagged{j}").glob("*.json")):
                 i = next((i for i in by_length if f.name.startswith(runs[i] + "_")), None)
                 if i is not None:
-                    counts[i] += 1
+                    counts[i] += len(read_fitsnap_json(f)[1]) ** 3 if cost else 1
         return strata, counts
 
     # ------------------------------------------------------------------- test
