@@ -25,7 +25,8 @@ reference fit (``--reference 48``: 48 frames of independent MD of every explored
 budget) against random selection's final test force RMSE at 15 calls, seeds 0 / 1 / 2, measured
 2026-12-01: 2J = 6 (62 coefficients) reference 0.141 / 0.162 / 0.154 eV/A, random 0.163 / 0.172 / 0.158,
 3-15% above (mostly the model's error: little for selection to save); 2J = 8 reference 0.110 / 0.131 /
-0.125, random 0.144 / 0.144 / 0.141, 10-31% above, and random's curve still falling at 15 calls.
+0.125, random 0.144 / 0.144 / 0.141, 10-31% above (random's curve still falling from 13 to 15 calls on
+seeds 0 and 1, flat on seed 2).
 ``--twojmax 6`` runs the earlier setup (use another ``--outdir``).
 
 A method is a strategy of :mod:`fitsnap_uq.active.strategies`, ``random`` or ``threshold`` (the first
