@@ -39,7 +39,9 @@ Selection (``[select]``): ``threshold`` labels the first ``max_flags`` new frame
 ``flag_above`` (raw eV/A); any strategy of :mod:`fitsnap_uq.active.strategies` instead takes every
 evaluated frame as a candidate when the recalibrated ``level`` interval of the force on one of its atoms
 is wider than the element's ``tolerance`` (eV/A; none left: the loop stops) and chooses ``batch`` of
-them on the fit's posterior (:func:`fitsnap_uq.active.query.choose`; ``iter<k>/select/chosen.json``).
+them on the fit's posterior (:func:`fitsnap_uq.active.query.choose`; ``iter<k>/select/chosen.json``);
+``balance = "runs"`` makes each pick among the MD runs with the fewest labelled frames, ``"cost"`` with
+the least QM cost spent (:data:`BALANCES`).
 The fits are recalibrated (``[fit] recalibration``, default quantile). A frame that repeats an earlier
 one (the shared start structure) is never a candidate twice.
 
@@ -155,6 +157,7 @@ class ALConfig:
     cost_gamma: float = 0.0
     spread: bool = True
     shortlist: int = 3  # spread: K-means among the shortlist x batch best
+    balance: str = "none"  # runs / cost: each pick from the MD runs with the fewest labels / least cost
     tolerance: float | dict[str, float] = 0.0
     level: float = 0.95
     temperatures: list[float] = field(default_factory=lambda: [800.0, 2000.0])
@@ -182,7 +185,8 @@ class ALConfig:
         "oracle": ("oracle", "electronic_temperature", "executor", "workers", "dask_scheduler"),
         "snap": ("twojmax", "rcutfac", "rfac0", "radelem", "wj", "zbl"),
         "fit": ("noise_classes", "recalibration"),
-        "select": ("strategy", "batch", "cost_gamma", "spread", "shortlist", "tolerance", "level"),
+        "select": ("strategy", "batch", "cost_gamma", "spread", "shortlist", "balance", "tolerance",
+                   "level"),
         "md": ("temperatures", "pressures", "template", "md_data", "md_cells", "md_steps", "timestep",
                "every", "flag_above", "halt_above", "max_flags"),
         "loop": ("iterations", "qm_budget", "test_structures", "test_set")}
@@ -286,6 +290,11 @@ class ALConfig:
             raise InputError("at least one temperature", **self._where("temperatures"))
         if self.strategy not in SELECTIONS:
             raise InputError(f"unknown strategy; known: {', '.join(SELECTIONS)}", **self._where("strategy"))
+        if self.balance not in BALANCES:
+            raise InputError(f"unknown balance; known: {', '.join(BALANCES)}", **self._where("balance"))
+        if self.balance != "none" and self.strategy in ("threshold", "std_sampling"):
+            raise InputError(f"balance = {self.balance!r} needs a strategy that chooses a batch (not "
+                             f"{self.strategy})", **self._where("balance"))
         if self.recalibration not in ("quantile", "none"):
             raise InputError("quantile or none", **self._where("recalibration"))
         for key in ("batch", "shortlist"):
@@ -321,6 +330,15 @@ TEST_SETS = ("md", "lattice")
 """``[loop] test_set``: the loop's own test set of ``test_structures`` configurations: ``md``, frames of an
 independent MD at the hottest condition (:meth:`Loop.md_test_set`), or ``lattice``, rattled and strained
 lattice cells (``test_rattle``)."""
+
+BALANCES = ("none", "runs", "cost")
+"""``[select] balance``: ``none``, or ``runs``: each MD run (start structure x temperature x pressure) is a
+stratum, and each pick of a batch comes from the runs with the fewest frames labelled so far (earlier
+iterations' labels and this batch's picks), the strategy choosing among their frames
+(:func:`fitsnap_uq.active.strategies.least_used`); it replaces ``spread``. ``cost``: the same with the
+QM cost (atoms^3) spent on each run instead of its number of labels: a pick goes to the run that has
+spent the least once the pick is paid for, so a run of large cells is labelled only when the others
+have spent as much."""
 
 SELECTIONS = ("threshold", *STRATEGIES)
 """``[select] strategy``: ``threshold`` (the first ``max_flags`` frames of each MD run above ``flag_above``,
@@ -946,11 +964,17 @@ class Loop:
             noise = {"Force": float(np.mean(forces)), "Energy": np.inf}  # energy rows: fingerprints only
             settings = QuerySettings(strategy=self.cfg.strategy, cost_gamma=self.cfg.cost_gamma,
                                      spread=self.cfg.spread, shortlist=self.cfg.shortlist)
+            strata = counts = weights = None
+            if self.cfg.balance != "none":
+                strata, counts = self.run_strata(k, [names[name] for name in eligible],
+                                                 cost=self.cfg.balance == "cost")
+                weights = natoms.astype(float) ** 3 if self.cfg.balance == "cost" else None
             train = None
             if self.cfg.strategy == "qbc":
                 train = self.describe(self.work / "data" / "JSON", self.fit_groups(k), folder / "train")
                 train = train.subset(train.row_types.astype(str) == "Force")
-            picked = choose(cands, n, settings, post.predictive_cov, noise, self.cfg.seed + k, train)
+            picked = choose(cands, n, settings, post.predictive_cov, noise, self.cfg.seed + k, train,
+                            strata, counts, weights)
             chosen = [eligible[i] for i in picked]
         record = {"strategy": self.cfg.strategy, "candidates": len(order), "eligible": len(eligible),
                   "widest_half_width": widest,
@@ -960,6 +984,23 @@ class Loop:
                         f"{len(eligible)} frames with a calibrated {100 * self.cfg.level:g}% force interval "
                         f"above the tolerance ({len(order)} evaluated)", self.progress)
         return [names[c] for c in chosen]
+
+    def run_strata(self, k: int, frames: list[Path], cost: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``[select] balance``: the MD run of each of iteration k's candidate ``frames``
+        (``iter<k>/md_<run>/flagged/json/<group>/<frame>.json``) as an index into the loop's runs
+        (:meth:`conditions`), and the frames labelled from each run in iterations before k (the
+        files ``data/JSON/Flagged<j>/md_<run>_<frame>.json``), or with ``cost`` their QM cost
+        (sum of atoms^3)."""
+        runs = [self.md_folder(k, t, p, s).name for t, p, s in self.conditions()]
+        strata = np.array([runs.index(path.parents[3].name) for path in frames], dtype=int)
+        counts = np.zeros(len(runs))
+        by_length = sorted(range(len(runs)), key=lambda i: -len(runs[i]))  # md_x_600K_1bar before md_x_600K
+        for j in range(k):
+            for f in sorted((self.work / "data" / "JSON" / f"Flagged{j}").glob("*.json")):
+                i = next((i for i in by_length if f.name.startswith(runs[i] + "_")), None)
+                if i is not None:
+                    counts[i] += len(read_fitsnap_json(f)[1]) ** 3 if cost else 1
+        return strata, counts
 
     # ------------------------------------------------------------------- test
     def test_sets(self) -> dict[str, Path]:

@@ -86,7 +86,9 @@ def select(train: Rows, pool: Rows, n: int, settings: QuerySettings, model: Rows
 
 
 def choose(cands: S.Candidates, n: int, settings: QuerySettings, cov: np.ndarray | None,
-           noise_var: dict[str, float], seed: int = 0, train: Rows | None = None) -> np.ndarray:
+           noise_var: dict[str, float], seed: int = 0, train: Rows | None = None,
+           strata: np.ndarray | None = None, counts: np.ndarray | None = None,
+           weights: np.ndarray | None = None) -> np.ndarray:
     """Indices of the candidates to label next, best first.
 
     Args:
@@ -97,17 +99,35 @@ def choose(cands: S.Candidates, n: int, settings: QuerySettings, cov: np.ndarray
         noise_var: {quantity: noise variance} that makes the rows dimensionless (1 where missing).
         seed: seed of every random choice.
         train: the training rows (``qbc`` only: its committee is fitted on them).
+        strata: (m,) stratum index of each candidate (the loop: its MD run), or None. When given, the
+            batch is balanced over strata (:func:`~fitsnap_uq.active.strategies.least_used`): each
+            pick among the strata with the fewest picks, ``counts`` included; replaces the K-means
+            spread (``random`` becomes stratified random; ``std_sampling`` refuses it).
+        counts: (s,) use of each stratum before this batch (labels, or with ``weights`` their summed
+            weights; default: none).
+        weights: (m,) optional use of each candidate (its QM cost, atoms^3: the strata are balanced
+            by the cost spent on them instead of the number of labels).
     """
     rng = np.random.default_rng(seed)
     n = min(n, cands.size)
     name = settings.strategy
+    if strata is not None:
+        strata = np.asarray(strata, dtype=int)
+        counts = np.zeros(int(strata.max()) + 1 if strata.size else 0) if counts is None \
+            else np.asarray(counts, dtype=float)
+        if name == "std_sampling":
+            raise ValueError("std_sampling samples by score: it has no balanced form")
     if name == "random":
+        if strata is not None:
+            return S.pick_balanced(rng.random(cands.size), n, strata, counts, weights)
         return S.pick_random(cands.size, n, rng)
     if name in ("max_std", "std_sampling"):
         scores = S.cost_weighted(S.coefficient_std_scores(cands, cov, noise_var), cands.natoms,
                                  settings.cost_gamma)
         if name == "std_sampling":
             return S.pick_std_sampling(scores, n, rng, settings.power)
+        if strata is not None:
+            return S.pick_balanced(scores, n, strata, counts, weights)
         if settings.spread:
             return S.spread_by_kmeans(scores, cands.fingerprints(), n, seed, settings.shortlist)
         return S.pick_top(scores, n)
@@ -116,11 +136,13 @@ def choose(cands: S.Candidates, n: int, settings: QuerySettings, cov: np.ndarray
             raise ValueError("qbc needs the training rows")
         scores = S.cost_weighted(committee_scores(train, cands, noise_var, settings, rng), cands.natoms,
                                  settings.cost_gamma)
+        if strata is not None:
+            return S.pick_balanced(scores, n, strata, counts, weights)
         return S.spread_by_kmeans(scores, cands.fingerprints(), n, seed, settings.shortlist)
     grams = S.candidate_grams(cands, noise_var)
     if name == "d_optimal":
-        return S.greedy_d_optimal(grams, cov, n, cands.natoms, settings.cost_gamma)
+        return S.greedy_d_optimal(grams, cov, n, cands.natoms, settings.cost_gamma, strata, counts, weights)
     if name == "variance_reduction":
         return S.greedy_variance_reduction(grams, cov, grams.sum(axis=0), n, cands.natoms,
-                                           settings.cost_gamma)
+                                           settings.cost_gamma, strata, counts, weights)
     raise ValueError(f"unknown strategy {name!r}; known: {', '.join(S.STRATEGIES)}")

@@ -19,6 +19,13 @@ stresses add up. Every strategy returns the chosen candidates' indices, best fir
   matrix.
 
 Optional cost weighting divides a score by ``cost^gamma`` (QM cost ~ atoms^3).
+
+Optional balance over strata (:func:`least_used`): each candidate belongs to a stratum (in the loop,
+the MD run it comes from: start structure x temperature x pressure) and each pick is restricted to the
+strata with the fewest picks so far (earlier batches' labels included), the strategy choosing within
+them; greedy strategies still absorb every pick into the posterior before the next. With weights
+(QM cost) the use of a stratum is the cost spent on it, and a pick goes to the stratum that has spent
+the least once the pick is paid for.
 """
 
 from __future__ import annotations
@@ -124,6 +131,43 @@ def spread_by_kmeans(scores: np.ndarray, fingerprints: np.ndarray, n: int, seed:
     return chosen[np.argsort(-scores[chosen])]
 
 
+def least_used(strata: np.ndarray, counts: np.ndarray, available: np.ndarray,
+               weights: np.ndarray | None = None) -> np.ndarray:
+    """(m,) bool: the available candidates whose stratum has the least use among the strata that
+    still have an available candidate.
+
+    Args:
+        strata: (m,) stratum index of each candidate, in [0, s).
+        counts: (s,) use of each stratum so far: picks (labels), or with ``weights`` their summed weight.
+        available: (m,) bool, candidates not yet chosen.
+        weights: (m,) optional weight of each candidate (e.g. its QM cost, atoms^3): the use is then
+            the stratum's use after taking the candidate, ``counts[stratum] + weight``, so a stratum of
+            costly candidates waits until the others have spent as much.
+    """
+    if not available.any():
+        return available
+    used = counts[strata] + (0.0 if weights is None else weights)
+    low = used[available].min()
+    return available & (used <= low + 1e-12 * abs(low))
+
+
+def pick_balanced(scores: np.ndarray, n: int, strata: np.ndarray, counts: np.ndarray,
+                  weights: np.ndarray | None = None) -> np.ndarray:
+    """Indices of n candidates, one at a time: the best score among the least-used strata
+    (:func:`least_used`), whose use then grows by one (or by the pick's weight); ties by index.
+    ``counts`` is not changed."""
+    counts = np.asarray(counts, dtype=float).copy()
+    available = np.ones(scores.size, dtype=bool)
+    chosen: list[int] = []
+    for _ in range(min(n, scores.size)):
+        allowed = least_used(strata, counts, available, weights)
+        best = int(np.flatnonzero(allowed)[np.argmax(scores[allowed])])
+        chosen.append(best)
+        available[best] = False
+        counts[strata[best]] += 1.0 if weights is None else weights[best]
+    return np.array(chosen, dtype=int)
+
+
 def candidate_grams(cands: Candidates, noise_var: dict[str, float]) -> np.ndarray:
     """(m, p, p) Gram matrix ``A_c^T A_c`` of each candidate's rows in units of their noise std."""
     an = cands.a / row_scale(cands.row_types, noise_var)[:, None]
@@ -142,36 +186,55 @@ def _absorb(s: np.ndarray, g_c: np.ndarray) -> np.ndarray:
 
 
 def _greedy(grams: np.ndarray, cov: np.ndarray, n: int, gain: Any, natoms: np.ndarray | None,
-            cost_gamma: float) -> np.ndarray:
-    """Pick n candidates one by one by ``gain(G_c, S)``, absorbing each pick into S."""
+            cost_gamma: float, strata: np.ndarray | None = None, counts: np.ndarray | None = None,
+            weights: np.ndarray | None = None) -> np.ndarray:
+    """Pick n candidates one by one by ``gain(G_c, S)``, absorbing each pick into S; with ``strata``
+    ((m,) ints) and ``counts`` ((s,) earlier use per stratum), only among the least-used strata
+    (``weights``: see :func:`least_used`)."""
+    m = grams.shape[0]
     s = cov.copy()
+    available = np.ones(m, dtype=bool)
+    counts = None if strata is None else np.asarray(
+        counts if counts is not None else np.zeros(int(strata.max()) + 1), dtype=float).copy()
     chosen: list[int] = []
-    for _ in range(min(n, grams.shape[0])):
-        gains = np.array([gain(g, s) for g in grams])
-        gains[chosen] = -np.inf
+    for _ in range(min(n, m)):
+        allowed = available if strata is None else least_used(strata, counts, available, weights)
+        idx = np.flatnonzero(allowed)
+        gains = np.array([gain(grams[c], s) for c in idx])
         if natoms is not None:
-            gains = np.where(np.isfinite(gains), cost_weighted(gains, natoms, cost_gamma), gains)
-        best = int(np.argmax(gains))
+            gains = cost_weighted(gains, natoms[idx], cost_gamma)
+        best = int(idx[np.argmax(gains)])
         chosen.append(best)
+        available[best] = False
+        if counts is not None:
+            counts[strata[best]] += 1.0 if weights is None else weights[best]
         s = _absorb(s, grams[best])
-    return np.array(chosen)
+    return np.array(chosen, dtype=int)
 
 
 def greedy_d_optimal(grams: np.ndarray, cov: np.ndarray, n: int, natoms: np.ndarray | None = None,
-                     cost_gamma: float = 0.0) -> np.ndarray:
+                     cost_gamma: float = 0.0, strata: np.ndarray | None = None,
+                     counts: np.ndarray | None = None, weights: np.ndarray | None = None) -> np.ndarray:
     """Greedy maximum information gain ``log det(I + A_c S A_c^T) = log det(I + G_c S)``; S is
-    updated after each pick. p x p work per candidate (``grams`` from :func:`candidate_grams`)."""
+    updated after each pick. p x p work per candidate (``grams``: (m, p, p) from
+    :func:`candidate_grams`; ``cov``: (p, p)). With ``strata`` ((m,) ints) and ``counts`` ((s,) earlier
+    picks per stratum; default none) each pick is among the least-used strata (:func:`least_used`;
+    ``weights``: (m,) use of each candidate, default 1)."""
     eye = np.eye(cov.shape[0])
-    return _greedy(grams, cov, n, lambda g, s: np.linalg.slogdet(eye + g @ s)[1], natoms, cost_gamma)
+    return _greedy(grams, cov, n, lambda g, s: np.linalg.slogdet(eye + g @ s)[1], natoms, cost_gamma,
+                   strata, counts, weights)
 
 
 def greedy_variance_reduction(grams: np.ndarray, cov: np.ndarray, pool_gram: np.ndarray, n: int,
-                              natoms: np.ndarray | None = None, cost_gamma: float = 0.0) -> np.ndarray:
+                              natoms: np.ndarray | None = None, cost_gamma: float = 0.0,
+                              strata: np.ndarray | None = None, counts: np.ndarray | None = None,
+                              weights: np.ndarray | None = None) -> np.ndarray:
     """Greedy largest expected reduction of the predictive variance summed over the pool's rows,
-    ``tr((I + G_c S)^-1 G_c S G S)`` with ``G`` the pool's Gram matrix; S updated after each pick."""
+    ``tr((I + G_c S)^-1 G_c S G S)`` with ``G`` the pool's Gram matrix; S updated after each pick;
+    ``strata``/``counts``/``weights`` as :func:`greedy_d_optimal`."""
     eye = np.eye(cov.shape[0])
 
     def gain(g: np.ndarray, s: np.ndarray) -> float:
         return float(np.trace(np.linalg.solve(eye + g @ s, g @ (s @ pool_gram @ s))))
 
-    return _greedy(grams, cov, n, gain, natoms, cost_gamma)
+    return _greedy(grams, cov, n, gain, natoms, cost_gamma, strata, counts, weights)
