@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from conftest import NEEDS_TA, make_cuag_dataset, read_snapcoeff, run_cli, write_cu_input
 
 from fitsnap_uq.posterior import Posterior
@@ -41,8 +42,7 @@ def test_bayes_writes_posterior_and_calibration_report(cu_run):
 
 def test_bayes_atom_scale_is_learned_from_fitsnaps_atom_labels(cu_run):
     """[UQ] atom_scale = yes: FitSNAP's Atom_I/Atom_Type label the force rows, the per-atom force scale
-    is learned and stored, and Posterior.predict applies it to force rows given atom labels; ``no``
-    switches both scales off."""
+    is learned and stored, and Posterior.predict applies it to force rows given atom labels."""
     write_cu_input(cu_run, solver="BAYES", extra="[UQ]\ncv_folds = 4\natom_scale = yes\n")
     proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -50,6 +50,11 @@ def test_bayes_atom_scale_is_learned_from_fitsnaps_atom_labels(cu_run):
     assert post.atom_scale is not None and post.atom_scale.nelem == 1
     assert np.all(np.isfinite(post.atom_scale.theta))
     assert post.atom_scale.zlo is not None and np.all(post.atom_scale.zlo <= post.atom_scale.zhi)
+
+
+@pytest.mark.slow
+def test_bayes_scales_switched_off(cu_run):
+    """[UQ] atom_scale = no, energy_scale = no: neither scale is fitted or stored."""
     write_cu_input(cu_run, solver="BAYES",
                    extra="[UQ]\ncv_folds = 4\natom_scale = no\nenergy_scale = no\n")
     proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run)

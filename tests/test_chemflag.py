@@ -401,7 +401,8 @@ def test_modelerror_and_bayesmcmc_tie_the_duplicate_columns_as_bayes(tmp_path, s
 
 @pytest.mark.skipif(not HAS_CXX, reason="no C++ compiler")
 @pytest.mark.parametrize("ranks", [0, pytest.param(2, marks=pytest.mark.mpi)], ids=["serial", "mpirun"])
-@pytest.mark.parametrize("noise", [False, True], ids=["coefficients", "noise"])
+@pytest.mark.parametrize("noise", [pytest.param(False, marks=pytest.mark.slow), True],
+                         ids=["coefficients", "noise"])  # noise covers both parts: the default run
 def test_energy_and_atom_scales_hook_and_plugin_equal_posterior_predict(fitted, built_plugin, tmp_path,
                                                                         ranks, noise):
     """Two elements, both scales: the fit's (``[UQ] atom_scale = yes``, ``energy_scale = yes``) and

@@ -316,8 +316,8 @@ def predicted_here(stem: Path, post: Posterior, noise: bool) -> tuple[np.ndarray
 
 
 @pytest.mark.parametrize("ranks", [0, pytest.param(2, marks=pytest.mark.mpi)], ids=["serial", "mpirun"])
-@pytest.mark.parametrize("noise,clip", [(False, False), (True, False), (True, True)],
-                         ids=["coefficients", "noise", "noise-clipped"])
+@pytest.mark.parametrize("noise,clip", [pytest.param(False, False, marks=pytest.mark.slow), (True, False),
+                                        (True, True)], ids=["coefficients", "noise", "noise-clipped"])
 def test_atom_scaled_posterior_equals_posterior_predict(plugin, ta_stem, tmp_path, ranks, noise, clip):
     """A per-atom force scale (theta, and phi on the floor with noise yes): the plugin's and the hook's
     per-atom and per-configuration sigma equal Posterior.predict on the configuration's rows, each
@@ -427,8 +427,8 @@ def both_scales(post: Posterior, columns: list[int], theta: np.ndarray, phi: np.
 
 
 @pytest.mark.parametrize("ranks", [0, pytest.param(2, marks=pytest.mark.mpi)], ids=["serial", "mpirun"])
-@pytest.mark.parametrize("noise,clip", [(False, False), (True, False), (True, True)],
-                         ids=["coefficients", "noise", "noise-clipped"])
+@pytest.mark.parametrize("noise,clip", [pytest.param(False, False, marks=pytest.mark.slow), (True, False),
+                                        (True, True)], ids=["coefficients", "noise", "noise-clipped"])
 def test_energy_and_atom_scaled_posterior_equals_posterior_predict(plugin, ta_stem, tmp_path, ranks,
                                                                     noise, clip):
     """Both scales (the per-atom force scale and the per-configuration energy scale, one intercept:
