@@ -125,6 +125,7 @@ def test_elements_with_different_twojmax(tmp_path):
     assert np.all(np.isfinite(post.mean))
 
 
+@pytest.mark.slow
 @NEEDS_TA
 def test_ta_bayes_fit_and_model_selection_numbers(ta_run):
     text = (ta_run / "Ta-example.in").read_text().replace("solver = SVD", "solver = BAYES")

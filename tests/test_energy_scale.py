@@ -205,6 +205,7 @@ def test_bad_value_exits_2_with_one_line_naming_file_section_and_key(cu_run):
     assert "'maybe'" in lines[0] and "yes" in lines[0]
 
 
+@pytest.mark.slow
 def test_bayes_fits_and_stores_the_energy_scale(cu_run):
     """``[UQ] atom_scale = yes`` and ``energy_scale = yes``: the Posterior holds both (one intercept
     per element from the constant column), the numbers of atoms come from the force rows, and

@@ -20,6 +20,7 @@ def test_ta_svd_reproduces_reference(ta_run, ranks):
     assert np.max(np.abs(ours - ref)) <= 1e-10
 
 
+@pytest.mark.slow
 @NEEDS_TA
 def test_ta_anl_runs(ta_run):
     (ta_run / "Ta-anl.in").write_text(

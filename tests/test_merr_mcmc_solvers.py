@@ -28,7 +28,7 @@ def test_modelerror_solver(cu_run, ranks):
     assert np.all(np.diag(post.cov) >= sigma**2 * (1 - 1e-9))
 
 
-@pytest.mark.parametrize("likelihood", ["gaussian", "student_t"])
+@pytest.mark.parametrize("likelihood", ["gaussian", pytest.param("student_t", marks=pytest.mark.slow)])
 def test_bayesmcmc_solver(cu_run, likelihood):
     write_cu_input(cu_run, solver="BAYESMCMC",
                    extra=f"[UQ]\nmcmc_likelihood = {likelihood}\n{SHORT_MCMC}max_samples = 500\n")

@@ -555,6 +555,7 @@ NN_SCRIPT = CU_LJ_MD.replace("pair_style lj/cut 5.0\npair_coeff * * 0.4 2.3",
 assert "include" in NN_SCRIPT
 
 
+@pytest.mark.slow
 def test_ensemble_cli_runs_one_replica_per_member(tanh_fit, tmp_path):
     """`fitsnap-uq ensemble --nnensemble`: replica k is driven by member k (its step-0 energy is member
     k's, computed by LAMMPS with member k's own exported lines), error bars over the members."""
