@@ -1318,6 +1318,15 @@ void FixSnapUQ::read_posterior(const std::string &file)
     if (!scalars.count(k)) bad(fmt::format("missing key '{}'", k));
   for (double val : mean)
     if (!std::isfinite(val)) bad("'mean' has a non-finite value");
+  // a scale's optional feature range PREFIX_zlo/_zhi: n values each, both or neither, lo <= hi
+  auto check_range = [&](const std::string &prefix, const std::vector<double> &lo,
+                         const std::vector<double> &hi, size_t n) {
+    if (lo.size() != hi.size() || (!lo.empty() && lo.size() != n))
+      bad(fmt::format("'{0}_zlo' and '{0}_zhi' need {1} values each, both or neither", prefix, n));
+    for (size_t f = 0; f < lo.size(); f++)
+      if (!(lo[f] <= hi[f]) || !std::isfinite(lo[f]) || !std::isfinite(hi[f]))
+        bad(fmt::format("'{0}_zlo' must be <= '{0}_zhi', both finite", prefix));
+  };
   if (scaleflag) {
     if (nnflag) bad("'atom_scale' is for model linear");
     const size_t nz = elements.size() + 3;
@@ -1334,12 +1343,7 @@ void FixSnapUQ::read_posterior(const std::string &file)
         if (!std::isfinite(val)) bad("an 'atom_scale' value is not finite");
     for (double val : scale_sd)
       if (!(val > 0.0 && std::isfinite(val))) bad("'scale_sd' must be > 0");
-    if (scale_zlo.size() != scale_zhi.size() || (!scale_zlo.empty() && scale_zlo.size() != 3))
-      bad("'scale_zlo' and 'scale_zhi' need 3 values each, both or neither");
-    for (size_t f = 0; f < scale_zlo.size(); f++)
-      if (!(scale_zlo[f] <= scale_zhi[f]) || !std::isfinite(scale_zlo[f]) ||
-          !std::isfinite(scale_zhi[f]))
-        bad("'scale_zlo' must be <= 'scale_zhi', both finite");
+    check_range("scale", scale_zlo, scale_zhi, 3);
   } else if (!scale_theta.empty() || !scale_phi.empty() || !scale_mu.empty() || !scale_sd.empty() ||
              !scale_eps.empty() || !scale_zlo.empty() || !scale_zhi.empty() ||
              ((have_fit_factor || have_me_factor) && !escaleflag))
@@ -1366,12 +1370,7 @@ void FixSnapUQ::read_posterior(const std::string &file)
         if (!std::isfinite(val)) bad("an 'energy_scale' value is not finite");
     for (double val : escale_sd)
       if (!(val > 0.0 && std::isfinite(val))) bad("'escale_sd' must be > 0");
-    if (escale_zlo.size() != escale_zhi.size() || (!escale_zlo.empty() && escale_zlo.size() != 4))
-      bad("'escale_zlo' and 'escale_zhi' need 4 values each, both or neither");
-    for (size_t f = 0; f < escale_zlo.size(); f++)
-      if (!(escale_zlo[f] <= escale_zhi[f]) || !std::isfinite(escale_zlo[f]) ||
-          !std::isfinite(escale_zhi[f]))
-        bad("'escale_zlo' must be <= 'escale_zhi', both finite");
+    check_range("escale", escale_zlo, escale_zhi, 4);
   } else if (have_escale_cols || !escale_theta.empty() || !escale_phi.empty() ||
              !escale_mu.empty() || !escale_sd.empty() || !escale_eps.empty() ||
              !escale_zlo.empty() || !escale_zhi.empty())
