@@ -149,6 +149,7 @@ def test_newton_variances_reach_a_kkt_point_no_worse_than_lbfgs():
     for fit in fits:
         print(fit.message, fit.f, ref.fun)
         assert fit.converged
+        assert np.all(fit.theta >= lo)  # in the box (a step to the bound from 0.3 once rounded to 0)
         assert fit.f <= ref.fun + 1e-12 * abs(ref.fun)
         v = f @ fit.theta + 0.1
         grad = (0.5 * weight * (1 / v - rt2 / v**2)) @ f

@@ -293,7 +293,10 @@ def _newton_variances(block: Blocks, n: int, m: int, rt2: np.ndarray, weight: np
         # steps by objective passes alone, then one pass for the gradient and Hessian where accepted.
         slope = float(grad @ d)
         step = None
-        trial = theta + d
+        # Clipped into the box: a parameter stepping to its lower bound from far above it would land on
+        # theta + (lo - theta), which rounds to 0 (not lo) where theta >> lo, and a zero floor makes
+        # the variance of a row that no other term reaches 0 (f and the gradient inf or nan).
+        trial = np.clip(theta + d, lo, hi)
         new = point(trial, free)
         by_gradient = False
         if new[1][0] <= f + 1e-4 * slope:
@@ -305,7 +308,7 @@ def _newton_variances(block: Blocks, n: int, m: int, rt2: np.ndarray, weight: np
         else:
             t = 0.5
             for _ in range(60):
-                trial = theta + t * d
+                trial = np.clip(theta + t * d, lo, hi)
                 if evaluate(trial) <= f + 1e-4 * t * slope:
                     step = (trial, point(trial, free), t)
                     break
