@@ -52,6 +52,7 @@ from fitsnap_uq.linear.atomscale import FLOOR_MODES  # noqa: E402
 from fitsnap_uq.linear.bayes import PRIORS  # noqa: E402
 from fitsnap_uq.linear.rows import (  # noqa: E402
     BASES,
+    SCALE_WEIGHTS,
     Rows,
     composition,
     composition_columns,
@@ -536,7 +537,7 @@ def acceptance(scores: dict, check: dict) -> list[tuple[str, str, bool]]:
 def ours_options(args: argparse.Namespace) -> dict:
     """Keyword arguments of ours' ``fit_with_model_error`` from the command line."""
     out = {"rank": args.rank, "basis": args.basis, "atom_floor": args.atom_floor,
-           "energy_scale": args.energy_scale}
+           "energy_scale": args.energy_scale, "scale_weights": args.scale_weights}
     if args.prior is not None:
         out["prior"] = args.prior
     return out
@@ -702,6 +703,9 @@ def main(argv: list[str] | None = None) -> int:
                          "(fit_atom_scale's floor_model)")
     ap.add_argument("--no-energy-scale", dest="energy_scale", action="store_false",
                     help="no per-configuration energy scale in ours")
+    ap.add_argument("--scale-weights", choices=SCALE_WEIGHTS, default="rows",
+                    help="how held-out force rows count in ours' per-atom scale fit "
+                         "(fit_with_model_error's scale_weights: rows, or each group equally)")
     ap.add_argument("--prior", choices=PRIORS, default=None,
                     help="ours' prior on the coefficients (fit_with_model_error's prior; default its own)")
     ap.add_argument("--_dump-rows", nargs=2, metavar=("INFILE", "OUT"), help=argparse.SUPPRESS)

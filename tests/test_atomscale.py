@@ -4,12 +4,13 @@ fit_with_model_error on rows that carry atom and element labels."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from fitsnap_uq.linear.atomscale import AtomScale, atom_sums, fit_atom_scale, fit_scales
-from fitsnap_uq.linear.rows import Rows, fit_with_model_error
+from fitsnap_uq.linear.rows import Rows, fit_with_model_error, group_weights
 
 
 def test_atom_sums_sum_over_the_atoms_rows():
@@ -421,3 +422,68 @@ def test_beyond_the_training_range_a_feature_may_raise_the_scale_not_lower_it(tm
     np.testing.assert_array_equal(back.zhi, sc.zhi)
     with pytest.raises(ValueError, match="zlo and zhi"):
         AtomScale.from_dict({**sc.to_dict(), "zhi": None})
+
+
+def test_row_weights_count_a_row_like_copies_of_it():
+    """fit_scales with integer row weights gives what the rows repeated that many times give (same
+    configurations, so the same inner-CV folds): in the fits and in the choice of lam alike."""
+    rng = np.random.default_rng(11)
+    n = 3000
+    x = rng.standard_normal(n)
+    z = np.stack([np.ones(n), x], axis=1)
+    base = np.exp(rng.standard_normal(n))
+    resid = rng.standard_normal(n) * np.sqrt(base * np.exp(0.6 * x) + 0.3 * np.exp(-0.8 * x))
+    config = np.arange(n) // 3
+    weight = rng.integers(1, 4, n).astype(float)
+    pen, free = np.array([0.0, 1.0]), np.array([True, True])
+    th, ph, lam = fit_scales(z, base, resid, 0.3, pen, free, config, weight=weight)
+    rep = np.repeat(np.arange(n), weight.astype(int))
+    th_r, ph_r, lam_r = fit_scales(z[rep], base[rep], resid[rep], 0.3, pen, free, config[rep])
+    assert lam == lam_r
+    np.testing.assert_allclose(th, th_r, atol=1e-4)
+    np.testing.assert_allclose(ph, ph_r, atol=1e-4)
+    th1, ph1, _ = fit_scales(z, base, resid, 0.3, pen, free, config)
+    np.testing.assert_allclose(fit_scales(z, base, resid, 0.3, pen, free, config, weight=np.ones(n))[0],
+                               th1, atol=1e-8)
+    with pytest.raises(ValueError, match="weight"):
+        fit_scales(z, base, resid, 0.3, pen, free, config, weight=-weight)
+
+
+def test_group_weights_give_each_group_the_same_total():
+    g = np.array(["a"] * 6 + ["b"] * 2 + ["c"])
+    w = group_weights(g)
+    assert w.mean() == pytest.approx(1.0)
+    totals = [w[g == k].sum() for k in "abc"]
+    np.testing.assert_allclose(totals, totals[0])
+
+
+def _concat(*parts: Rows) -> Rows:
+    fields = ("a", "b", "w", "testing", "groups", "row_types", "configs", "atom", "element")
+    return Rows(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields))
+
+
+def test_scale_weights_group_lets_each_group_count_equally():
+    """A large group whose element-1 atoms have 9x the force variance of element 0's and a small
+    group where element 0's have 9x element 1's: counted by rows the large group sets the per-atom
+    scale; counted by group (scale_weights = group) the small group weighs as much, so its forces'
+    likelihood improves and the large group's gets no better."""
+    rng = np.random.default_rng(5)
+    big, small = _rows(rng, n_conf=150), _rows(rng, n_conf=30, scale=(9.0, 1.0))
+    small = replace(small, groups=np.full(small.b.size, "small", dtype=object),
+                    configs=np.char.add("s", small.configs.astype(str)).astype(object))
+    rows = _concat(big, small)
+    f = rows.row_types.astype(str) == "Force"
+    in_small = rows.groups.astype(str) == "small"
+    nll = {}
+    for mode in ("rows", "group"):
+        full, model, _ = fit_with_model_error(rows, folds=5, seed=0, scale_weights=mode)
+        pv = np.einsum("ij,jk,ik->i", rows.a, full.result.cov, rows.a)
+        ls, lf = model.atom_log_scales(rows.a, pv, rows.atom_ids(), rows.element)
+        var = model.variance(rows.a, pv, rows.row_types.astype(str), ls, lf)
+        r2 = (rows.b - rows.a @ full.result.mean) ** 2
+        term = 0.5 * (np.log(var) + r2 / var)
+        nll[mode] = (term[f & in_small].mean(), term[f & ~in_small].mean())
+    assert nll["group"][0] < nll["rows"][0] - 0.05
+    assert nll["rows"][1] <= nll["group"][1] + 1e-3
+    with pytest.raises(ValueError, match="scale_weights"):
+        fit_with_model_error(rows, folds=5, seed=0, scale_weights="x")

@@ -193,13 +193,22 @@ def design(feats: np.ndarray, element: np.ndarray, mu: np.ndarray, sd: np.ndarra
     return np.hstack([onehot, (np.asarray(feats, float) - mu) / sd])
 
 
+def _weights(weight: np.ndarray | None, n: int) -> np.ndarray:
+    """(n,) row weights normalized to sum 1 (equal when ``weight`` is None)."""
+    w = np.ones(n) if weight is None else np.asarray(weight, float)
+    return w / w.sum()
+
+
 def _fit_scales(z: np.ndarray, base: np.ndarray, r2: np.ndarray, floor: float, lam: float,
-                pen: np.ndarray, floor_free: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Minimize the mean Gaussian NLL of ``r2`` (n,) under ``base exp(z theta) + floor exp(z phi)``
-    plus ``lam/2 (|pen theta|^2 + |pen phi|^2)`` over ``theta`` and the ``floor_free`` (k,) bool
-    components of ``phi`` (the others stay 0); ``z`` (n, k), ``pen`` (k,) 0 on intercepts, 1 on
-    features. Returns ``(theta, phi)``, each (k,)."""
-    ms = max(float(np.mean(r2)), TINY)
+                pen: np.ndarray, floor_free: np.ndarray, weight: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Minimize the (weighted) mean Gaussian NLL of ``r2`` (n,) under ``base exp(z theta) + floor
+    exp(z phi)`` plus ``lam/2 (|pen theta|^2 + |pen phi|^2)`` over ``theta`` and the ``floor_free``
+    (k,) bool components of ``phi`` (the others stay 0); ``z`` (n, k), ``pen`` (k,) 0 on intercepts,
+    1 on features, ``weight`` (n,) optional nonnegative row weights (None: equal). Returns
+    ``(theta, phi)``, each (k,)."""
+    wn = _weights(weight, r2.size)
+    ms = max(float(np.sum(wn * r2)), TINY)
     b, rt, fl = base / ms, r2 / ms, max(floor, TINY) / ms
     k = z.shape[1]
     free = np.flatnonzero(floor_free)
@@ -211,9 +220,9 @@ def _fit_scales(z: np.ndarray, base: np.ndarray, r2: np.ndarray, floor: float, l
         scaled = b * np.exp(np.clip(z @ th, -50.0, 50.0))
         fscaled = fl * np.exp(np.clip(z @ ph, -50.0, 50.0))
         v = np.maximum(scaled + fscaled, TINY)
-        f = (0.5 * float(np.mean(np.log(v) + rt / v))
+        f = (0.5 * float(np.sum(wn * (np.log(v) + rt / v)))
              + 0.5 * lam * float(np.sum((pen * th) ** 2) + np.sum((pen * ph) ** 2)))
-        gv = 0.5 * (1.0 / v - rt / v**2) / v.size
+        gv = 0.5 * wn * (1.0 / v - rt / v**2)
         g_ph = z.T @ (gv * fscaled) + lam * pen * ph
         return f, np.r_[z.T @ (gv * scaled) + lam * pen * th, g_ph[free]]
 
@@ -225,15 +234,16 @@ def _fit_scales(z: np.ndarray, base: np.ndarray, r2: np.ndarray, floor: float, l
 
 
 def _nll(z: np.ndarray, theta: np.ndarray, phi: np.ndarray, base: np.ndarray, r2: np.ndarray,
-         floor: float) -> float:
+         floor: float, weight: np.ndarray | None = None) -> float:
+    """(Weighted) mean Gaussian NLL of ``r2`` (n,) under the scales ``theta``, ``phi``."""
     v = np.maximum(base * np.exp(np.clip(z @ theta, -50.0, 50.0))
                    + floor * np.exp(np.clip(z @ phi, -50.0, 50.0)), TINY)
-    return 0.5 * float(np.mean(np.log(2 * np.pi * v) + r2 / v))
+    return 0.5 * float(np.sum(_weights(weight, r2.size) * (np.log(2 * np.pi * v) + r2 / v)))
 
 
 def fit_scales(z: np.ndarray, base: np.ndarray, resid: np.ndarray, floor: float, pen: np.ndarray,
-               floor_free: np.ndarray, config: np.ndarray, folds: int = 5, seed: int = 0
-               ) -> tuple[np.ndarray, np.ndarray, float]:
+               floor_free: np.ndarray, config: np.ndarray, folds: int = 5, seed: int = 0,
+               weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """Log-linear scales of both parts of a variance, ``base exp(z theta) + floor exp(z phi)``,
     fitted to held-out residuals; the ridge penalty ``lam`` is chosen among :data:`LAMBDAS` by a
     K-fold cross-validation over configurations of the same likelihood.
@@ -246,6 +256,8 @@ def fit_scales(z: np.ndarray, base: np.ndarray, resid: np.ndarray, floor: float,
         pen: (k,) 1 on penalized (feature) columns, 0 on intercepts.
         floor_free: (k,) bool, the components of ``phi`` that are fitted (the others stay 0).
         config: (n,) configuration id of each row (the inner CV deals whole configurations).
+        weight: (n,) optional nonnegative row weights of the likelihood, in the fits and in the
+            inner CV's score alike (None: every row counts once).
 
     Returns:
         ``(theta, phi, lam)``.
@@ -254,6 +266,9 @@ def fit_scales(z: np.ndarray, base: np.ndarray, resid: np.ndarray, floor: float,
     base = np.asarray(base, float)
     pen = np.asarray(pen, float)
     floor_free = np.asarray(floor_free, bool)
+    w = np.ones(r2.size) if weight is None else np.asarray(weight, float)
+    if w.shape != r2.shape or np.any(w < 0) or not np.all(np.isfinite(w)) or w.sum() <= 0:
+        raise ValueError("fit_scales: weight must be (n,) finite, nonnegative, not all zero")
     _, code = np.unique(np.asarray(config), return_inverse=True)
     order = np.random.default_rng(seed).permutation(code.max() + 1)
     fold = (order % folds)[code]
@@ -262,13 +277,13 @@ def fit_scales(z: np.ndarray, base: np.ndarray, resid: np.ndarray, floor: float,
         s = 0.0
         for f in range(folds):
             tr, te = fold != f, fold == f
-            if not te.any() or not tr.any():
+            if not (te.any() and tr.any()) or w[te].sum() <= 0 or w[tr].sum() <= 0:
                 continue
-            th, ph = _fit_scales(z[tr], base[tr], r2[tr], floor, lam, pen, floor_free)
-            s += _nll(z[te], th, ph, base[te], r2[te], floor) * te.sum()
+            th, ph = _fit_scales(z[tr], base[tr], r2[tr], floor, lam, pen, floor_free, w[tr])
+            s += _nll(z[te], th, ph, base[te], r2[te], floor, w[te]) * w[te].sum()
         scores.append(s)
     lam = float(LAMBDAS[int(np.argmin(scores))])
-    theta, phi = _fit_scales(z, base, r2, floor, lam, pen, floor_free)
+    theta, phi = _fit_scales(z, base, r2, floor, lam, pen, floor_free, w)
     return theta, phi, lam
 
 
@@ -280,7 +295,7 @@ the model before ``phi``)."""
 
 def fit_atom_scale(sums: np.ndarray, element: np.ndarray, base: np.ndarray, resid: np.ndarray,
                    floor_var: float, nelem: int, config: np.ndarray, folds: int = 5, seed: int = 0,
-                   floor_model: str = "features") -> AtomScale:
+                   floor_model: str = "features", weight: np.ndarray | None = None) -> AtomScale:
     """Fit the per-atom scale on cross-validated force residuals.
 
     Args:
@@ -294,6 +309,7 @@ def fit_atom_scale(sums: np.ndarray, element: np.ndarray, base: np.ndarray, resi
         config: (n,) configuration id of each row (the inner CV deals whole configurations).
         folds, seed: the inner cross-validation choosing ``lam``.
         floor_model: one of :data:`FLOOR_MODES`.
+        weight: (n,) optional row weights of the likelihood (:func:`fit_scales`; None: equal).
     """
     if floor_model not in FLOOR_MODES:
         raise ValueError(f"floor_model must be one of {FLOOR_MODES}, not {floor_model!r}")
@@ -310,12 +326,13 @@ def fit_atom_scale(sums: np.ndarray, element: np.ndarray, base: np.ndarray, resi
     if floor_model == "constant":  # one common floor: the column of ones in the span of the one-hots
         zc = np.hstack([z, np.ones((z.shape[0], 1))])
         free = np.r_[np.zeros(z.shape[1], bool), True]
-        theta, phi, lam = fit_scales(zc, base, resid, floor, np.r_[pen, 0.0], free, config, folds, seed)
+        theta, phi, lam = fit_scales(zc, base, resid, floor, np.r_[pen, 0.0], free, config, folds, seed,
+                                     weight)
         # the column of ones is the sum of the one-hot columns: its theta goes to the intercepts
         return AtomScale(theta=np.r_[theta[:nelem] + theta[-1], theta[nelem:-1]], mu=mu, sd=sd,
                          nelem=nelem, lam=lam, floor_var=floor * float(np.exp(phi[-1])), eps=eps,
                          zlo=zlo, zhi=zhi)
     free = pen == 0 if floor_model == "element" else np.ones(z.shape[1], bool)
-    theta, phi, lam = fit_scales(z, base, resid, floor, pen, free, config, folds, seed)
+    theta, phi, lam = fit_scales(z, base, resid, floor, pen, free, config, folds, seed, weight)
     return AtomScale(theta=theta, mu=mu, sd=sd, nelem=nelem, lam=lam, floor_var=floor, eps=eps,
                      phi=phi, zlo=zlo, zhi=zhi)
