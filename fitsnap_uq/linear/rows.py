@@ -424,12 +424,11 @@ def fit_with_model_error(rows: Rows, folds: int = 5, seed: int = 0, noise_classe
         scale_weights: how the held-out force rows count in the per-atom scale's likelihood and
             its inner cross-validation (one of :data:`SCALE_WEIGHTS`): ``rows`` (default) each
             row once; ``group`` each training group equally (a row weighs 1 / its group's scored
-            force rows), so that the largest groups and a few configurations with gross residuals
-            do not set the scale and the floor for all. Training labels only: a prediction uses
-            no group. Measured on held-out W-Be configurations (3 split seeds,
-            ``benchmarks/calibration_newdata.py --scale-weights group``): groups with force cov95
-            outside [0.85, 0.99] 9/7/10 -> 7/6/8 of 32, force NLL lower on every seed; on Ta no
-            group changed side.
+            force rows), so that the largest groups do not set the scale and the floor for all.
+            Training labels only: a prediction uses no group. Measured on held-out W-Be
+            configurations (3 split seeds, ``benchmarks/calibration_newdata.py --scale-weights
+            group``): groups with force cov95 outside [0.85, 0.99] 9/7/10 -> 7/6/8 of 32, force NLL
+            lower on every seed; on Ta no group changed side (README, "Group-weighted scale fit").
 
     Returns:
         The full fit, the predictive model (with ``basis = posterior`` its ``factor`` holds the
