@@ -384,7 +384,9 @@ class BAYES(UQSolverMixin, Solver):
                                                              basis=opts["model_error_basis"],
                                                              rank=opts["model_error_rank"],
                                                              keep=keep, on_fold=on_fold,
-                                                             energy_scale=energy_scale, **fit_opts)
+                                                             energy_scale=energy_scale,
+                                                             scale_weights=opts["scale_weights"],
+                                                             **fit_opts)
                     noise_var = dict(pm.floor_var)
                     model_error = {"cov_scale": pm.cov_scale, "coef_var": pm.coef_var,
                                    "factor": pm.factor,

@@ -487,3 +487,25 @@ def test_scale_weights_group_lets_each_group_count_equally():
     assert nll["rows"][1] <= nll["group"][1] + 1e-3
     with pytest.raises(ValueError, match="scale_weights"):
         fit_with_model_error(rows, folds=5, seed=0, scale_weights="x")
+
+
+@pytest.mark.slow
+def test_uq_scale_weights_group_reaches_the_fit(cu_run):
+    """``[UQ] scale_weights = group`` weighs the per-atom scale's fit by group (Cu: two groups of
+    different sizes), so its parameters differ from the default ``rows``; the mean does not."""
+    from conftest import run_cli, write_cu_input
+
+    from fitsnap_uq.posterior import Posterior
+
+    strained = sorted((cu_run / "JSON" / "Strained").glob("*.json"))
+    for extra in strained[2:]:  # groups of 4 and 2 configurations (equal groups weigh their rows alike)
+        extra.unlink()
+    fits = {}
+    for value in ("rows", "group"):
+        write_cu_input(cu_run, solver="BAYES", extra=f"[UQ]\natom_scale = yes\nscale_weights = {value}\n")
+        proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        fits[value] = Posterior.load(cu_run / "Cu_pot.posterior.npz")
+    np.testing.assert_array_equal(fits["rows"].mean, fits["group"].mean)
+    rows, group = fits["rows"].atom_scale, fits["group"].atom_scale
+    assert not np.allclose(np.r_[rows.theta, rows.phi], np.r_[group.theta, group.phi])

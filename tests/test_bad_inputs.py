@@ -203,3 +203,14 @@ def test_energy_of_a_larger_cell_on_a_one_atom_configuration_is_named(cu_run):
     named = [ln for ln in proc.stdout.splitlines() if "gross outlier" in ln]
     assert named and all("Bulk_1.json" in ln for ln in named), proc.stdout[-3000:]
     assert "Bulk_1.json" in (cu_run / "Cu_metrics.uq.md").read_text()
+
+
+@pytest.mark.parametrize("extra, words", [
+    ("scale_weights = groups\n", ["'groups' is not one of: rows, group"]),
+    ("scale_weights = group\natom_scale = no\n", ["needs predictive = model_error"]),
+])
+def test_scale_weights_value_or_combination_refused(cu_run, extra, words):
+    write_cu_input(cu_run, solver="BAYES", extra="[UQ]\n" + extra)
+    proc = run_cli(["fit", "Cu.in", "--overwrite"], cwd=cu_run)
+    refused(proc, "Cu.in", "[UQ]", "scale_weights", *words)
+    assert "'process_configs' took" not in proc.stdout
