@@ -24,8 +24,10 @@ fit that did not see it). The variance is linear in these parameters, so the max
 projected Newton (:func:`fitsnap_uq.linear.varfit.newton_variances`; it replaced L-BFGS-B in log
 coordinates: the same objective, an optimum of equal or lower NLL; on the W-Be data 13 Newton steps
 (+ 14 on every 8th row) instead of 846 L-BFGS evaluations, ~0.5 s instead of ~4 s); with a low-rank
-part ``U`` (not linear) by alternating that Newton solve (``U`` fixed: a known offset per row) with
-L-BFGS on ``U`` (:func:`_low_rank`). The mean is not touched: the
+part ``U`` (not linear) by L-BFGS on all parameters from a start on the directions of steepest
+descent, then that Newton solve with ``U`` fixed (:func:`_low_rank`; measured and not kept:
+alternating the Newton solve with trust-region Newton steps on ``U`` took 13 rounds and 10 s on the
+Ta rows to a higher NLL than the joint L-BFGS's in 4 s). The mean is not touched: the
 model describes the errors of the user's fit.
 Everything but the floors is a covariance on the coefficients, so the same number comes out of
 ``Posterior.predict``, the LAMMPS hook and the native plugin.
@@ -242,7 +244,7 @@ def _fit_shared(a: np.ndarray, resid: np.ndarray, post_var: np.ndarray, row_type
             correlated model error of several coefficients.
         balance: weigh each quantity's rows so every quantity counts as much as the others (force
             rows outnumber energy rows 100:1 and would otherwise set every parameter alone).
-        max_iter: most Newton iterations (per round of :func:`_low_rank` with a low-rank part).
+        max_iter: most iterations of the Newton solve (and of each L-BFGS stage of :func:`_low_rank`).
         seed: unused (the low-rank part's start is deterministic; kept for callers).
 
     Returns:
