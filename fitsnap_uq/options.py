@@ -89,7 +89,8 @@ UQ_KEYS: dict[str, Key] = {
                              ("posterior", "coefficients", "misfit")),
     "model_error_rank": Key("0", _positive_int,
                             "BAYES predictive = model_error: rank of an extra correlated part U U^T of the "
-                            "model error (0: none; more parameters, slower, can overfit small data)."),
+                            "model error (0: none; 3 ranked held-out Ta forces better but took ~3x longer "
+                            "to fit on W-Be and miscalibrated the Ta energies more: README)."),
     "atom_scale": Key("auto", str,
                       "BAYES predictive = model_error: yes to multiply each force's coefficient variance "
                       "by a per-atom factor exp(theta . z) of the atom's element and environment "

@@ -186,3 +186,26 @@ def test_predictive_factor_is_exact_when_the_predictive_covariance_is_singular()
     factor = full.predictive_factor()
     assert factor.shape == (p, p)
     np.testing.assert_allclose(factor @ factor.T, full.predictive_cov, rtol=1e-12, atol=1e-14)
+
+
+def test_recovers_a_known_low_rank_model_error():
+    """Residuals drawn from N(0, (a . u)^2 + floor) with one direction ``u`` mixing every column (no
+    diagonal model error can mimic it): the rank-1 fit finds ``u u^T`` (started on the direction of
+    steepest descent, not at random: the same model for any seed), converges, and its likelihood is
+    above the rank-0 fit's."""
+    rng = np.random.default_rng(7)
+    n, m = 6000, 10
+    a = rng.standard_normal((n, m))
+    u = rng.standard_normal(m)
+    u *= 0.3 / np.linalg.norm(u)
+    types = np.where(np.arange(n) % 10 == 0, "Energy", "Force")
+    var = (a @ u) ** 2 + 0.01
+    resid = rng.standard_normal(n) * np.sqrt(var)
+    rank0 = fit_predictive(a, resid, np.zeros(n), types)
+    model = fit_predictive(a, resid, np.zeros(n), types, rank=1, seed=1)
+    assert model.converged, model.message
+    assert model.nll < rank0.nll - 0.1
+    cov = model.factor @ model.factor.T + np.diag(model.coef_var)
+    np.testing.assert_allclose(cov, np.outer(u, u), atol=0.02)
+    again = fit_predictive(a, resid, np.zeros(n), types, rank=1, seed=2)
+    np.testing.assert_array_equal(again.factor, model.factor)
