@@ -26,7 +26,8 @@ budget) against random selection's final test force RMSE at 15 calls, seeds 0 / 
 2026-12-01: 2J = 6 (62 coefficients) reference 0.141 / 0.162 / 0.154 eV/A, random 0.163 / 0.172 / 0.158,
 3-15% above (mostly the model's error: little for selection to save); 2J = 8 reference 0.110 / 0.131 /
 0.125, random 0.144 / 0.144 / 0.141, 10-31% above (random's curve still falling from 13 to 15 calls on
-seeds 0 and 1, flat on seed 2).
+seeds 0 and 1, flat on seed 2). After the variance-fit fix (d75588b, same day) the reference is unchanged
+(0.110 / 0.131 / 0.125) and random ends at 0.127 / 0.153 / 0.127, 2-17% above it.
 ``--twojmax 6`` runs the earlier setup (use another ``--outdir``).
 
 A method is a strategy of :mod:`fitsnap_uq.active.strategies`, ``random`` or ``threshold`` (the first
