@@ -26,14 +26,17 @@ budget) against random selection's final test force RMSE at 15 calls, seeds 0 / 
 2026-12-01: 2J = 6 (62 coefficients) reference 0.141 / 0.162 / 0.154 eV/A, random 0.163 / 0.172 / 0.158,
 3-15% above (mostly the model's error: little for selection to save); 2J = 8 reference 0.110 / 0.131 /
 0.125, random 0.144 / 0.144 / 0.141, 10-31% above (random's curve still falling from 13 to 15 calls on
-seeds 0 and 1, flat on seed 2).
+seeds 0 and 1, flat on seed 2). After the variance-fit fix (d75588b, same day) the reference is unchanged
+(0.110 / 0.131 / 0.125) and random ends at 0.127 / 0.153 / 0.127, 2-17% above it.
 ``--twojmax 6`` runs the earlier setup (use another ``--outdir``).
 
 A method is a strategy of :mod:`fitsnap_uq.active.strategies`, ``random`` or ``threshold`` (the first
 ``max_flags`` frames of each run above ``--flag-above`` raw eV/A), with ``@gamma`` for cost weighting
 (scores divided by (atoms^3)^gamma; ``d_optimal@1``: information gain per unit of QM cost) and
 ``:shortlist`` for the K-means spread of ``max_std`` (the best of each of ``batch`` clusters among the
-``shortlist x batch`` best; default 3) and ``+runs`` for ``[select] balance = "runs"`` (each pick from
+``shortlist x batch`` best; default 3), ``~gamma`` for ``[select] spread_cost_gamma`` (each cluster's
+pick by score / (atoms^3)^gamma: ``max_std~1:6``, the cheapest of each kind of uncertain frame among
+the 12 best) and ``+runs`` for ``[select] balance = "runs"`` (each pick from
 the MD runs with the fewest labelled frames; ``d_optimal+runs@1``: both), ``+cost`` for ``balance =
 "cost"`` (from the runs that have spent the least QM cost, atoms^3, once the pick is paid for).
 
@@ -112,13 +115,16 @@ def md_frames_file(path: Path, kinds: tuple[str, ...], temperatures: tuple[float
     write_frames(path, out)
 
 
-def parse_method(method: str) -> tuple[str, float, int, str]:
-    """``name[+runs|+cost][@gamma][:shortlist]`` -> (strategy, cost gamma, K-means shortlist factor,
-    ``[select] balance``: ``runs`` or ``cost`` with ``+runs`` or ``+cost``, else ``none``)."""
+def parse_method(method: str) -> tuple[str, float, int, str, float]:
+    """``name[+runs|+cost][@gamma][~spread_gamma][:shortlist]`` -> (strategy, cost gamma, K-means
+    shortlist factor, ``[select] balance``: ``runs`` or ``cost`` with ``+runs`` or ``+cost``, else
+    ``none``, ``[select] spread_cost_gamma``)."""
     head, _, shortlist = method.partition(":")
+    head, _, spread_gamma = head.partition("~")
     head, _, gamma = head.partition("@")
     name, _, balance = head.partition("+")
-    return name, float(gamma) if gamma else 0.0, int(shortlist) if shortlist else 3, balance or "none"
+    return (name, float(gamma) if gamma else 0.0, int(shortlist) if shortlist else 3, balance or "none",
+            float(spread_gamma) if spread_gamma else 0.0)
 
 
 def run_loop(config: Path, work: Path) -> dict:
@@ -150,7 +156,7 @@ def run(method: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
     if args.system == "wh":
         return run_wh(method, seed, args, out)
     folder, pool, tests = seed_folder(out, seed)
-    strategy, gamma, shortlist, balance = parse_method(method)
+    strategy, gamma, shortlist, balance, spread_gamma = parse_method(method)
     conditions = len(pool) * len(TEMPERATURES)
     config = folder / f"{method}.toml"
     config.write_text(cuau_toml(
@@ -160,7 +166,7 @@ def run(method: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
             "every": args.every, "flag_above": args.flag_above,
             "max_flags": max(1, args.batch // conditions)},
         select={"strategy": strategy, "batch": args.batch, "cost_gamma": gamma, "shortlist": shortlist,
-                "balance": balance},
+                "balance": balance, **({"spread_cost_gamma": spread_gamma} if spread_gamma else {})},
         loop={"iterations": args.iterations, "qm_budget": args.budget, "test_structures": 0}))
     return run_loop(config, folder / method)
 

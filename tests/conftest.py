@@ -188,6 +188,14 @@ def run_cli(args: list[str], cwd: Path, mpi: int = 0, timeout: int = 600,
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def assert_al_refuses(folder: Path, config: str, section: str, key: str) -> None:
+    """``fitsnap-uq al CONFIG`` in ``folder`` exits with status 2 and one line of stderr naming the
+    config file, its ``[section]`` and ``key``."""
+    proc = run_cli(["al", config, "--no-progress"], cwd=folder)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
+    assert config in proc.stderr and f"[{section}]" in proc.stderr and f"'{key}'" in proc.stderr
+
+
 HAS_CXX = shutil.which(os.environ.get("CXX") or "c++") is not None or shutil.which("g++") is not None
 
 

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, assert_al_refuses
 from test_al_select import TWO, blocks
 
 from fitsnap_uq.active import strategies as S
@@ -93,9 +93,7 @@ def test_balance_config_and_errors(tmp_path):
         with pytest.raises(InputError, match=rf"section \[select\], key 'balance': {what}"):
             ALConfig.read(path)
     path.write_text(TWO.replace("batch = 2", 'batch = 2\nbalance = "md"'))
-    proc = run_cli(["al", "c.toml", "--no-progress"], cwd=tmp_path)
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
-    assert "c.toml" in proc.stderr and "[select]" in proc.stderr and "'balance'" in proc.stderr
+    assert_al_refuses(tmp_path, "c.toml", "select", "balance")
 
 
 def test_loop_strata_and_earlier_counts(tmp_path):

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, assert_al_refuses, run_cli
 
 from fitsnap_uq.active.loop import ALConfig, Loop
 from fitsnap_uq.active.query import QuerySettings, choose
@@ -51,6 +51,48 @@ def test_choose_spreads_max_std_over_clusters_and_weighs_cost():
     for name in ("random", "std_sampling", "d_optimal", "variance_reduction"):
         picked = choose(cands, 3, QuerySettings(name), cov, noise, seed=2)
         assert len(set(picked.tolist())) == 3 and picked.max() < 12
+
+
+def test_spread_cost_gamma_takes_the_cheapest_member_of_each_cluster():
+    cands = blocks(12, 6, 4, seed=0)
+    cov, noise = np.eye(4), {"Force": 1.0, "Energy": np.inf}
+
+    def sized(big: list[int]) -> Candidates:  # 100 atoms for the candidates in big, 2 for the others
+        natoms = np.where(np.isin(np.arange(12), big), 100, 2)
+        return Candidates(cands.a, cands.owner, cands.row_types, natoms)
+
+    # the shortlist is the 6 best (6..11), clusters {6, 9} and {7, 8, 10, 11}: their best two made costly
+
+    costly = sized([9, 11])
+    weigh = QuerySettings("max_std", spread=True, spread_cost_gamma=1.0)
+    plain = choose(costly, 2, QuerySettings("max_std", spread=True), cov, noise, seed=1)
+    assert list(plain) == [11, 9]  # cost ignored: the best of each cluster
+    cheap = choose(costly, 2, weigh, cov, noise, seed=1)
+    assert list(cheap) == [10, 6]  # the cheapest well-scored member of each cluster, best first
+    # a cluster whose shortlisted members all cost the same keeps its best: a kind of frame is not dropped
+    assert list(choose(sized([7, 8, 10, 11]), 2, weigh, cov, noise, seed=1)) == [11, 9]
+
+
+def test_spread_cost_gamma_config_and_errors(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(TWO.replace("batch = 2", "batch = 2\nspread_cost_gamma = 1"))
+    assert ALConfig.read(path).spread_cost_gamma == 1
+    assert ALConfig().spread_cost_gamma == 0.0
+    b = "batch = 2\nspread_cost_gamma"
+    for old, new, what in [("batch = 2", f"{b} = -1", "a number >= 0"),
+                           ("batch = 2", f'{b} = "cheap"', "a number >= 0"),
+                           ("batch = 2", f"{b} = 1\nspread = false", "needs strategy"),
+                           ('strategy = "max_std"', 'strategy = "d_optimal"\nspread_cost_gamma = 1',
+                            "needs strategy"),
+                           ("batch = 2", f'{b} = 1\nbalance = "runs"', "needs strategy")]:
+        path.write_text(TWO.replace(old, new))
+        with pytest.raises(InputError, match=rf"section \[select\], key 'spread_cost_gamma': {what}"):
+            ALConfig.read(path)
+    path.write_text(TWO.replace("batch = 2", "batch = 2\ncost_gamma = -0.5"))
+    with pytest.raises(InputError, match=r"section \[select\], key 'cost_gamma': a number >= 0"):
+        ALConfig.read(path)
+    path.write_text(TWO.replace("batch = 2", "batch = 2\nspread_cost_gamma = -1"))
+    assert_al_refuses(tmp_path, "c.toml", "select", "spread_cost_gamma")
 
 
 def test_select_config_and_errors(tmp_path):

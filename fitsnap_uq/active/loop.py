@@ -157,6 +157,7 @@ class ALConfig:
     cost_gamma: float = 0.0
     spread: bool = True
     shortlist: int = 3  # spread: K-means among the shortlist x batch best
+    spread_cost_gamma: float = 0.0  # spread: each cluster's pick by score / (atoms^3)^gamma
     balance: str = "none"  # runs / cost: each pick from the MD runs with the fewest labels / least cost
     tolerance: float | dict[str, float] = 0.0
     level: float = 0.95
@@ -185,8 +186,8 @@ class ALConfig:
         "oracle": ("oracle", "electronic_temperature", "executor", "workers", "dask_scheduler"),
         "snap": ("twojmax", "rcutfac", "rfac0", "radelem", "wj", "zbl"),
         "fit": ("noise_classes", "recalibration"),
-        "select": ("strategy", "batch", "cost_gamma", "spread", "shortlist", "balance", "tolerance",
-                   "level"),
+        "select": ("strategy", "batch", "cost_gamma", "spread", "shortlist", "spread_cost_gamma", "balance",
+                   "tolerance", "level"),
         "md": ("temperatures", "pressures", "template", "md_data", "md_cells", "md_steps", "timestep",
                "every", "flag_above", "halt_above", "max_flags"),
         "loop": ("iterations", "qm_budget", "test_structures", "test_set")}
@@ -300,6 +301,14 @@ class ALConfig:
         for key in ("batch", "shortlist"):
             if getattr(self, key) < 1:
                 raise InputError("must be at least 1", **self._where(key))
+        for key in ("cost_gamma", "spread_cost_gamma"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < np.inf:
+                raise InputError("a number >= 0 (0: no cost weighting)", **self._where(key))
+        if self.spread_cost_gamma and not (self.strategy in ("max_std", "qbc") and self.balance == "none"
+                                           and (self.spread or self.strategy == "qbc")):
+            raise InputError("needs strategy max_std (with spread = true) or qbc, and balance = \"none\" "
+                             "(it weighs the K-means spread's picks)", **self._where("spread_cost_gamma"))
         if not 0.0 < self.level < 1.0:
             raise InputError("a coverage in (0, 1)", **self._where("level"))
         if self.executor not in ("auto", *EXECUTORS):
@@ -963,7 +972,8 @@ class Loop:
             forces = [v for q, v in post.noise_var.items() if q.endswith("Force")] or [1.0]
             noise = {"Force": float(np.mean(forces)), "Energy": np.inf}  # energy rows: fingerprints only
             settings = QuerySettings(strategy=self.cfg.strategy, cost_gamma=self.cfg.cost_gamma,
-                                     spread=self.cfg.spread, shortlist=self.cfg.shortlist)
+                                     spread=self.cfg.spread, shortlist=self.cfg.shortlist,
+                                     spread_cost_gamma=self.cfg.spread_cost_gamma)
             strata = counts = weights = None
             if self.cfg.balance != "none":
                 strata, counts = self.run_strata(k, [names[name] for name in eligible],

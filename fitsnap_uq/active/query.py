@@ -23,6 +23,9 @@ class QuerySettings:
         power: exponent of ``std_sampling``; shortlist: QBC's K-means shortlist factor.
         spread: ``max_std`` picks the best of each K-means cluster among the ``shortlist * n`` best
             (:func:`~fitsnap_uq.active.strategies.spread_by_kmeans`, as QBC) instead of the n best.
+        spread_cost_gamma: the K-means spread (``max_std``, ``qbc``) labels each cluster's member with
+            the best ``score / (atoms^3)^spread_cost_gamma`` (0: its best score): the cheapest frame of
+            each kind of uncertain frame, where ``cost_gamma`` instead reorders all candidates by cost.
         fit: keyword arguments of :func:`fitsnap_uq.linear.rows.fit_rows`.
     """
 
@@ -33,6 +36,7 @@ class QuerySettings:
     power: float = 2.0
     shortlist: int = 3
     spread: bool = False
+    spread_cost_gamma: float = 0.0
     fit: dict[str, Any] | None = None
 
 
@@ -129,7 +133,8 @@ def choose(cands: S.Candidates, n: int, settings: QuerySettings, cov: np.ndarray
         if strata is not None:
             return S.pick_balanced(scores, n, strata, counts, weights)
         if settings.spread:
-            return S.spread_by_kmeans(scores, cands.fingerprints(), n, seed, settings.shortlist)
+            return S.spread_by_kmeans(scores, cands.fingerprints(), n, seed, settings.shortlist,
+                                      cands.natoms, settings.spread_cost_gamma)
         return S.pick_top(scores, n)
     if name == "qbc":
         if train is None:
@@ -138,7 +143,8 @@ def choose(cands: S.Candidates, n: int, settings: QuerySettings, cov: np.ndarray
                                  settings.cost_gamma)
         if strata is not None:
             return S.pick_balanced(scores, n, strata, counts, weights)
-        return S.spread_by_kmeans(scores, cands.fingerprints(), n, seed, settings.shortlist)
+        return S.spread_by_kmeans(scores, cands.fingerprints(), n, seed, settings.shortlist, cands.natoms,
+                                  settings.spread_cost_gamma)
     grams = S.candidate_grams(cands, noise_var)
     if name == "d_optimal":
         return S.greedy_d_optimal(grams, cov, n, cands.natoms, settings.cost_gamma, strata, counts, weights)

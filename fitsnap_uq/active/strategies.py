@@ -116,8 +116,13 @@ def pick_std_sampling(scores: np.ndarray, n: int, rng: np.random.Generator, powe
 
 
 def spread_by_kmeans(scores: np.ndarray, fingerprints: np.ndarray, n: int, seed: int,
-                     shortlist: int = 3) -> np.ndarray:
-    """The best-scored candidate of each of n K-means clusters among the ``shortlist * n`` best."""
+                     shortlist: int = 3, natoms: np.ndarray | None = None, cost_gamma: float = 0.0
+                     ) -> np.ndarray:
+    """One candidate of each of n K-means clusters among the ``shortlist * n`` best scores: the
+    best-scored one, or with ``natoms`` and ``cost_gamma`` > 0 the one with the best score per QM cost,
+    ``score / (natoms^3)^cost_gamma`` (a cluster is one kind of uncertain frame; its cheapest
+    well-scored member is labelled instead of, say, the same environments in a cell 3x larger).
+    Best first (by score)."""
     from sklearn.cluster import KMeans
 
     top = pick_top(scores, min(scores.size, shortlist * n))
@@ -126,7 +131,8 @@ def spread_by_kmeans(scores: np.ndarray, fingerprints: np.ndarray, n: int, seed:
     x = fingerprints[top]
     x = (x - x.mean(axis=0)) / np.maximum(x.std(axis=0), 1e-300)
     labels = KMeans(n_clusters=n, n_init=4, random_state=seed).fit_predict(x)
-    chosen = [top[labels == k][np.argmax(scores[top[labels == k]])] for k in range(n) if np.any(labels == k)]
+    value = scores if natoms is None else cost_weighted(scores, natoms, cost_gamma)
+    chosen = [top[labels == k][np.argmax(value[top[labels == k]])] for k in range(n) if np.any(labels == k)]
     chosen = np.array(chosen)
     return chosen[np.argsort(-scores[chosen])]
 
