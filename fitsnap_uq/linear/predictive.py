@@ -209,8 +209,10 @@ def fit_predictive(a: np.ndarray, resid: np.ndarray, post_var: np.ndarray, row_t
     a = np.asarray(a, dtype=float)
     resid = np.asarray(resid, dtype=float)
     post_var = np.asarray(post_var, dtype=float)
-    model = _fit_shared(a[shared], resid[shared], post_var[shared], types[shared], rank=rank,
+    a_sh = a if shared.all() else a[shared]  # no copy of the rows when every row is shared
+    model = _fit_shared(a_sh, resid[shared], post_var[shared], types[shared], rank=rank,
                         balance=balance, max_iter=max_iter, seed=seed, factor_balance=factor_balance)
+    del a_sh
     for q in sorted(set(types[~shared].tolist())):
         sel = types == q
         base = model.variance(a[sel], post_var[sel], types[sel])
@@ -257,8 +259,8 @@ def _fit_shared(a: np.ndarray, resid: np.ndarray, post_var: np.ndarray, row_type
             bunched near one value and the quantile recalibration learned on the spread of five fold
             fits over-covered at 68% (0.79-0.81; energy miscalibration area 0.060/0.076/0.083).
             Set by the force rows, ``U`` gave energy areas 0.068/0.045/0.038 there, and
-            Spearman(|error|, sigma) of forces 0.882/0.880/0.893 (balanced: 0.873/0.870/0.878);
-            W-Be: force Spearman 0.862/0.853/0.849 (balanced 0.824/0.831/0.829).
+            Spearman(|error|, sigma) of forces 0.883/0.880/0.893 (balanced: 0.873/0.870/0.878);
+            W-Be: force Spearman 0.862/0.853/0.850 (balanced 0.824/0.831/0.829).
         max_iter: most iterations of the Newton solve (and of each L-BFGS stage of :func:`_low_rank`).
         seed: unused (the low-rank part's start is deterministic; kept for callers).
 
@@ -293,7 +295,8 @@ def _fit_shared(a: np.ndarray, resid: np.ndarray, post_var: np.ndarray, row_type
     rs = 1.0 / np.sqrt(ms[qidx])
     at2 = al * rs[:, None]  # (n, q) scaled rows, row-scaled by 1/rms_q, then squared (one copy)
     at2 /= col
-    at = at2.copy() if rank else None
+    # the unsquared rows for U in single precision (what its L-BFGS reads; half the bytes of a copy)
+    at = at2.astype(np.float32) if rank else None
     np.square(at2, out=at2)
     rt2 = r2 * rs**2
     vt = v * rs**2
@@ -393,12 +396,14 @@ def _low_rank(at: np.ndarray, at2: np.ndarray, vt: np.ndarray, qidx: np.ndarray,
     theta_ref = theta
     base = np.maximum(theta[0] * vt + at2 @ theta[1:1 + q] + theta[1 + q:][qidx], 1e-300)
     g_var = 0.5 * weight * (1.0 / base - rt2 / base**2)  # df/dv_i at U = 0
-    lam, vec = np.linalg.eigh(at.T @ (g_var[:, None] * at))
+    at = at.astype(np.float32, copy=False)  # single-precision rows throughout (see step 3)
+    f32 = np.float32
+    lam, vec = np.linalg.eigh((at.T @ (g_var.astype(f32)[:, None] * at)).astype(float))
     u = np.zeros((q, k))
     for j in range(min(k, q)):
         if lam[j] >= 0.0:
             break  # extra variance along no other direction lowers f
-        p = (at @ vec[:, j]) ** 2
+        p = (at @ vec[:, j].astype(f32)).astype(float) ** 2
         unit = float(np.mean(base)) / max(float(np.mean(p)), 1e-300)  # p * unit ~ the variances
 
         def along(t: float, p: np.ndarray = p, unit: float = unit, base: np.ndarray = base) -> float:
@@ -412,7 +417,7 @@ def _low_rank(at: np.ndarray, at2: np.ndarray, vt: np.ndarray, qidx: np.ndarray,
     n = at.shape[0]
     # Single-precision copies for the L-BFGS passes (memory-bound: half the bytes; on the W-Be rows
     # 11 s instead of 33 s, the same f to 1e-3); the Newton polish below is in double.
-    at_l, at2_l = at.astype(np.float32), at2.astype(np.float32)
+    at_l, at2_l = at, at2.astype(np.float32)
     if n > WARM_ROWS:
         sub = slice(None, None, 8)
         w8 = weight[sub] / weight[sub].sum()
@@ -422,7 +427,7 @@ def _low_rank(at: np.ndarray, at2: np.ndarray, vt: np.ndarray, qidx: np.ndarray,
     theta, u, _, nit, why = _joint_lbfgs(at_l, at2_l, vt, qidx, nq, rt2, weight, theta, u, max_iter,
                                          theta_ref)
     notes.append(f"{nit} on all rows ({why})")
-    au = at @ u
+    au = (at @ u.astype(f32)).astype(float)
     theta, fval, converged, message = _newton_variances(
         at2, vt, qidx, nq, rt2, weight if weight_final is None else weight_final,
         np.maximum(theta, BOUNDS[0]), max_iter,
