@@ -15,7 +15,8 @@ or a force component) as Gaussian with variance
   environment drives the basis hard, zero where symmetry zeroes a force) and does not shrink with
   more data (it is what the functional form cannot fit). ``diag(s^2)`` is diagonal in the columns of
   the rows given; :func:`fitsnap_uq.linear.rows.fit_with_model_error` passes rows rotated onto the
-  principal axes of ``S`` by default. ``U`` (rank 0 by default) is an optional correlated part;
+  principal axes of ``S`` by default. ``U`` (rank 3 in :func:`~fitsnap_uq.linear.rows.fit_with_model_error`
+  by default; 0: none) is a correlated part;
 * ``sigma_q^2``: a floor per quantity (``Energy``, ``Force``, ``Stress``).
 
 ``c``, the model error and ``sigma_q`` maximize the Gaussian likelihood of the residuals of held-out
