@@ -694,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--outdir", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--basis", choices=BASES, default="posterior",
                     help="axes on which ours' model error is diagonal (fit_with_model_error's basis)")
-    ap.add_argument("--rank", type=int, default=0,
+    ap.add_argument("--rank", type=int, default=3,
                     help="rank of the correlated model-error part of ours (fit_with_model_error's rank)")
     ap.add_argument("--no-atom-scale", dest="atom_scale", action="store_false",
                     help="no per-atom force scale in ours (the rows carry no atom/element labels)")

@@ -123,11 +123,20 @@ def _rows(rng, n_conf=120, n_atoms=4, m=5, scale=(1.0, 9.0)):
 
 def test_fit_with_model_error_learns_the_scale_and_predicts_with_it():
     rows = _rows(np.random.default_rng(1))
-    full, model, ratios = fit_with_model_error(rows, folds=5, seed=0)
+    # rank 0: the per-atom features carry no element contrast, so it is in the intercepts
+    full, model, ratios = fit_with_model_error(rows, folds=5, seed=0, rank=0)
     assert model.atom_scale is not None
     # element 1's force variance is ~9x element 0's
     assert model.atom_scale.theta[1] - model.atom_scale.theta[0] == pytest.approx(np.log(9.0), abs=0.6)
     f = rows.row_types.astype(str) == "Force"
+    # the default rank (3): the contrast is split between the intercepts and the features (log a^T M a
+    # takes part of it); the predicted variances keep it (10.0; rank 0: 10.2; the errors: 8.8)
+    full3, model3, _ = fit_with_model_error(rows, folds=5, seed=0)
+    pv3 = np.einsum("ij,jk,ik->i", rows.a, full3.result.cov, rows.a)
+    var3 = model3.variance(rows.a, pv3, rows.row_types.astype(str),
+                           *model3.atom_log_scales(rows.a, pv3, rows.atom_ids(), rows.element))
+    el = rows.element
+    assert var3[f & (el == 1)].mean() / var3[f & (el == 0)].mean() == pytest.approx(9.0, rel=0.25)
     pv = np.einsum("ij,jk,ik->i", rows.a, full.result.cov, rows.a)
     ls, lf = model.atom_log_scales(rows.a, pv, rows.atom_ids(), rows.element)
     assert np.all(ls[~f] == 0.0) and np.all(lf[~f] == 0.0)

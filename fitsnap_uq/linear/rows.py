@@ -386,7 +386,7 @@ class CrossValidated:
 def fit_with_model_error(rows: Rows, folds: int = 5, seed: int = 0, noise_classes: str = "one",
                          prior: str = "isotropic", weights: str = "ratios", max_iter: int = 500,
                          tol: float = 1e-8, max_rows: int = 50000,
-                         unpenalized: np.ndarray | None = None, rank: int = 0,
+                         unpenalized: np.ndarray | None = None, rank: int = 3,
                          basis: str = "posterior", keep: np.ndarray | None = None,
                          on_fold: Callable[[int], None] | None = None, atom_floor: str = "constant",
                          energy_scale: bool = False, scale_weights: str = "rows"
@@ -404,7 +404,9 @@ def fit_with_model_error(rows: Rows, folds: int = 5, seed: int = 0, noise_classe
         rows: the training rows (weight-0 rows are left out).
         max_rows: most held-out rows per quantity that train the predictive model (a seeded random
             subset; the model has m (rank + 1) + 4 parameters).
-        rank: rank of the correlated part of the model error (0: diagonal only).
+        rank: rank of the correlated part of the model error (0: diagonal only; default 3, README
+            "model_error_rank"; fitted with every held-out row counting once, the rest balanced:
+            :func:`~fitsnap_uq.linear.predictive.fit_predictive`'s ``factor_balance``).
         basis: the axes on which the model error is diagonal: ``posterior`` (default), the
             eigenvectors of the mean fit's posterior covariance S (so each principal direction of
             the fit, well or poorly determined by the weighted data, gets its own model error; this
