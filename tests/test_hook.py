@@ -144,8 +144,10 @@ def test_hook_stds_equal_direct_numpy(cu_posterior, descriptors, request):
 
 def test_sampled_stds_match_analytic(cu_posterior):
     fitted = Posterior.load(cu_posterior)
-    # A Gaussian posterior whose covariance is the fit's predictive one, and 2000 samples of it.
-    post = Posterior(fitted.mean, fitted.predictive_cov, fitted.elements, fitted.snap)
+    # A Gaussian posterior whose covariance is the fit's predictive one (plus its posterior one: with
+    # the low-rank model error and c at its bound the predictive covariance alone can be singular,
+    # which a Posterior refuses), and 2000 samples of it.
+    post = Posterior(fitted.mean, fitted.predictive_cov + fitted.cov, fitted.elements, fitted.snap)
     sampled = Posterior(post.mean, post.cov, post.elements, post.snap, samples=post.sample(2000, seed=3))
     out = {}
     for name, p in (("analytic", post), ("samples", sampled)):
