@@ -201,7 +201,8 @@ def fit_predictive(a: np.ndarray, resid: np.ndarray, post_var: np.ndarray, row_t
     """The predictive model of held-out rows: ``c`` and the model error from the rows of
     :data:`SHARED` quantities, then a floor for each other quantity given those.
 
-    Arguments as :func:`_fit_shared`.
+    Arguments as :func:`_fit_shared`; ``seed`` is accepted and unused (the low-rank part starts on
+    deterministic directions, so the result does not depend on it).
     """
     types = np.asarray(row_types).astype(str)
     shared = np.isin(types, SHARED)
@@ -212,7 +213,7 @@ def fit_predictive(a: np.ndarray, resid: np.ndarray, post_var: np.ndarray, row_t
     post_var = np.asarray(post_var, dtype=float)
     a_sh = a if shared.all() else a[shared]  # no copy of the rows when every row is shared
     model = _fit_shared(a_sh, resid[shared], post_var[shared], types[shared], rank=rank,
-                        balance=balance, max_iter=max_iter, seed=seed, factor_balance=factor_balance)
+                        balance=balance, max_iter=max_iter, factor_balance=factor_balance)
     del a_sh
     for q in sorted(set(types[~shared].tolist())):
         sel = types == q
@@ -235,7 +236,7 @@ def _floor_ml(r2: np.ndarray, base: np.ndarray) -> float:
 
 
 def _fit_shared(a: np.ndarray, resid: np.ndarray, post_var: np.ndarray, row_types: np.ndarray,
-                rank: int = 0, balance: bool = True, max_iter: int = 3000, seed: int = 0,
+                rank: int = 0, balance: bool = True, max_iter: int = 3000,
                 factor_balance: bool = False) -> PredictiveModel:
     """Maximum-likelihood ``c``, model-error covariance and floors from held-out residuals.
 
@@ -263,7 +264,6 @@ def _fit_shared(a: np.ndarray, resid: np.ndarray, post_var: np.ndarray, row_type
             Spearman(|error|, sigma) of forces 0.883/0.880/0.893 (balanced: 0.873/0.870/0.878);
             W-Be: force Spearman 0.862/0.853/0.850 (balanced 0.824/0.831/0.829).
         max_iter: most iterations of the Newton solve (and of each L-BFGS stage of :func:`_low_rank`).
-        seed: unused (the low-rank part's start is deterministic; kept for callers).
 
     Returns:
         A :class:`PredictiveModel`. Columns that are zero in every row, or numerically zero (RMS over
